@@ -1,0 +1,27 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench clean-venv
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt pytest
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=2 $(VENV)/bin/dgpo train
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest
+
+bench: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) benchmarks/epoch_phases.py
+
+clean-venv:
+	rm -rf $(VENV)

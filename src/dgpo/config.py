@@ -1,0 +1,210 @@
+"""Typed configs: nested dataclasses loaded from YAML plus ``key=value`` overrides, validated strictly.
+
+An unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` naming the full
+key (``train.lr``) and what is allowed. Every option's default is the official DGPO code's value
+unless its help says otherwise (see docs/options.md for paper vs code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, with the offending key in the message."""
+
+
+def opt(default: Any, lo: float | None = None, hi: float | None = None, help: str = "") -> Any:
+    """A config field with an inclusive numeric range and a help text."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "help": help})
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = opt("runs/dgpo-toy", help="run directory (config, metrics, checkpoints, plots)")
+    seed: int = opt(0, 0, help="run seed: rollouts, noise, timesteps all derive from it")
+    epochs: int = opt(40, 1, help="epochs; one epoch = rollouts for P prompts x G samples")
+    sample_every: int = opt(10, 0, help="epochs between sample grids (0: only before/after)")
+    save_every: int = opt(10, 0, help="epochs between checkpoints (0: only at the end)")
+    eval_every: int = opt(0, 0, help="epochs between held-out evals (0: only before/after)")
+
+
+@dataclass
+class ModelConfig:
+    kind: Literal["toy"] = opt("toy", help="model family adapter")
+    path: str = opt("", help="checkpoint folder or hub id; '' = the built-in toy base")
+    dtype: Literal["float32", "bfloat16"] = opt("float32", help="weights dtype of frozen parts")
+
+
+@dataclass
+class SamplerConfig:
+    method: Literal["dpm", "euler"] = opt("dpm", help="rollout ODE solver (official: DPM-Solver++)")
+    steps: int = opt(10, 1, 1000, help="rollout steps (official: 10)")
+    shift: float = opt(1.0, 0.1, 20.0, help="time shift (SD3: 3; toy: 1)")
+    cfg_scale: float = opt(4.5, 1.0, 50.0, help="classifier-free guidance in rollouts (official 4.5)")
+
+
+@dataclass
+class RewardConfig:
+    name: Literal["toy_geneval", "toy_geneval_strict"] = opt(
+        "toy_geneval", help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1"
+    )
+
+
+@dataclass
+class DGPOConfig:
+    beta_dpo: float = opt(100.0, 0.0, help="beta inside the group sigmoid (divided by G, official)")
+    kl_beta: float = opt(0.02, 0.0, help="explicit KL weight mean||v - v_ref||^2 (official code)")
+    kl_cfg: float = opt(1.0, 1.0, 50.0, help="CFG scale of the reference in the KL (1 = none)")
+    clip_range: float = opt(1e-2, 0.0, 1.0, help="PPO-style clip on exp(dsm_old - dsm); 0 = off")
+    clip_dsm: bool = opt(True, help="detach dsm of clipped samples (official)")
+    clip_kl: bool = opt(False, help="also mask the KL term of clipped samples")
+    timestep_mode: Literal["grid", "uniform"] = opt("grid", help="grid: official; uniform: paper")
+    trunc_steps: int = opt(4, 0, help="grid mode: candidates are rollout-grid indices 0..trunc_steps")
+    num_train_timesteps: int = opt(4, 1, help="training timesteps per epoch (official 4)")
+    t_min: float = opt(0.6, 0.0, 1.0, help="uniform mode: t ~ U[t_min, 1] (paper Alg. 1)")
+    switch_ema_ref: int = opt(500, 0, help="optimizer steps before the EMA 'old' model rolls out")
+    use_ema_ref: bool = opt(False, help="the EMA 'old' model is the DGPO reference (TDM-R1 style)")
+    adv_std: Literal["group", "global"] = opt("group", help="advantage std per group or global")
+    adv_clip_max: float = opt(5.0, 0.0, help="advantages clipped to +-adv_clip_max")
+
+
+@dataclass
+class TrainConfig:
+    prompts_per_epoch: int = opt(8, 1, help="P: groups (prompts) per epoch")
+    group_size: int = opt(16, 2, help="G: samples per prompt")
+    batch_size: int = opt(32, 1, help="micro-batch for training forwards")
+    steps_per_epoch: int = opt(1, 1, help="optimizer steps per epoch (official: 1)")
+    lr: float = opt(3e-4, 0.0, 1.0, help="AdamW learning rate (official 3e-4)")
+    weight_decay: float = opt(1e-4, 0.0, help="AdamW weight decay (official 1e-4)")
+    max_grad_norm: float = opt(1.0, 0.0, help="grad-norm clip (official 1.0)")
+    lora_rank: int = opt(64, 0, help="LoRA rank (official code 64; paper 32); 0 = full fine-tune")
+    lora_alpha: float = opt(128.0, 0.0, help="LoRA alpha (official 128)")
+    mixed_precision: Literal["no", "bf16"] = opt("no", help="autocast dtype for training forwards")
+    ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
+    ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")
+    prompts: str = opt("toy:train", help="prompt source: toy:train or a GenEval-format .jsonl")
+
+
+@dataclass
+class EvalConfig:
+    split: str = opt("toy:test", help="held-out prompts: toy:test or a GenEval-format .jsonl")
+    images_per_prompt: int = opt(1, 1, help="images per prompt (GenEval: 4)")
+    batch_size: int = opt(64, 1, help="generation batch size")
+    max_prompts: int = opt(0, 0, help="evaluate only the first N prompts (0: all)")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    dgpo: DGPOConfig = field(default_factory=DGPOConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> Config:
+        """Cross-field checks that no single field can make."""
+        if self.dgpo.timestep_mode == "grid" and self.dgpo.trunc_steps >= self.sampler.steps:
+            raise ConfigError(
+                f"dgpo.trunc_steps={self.dgpo.trunc_steps} must be < sampler.steps={self.sampler.steps}"
+            )
+        if self.dgpo.timestep_mode == "grid" and self.dgpo.num_train_timesteps > self.dgpo.trunc_steps + 1:
+            raise ConfigError(
+                f"dgpo.num_train_timesteps={self.dgpo.num_train_timesteps} exceeds the "
+                f"{self.dgpo.trunc_steps + 1} grid candidates (dgpo.trunc_steps + 1)"
+            )
+        return self
+
+
+def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _check_value(key, args[0], value, meta)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (
+        tp is int and isinstance(value, bool)
+    ):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{key}: {value!r} is out of range [{lo}, {'inf' if hi is None else hi}]")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"unknown key {key!r}; allowed under {prefix or 'top level'}: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(f"{prefix}{name}", tp, value, dict(fields[name].metadata))
+    return cls(**kwargs)
+
+
+def _set_override(data: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, then strict validation."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    for item in overrides or []:
+        _set_override(data, item)
+    return _build(Config, data, "").validate()
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,32 @@
+"""Prompt sources: the toy grammar's splits, GenEval-format JSONL files, or plain text files."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from dgpo.toy import grammar
+
+
+def load_prompts(spec: str) -> list[dict]:
+    """``toy:train`` / ``toy:test``, a GenEval-format ``.jsonl`` (metadata per prompt) or a ``.txt``
+    with one prompt per line (metadata = {"prompt": ...}, for rewards that need no metadata)."""
+    if spec.startswith("toy:"):
+        return grammar.split(spec[4:])
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {spec!r} does not exist (or use toy:train / toy:test)")
+    if path.suffix == ".jsonl":
+        return grammar.read_jsonl(path)
+    rows = [{"prompt": line.strip(), "include": []} for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"prompt file {spec!r} has no prompts")
+    return rows
+
+
+def epoch_prompts(prompts: list[dict], n: int, seed: int, epoch: int) -> list[dict]:
+    """The ``n`` prompts of an epoch: a deterministic function of (seed, epoch), without replacement."""
+    rng = random.Random(f"{seed}/{epoch}/prompts")
+    if n <= len(prompts):
+        return rng.sample(prompts, n)
+    return [rng.choice(prompts) for _ in range(n)]

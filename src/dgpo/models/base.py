@@ -1,0 +1,57 @@
+"""The model interface the trainer drives; the toy model and every diffusers adapter implement it.
+
+A condition (``Cond``) is a dict of tensors whose first dimension is the batch, so that it can be
+indexed, repeated and concatenated without knowing the model.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+Cond = dict[str, torch.Tensor]
+
+
+class FlowModel(Protocol):
+    """A text-conditioned rectified-flow model (t = 1 is noise, velocity target eps - x0)."""
+
+    denoiser: nn.Module
+    """The network that predicts velocity; LoRA wraps it, the trainer optimises it."""
+    lora_targets: list[str]
+    """Module-name suffixes that LoRA adapts (attention projections)."""
+
+    def encode_prompts(self, prompts: list[str]) -> Cond:
+        """Frozen text encoding; "" is the unconditional prompt used by CFG."""
+        ...
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """v(x_t [B, C, H, W], t [B] in [0, 1], cond) -> [B, C, H, W]."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, H, W] -> images [B, 3, H', W'] in [0, 1]."""
+        ...
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one latent."""
+        ...
+
+
+def cond_index(cond: Cond, idx: torch.Tensor | slice) -> Cond:
+    return {k: v[idx] for k, v in cond.items()}
+
+
+def cond_cat(conds: list[Cond]) -> Cond:
+    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+
+
+def cfg_velocity(model: FlowModel, x: torch.Tensor, t: torch.Tensor, cond: Cond, null: Cond,
+                 scale: float) -> torch.Tensor:
+    """Classifier-free guidance v_u + s (v_c - v_u), batched in one call; s = 1 is conditional only."""
+    if scale == 1.0:
+        return model.velocity(x, t, cond)
+    v = model.velocity(torch.cat([x, x]), torch.cat([t, t]), cond_cat([cond, null]))
+    v_c, v_u = v.chunk(2)
+    return v_u + scale * (v_c - v_u)

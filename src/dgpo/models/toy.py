@@ -1,0 +1,40 @@
+"""Adapter of the built-in toy UNet to the :class:`FlowModel` interface (pixels are the latents)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dgpo.models.base import Cond
+from dgpo.toy.model import ToyUNet, tokenize
+from dgpo.toy.weights import BUILTIN_BASE, load_toy
+
+
+class ToyFlowModel:
+    """The toy world's model; ``path`` is a toy checkpoint folder (default: the shipped base)."""
+
+    lora_targets = ["to_q", "to_k", "to_v", "to_out"]
+
+    def __init__(self, net: ToyUNet):
+        self.net = net.requires_grad_(False)
+        self.denoiser: torch.nn.Module = net
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> ToyFlowModel:
+        return cls(load_toy(path or BUILTIN_BASE))
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Cond:
+        ids = tokenize(list(prompts), self.net.cfg.max_tokens)
+        return self.net.text_encoder(ids)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return self.denoiser(x_t, t, cond)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents + 1) / 2).clamp(0, 1)
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.net.cfg.image_size
+        return (3, s, s)

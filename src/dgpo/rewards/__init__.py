@@ -1,0 +1,22 @@
+"""Rewards: callables (images [B, 3, H, W] in [0, 1], metadata rows) -> Tensor [B]."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
+
+
+def build_reward(name: str) -> RewardFn:
+    """The one name -> reward map, at the config boundary."""
+    from dgpo.rewards.toy import ToyGenEvalReward
+
+    table = {
+        "toy_geneval": lambda: ToyGenEvalReward(strict=False),
+        "toy_geneval_strict": lambda: ToyGenEvalReward(strict=True),
+    }
+    if name not in table:
+        raise ValueError(f"unknown reward {name!r}; allowed: {sorted(table)}")
+    return table[name]()

@@ -1,0 +1,19 @@
+"""The toy world's GenEval reward: partial credit (Flow-GRPO's GenEval reward) or strict 0/1."""
+
+from __future__ import annotations
+
+import torch
+
+from dgpo.toy.scorer import score
+
+
+class ToyGenEvalReward:
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+
+    def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
+        out = []
+        for img, meta in zip(images.float().cpu().numpy(), metas):
+            correct, partial = score(img, meta)
+            out.append(float(correct) if self.strict else partial)
+        return torch.tensor(out)

@@ -1,0 +1,49 @@
+"""DGPO training timesteps (Timestep Clip) and group-shared noise, derived from seeds (no broadcast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def derive_seed(*key: int) -> int:
+    """A 63-bit seed that is a fixed function of integer keys (run seed, epoch, stream, index...)."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _generator(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*key))
+
+
+def train_timesteps(
+    mode: str,
+    rollout_sigmas: torch.Tensor,
+    k: int,
+    trunc_steps: int = 4,
+    t_min: float = 0.6,
+    seed: int = 0,
+    epoch: int = 0,
+) -> torch.Tensor:
+    """[k] training sigmas for one epoch, shared by every sample (and process).
+
+    * ``grid`` (official): k distinct indices from 0..trunc_steps of the rollout grid (high noise).
+    * ``uniform`` (paper Alg. 1): t ~ U[t_min, 1].
+    """
+    g = _generator(seed, epoch, 1)
+    if mode == "grid":
+        if k > trunc_steps + 1:
+            raise ValueError(f"k={k} timesteps from only {trunc_steps + 1} grid candidates")
+        idx = torch.randperm(trunc_steps + 1, generator=g)[:k]
+        return rollout_sigmas[idx].float()
+    if mode == "uniform":
+        return t_min + (1 - t_min) * torch.rand(k, generator=g)
+    raise ValueError(f"unknown timestep mode {mode!r}; allowed: 'grid', 'uniform'")
+
+
+def shared_noise(shape: tuple[int, ...], group_ids: torch.Tensor, seed: int, epoch: int, slot: int):
+    """[N, *shape] noise, identical for members of a group, independent across groups/slots/epochs."""
+    cache: dict[int, torch.Tensor] = {}
+    for g in group_ids.tolist():
+        if g not in cache:
+            cache[g] = torch.randn(shape, generator=_generator(seed, epoch, 2, slot, g))
+    return torch.stack([cache[g] for g in group_ids.tolist()])

@@ -1,0 +1,198 @@
+"""Prompt grammar of the `shapes` toy world: a miniature of GenEval.
+
+Every prompt comes with GenEval's metadata (``tag``, ``include`` [{class, count, color?, position?}],
+``exclude``, ``prompt``), so the same scorer reads the toy world and GenEval-style files.
+
+Splits are deterministic:
+
+* ``test``: a fixed per-category sample (>= 300 prompts). It contains every colour-shape binding in
+  :data:`HELDOUT_BINDINGS`, which pretraining never names, as GenEval tests unseen combinations.
+* ``train``: the RL training prompts; the rest of the grammar for counting / position / color_attr,
+  minus the test prompts and minus held-out bindings (so train and test never share a prompt).
+* Pretraining draws random metadata from the whole grammar except the held-out bindings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLORS = ("red", "green", "blue", "yellow", "purple", "white")
+RELATIONS = ("left of", "right of", "above", "below")
+NUMBERS = {2: "two", 3: "three", 4: "four"}
+CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+HELDOUT_BINDINGS = frozenset(
+    {("red", "triangle"), ("green", "cross"), ("blue", "circle"), ("yellow", "square")}
+)
+TEST_SIZES = {
+    "single_object": 4,
+    "two_object": 12,
+    "colors": 24,
+    "counting": 40,
+    "position": 120,
+    "color_attr": 120,
+}
+_SPLIT_SEED = 1234
+
+
+def _noun(shape: str, color: str | None) -> str:
+    return f"{color} {shape}" if color else shape
+
+
+def _obj(shape: str, count: int = 1, color: str | None = None, position=None) -> dict:
+    d: dict = {"class": shape, "count": count}
+    if color:
+        d["color"] = color
+    if position:
+        d["position"] = list(position)
+    return d
+
+
+def single_object(shape: str) -> dict:
+    return {"tag": "single_object", "include": [_obj(shape)], "prompt": f"a photo of a {shape}"}
+
+
+def two_object(a: str, b: str) -> dict:
+    return {
+        "tag": "two_object",
+        "include": [_obj(a), _obj(b)],
+        "prompt": f"a photo of a {a} and a {b}",
+    }
+
+
+def counting(shape: str, n: int, color: str | None = None) -> dict:
+    return {
+        "tag": "counting",
+        "include": [_obj(shape, n, color)],
+        "exclude": [_obj(shape, n + 1, color)],
+        "prompt": f"a photo of {NUMBERS[n]} {_noun(shape, color)}{'es' if shape == 'cross' else 's'}",
+    }
+
+
+def colors(shape: str, color: str) -> dict:
+    return {
+        "tag": "colors",
+        "include": [_obj(shape, 1, color)],
+        "prompt": f"a photo of a {color} {shape}",
+    }
+
+
+def position(b: str, rel: str, a: str, cb: str | None = None, ca: str | None = None) -> dict:
+    """"a photo of a B <rel> a A": B is placed relative to A (GenEval's order)."""
+    return {
+        "tag": "position",
+        "include": [_obj(a, 1, ca), _obj(b, 1, cb, (rel, 0))],
+        "prompt": f"a photo of a {_noun(b, cb)} {rel} a {_noun(a, ca)}",
+    }
+
+
+def color_attr(a: str, ca: str, b: str, cb: str) -> dict:
+    return {
+        "tag": "color_attr",
+        "include": [_obj(a, 1, ca), _obj(b, 1, cb)],
+        "prompt": f"a photo of a {ca} {a} and a {cb} {b}",
+    }
+
+
+def all_prompts() -> dict[str, list[dict]]:
+    """Every prompt of the grammar, by category, in a fixed order."""
+    opt_colors = (None, *COLORS)
+    pairs = [(a, b) for a, b in itertools.permutations(SHAPES, 2)]
+    return {
+        "single_object": [single_object(s) for s in SHAPES],
+        "two_object": [two_object(a, b) for a, b in pairs],
+        "counting": [counting(s, n, c) for s in SHAPES for n in NUMBERS for c in opt_colors],
+        "colors": [colors(s, c) for s in SHAPES for c in COLORS],
+        "position": [
+            position(b, r, a, cb, ca)
+            for a, b in pairs
+            for r in RELATIONS
+            for ca in opt_colors
+            for cb in opt_colors
+        ],
+        "color_attr": [
+            color_attr(a, ca, b, cb)
+            for a, b in pairs
+            for ca, cb in itertools.permutations(COLORS, 2)
+        ],
+    }
+
+
+def bindings(meta: dict) -> set[tuple[str, str]]:
+    """The (colour, shape) pairs a prompt names."""
+    return {(o["color"], o["class"]) for o in meta["include"] if "color" in o}
+
+
+def has_heldout(meta: dict) -> bool:
+    return bool(bindings(meta) & HELDOUT_BINDINGS)
+
+
+def _test_split() -> list[dict]:
+    rng = random.Random(_SPLIT_SEED)
+    out: list[dict] = []
+    for cat, rows in all_prompts().items():
+        n = TEST_SIZES[cat]
+        if n >= len(rows):
+            out.extend(rows)
+            continue
+        held = [m for m in rows if has_heldout(m)]
+        rest = [m for m in rows if not has_heldout(m)]
+        k_held = min(len(held), n // 4)  # a quarter of the sample probes unseen bindings
+        picked = rng.sample(held, k_held) + rng.sample(rest, n - k_held)
+        out.extend(sorted(picked, key=rows.index))
+    return out
+
+
+def split(name: str) -> list[dict]:
+    """Deterministic prompt split: ``test`` (held-out evaluation) or ``train`` (RL prompts)."""
+    if name == "test":
+        return _test_split()
+    if name == "train":
+        test = {m["prompt"] for m in _test_split()}
+        return [
+            m
+            for cat in ("counting", "position", "color_attr")
+            for m in all_prompts()[cat]
+            if m["prompt"] not in test and not has_heldout(m)
+        ]
+    raise ValueError(f"unknown split {name!r}; allowed: 'train', 'test'")
+
+
+def pretrain_pool() -> list[dict]:
+    """All prompts pretraining may name: the grammar minus held-out bindings."""
+    return [m for rows in all_prompts().values() for m in rows if not has_heldout(m)]
+
+
+def sample_pretrain(rng: random.Random, pool: list[dict], by_cat: dict | None = None) -> dict:
+    """A pretraining caption: category uniform, then a prompt uniform within it."""
+    if by_cat is None:
+        by_cat = {}
+        for m in pool:
+            by_cat.setdefault(m["tag"], []).append(m)
+    cat = rng.choice(sorted(by_cat))
+    return rng.choice(by_cat[cat])
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a GenEval-format metadata file, with a clear error naming the bad line."""
+    rows = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or "prompt" not in row or "include" not in row:
+            raise ValueError(f"{path}:{i}: a row needs 'prompt' and 'include' keys")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no prompts")
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,0 +1,169 @@
+"""The toy world's text-conditioned rectified-flow model: a small conv UNet with cross-attention.
+
+Convention (SD3's): x_t = (1 - t) x0 + t eps, velocity target eps - x0, t in [0, 1] with 1 = noise.
+The text encoder is a word-level embedding plus a 2-layer transformer, trained jointly; the empty
+prompt "" is the unconditional branch for classifier-free guidance (prompt dropout in pretraining).
+Attention projections are plain ``nn.Linear`` named ``to_q/to_k/to_v/to_out`` so that peft's LoRA
+targets them as it targets diffusers' attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgpo.toy.grammar import COLORS, NUMBERS, RELATIONS, SHAPES
+
+_WORDS = ["a", "photo", "of", "and", *SHAPES, *[s + "s" for s in SHAPES], "crosses", *COLORS]
+_WORDS += [*NUMBERS.values(), *{w for r in RELATIONS for w in r.split()}]
+VOCAB = ["<pad>", "<unk>", "<null>", *dict.fromkeys(_WORDS)]
+
+
+@dataclass
+class ToyModelConfig:
+    """Architecture of the toy UNet (saved beside the weights as JSON)."""
+
+    image_size: int = 32
+    channels: tuple[int, int, int] = (32, 64, 128)
+    text_dim: int = 64
+    text_layers: int = 2
+    max_tokens: int = 16
+    heads: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tokenize(prompts: list[str], max_tokens: int) -> torch.Tensor:
+    """Word-level ids [B, max_tokens]; "" becomes the single <null> token."""
+    index = {w: i for i, w in enumerate(VOCAB)}
+    out = torch.zeros(len(prompts), max_tokens, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        words = p.lower().split() or ["<null>"]
+        ids = [index.get(w, 1) for w in words][:max_tokens]
+        out[b, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, cfg: ToyModelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(len(VOCAB), cfg.text_dim)
+        self.pos = nn.Parameter(torch.randn(cfg.max_tokens, cfg.text_dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.text_dim, cfg.heads, 2 * cfg.text_dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.text_dim)
+
+    def forward(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        pad = ids == 0
+        h = self.norm(self.encoder(self.embed(ids) + self.pos, src_key_padding_mask=pad))
+        keep = (~pad).unsqueeze(-1).float()
+        pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1)
+        return {"tokens": h, "mask": ~pad, "pooled": pooled}
+
+
+class Attention(nn.Module):
+    """Multi-head attention of image tokens over a context (itself or text tokens)."""
+
+    def __init__(self, dim: int, ctx_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(8, dim)
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(ctx_dim, dim)
+        self.to_v = nn.Linear(ctx_dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x, ctx=None, mask=None):
+        b, c, h, w = x.shape
+        q_in = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        kv = q_in if ctx is None else ctx
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.to_q(q_in)), split(self.to_k(kv)), split(self.to_v(kv))
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        o = self.to_out(o.transpose(1, 2).flatten(2))
+        return x + o.transpose(1, 2).reshape(b, c, h, w)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(8, cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2, self.conv2 = nn.GroupNorm(8, cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, 1)
+        h = self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
+        return self.skip(x) + h
+
+
+class Stage(nn.Module):
+    """A ResBlock, then optional self-attention and cross-attention to the prompt."""
+
+    def __init__(self, cin, cout, emb_dim, text_dim, heads, self_attn, cross_attn):
+        super().__init__()
+        self.res = ResBlock(cin, cout, emb_dim)
+        self.attn = Attention(cout, cout, heads) if self_attn else None
+        self.cross = Attention(cout, text_dim, heads) if cross_attn else None
+
+    def forward(self, x, emb, text):
+        x = self.res(x, emb)
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.cross is not None:
+            x = self.cross(x, text["tokens"], text["mask"])
+        return x
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], -1)
+
+
+class ToyUNet(nn.Module):
+    """Velocity network v(x_t, t, text) on [B, 3, S, S] pixels in [-1, 1]."""
+
+    def __init__(self, cfg: ToyModelConfig):
+        super().__init__()
+        c1, c2, c3 = cfg.channels
+        e, td, hd = 4 * c1, cfg.text_dim, cfg.heads
+        self.cfg = cfg
+        self.text_encoder = TextEncoder(cfg)
+        self.t_mlp = nn.Sequential(nn.Linear(c1, e), nn.SiLU(), nn.Linear(e, e))
+        self.pool_proj = nn.Linear(td, e)
+        self.stem = nn.Conv2d(3, c1, 3, padding=1)
+        self.down1 = Stage(c1, c1, e, td, hd, False, False)
+        self.down2 = Stage(c1, c2, e, td, hd, False, True)
+        self.down3 = Stage(c2, c3, e, td, hd, True, True)
+        self.mid = Stage(c3, c3, e, td, hd, True, True)
+        self.up3 = Stage(2 * c3, c2, e, td, hd, True, True)
+        self.up2 = Stage(2 * c2, c1, e, td, hd, False, True)
+        self.up1 = Stage(2 * c1, c1, e, td, hd, False, False)
+        self.out = nn.Sequential(nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, 3, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x, t, text):
+        emb = self.t_mlp(timestep_embedding(t, self.cfg.channels[0])) + self.pool_proj(text["pooled"])
+        h1 = self.down1(self.stem(x), emb, text)  # S
+        h2 = self.down2(F.avg_pool2d(h1, 2), emb, text)  # S/2
+        h3 = self.down3(F.avg_pool2d(h2, 2), emb, text)  # S/4
+        h = self.mid(h3, emb, text)
+        h = self.up3(torch.cat([h, h3], 1), emb, text)
+        h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        h = self.up2(torch.cat([h, h2], 1), emb, text)
+        h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        h = self.up1(torch.cat([h, h1], 1), emb, text)
+        return self.out(h)

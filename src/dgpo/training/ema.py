@@ -1,0 +1,71 @@
+"""The two EMAs of the official code, over the trainable parameters only.
+
+* ``OldModelEMA`` (theta^-, official ``ema_ref``): decay min(0.3, 0.001 * step), updated every
+  optimizer step; it gives dsm_old for the PPO-style clip and rolls out after ``switch_ema_ref``.
+* ``SlowEMA`` (Flow-GRPO's ``EMAModuleWrapper``): decay min(decay, (1 + step) / (10 + step)),
+  applied every ``every`` steps; its weights are evaluated and saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+class ParamEMA:
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = params
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def _blend(self, decay: float) -> None:
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach().to(s.dtype), 1 - decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Temporarily load the EMA values into the live parameters."""
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, v in zip(self.params, saved):
+                    p.copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {str(i): s for i, s in enumerate(self.shadow)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if len(state) != len(self.shadow):
+            raise ValueError(f"EMA state has {len(state)} tensors, expected {len(self.shadow)}")
+        for i, s in enumerate(self.shadow):
+            s.copy_(state[str(i)])
+
+
+class OldModelEMA(ParamEMA):
+    @staticmethod
+    def decay(step: int) -> float:
+        return min(0.3, 0.001 * step)
+
+    def update(self, step: int) -> None:
+        self._blend(self.decay(step))
+
+
+class SlowEMA(ParamEMA):
+    def __init__(self, params, decay: float = 0.9, every: int = 8):
+        super().__init__(params)
+        self.max_decay, self.every = decay, every
+
+    def decay(self, step: int) -> float:
+        return min(self.max_decay, (1 + step) / (10 + step))
+
+    def update(self, step: int) -> None:
+        """Called after optimizer step ``step`` (0-based), as Flow-GRPO's wrapper."""
+        if (step + 1) % self.every == 0:
+            self._blend(self.decay(step))

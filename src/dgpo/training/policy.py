@@ -1,0 +1,56 @@
+"""Trainable wrapper around a :class:`FlowModel`: LoRA through peft (reference = adapter disabled) or
+full fine-tuning (reference = a frozen copy)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from dgpo.models.base import FlowModel
+
+
+class Policy:
+    def __init__(self, model: FlowModel, lora_rank: int = 64, lora_alpha: float = 128.0, seed: int = 0):
+        self.model = model
+        self.lora = lora_rank > 0
+        torch.manual_seed(seed)  # LoRA init is random (gaussian A, zero B)
+        if self.lora:
+            cfg = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
+                             target_modules=model.lora_targets)
+            model.denoiser.requires_grad_(False)
+            model.denoiser = get_peft_model(model.denoiser, cfg)
+            self._frozen = None
+        else:
+            self._frozen = copy.deepcopy(model.denoiser).requires_grad_(False)
+            model.denoiser.requires_grad_(True)
+        self.params = [p for p in model.denoiser.parameters() if p.requires_grad]
+        self.names = [n for n, p in model.denoiser.named_parameters() if p.requires_grad]
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """The frozen base model: LoRA disabled, or the frozen copy swapped in."""
+        if self.lora:
+            with self.model.denoiser.disable_adapter():
+                yield
+        else:
+            live = self.model.denoiser
+            self.model.denoiser = self._frozen
+            try:
+                yield
+            finally:
+                self.model.denoiser = live
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().contiguous() for n, p in zip(self.names, self.params)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.names) - set(state)
+        if missing:
+            raise ValueError(f"checkpoint lacks trainable tensors, e.g. {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for n, p in zip(self.names, self.params):
+                p.copy_(state[n])
