@@ -53,8 +53,9 @@ class SamplerConfig:
 
 @dataclass
 class RewardConfig:
-    name: Literal["toy_geneval", "toy_geneval_strict"] = opt(
-        "toy_geneval", help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1"
+    name: Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility"] = opt(
+        "toy_geneval",
+        help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: DDPO's (in)compressibility",
     )
 
 
@@ -186,9 +187,16 @@ def _set_override(data: dict, item: str) -> None:
         node[parts[-1]] = raw
 
 
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "toy_demo.yaml"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- ``key=value`` overrides, then strict validation."""
+    """Defaults <- YAML file (None: the embedded toy demo) <- ``key=value`` overrides, then validation.
+
+    Use ``path=""`` for the bare dataclass defaults (the official recipe's values).
+    """
     data: dict = {}
+    path = DEFAULT_CONFIG if path is None else (path or None)
     if path is not None:
         p = Path(path)
         if not p.is_file():

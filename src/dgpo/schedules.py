@@ -19,3 +19,10 @@ def sigma_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     return time_shift(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
+
+
+def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t eps; ``t`` a float or [B] (broadcast over the other dims)."""
+    if isinstance(t, torch.Tensor) and t.dim() == 1:
+        t = t.view(-1, *([1] * (x0.dim() - 1)))
+    return (1 - t) * x0 + t * eps

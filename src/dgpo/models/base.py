@@ -21,6 +21,8 @@ class FlowModel(Protocol):
     """The network that predicts velocity; LoRA wraps it, the trainer optimises it."""
     lora_targets: list[str]
     """Module-name suffixes that LoRA adapts (attention projections)."""
+    frozen_prefixes: tuple[str, ...]
+    """Parameter-name prefixes inside ``denoiser`` that stay frozen even in full fine-tuning."""
 
     def encode_prompts(self, prompts: list[str]) -> Cond:
         """Frozen text encoding; "" is the unconditional prompt used by CFG."""

@@ -15,6 +15,7 @@ class ToyFlowModel:
     """The toy world's model; ``path`` is a toy checkpoint folder (default: the shipped base)."""
 
     lora_targets = ["to_q", "to_k", "to_v", "to_out"]
+    frozen_prefixes = ("text_encoder.",)  # prompts are encoded once, frozen, as with real models
 
     def __init__(self, net: ToyUNet):
         self.net = net.requires_grad_(False)

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dgpo.schedules import interpolate
 from dgpo.toy import grammar
-from dgpo.toy.model import ToyModelConfig, ToyUNet
+from dgpo.toy.model import ToyModelConfig, ToyUNet, tokenize
 from dgpo.toy.render import render
 from dgpo.toy.weights import save_toy
 
@@ -38,16 +39,9 @@ def flow_matching_loss(model: ToyUNet, x0: torch.Tensor, prompts: list[str], gen
     b = x0.shape[0]
     t = torch.sigmoid(torch.randn(b, generator=gen))
     eps = torch.randn(x0.shape, generator=gen)
-    tt = t[:, None, None, None]
-    x_t = (1 - tt) * x0 + tt * eps
-    text = model.text_encoder(_ids(model, prompts))
+    x_t = interpolate(x0, eps, t)
+    text = model.text_encoder(tokenize(prompts, model.cfg.max_tokens))
     return (model(x_t, t, text) - (eps - x0)).pow(2).mean()
-
-
-def _ids(model: ToyUNet, prompts):
-    from dgpo.toy.model import tokenize
-
-    return tokenize(prompts, model.cfg.max_tokens)
 
 
 def pretrain(

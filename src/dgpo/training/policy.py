@@ -26,7 +26,8 @@ class Policy:
             self._frozen = None
         else:
             self._frozen = copy.deepcopy(model.denoiser).requires_grad_(False)
-            model.denoiser.requires_grad_(True)
+            for name, p in model.denoiser.named_parameters():
+                p.requires_grad_(not name.startswith(model.frozen_prefixes))
         self.params = [p for p in model.denoiser.parameters() if p.requires_grad]
         self.names = [n for n, p in model.denoiser.named_parameters() if p.requires_grad]
 

@@ -27,7 +27,7 @@ from dgpo.models.base import cfg_velocity, cond_index
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward
 from dgpo.samplers.rollout import generate
-from dgpo.schedules import sigma_grid
+from dgpo.schedules import interpolate, sigma_grid
 from dgpo.timesteps import derive_seed, shared_noise, train_timesteps
 from dgpo.training import io
 from dgpo.training.ema import OldModelEMA, SlowEMA
@@ -148,7 +148,7 @@ class Trainer:
         cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
         eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot)
         tt = torch.full((len(mb),), t)
-        x_t = (1 - t) * x0 + t * eps
+        x_t = interpolate(x0, eps, t)
         target = eps - x0
         with torch.no_grad():
             with self.policy.reference():

@@ -1,0 +1,68 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dgpo.config import DEFAULT_CONFIG, Config, ConfigError, dump_yaml, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + [DEFAULT_CONFIG]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_yaml_loads_and_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert load_config(path, []) == cfg
+
+
+def test_overrides_and_defaults():
+    cfg = load_config("", ["train.lr=1e-4", "dgpo.beta_dpo=10", "sampler.method=euler"])
+    assert cfg.train.lr == 1e-4 and cfg.dgpo.beta_dpo == 10.0 and cfg.sampler.method == "euler"
+    assert load_config("").dgpo.beta_dpo == 100.0  # official default
+    assert load_config(None).run.out_dir == "runs/dgpo-toy"  # embedded toy default
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.lrr=1", r"unknown key 'train\.lrr'.*allowed.*'lr'"),
+    ("bogus.x=1", r"unknown key 'bogus'"),
+    ("train.lr=abc", r"train\.lr: expected float"),
+    ("train.group_size=1", r"train\.group_size: 1 is out of range \[2, inf\]"),
+    ("train.group_size=2.5", r"train\.group_size: expected int"),
+    ("sampler.method=heun", r"sampler\.method: 'heun' is not one of \['dpm', 'euler'\]"),
+    ("dgpo.clip_dsm=3", r"dgpo\.clip_dsm: expected bool"),
+    ("dgpo.clip_range=2", r"dgpo\.clip_range: 2.0 is out of range"),
+    ("dgpo.trunc_steps=12", r"dgpo\.trunc_steps=12 must be < sampler\.steps=10"),
+    ("train", r"key=value"),
+])
+def test_errors_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("", [override])
+
+
+def test_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match="train.: expected a mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["train.lr=0.001"])
+    p = tmp_path / "c.yaml"
+    p.write_text(dump_yaml(cfg))
+    assert load_config(p) == cfg
+
+
+def test_cli_config_show_and_bad_key_exit_code():
+    run = lambda *a: subprocess.run([sys.executable, "-m", "dgpo.cli", *a], capture_output=True, text=True)  # noqa: E731
+    ok = run("config", "show", "train.lr=0.01")
+    assert ok.returncode == 0 and "lr: 0.01" in ok.stdout
+    bad = run("config", "show", "train.lrr=0.01")
+    assert bad.returncode == 2 and "train.lrr" in bad.stderr

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dgpo.config import load_config
+from dgpo.training.trainer import Trainer
+
+
+def _cfg(tiny, out, *extra):
+    return load_config(None, [
+        f"model.path={tiny}", f"run.out_dir={out}", "run.epochs=2", "run.sample_every=0",
+        "run.save_every=1", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=4",
+        "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3",
+        "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2", "dgpo.switch_ema_ref=0",
+        "eval.max_prompts=4", "eval.batch_size=8", "reward.name=jpeg_incompressibility", *extra])
+
+
+def _snapshot(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.denoiser.named_parameters()}
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy, tmp_path, lora):
+    extra = [] if lora else ["train.lora_rank=0"]
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "run", *extra, "dgpo.kl_beta=0.1"))
+    before = _snapshot(tr)
+    summary = tr.fit()
+    after = _snapshot(tr)
+    trainable = set(tr.policy.names)
+    assert trainable and (any("lora_" in n for n in trainable) == lora)
+    for n in before:
+        assert (not torch.equal(before[n], after[n])) == (n in trainable), n
+    assert not any("text_encoder" in n for n in trainable)
+    assert summary["steps"] == 2 and {"overall", "single_object"} <= set(summary["eval_after"])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"reward_mean", "zero_spread_share", "clip", "grad_norm", "lr", "time_rollout"} <= set(rows[0])
+    for f in ("summary.json", "config.yaml", "samples/before.png", "samples/after.png", "plots/reward.png"):
+        assert (tmp_path / "run" / f).is_file(), f
+
+
+def test_resume_equals_uninterrupted(tiny_toy, tmp_path):
+    Trainer(_cfg(tiny_toy, tmp_path / "a")).fit()
+    Trainer(_cfg(tiny_toy, tmp_path / "b", "run.epochs=1")).fit()
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "b"), resume=True)
+    assert tr.step == 1 and tr.start_epoch == 1
+    tr.fit()
+    a = load_file(str(tmp_path / "a/checkpoints/step_000002/policy.safetensors"))
+    b = load_file(str(tmp_path / "b/checkpoints/step_000002/policy.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_toy, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(_cfg(tiny_toy, tmp_path / "empty"), resume=True)
