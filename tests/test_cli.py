@@ -8,7 +8,8 @@ def test_eval_oracle_proves_the_scorer(tmp_path, capsys):
     assert main(["toy", "prompts", "test", "--out", str(split)]) == 0
     rows = split.read_text().splitlines()[::8]
     split.write_text("\n".join(rows) + "\n")
-    assert main(["eval", "--model", "oracle", "--split", str(split), "--out", str(tmp_path / "ev")]) == 0
+    assert main(["eval", "--model", "oracle", "--split", str(split), "--out", str(tmp_path / "ev"),
+                 "--min-per-category", "0"]) == 0
     res = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert res["overall"] >= 0.99 and len(res["rows"]) == len(rows)
     assert "| oracle (renderer) |" in (tmp_path / "ev" / "eval.md").read_text()

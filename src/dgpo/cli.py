@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default="", help="toy checkpoint folder, run dir, or 'oracle' (the renderer)")
     ev.add_argument("--split", default="toy:test", help="toy:test, toy:train or a GenEval .jsonl")
     ev.add_argument("--images-per-prompt", type=int, default=1)
+    ev.add_argument("--min-per-category", type=int, default=40,
+                    help="small categories get more images per prompt, to at least this many images")
     ev.add_argument("--out", default="eval")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=64)
@@ -88,6 +90,9 @@ def cmd_train(a) -> None:
     path, overrides = _split_cfg_args(a.args)
     cfg = load_config(path, overrides)
     summary = Trainer(cfg, resume=a.resume).fit()
+    if "eval_after" not in summary:
+        print(f"DGPO: {summary['steps']} optimizer steps; run directory: {cfg.run.out_dir}")
+        return
     before = {k: v for k, v in summary["eval_before"].items() if k != "step"}
     after = {k: v for k, v in summary["eval_after"].items() if k != "step"}
     print(f"\nDGPO: {summary['steps']} optimizer steps; held-out toy GenEval (strict, slow-EMA weights):")
@@ -126,7 +131,7 @@ def cmd_eval(a) -> None:
     else:
         model = _load_flow_model(a.model)
         fn, name = model_image_fn(model, a.steps, a.shift, a.cfg_scale, a.method), a.model or "toy base"
-    res = evaluate(fn, metas, a.images_per_prompt, a.seed, a.batch_size)
+    res = evaluate(fn, metas, a.images_per_prompt, a.seed, a.batch_size, "eval", a.min_per_category)
     write_eval(res, a.out, name)
     print(markdown_table({name: res}), end="")
     print(f"wrote {a.out}/eval.json and {a.out}/eval.md ({res['n_images']} images)")

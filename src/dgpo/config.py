@@ -34,6 +34,7 @@ class RunConfig:
     sample_every: int = opt(10, 0, help="epochs between sample grids (0: only before/after)")
     save_every: int = opt(10, 0, help="epochs between checkpoints (0: only at the end)")
     eval_every: int = opt(0, 0, help="epochs between held-out evals (0: only before/after)")
+    eval_at_ends: bool = opt(True, help="held-out eval and sample grid before and after training")
 
 
 @dataclass
@@ -100,6 +101,7 @@ class EvalConfig:
     images_per_prompt: int = opt(1, 1, help="images per prompt (GenEval: 4)")
     batch_size: int = opt(64, 1, help="generation batch size")
     max_prompts: int = opt(0, 0, help="evaluate only the first N prompts (0: all)")
+    min_per_category: int = opt(40, 0, help="small categories get more images per prompt, up to this")
 
 
 @dataclass

@@ -50,9 +50,18 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 64,
     desc: str = "eval",
+    min_per_category: int = 0,
 ) -> dict:
-    """Strict GenEval accuracy per category, ``overall`` (mean of categories), partial reward, rows."""
-    jobs = [(i, k) for i in range(len(metas)) for k in range(images_per_prompt)]
+    """Strict GenEval accuracy per category, ``overall`` (mean of categories), partial reward, rows.
+
+    ``min_per_category``: small categories get more images per prompt (at least this many images in
+    each category), so that a 4-prompt category is not scored on 4 coin flips.
+    """
+    sizes: dict[str, int] = defaultdict(int)
+    for m in metas:
+        sizes[m.get("tag", "")] += 1
+    per = {t: max(images_per_prompt, -(-min_per_category // n)) for t, n in sizes.items()}
+    jobs = [(i, k) for i, m in enumerate(metas) for k in range(per[m.get("tag", "")])]
     rows = []
     for start in tqdm(range(0, len(jobs), batch_size), desc=desc, unit="batch", leave=False):
         chunk = jobs[start : start + batch_size]

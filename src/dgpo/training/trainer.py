@@ -65,7 +65,7 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict:
         c = self.cfg
-        if self.start_epoch == 0:
+        if self.start_epoch == 0 and c.run.eval_at_ends:
             self.evals = [{"step": 0, **self._evaluate("eval before")}]
             self._grid("before")
         bar = tqdm(range(self.start_epoch, c.run.epochs), desc="dgpo", unit="epoch",
@@ -192,7 +192,7 @@ class Trainer:
         fn = model_image_fn(self.model, c.sampler.steps, c.sampler.shift, c.sampler.cfg_scale, c.sampler.method)
         with self.ema_slow.applied():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
-                           c.eval.batch_size, desc)
+                           c.eval.batch_size, desc, c.eval.min_per_category)
         return {k: v for k, v in res.items() if k not in ("rows", "n_images")}
 
     def _grid(self, name: str) -> None:
@@ -223,12 +223,13 @@ class Trainer:
         log.info("resumed from %s (step %d, epoch %d)", ckpt, self.step, self.start_epoch)
 
     def _finish(self) -> dict:
-        after = {"step": self.step, **self._evaluate("eval after")}
-        if self.evals[-1]["step"] != self.step:
-            self.evals.append(after)
-        self._grid("after")
-        summary = {"eval_before": self.evals[0], "eval_after": after, "steps": self.step,
-                   "evals": self.evals}
+        summary: dict = {"steps": self.step}
+        if self.cfg.run.eval_at_ends:
+            after = {"step": self.step, **self._evaluate("eval after")}
+            if not self.evals or self.evals[-1]["step"] != self.step:
+                self.evals.append(after)
+            self._grid("after")
+            summary.update(eval_before=self.evals[0], eval_after=after, evals=self.evals)
         if self.acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
             io.plot_curves(self.metrics.read(), self.evals, self.run_dir / "plots")

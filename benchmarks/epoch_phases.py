@@ -1,0 +1,53 @@
+"""Time one DGPO epoch's phases (rollout, reward, train) on the toy default, side by side in one run.
+
+Usage: python benchmarks/epoch_phases.py [--epochs 3] [key=value ...]
+Writes bench_results/epoch_phases.json and prints seconds per phase and per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dgpo.config import load_config
+from dgpo.training.trainer import Trainer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--out", default="bench_results/epoch_phases.json")
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(None, [f"run.out_dir={tmp}", f"run.epochs={a.epochs}", "run.sample_every=0",
+                                 "run.save_every=0", "run.eval_at_ends=false", *a.overrides])
+        trainer = Trainer(cfg)
+        t0 = time.time()
+        trainer.fit()
+        wall = time.time() - t0
+        rows = trainer.metrics.read()
+    images = cfg.train.prompts_per_epoch * cfg.train.group_size
+    phases = {k: sum(r[f"time_{k}"] for r in rows) / len(rows) for k in ("rollout", "reward", "train")}
+    result = {
+        "config": {"P": cfg.train.prompts_per_epoch, "G": cfg.train.group_size, "steps": cfg.sampler.steps,
+                   "train_timesteps": cfg.dgpo.num_train_timesteps, "lora_rank": cfg.train.lora_rank},
+        "epochs": len(rows), "wall_s": wall, "seconds_per_epoch": phases,
+        "seconds_per_image": {k: v / images for k, v in phases.items()},
+        "share": {k: v / sum(phases.values()) for k, v in phases.items()},
+        "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
