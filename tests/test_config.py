@@ -66,3 +66,10 @@ def test_cli_config_show_and_bad_key_exit_code():
     assert ok.returncode == 0 and "lr: 0.01" in ok.stdout
     bad = run("config", "show", "train.lrr=0.01")
     assert bad.returncode == 2 and "train.lrr" in bad.stderr
+
+
+def test_options_doc_is_current():
+    from dgpo.config import options_markdown
+
+    doc = (ROOT / "docs" / "options.md").read_text()
+    assert options_markdown() in doc, "regenerate docs/options.md with `dgpo config options`"

@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in run.out_dir")
 
     cf = sub.add_parser("config", help="config tools")
-    cf.add_argument("action", choices=["show"])
+    cf.add_argument("action", choices=["show", "options"], help="show: resolved config; options: all keys")
     cf.add_argument("args", nargs="*", help="[config.yaml] [key=value ...]")
 
     sa = sub.add_parser("sample", help="write a PNG grid for prompts")
@@ -101,8 +101,11 @@ def cmd_train(a) -> None:
 
 
 def cmd_config(a) -> None:
-    from dgpo.config import dump_yaml, load_config
+    from dgpo.config import dump_yaml, load_config, options_markdown
 
+    if a.action == "options":
+        print(options_markdown(), end="")
+        return
     path, overrides = _split_cfg_args(a.args)
     print(dump_yaml(load_config(path, overrides)), end="")
 

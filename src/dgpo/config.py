@@ -41,7 +41,6 @@ class RunConfig:
 class ModelConfig:
     kind: Literal["toy"] = opt("toy", help="model family adapter")
     path: str = opt("", help="checkpoint folder or hub id; '' = the built-in toy base")
-    dtype: Literal["float32", "bfloat16"] = opt("float32", help="weights dtype of frozen parts")
 
 
 @dataclass
@@ -218,3 +217,21 @@ def to_dict(cfg: Config) -> dict:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def options_markdown() -> str:
+    """A markdown table of every option: key, default (the official value), allowed values, help."""
+    lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp, meta = hints[f.name], f.metadata
+            if typing.get_origin(tp) is Literal:
+                allowed = ", ".join(f"`{a}`" for a in typing.get_args(tp))
+            elif meta.get("lo") is not None or meta.get("hi") is not None:
+                allowed = f"{tp.__name__} in [{meta.get('lo')}, {meta.get('hi', None) or 'inf'}]"
+            else:
+                allowed = tp.__name__
+            lines.append(f"| `{section.name}.{f.name}` | `{f.default!r}` | {allowed} | {meta.get('help', '')} |")
+    return "\n".join(lines) + "\n"
