@@ -88,6 +88,7 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, 0.0, help="grad-norm clip (official 1.0)")
     lora_rank: int = opt(64, 0, help="LoRA rank (official code 64; paper 32); 0 = full fine-tune")
     lora_alpha: float = opt(128.0, 0.0, help="LoRA alpha (official 128)")
+    lora_targets: str = opt("", help="comma-separated module-name suffixes for LoRA; '' = the model's list")
     mixed_precision: Literal["no", "bf16"] = opt("no", help="autocast dtype for training forwards")
     ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
     ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")

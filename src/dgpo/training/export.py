@@ -10,7 +10,7 @@ from dgpo.config import load_config
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.training.io import latest_checkpoint
-from dgpo.training.policy import Policy
+from dgpo.training.policy import Policy, parse_targets
 
 
 def load_run_model(run_dir: str | Path, weights: str = "ema_slow") -> FlowModel:
@@ -21,7 +21,8 @@ def load_run_model(run_dir: str | Path, weights: str = "ema_slow") -> FlowModel:
     if ckpt is None:
         raise FileNotFoundError(f"run {run} has no checkpoint")
     model = load_model(cfg.model)
-    policy = Policy(model, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.run.seed)
+    policy = Policy(model, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.run.seed,
+                    parse_targets(cfg.train.lora_targets))
     tensors = load_file(str(ckpt / f"{weights}.safetensors"))
     if weights == "policy":
         policy.load_state_dict(tensors)

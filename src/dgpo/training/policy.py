@@ -13,14 +13,20 @@ from peft import LoraConfig, get_peft_model
 from dgpo.models.base import FlowModel
 
 
+def parse_targets(spec: str) -> list[str]:
+    """``"to_q, to_k"`` -> ["to_q", "to_k"]; "" -> [] (the model's own list)."""
+    return [t.strip() for t in spec.split(",") if t.strip()]
+
+
 class Policy:
-    def __init__(self, model: FlowModel, lora_rank: int = 64, lora_alpha: float = 128.0, seed: int = 0):
+    def __init__(self, model: FlowModel, lora_rank: int = 64, lora_alpha: float = 128.0, seed: int = 0,
+                 lora_targets: list[str] | None = None):
         self.model = model
         self.lora = lora_rank > 0
         torch.manual_seed(seed)  # LoRA init is random (gaussian A, zero B)
         if self.lora:
             cfg = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
-                             target_modules=model.lora_targets)
+                             target_modules=lora_targets or model.lora_targets)
             model.denoiser.requires_grad_(False)
             model.denoiser = get_peft_model(model.denoiser, cfg)
             self._frozen = None

@@ -31,7 +31,7 @@ from dgpo.schedules import interpolate, sigma_grid
 from dgpo.timesteps import derive_seed, shared_noise, train_timesteps
 from dgpo.training import io
 from dgpo.training.ema import OldModelEMA, SlowEMA
-from dgpo.training.policy import Policy
+from dgpo.training.policy import Policy, parse_targets
 
 log = logging.getLogger(__name__)
 GRID_PROMPTS = 16
@@ -43,7 +43,8 @@ class Trainer:
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision)
         self.run_dir = Path(c.run.out_dir)
         self.model = load_model(c.model)
-        self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed)
+        self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
+                             parse_targets(c.train.lora_targets))
         self.opt = torch.optim.AdamW(self.policy.params, lr=c.train.lr, betas=(0.9, 0.999),
                                      weight_decay=c.train.weight_decay, eps=1e-8)
         self.ema_old = OldModelEMA(self.policy.params)
@@ -66,7 +67,7 @@ class Trainer:
     def fit(self) -> dict:
         c = self.cfg
         if self.start_epoch == 0 and c.run.eval_at_ends:
-            self.evals = [{"step": 0, **self._evaluate("eval before")}]
+            self._record_eval({"step": 0, **self._evaluate("eval before")})
             self._grid("before")
         bar = tqdm(range(self.start_epoch, c.run.epochs), desc="dgpo", unit="epoch",
                    initial=self.start_epoch, total=c.run.epochs)
@@ -181,11 +182,17 @@ class Trainer:
         r, done = self.cfg.run, epoch + 1
         last = done == r.epochs
         if r.eval_every and done % r.eval_every == 0 and not last:
-            self.evals.append({"step": self.step, **self._evaluate(f"eval @{self.step}")})
+            self._record_eval({"step": self.step, **self._evaluate(f"eval @{self.step}")})
         if r.sample_every and done % r.sample_every == 0 and not last:
             self._grid(f"step_{self.step:05d}")
         if (r.save_every and done % r.save_every == 0) or last:
             self._save(done)
+
+    def _record_eval(self, row: dict) -> None:
+        self.evals.append(row)
+        if self.acc.is_main_process:
+            with (self.run_dir / "evals.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def _evaluate(self, desc: str) -> dict:
         c = self.cfg
@@ -227,7 +234,7 @@ class Trainer:
         if self.cfg.run.eval_at_ends:
             after = {"step": self.step, **self._evaluate("eval after")}
             if not self.evals or self.evals[-1]["step"] != self.step:
-                self.evals.append(after)
+                self._record_eval(after)
             self._grid("after")
             summary.update(eval_before=self.evals[0], eval_after=after, evals=self.evals)
         if self.acc.is_main_process:
