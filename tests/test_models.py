@@ -66,3 +66,13 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_toy, tmp_path):
     (tmp_path / "copy" / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad config.json"):
         load_toy(tmp_path / "copy")
+
+
+def test_cond_where_replaces_whole_samples(tiny_toy):
+    from dgpo.models.base import cond_where
+
+    m = ToyFlowModel.load(tiny_toy)
+    cond, null = m.encode_prompts(PROMPTS), m.encode_prompts([""] * 3)
+    mixed = cond_where(torch.tensor([False, True, False]), null, cond)
+    for k in cond:
+        assert torch.equal(mixed[k][0], cond[k][0]) and torch.equal(mixed[k][1], null[k][1])

@@ -12,8 +12,20 @@ def test_pretrain_lowers_flow_matching_loss_and_writes_a_loadable_checkpoint(tmp
     last = pretrain(tmp_path, minutes=5, batch_size=16, lr=3e-3, save_every=20, cfg=cfg, max_steps=40)
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     first, final = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
-    assert len(rows) == 40 and final < 0.8 * first
+    assert len(rows) == 40 and final < 0.9 * first  # lr is still warming up (200 steps)
     assert (tmp_path / "step_000020" / "model.safetensors").is_file()
     model = ToyFlowModel.load(last)
     assert json.loads((last / "config.json").read_text())["info"]["step"] == 40
     assert model.velocity(torch.zeros(1, 3, 32, 32), torch.ones(1), model.encode_prompts([""])).shape == (1, 3, 32, 32)
+
+
+def test_continued_pretraining_moves_every_ema_parameter(tiny_toy, tmp_path):
+    from safetensors.torch import load_file
+
+    last = pretrain(tmp_path, minutes=5, batch_size=8, lr=1e-3, ema_decay=0.5, save_every=100,
+                    max_steps=3, init=tiny_toy, weights={"single_object": 4.0})
+    a = load_file(str(tiny_toy / "model.safetensors"))
+    b = load_file(str(last / "model.safetensors"))
+    # a key bias shifts every attention logit of a query equally: softmax ignores it (zero gradient)
+    unchanged = [k for k in a if torch.equal(a[k], b[k]) and not k.endswith("to_k.bias")]
+    assert not unchanged, unchanged[:3]

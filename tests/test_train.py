@@ -24,7 +24,7 @@ def _snapshot(trainer):
 @pytest.mark.parametrize("lora", [True, False])
 def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy, tmp_path, lora):
     extra = [] if lora else ["train.lora_rank=0"]
-    tr = Trainer(_cfg(tiny_toy, tmp_path / "run", *extra, "dgpo.kl_beta=0.1"))
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "run", *extra, "dgpo.kl_beta=0.1", "dgpo.text_dropout=0.2"))
     before = _snapshot(tr)
     summary = tr.fit()
     after = _snapshot(tr)

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--batch-size", type=int, default=64)
     pt.add_argument("--lr", type=float, default=1e-3)
     pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--ema-decay", type=float, default=0.999)
+    pt.add_argument("--init", default=None, help="continue from a toy checkpoint folder")
+    pt.add_argument("--weights", default="", help="category weights, e.g. single_object=4,colors=3")
     pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
     pp.add_argument("split", choices=["train", "test"])
     pp.add_argument("--out", required=True)
@@ -148,9 +151,17 @@ def cmd_toy(a) -> None:
         write_jsonl(rows, a.out)
         print(f"wrote {len(rows)} prompts to {a.out}")
         return
+    from dgpo.toy.grammar import CATEGORIES
     from dgpo.toy.pretrain import pretrain
 
-    last = pretrain(a.out, a.minutes, a.batch_size, a.lr, seed=a.seed, max_steps=a.max_steps)
+    weights = {}
+    for item in filter(None, a.weights.split(",")):
+        cat, _, w = item.partition("=")
+        if cat not in CATEGORIES or not w:
+            raise ValueError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in {list(CATEGORIES)}")
+        weights[cat] = float(w)
+    last = pretrain(a.out, a.minutes, a.batch_size, a.lr, a.ema_decay, seed=a.seed, max_steps=a.max_steps,
+                    init=a.init, weights=weights or None)
     print(f"final EMA weights: {last}")
 
 

@@ -73,6 +73,7 @@ class DGPOConfig:
     t_min: float = opt(0.6, 0.0, 1.0, help="uniform mode: t ~ U[t_min, 1] (paper Alg. 1)")
     switch_ema_ref: int = opt(500, 0, help="optimizer steps before the EMA 'old' model rolls out")
     use_ema_ref: bool = opt(False, help="the EMA 'old' model is the DGPO reference (TDM-R1 style)")
+    text_dropout: float = opt(0.0, 0.0, 1.0, help="train on the empty prompt with this probability (paper 0.05; code 0)")
     adv_std: Literal["group", "global"] = opt("group", help="advantage std per group or global")
     adv_clip_max: float = opt(5.0, 0.0, help="advantages clipped to +-adv_clip_max")
 
@@ -93,6 +94,7 @@ class TrainConfig:
     ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
     ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")
     prompts: str = opt("toy:train", help="prompt source: toy:train or a GenEval-format .jsonl")
+    balance_categories: bool = opt(True, help="sample prompts category-first (by metadata tag)")
 
 
 @dataclass

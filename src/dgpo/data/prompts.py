@@ -24,9 +24,19 @@ def load_prompts(spec: str) -> list[dict]:
     return rows
 
 
-def epoch_prompts(prompts: list[dict], n: int, seed: int, epoch: int) -> list[dict]:
-    """The ``n`` prompts of an epoch: a deterministic function of (seed, epoch), without replacement."""
+def epoch_prompts(prompts: list[dict], n: int, seed: int, epoch: int, balance: bool = False) -> list[dict]:
+    """The ``n`` prompts of an epoch: a deterministic function of (seed, epoch).
+
+    ``balance``: first a category (``tag``) uniformly, then a prompt within it, so that a category
+    with many prompts (toy position: 80 % of the train split) does not crowd out the others.
+    """
     rng = random.Random(f"{seed}/{epoch}/prompts")
+    if balance:
+        by_tag: dict[str, list[dict]] = {}
+        for m in prompts:
+            by_tag.setdefault(m.get("tag", ""), []).append(m)
+        tags = sorted(by_tag)
+        return [rng.choice(by_tag[tags[(epoch * n + i) % len(tags)]]) for i in range(n)]
     if n <= len(prompts):
         return rng.sample(prompts, n)
     return [rng.choice(prompts) for _ in range(n)]

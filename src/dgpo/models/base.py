@@ -49,6 +49,11 @@ def cond_cat(conds: list[Cond]) -> Cond:
     return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
 
 
+def cond_where(mask: torch.Tensor, a: Cond, b: Cond) -> Cond:
+    """Per sample: ``a`` where ``mask`` [B] is true, else ``b``."""
+    return {k: torch.where(mask.view(-1, *([1] * (a[k].dim() - 1))), a[k], b[k]) for k in a}
+
+
 def cfg_velocity(model: FlowModel, x: torch.Tensor, t: torch.Tensor, cond: Cond, null: Cond,
                  scale: float) -> torch.Tensor:
     """Classifier-free guidance v_u + s (v_c - v_u), batched in one call; s = 1 is conditional only."""

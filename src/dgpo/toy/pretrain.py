@@ -27,11 +27,6 @@ from dgpo.toy.weights import load_toy, save_toy
 log = logging.getLogger(__name__)
 
 
-# Single objects are over-represented, as in real captioned data. With uniform categories the
-# unconditional branch expects ~1.8 objects and CFG 4.5 pushes one-object prompts to empty images.
-CATEGORY_WEIGHTS = {"single_object": 3.0, "colors": 3.0}
-
-
 def make_batch(rng: random.Random, pool, by_cat, n: int, p_drop: float, weights: dict | None = None):
     metas = [grammar.sample_pretrain(rng, pool, by_cat, weights) for _ in range(n)]
     x0 = torch.from_numpy(np.stack([render(m, rng) for m in metas])) * 2 - 1
@@ -97,10 +92,10 @@ def pretrain(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
+            warm = 1.0 if init is not None else (1 + step) / (10 + step)
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters()):
-                    warm = 1.0 if init is not None else (1 + step) / (10 + step)
-                pe.lerp_(pm, 1 - min(ema_decay, warm))
+                    pe.lerp_(pm, 1 - min(ema_decay, warm))
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             minutes_done = (time.time() - t_start) / 60

@@ -23,7 +23,7 @@ from dgpo.config import Config, dump_yaml
 from dgpo.data.prompts import epoch_prompts, load_prompts
 from dgpo.evaluation import evaluate, model_image_fn
 from dgpo.losses.dgpo import dgpo_loss, dsm, ppo_clip_mask
-from dgpo.models.base import cfg_velocity, cond_index
+from dgpo.models.base import cfg_velocity, cond_index, cond_where
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward
 from dgpo.samplers.rollout import generate
@@ -73,7 +73,8 @@ class Trainer:
                    initial=self.start_epoch, total=c.run.epochs)
         for epoch in bar:
             t0 = time.time()
-            metas = epoch_prompts(self.prompts, c.train.prompts_per_epoch, c.run.seed, epoch)
+            metas = epoch_prompts(self.prompts, c.train.prompts_per_epoch, c.run.seed, epoch,
+                                  c.train.balance_categories)
             bar.set_postfix_str("rollout")
             batch = self._rollout(metas, epoch)
             t1 = time.time()
@@ -147,6 +148,10 @@ class Trainer:
         c, d = self.cfg, self.cfg.dgpo
         x0, gids = batch["x0"][mb], batch["group_ids"][mb]
         cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
+        if d.text_dropout > 0:  # the paper's prompt dropout in training (not in the official code)
+            g = torch.Generator().manual_seed(derive_seed(c.run.seed, epoch, 4, slot))
+            drop = torch.rand(len(batch["x0"]), generator=g)[mb] < d.text_dropout
+            cond = cond_where(drop, null, cond)
         eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot)
         tt = torch.full((len(mb),), t)
         x_t = interpolate(x0, eps, t)

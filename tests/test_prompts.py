@@ -1,0 +1,29 @@
+from collections import Counter
+
+import pytest
+
+from dgpo.data.prompts import epoch_prompts, load_prompts
+
+
+def test_epoch_prompts_deterministic_and_balanced():
+    train = load_prompts("toy:train")
+    share = Counter(m["tag"] for m in train)
+    assert share["position"] / len(train) > 0.7  # why balancing matters
+    a = epoch_prompts(train, 8, seed=0, epoch=3, balance=True)
+    assert a == epoch_prompts(train, 8, seed=0, epoch=3, balance=True)
+    assert a != epoch_prompts(train, 8, seed=0, epoch=4, balance=True)
+    tags = Counter(m["tag"] for e in range(30) for m in epoch_prompts(train, 8, 0, e, balance=True))
+    assert set(tags) == {"counting", "position", "color_attr"} and max(tags.values()) - min(tags.values()) <= 1
+    plain = epoch_prompts(train, 8, 0, 0)
+    assert len({m["prompt"] for m in plain}) == 8
+
+
+def test_prompt_files(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("a cat\n\na dog\n")
+    assert [m["prompt"] for m in load_prompts(str(txt))] == ["a cat", "a dog"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_prompts(str(tmp_path / "none.txt"))
+    (tmp_path / "e.txt").write_text("\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        load_prompts(str(tmp_path / "e.txt"))
