@@ -32,9 +32,7 @@ def epoch_prompts(prompts: list[dict], n: int, seed: int, epoch: int, balance: b
     """
     rng = random.Random(f"{seed}/{epoch}/prompts")
     if balance:
-        by_tag: dict[str, list[dict]] = {}
-        for m in prompts:
-            by_tag.setdefault(m.get("tag", ""), []).append(m)
+        by_tag = grammar.by_category(prompts)
         tags = sorted(by_tag)
         return [rng.choice(by_tag[tags[(epoch * n + i) % len(tags)]]) for i in range(n)]
     if n <= len(prompts):

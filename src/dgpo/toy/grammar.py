@@ -166,14 +166,18 @@ def pretrain_pool() -> list[dict]:
     return [m for rows in all_prompts().values() for m in rows if not has_heldout(m)]
 
 
+def by_category(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for m in rows:
+        out.setdefault(m.get("tag", ""), []).append(m)
+    return out
+
+
 def sample_pretrain(
     rng: random.Random, pool: list[dict], by_cat: dict | None = None, weights: dict | None = None
 ) -> dict:
     """A pretraining caption: a category (uniform, or by ``weights``), then a prompt uniform within it."""
-    if by_cat is None:
-        by_cat = {}
-        for m in pool:
-            by_cat.setdefault(m["tag"], []).append(m)
+    by_cat = by_cat if by_cat is not None else by_category(pool)
     cats = sorted(by_cat)
     cat = rng.choices(cats, [weights.get(c, 1.0) for c in cats])[0] if weights else rng.choice(cats)
     return rng.choice(by_cat[cat])

@@ -44,6 +44,12 @@ def flow_matching_loss(model: ToyUNet, x0: torch.Tensor, prompts: list[str], gen
     return (model(x_t, t, text) - (eps - x0)).pow(2).mean()
 
 
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)
+
+
 def pretrain(
     out_dir: str | Path,
     minutes: float = 60.0,
@@ -76,9 +82,7 @@ def pretrain(
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     pool = grammar.pretrain_pool()
-    by_cat: dict = {}
-    for m in pool:
-        by_cat.setdefault(m["tag"], []).append(m)
+    by_cat = grammar.by_category(pool)
     t_start, step, last = time.time(), 0, out / "final"
     bar = tqdm(desc="pretrain", unit="step")
     with (out / "log.jsonl").open("a") as logf:
@@ -93,9 +97,7 @@ def pretrain(
             opt.step()
             step += 1
             warm = 1.0 if init is not None else (1 + step) / (10 + step)
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - min(ema_decay, warm))
+            _ema_update(ema, model, min(ema_decay, warm))
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             minutes_done = (time.time() - t_start) / 60
