@@ -40,7 +40,7 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     kind: Literal["toy"] = opt("toy", help="model family adapter")
-    path: str = opt("", help="checkpoint folder or hub id; '' = the built-in toy base")
+    path: str = opt("", help="toy checkpoint folder; '' = the built-in toy base")
 
 
 @dataclass
@@ -82,7 +82,7 @@ class DGPOConfig:
 class TrainConfig:
     prompts_per_epoch: int = opt(8, 1, help="P: groups (prompts) per epoch")
     group_size: int = opt(16, 2, help="G: samples per prompt")
-    batch_size: int = opt(32, 1, help="micro-batch for training forwards")
+    batch_size: int = opt(32, 1, help="micro-batch for rollouts and training forwards (whole groups)")
     steps_per_epoch: int = opt(1, 1, help="optimizer steps per epoch (official: 1)")
     lr: float = opt(3e-4, 0.0, 1.0, help="AdamW learning rate (official 3e-4)")
     weight_decay: float = opt(1e-4, 0.0, help="AdamW weight decay (official 1e-4)")

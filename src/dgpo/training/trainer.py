@@ -106,8 +106,8 @@ class Trainer:
         use_old = self.step > c.dgpo.switch_ema_ref
         chunks = []
         with self.ema_old.applied() if use_old else nullcontext():
-            for s in range(0, len(seeds), c.eval.batch_size):
-                sl = slice(s, s + c.eval.batch_size)
+            for s in range(0, len(seeds), c.train.batch_size):
+                sl = slice(s, s + c.train.batch_size)
                 chunks.append(generate(self.model, cond_index(cond, sl), cond_index(null, sl), seeds[sl],
                                        c.sampler.steps, c.sampler.shift, c.sampler.cfg_scale, c.sampler.method))
         return {"x0": torch.cat(chunks), "cond": cond, "null": null, "group_ids": group_ids,
