@@ -21,10 +21,11 @@ def _snapshot(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.denoiser.named_parameters()}
 
 
-@pytest.mark.parametrize("lora", [True, False])
-def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy, tmp_path, lora):
+@pytest.mark.parametrize("lora,algo", [(True, "dgpo"), (False, "dgpo"), (True, "flow_grpo"), (True, "dpo")])
+def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy, tmp_path, lora, algo):
     extra = [] if lora else ["train.lora_rank=0"]
-    tr = Trainer(_cfg(tiny_toy, tmp_path / "run", *extra, "dgpo.kl_beta=0.1", "dgpo.text_dropout=0.2"))
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "run", *extra, "dgpo.kl_beta=0.1", "dgpo.text_dropout=0.2",
+                      f"train.algorithm={algo}", "grpo.clip_range=0.2", "dpo.beta=50"))
     before = _snapshot(tr)
     summary = tr.fit()
     after = _snapshot(tr)
@@ -36,7 +37,8 @@ def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy,
     assert summary["steps"] == 2 and {"overall", "single_object"} <= set(summary["eval_after"])
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    assert {"reward_mean", "zero_spread_share", "clip", "grad_norm", "lr", "time_rollout"} <= set(rows[0])
+    assert {"reward_mean", "zero_spread_share", "loss", "grad_norm", "lr", "time_rollout"} <= set(rows[0])
+    assert {"dgpo": "weight", "flow_grpo": "ratio_dev", "dpo": "accuracy"}[algo] in rows[0]
     for f in ("summary.json", "config.yaml", "samples/before.png", "samples/after.png", "plots/reward.png"):
         assert (tmp_path / "run" / f).is_file(), f
 
@@ -57,3 +59,18 @@ def test_resume_equals_uninterrupted(tiny_toy, tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tiny_toy, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(_cfg(tiny_toy, tmp_path / "empty"), resume=True)
+
+
+@pytest.mark.parametrize("window", [0, 2])
+def test_flow_grpo_reevaluating_the_rollout_is_on_policy(tiny_toy, tmp_path, window):
+    from dgpo.data.prompts import epoch_prompts
+
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "run", "train.algorithm=flow_grpo", f"grpo.sde_window={window}",
+                      "grpo.sde_window_range=3", "sampler.steps=4"))
+    batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
+    units = tr.algo.units(batch, 0)
+    assert units == ([0, 1, 2] if window == 0 else batch["sde_steps"]) and len(units) == (window or 3)
+    adv = torch.linspace(-1, 1, len(batch["x0"]))
+    for j in units:
+        out = tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), j, 0, 0)
+        assert float(out.stats["ratio_dev"]) < 1e-5, j

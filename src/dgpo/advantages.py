@@ -39,3 +39,54 @@ def group_advantages(
     scale = var.sqrt()[group_ids] if std == "group" else r.std(unbiased=False)
     adv = (centred / (scale + eps)).clamp(-clip_max, clip_max)
     return adv.to(rewards.dtype), hi == lo
+
+
+WEIGHTINGS = ("adv", "rank", "softmax", "sign")
+
+
+def _group_standardise(raw: torch.Tensor, group_ids: torch.Tensor, eps: float) -> torch.Tensor:
+    k = int(group_ids.max()) + 1
+    count = torch.zeros(k, dtype=raw.dtype).index_add_(0, group_ids, torch.ones_like(raw))
+    centred = raw - (torch.zeros(k, dtype=raw.dtype).index_add_(0, group_ids, raw) / count)[group_ids]
+    var = torch.zeros(k, dtype=raw.dtype).index_add_(0, group_ids, centred**2) / count
+    return centred / (var.sqrt()[group_ids] + eps)
+
+
+def group_weights(
+    rewards: torch.Tensor,
+    adv: torch.Tensor,
+    group_ids: torch.Tensor,
+    mode: str = "adv",
+    temperature: float = 0.1,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """Signed DGPO weights a_i (w_i = |a_i|, positives vs negatives), zero-sum inside every group so
+    that the partition function still cancels (paper Eq. 13):
+
+    * ``adv``: the advantage itself (the paper's and the code's choice);
+    * ``rank``: the member's rank in its group (ties averaged), standardised;
+    * ``softmax``: softmax(r / temperature) over the group, standardised (weight on the best few);
+    * ``sign``: +-1 by the sign of A, centred and standardised (every preference counts the same).
+
+    Zero-spread groups get 0. All but ``adv`` are standardised per group like A (unit std).
+    """
+    if mode not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {mode!r}; allowed: {WEIGHTINGS}")
+    if mode == "adv":
+        return adv
+    r = rewards.double()
+    if mode == "rank":
+        raw = torch.zeros_like(r)
+        for g in group_ids.unique():
+            m = group_ids == g
+            vals = r[m]
+            raw[m] = (vals[:, None] > vals[None]).double().sum(1) + 0.5 * ((vals[:, None] == vals[None]).double().sum(1) - 1)
+    elif mode == "softmax":
+        k = int(group_ids.max()) + 1
+        z = r / temperature
+        zmax = torch.full((k,), -torch.inf, dtype=r.dtype).scatter_reduce(0, group_ids, z, "amax")
+        e = torch.exp(z - zmax[group_ids])
+        raw = e / torch.zeros(k, dtype=r.dtype).index_add_(0, group_ids, e)[group_ids]
+    else:
+        raw = torch.sign(adv.double())
+    return _group_standardise(raw, group_ids, eps).to(adv.dtype)  # zero-spread groups: raw equal -> 0

@@ -76,10 +76,33 @@ class DGPOConfig:
     text_dropout: float = opt(0.0, 0.0, 1.0, help="train on the empty prompt with this probability (paper 0.05; code 0)")
     adv_std: Literal["group", "global"] = opt("group", help="advantage std per group or global")
     adv_clip_max: float = opt(5.0, 0.0, help="advantages clipped to +-adv_clip_max")
+    weighting: Literal["adv", "rank", "softmax", "sign"] = opt(
+        "adv", help="signed group weights: adv (paper/code), rank, softmax of reward, sign (+-1)")
+    softmax_temperature: float = opt(0.1, 1e-6, help="weighting=softmax: temperature on the rewards")
+    t_min_end: float = opt(-1.0, -1.0, 1.0, help="uniform mode: anneal t_min linearly to this by the last step (-1: off)")
+
+
+@dataclass
+class GRPOConfig:
+    noise_level: float = opt(0.7, 0.0, 5.0, help="SDE noise level a in s_t = a sqrt(t/(1-t)) (official 0.7)")
+    clip_range: float = opt(1e-4, 0.0, 1.0, help="PPO clip on the per-step ratio (official 1e-4)")
+    kl_beta: float = opt(0.04, 0.0, help="KL weight (official 0.04 GenEval/OCR, 0.01 PickScore)")
+    kl_paper: bool = opt(False, help="KL over the step std s_t sqrt(-dt) (paper) instead of s_t (code)")
+    timestep_fraction: float = opt(0.99, 0.0, 1.0, help="train the first int(steps x fraction) steps (official 0.99)")
+    cfg_train: bool = opt(True, help="CFG in the training forward, unconditional branch detached (official)")
+    sde_window: int = opt(0, 0, help="Flow-GRPO-Fast: SDE (and training) on this many steps only; 0 = all")
+    sde_window_range: int = opt(5, 1, help="Flow-GRPO-Fast: the window starts at a random step below this")
+
+
+@dataclass
+class DPOConfig:
+    beta: float = opt(5000.0, 0.0, help="Diffusion-DPO beta on mean-over-elements losses (Diffusion-DPO's 5000)")
 
 
 @dataclass
 class TrainConfig:
+    algorithm: Literal["dgpo", "flow_grpo", "dpo"] = opt("dgpo", help="training algorithm")
+    offline: bool = opt(False, help="roll out from the frozen reference only (offline DGPO / DPO)")
     prompts_per_epoch: int = opt(8, 1, help="P: groups (prompts) per epoch")
     group_size: int = opt(16, 2, help="G: samples per prompt")
     batch_size: int = opt(32, 1, help="micro-batch for rollouts and training forwards (whole groups)")
@@ -113,6 +136,8 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     dgpo: DGPOConfig = field(default_factory=DGPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -127,6 +152,8 @@ class Config:
                 f"dgpo.num_train_timesteps={self.dgpo.num_train_timesteps} exceeds the "
                 f"{self.dgpo.trunc_steps + 1} grid candidates (dgpo.trunc_steps + 1)"
             )
+        if self.grpo.sde_window > self.sampler.steps:
+            raise ConfigError(f"grpo.sde_window={self.grpo.sde_window} exceeds sampler.steps={self.sampler.steps}")
         return self
 
 

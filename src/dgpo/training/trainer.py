@@ -1,9 +1,9 @@
-"""DGPO training: one loop that reads top to bottom (`Trainer.fit`), calling named steps.
+"""The training loop: one loop that reads top to bottom (`Trainer.fit`), for every algorithm.
 
-epoch: pick P prompts -> G ODE rollouts each (theta, or the EMA "old" model after switch_ema_ref)
--> rewards -> group advantages -> k training timesteps (grid / uniform) -> for each optimizer step,
-for each timestep, for each micro-batch of whole groups: shared-noise x_t, reference / old / policy
-denoising losses, DGPO loss, backward -> clip, step, EMAs -> log, grids, eval, checkpoint.
+epoch: pick P prompts -> G rollouts each (the algorithm's sampler) -> rewards, gathered over
+processes -> group advantages -> the algorithm's training signal and units (timesteps, SDE steps)
+-> for each optimizer step, for each unit, for each micro-batch of whole groups: the algorithm's
+loss, backward -> clip, step, EMAs -> log, grids, eval, checkpoint.
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 from dgpo.advantages import group_advantages
+from dgpo.algorithms import ALGORITHMS
 from dgpo.config import Config, dump_yaml
 from dgpo.data.prompts import epoch_prompts, load_prompts
 from dgpo.evaluation import evaluate, model_image_fn
-from dgpo.losses.dgpo import dgpo_loss, dsm, ppo_clip_mask
-from dgpo.models.base import cfg_velocity, cond_index, cond_where
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward
-from dgpo.samplers.rollout import generate
-from dgpo.schedules import interpolate, sigma_grid
-from dgpo.timesteps import derive_seed, shared_noise, train_timesteps
+from dgpo.schedules import sigma_grid
 from dgpo.training import io
+from dgpo.training.distributed import Layout
 from dgpo.training.ema import OldModelEMA, SlowEMA
 from dgpo.training.policy import Policy, parse_targets
 
@@ -56,6 +54,10 @@ class Trainer:
             self.eval_prompts = self.eval_prompts[: c.eval.max_prompts]
         self.grid_prompts = self.eval_prompts[:: max(1, len(self.eval_prompts) // GRID_PROMPTS)][:GRID_PROMPTS]
         self.sigmas = sigma_grid(c.sampler.steps, c.sampler.shift)
+        self.layout = Layout.from_accelerator(self.acc)
+        self.layout.check_group_size(c.train.group_size)
+        self.group_sum = self.layout.group_sum_fn(c.train.prompts_per_epoch)
+        self.algo = ALGORITHMS[c.train.algorithm](self)
         self.step, self.start_epoch, self.evals = 0, 0, []
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = io.MetricsLog(self.run_dir)
@@ -69,25 +71,27 @@ class Trainer:
         if self.start_epoch == 0 and c.run.eval_at_ends:
             self._record_eval({"step": 0, **self._evaluate("eval before")})
             self._grid("before")
-        bar = tqdm(range(self.start_epoch, c.run.epochs), desc="dgpo", unit="epoch",
-                   initial=self.start_epoch, total=c.run.epochs)
+        bar = tqdm(range(self.start_epoch, c.run.epochs), desc=c.train.algorithm, unit="epoch",
+                   initial=self.start_epoch, total=c.run.epochs, disable=not self.acc.is_main_process)
         for epoch in bar:
             t0 = time.time()
             metas = epoch_prompts(self.prompts, c.train.prompts_per_epoch, c.run.seed, epoch,
                                   c.train.balance_categories)
             bar.set_postfix_str("rollout")
-            batch = self._rollout(metas, epoch)
+            batch = self.algo.rollout(metas, epoch)
             t1 = time.time()
             bar.set_postfix_str("reward")
-            rewards = self.reward_fn(self.model.decode(batch["x0"]), batch["metas"])
-            adv, zero = group_advantages(rewards, batch["group_ids"], c.dgpo.adv_std,
-                                         clip_max=c.dgpo.adv_clip_max)
+            local = self.reward_fn(self.model.decode(batch["x0"]), batch["metas"])
+            rewards = self.layout.gather(local.float(), batch["index"], batch["n_total"])
+            group_ids = torch.arange(batch["n_total"]) // c.train.group_size
+            adv, zero = group_advantages(rewards, group_ids, c.dgpo.adv_std, clip_max=c.dgpo.adv_clip_max)
+            keep, signal = self.algo.select(batch, rewards, adv, zero, group_ids)
             t2 = time.time()
             bar.set_postfix_str("train")
-            ts = train_timesteps(c.dgpo.timestep_mode, self.sigmas, c.dgpo.num_train_timesteps,
-                                 c.dgpo.trunc_steps, c.dgpo.t_min, c.run.seed, epoch)
-            for part in self._optimizer_chunks(batch["group_ids"]):
-                stats = self._optimizer_step(batch, adv, part, ts, epoch)
+            units = self.algo.units(batch, epoch)
+            train_pos = torch.nonzero(keep[batch["index"]]).squeeze(1)
+            for part in self._optimizer_chunks(batch["group_ids"], train_pos):
+                stats = self._optimizer_step(batch, signal[batch["index"]], part, units, epoch)
                 self._log(epoch, rewards, zero, stats, {"rollout": t1 - t0, "reward": t2 - t1,
                                                         "train": time.time() - t2})
             bar.set_postfix(reward=f"{rewards.mean():.3f}", step=self.step)
@@ -95,47 +99,32 @@ class Trainer:
         return self._finish()
 
     # ----------------------------------------------------------------- phases
-    @torch.no_grad()
-    def _rollout(self, metas: list[dict], epoch: int) -> dict:
-        c, g = self.cfg, self.cfg.train.group_size
-        cond_p = self.model.encode_prompts([m["prompt"] for m in metas])  # once per prompt
-        group_ids = torch.arange(len(metas)).repeat_interleave(g)
-        cond = cond_index(cond_p, group_ids)
-        null = self.model.encode_prompts([""] * len(group_ids))
-        seeds = [derive_seed(c.run.seed, epoch, 3, i) for i in range(len(group_ids))]
-        use_old = self.step > c.dgpo.switch_ema_ref
-        chunks = []
-        with self.ema_old.applied() if use_old else nullcontext():
-            for s in range(0, len(seeds), c.train.batch_size):
-                sl = slice(s, s + c.train.batch_size)
-                chunks.append(generate(self.model, cond_index(cond, sl), cond_index(null, sl), seeds[sl],
-                                       c.sampler.steps, c.sampler.shift, c.sampler.cfg_scale, c.sampler.method))
-        return {"x0": torch.cat(chunks), "cond": cond, "null": null, "group_ids": group_ids,
-                "metas": [metas[i] for i in group_ids.tolist()]}
+    def _optimizer_chunks(self, group_ids: torch.Tensor, pos: torch.Tensor) -> list[torch.Tensor]:
+        """Local positions of each optimizer step of the epoch: whole groups, evenly split."""
+        groups = torch.arange(self.cfg.train.prompts_per_epoch).chunk(self.cfg.train.steps_per_epoch)
+        return [pos[torch.isin(group_ids[pos], gs)] for gs in groups if len(gs)]
 
-    def _optimizer_chunks(self, group_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Sample indices of each optimizer step of the epoch: whole groups, evenly split."""
-        groups = torch.arange(int(group_ids.max()) + 1).chunk(self.cfg.train.steps_per_epoch)
-        return [torch.nonzero(torch.isin(group_ids, gs)).squeeze(1) for gs in groups if len(gs)]
+    def _micro_batches(self, group_ids: torch.Tensor, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Micro-batches of whole groups (this process's members of them): every process walks the
+        same groups in the same order, so group sums can be all-reduced micro-batch by micro-batch."""
+        per = max(1, self.cfg.train.batch_size // self.cfg.train.group_size)
+        present = torch.unique(group_ids[idx])
+        return [idx[torch.isin(group_ids[idx], gs)] for gs in present.split(per)]
 
-    def _micro_batches(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Micro-batches of whole groups (so each group's sum S_g is complete in one forward)."""
-        per = max(1, self.cfg.train.batch_size // self.cfg.train.group_size) * self.cfg.train.group_size
-        return list(idx.split(per))
-
-    def _optimizer_step(self, batch: dict, adv: torch.Tensor, idx: torch.Tensor, ts: torch.Tensor,
+    def _optimizer_step(self, batch: dict, signal: torch.Tensor, idx: torch.Tensor, units: list,
                         epoch: int) -> dict:
         c = self.cfg
-        micro = self._micro_batches(idx)
-        n_acc = len(micro) * len(ts)
-        totals = {"loss": 0.0, "dgpo": 0.0, "kl": 0.0, "clip": 0.0, "weight": 0.0}
-        for slot, t in enumerate(ts.tolist()):
+        micro = self._micro_batches(batch["group_ids"], idx)
+        items = self.layout.all_sum(self.algo.items(signal, idx))
+        scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP averages over processes
+        totals: dict[str, float] = {"loss": 0.0}
+        for slot, unit in enumerate(units):
             for mb in micro:
-                out = self._micro_loss(batch, adv, mb, t, slot, epoch)
-                self.acc.backward(out.loss / n_acc)
-                for k, v in (("loss", out.loss), ("dgpo", out.dgpo), ("kl", out.kl),
-                             ("clip", out.clipped.float().mean()), ("weight", out.weight.mean())):
-                    totals[k] += float(v.detach()) / n_acc
+                out = self.algo.micro_loss(batch, signal, mb, unit, slot, epoch)
+                self.acc.backward(out.loss_sum * scale)
+                totals["loss"] += float(out.loss_sum.detach()) * scale / self.layout.world
+                for k, v in out.stats.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) / (len(micro) * len(units))
         grad_norm = self.acc.clip_grad_norm_(self.policy.params, c.train.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -143,36 +132,6 @@ class Trainer:
         self.ema_slow.update(self.step)
         self.step += 1
         return {**totals, "grad_norm": float(grad_norm)}
-
-    def _micro_loss(self, batch: dict, adv: torch.Tensor, mb: torch.Tensor, t: float, slot: int, epoch: int):
-        c, d = self.cfg, self.cfg.dgpo
-        x0, gids = batch["x0"][mb], batch["group_ids"][mb]
-        cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
-        if d.text_dropout > 0:  # the paper's prompt dropout in training (not in the official code)
-            g = torch.Generator().manual_seed(derive_seed(c.run.seed, epoch, 4, slot))
-            drop = torch.rand(len(batch["x0"]), generator=g)[mb] < d.text_dropout
-            cond = cond_where(drop, null, cond)
-        eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot)
-        tt = torch.full((len(mb),), t)
-        x_t = interpolate(x0, eps, t)
-        target = eps - x0
-        with torch.no_grad():
-            with self.policy.reference():
-                v_ref = cfg_velocity(self.model, x_t, tt, cond, null, d.kl_cfg)  # official: CFG'd ref
-            need_old = d.clip_range > 0 or d.use_ema_ref
-            v_old = None
-            if need_old:
-                with self.ema_old.applied():
-                    v_old = self.model.velocity(x_t, tt, cond)
-        with self.acc.autocast():
-            v = self.model.velocity(x_t, tt, cond).float()
-        dsm_theta = dsm(v, target)
-        dsm_ref = dsm(v_old if d.use_ema_ref else v_ref, target)
-        mask = ppo_clip_mask(adv[mb], dsm_theta, dsm(v_old, target), d.clip_range) if need_old else None
-        kl = (v - v_ref).pow(2).flatten(1).mean(1) if d.kl_beta > 0 else None
-        return dgpo_loss(dsm_theta, dsm_ref, adv[mb], gids, d.beta_dpo, c.train.group_size,
-                         clip_mask=mask if d.clip_dsm else None, kl=kl, kl_beta=d.kl_beta,
-                         clip_kl=d.clip_kl)
 
     # ----------------------------------------------------------------- bookkeeping
     def _log(self, epoch: int, rewards: torch.Tensor, zero: torch.Tensor, stats: dict, times: dict) -> None:

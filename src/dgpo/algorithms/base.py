@@ -1,0 +1,131 @@
+"""What an algorithm plugs into the one training loop, and the parts DGPO and DPO share.
+
+An algorithm decides how to roll out (``rollout``), which samples train and with what signal
+(``select``), what one epoch's training units are (timesteps, or SDE steps: ``units``) and the loss
+of one micro-batch at one unit (``micro_loss``). The trainer owns everything else.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from dgpo.losses.dgpo import dsm
+from dgpo.models.base import cfg_velocity, cond_index, cond_where
+from dgpo.samplers.rollout import generate
+from dgpo.schedules import interpolate
+from dgpo.timesteps import derive_seed, shared_noise, train_timesteps
+
+if TYPE_CHECKING:
+    from dgpo.training.trainer import Trainer
+
+ROLLOUT_SEED_STREAM = 3
+
+
+@dataclass
+class StepLoss:
+    loss_sum: torch.Tensor  # sum of per-item loss terms over the micro-batch (the trainer normalises)
+    stats: dict[str, torch.Tensor]  # detached scalars, averaged into metrics.jsonl
+
+
+class Algorithm:
+    name = ""
+
+    def __init__(self, trainer: Trainer):
+        self.tr, self.cfg = trainer, trainer.cfg
+
+    # -- hooks
+    def rollout(self, metas: list[dict], epoch: int) -> dict:
+        return self.ode_rollout(metas, epoch)
+
+    def select(self, batch: dict, rewards: torch.Tensor, adv: torch.Tensor, zero: torch.Tensor,
+               group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Over the epoch's whole batch (global order, every process alike): rewards [N], advantages
+        [N], zero-spread flags [groups], group ids [N] -> (which samples train [N] bool, signal [N])."""
+        return torch.ones_like(adv, dtype=torch.bool), adv
+
+    def units(self, batch: dict, epoch: int) -> list:
+        d = self.cfg.dgpo
+        return train_timesteps(d.timestep_mode, self.tr.sigmas, d.num_train_timesteps, d.trunc_steps,
+                               self.t_min(), self.cfg.run.seed, epoch).tolist()
+
+    def micro_loss(self, batch: dict, signal: torch.Tensor, mb: torch.Tensor, unit, slot: int,
+                   epoch: int) -> StepLoss:
+        raise NotImplementedError
+
+    def items(self, signal: torch.Tensor, idx: torch.Tensor) -> float:
+        """How many loss items (samples; pairs for DPO) the local samples ``idx`` hold: the trainer
+        divides the summed loss by their total over processes, so the step's loss is their mean."""
+        return float(len(idx))
+
+    # -- shared parts
+    def t_min(self) -> float:
+        """Paper's t_min, optionally annealed linearly to ``dgpo.t_min_end`` over the run's epochs."""
+        d, epochs = self.cfg.dgpo, self.cfg.run.epochs
+        if d.t_min_end < 0:
+            return d.t_min
+        frac = min(1.0, self.tr.step / max(1, epochs * self.cfg.train.steps_per_epoch - 1))
+        return d.t_min + frac * (d.t_min_end - d.t_min)
+
+    def rollout_context(self):
+        """Which weights roll out: the frozen reference (offline), the EMA 'old' model after
+        ``switch_ema_ref`` steps, or the current policy."""
+        tr = self.tr
+        if self.cfg.train.offline:
+            return tr.policy.reference()
+        return tr.ema_old.applied() if tr.step > self.cfg.dgpo.switch_ema_ref else nullcontext()
+
+    def conditions(self, metas: list[dict], epoch: int) -> dict:
+        """Local samples of the epoch: global index, group, condition, null condition, seed."""
+        tr, g = self.tr, self.cfg.train.group_size
+        idx = tr.layout.local_indices(len(metas), g)
+        group_ids = idx // g
+        cond = cond_index(tr.model.encode_prompts([m["prompt"] for m in metas]), group_ids)
+        null = tr.model.encode_prompts([""] * len(idx))
+        seeds = [derive_seed(self.cfg.run.seed, epoch, ROLLOUT_SEED_STREAM, int(i)) for i in idx]
+        return {"index": idx, "group_ids": group_ids, "cond": cond, "null": null, "seeds": seeds,
+                "metas": [metas[i] for i in group_ids.tolist()], "n_total": len(metas) * g,
+                "n_groups": len(metas)}
+
+    @torch.no_grad()
+    def ode_rollout(self, metas: list[dict], epoch: int) -> dict:
+        c, s = self.cfg, self.cfg.sampler
+        batch = self.conditions(metas, epoch)
+        chunks, bs = [], c.train.batch_size
+        with self.rollout_context():
+            for a in range(0, len(batch["seeds"]), bs):
+                sl = slice(a, a + bs)
+                chunks.append(generate(self.tr.model, cond_index(batch["cond"], sl), cond_index(batch["null"], sl),
+                                       batch["seeds"][sl], s.steps, s.shift, s.cfg_scale, s.method))
+        batch["x0"] = torch.cat(chunks)
+        return batch
+
+    def denoising_losses(self, batch: dict, mb: torch.Tensor, t: float, slot: int, epoch: int,
+                         need_old: bool = False) -> dict:
+        """Policy, reference (and EMA-old) denoising losses at a re-noised x_t with noise shared by a
+        group; the paper's prompt dropout applies to the policy and reference alike."""
+        c, d, tr = self.cfg, self.cfg.dgpo, self.tr
+        x0, gids = batch["x0"][mb], batch["group_ids"][mb]
+        cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
+        if d.text_dropout > 0:
+            g = torch.Generator().manual_seed(derive_seed(c.run.seed, epoch, 4, slot))
+            drop = torch.rand(batch["n_total"], generator=g)[batch["index"][mb]] < d.text_dropout
+            cond = cond_where(drop, null, cond)
+        eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot)
+        tt = torch.full((len(mb),), t)
+        x_t, target = interpolate(x0, eps, t), eps - x0
+        out = {}
+        with torch.no_grad():
+            with tr.policy.reference():
+                out["v_ref"] = cfg_velocity(tr.model, x_t, tt, cond, null, d.kl_cfg)
+                out["dsm_ref"] = dsm(out["v_ref"], target)  # official: the CFG'd reference when kl_cfg > 1
+            if need_old:
+                with tr.ema_old.applied():
+                    out["dsm_old"] = dsm(tr.model.velocity(x_t, tt, cond), target)
+        with tr.acc.autocast():
+            out["v"] = tr.model.velocity(x_t, tt, cond).float()
+        out["dsm"] = dsm(out["v"], target)
+        return out

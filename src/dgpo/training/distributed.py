@@ -1,0 +1,71 @@
+"""Where each sample of an epoch lives when groups span processes, and the reductions over them.
+
+An epoch has N = P x G samples with global index i = g G + j (group g, member j). Process r of W
+holds the members j with j % W == r of *every* group, so each process has N / W samples, every
+micro-batch of whole groups has the same groups on every process, and the DGPO group sums can be
+all-reduced micro-batch by micro-batch. Seeds, shared noise and timesteps are functions of global
+indices, so no broadcast is needed and a W-process run computes what a 1-process run computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class Layout:
+    def __init__(self, world: int = 1, rank: int = 0):
+        self.world, self.rank = world, rank
+
+    @classmethod
+    def from_accelerator(cls, acc) -> Layout:
+        return cls(acc.num_processes, acc.process_index)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def check_group_size(self, group_size: int) -> None:
+        if group_size % self.world:
+            raise ValueError(f"train.group_size={group_size} must be a multiple of the {self.world} processes "
+                             "(each process holds the same share of every group)")
+
+    def local_indices(self, n_groups: int, group_size: int) -> torch.Tensor:
+        """Global sample indices held by this process, in increasing order."""
+        i = torch.arange(n_groups * group_size)
+        return i[(i % group_size) % self.world == self.rank]
+
+    def gather(self, local: torch.Tensor, local_idx: torch.Tensor, n_total: int) -> torch.Tensor:
+        """Assemble a per-sample tensor [n_local, ...] from every process into global order [N, ...]."""
+        if not self.distributed:
+            out = local.new_zeros((n_total, *local.shape[1:]))
+            out[local_idx] = local
+            return out
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        idxs = [torch.empty_like(local_idx) for _ in range(self.world)]
+        dist.all_gather(parts, local.contiguous())
+        dist.all_gather(idxs, local_idx.contiguous())
+        out = local.new_zeros((n_total, *local.shape[1:]))
+        for p, ix in zip(parts, idxs):
+            out[ix] = p
+        return out
+
+    def group_sum_fn(self, n_groups: int):
+        """The injected reduction of the losses: each sample's total over its whole group, every
+        process contributing its members (an all-reduce of a dense [n_groups] vector)."""
+
+        def group_sum(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+            totals = torch.zeros(n_groups, dtype=values.dtype, device=values.device)
+            totals.index_add_(0, group_ids, values)
+            if self.distributed:
+                dist.all_reduce(totals)
+            return totals[group_ids]
+
+        return group_sum
+
+    def all_sum(self, x: float) -> float:
+        if not self.distributed:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t)
