@@ -40,7 +40,7 @@ def test_logprob_is_the_elementwise_mean_of_the_normal_log_density():
 
 def test_sde_with_zero_noise_is_the_euler_ode_and_logs_only_stochastic_steps():
     sig = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
-    fn = lambda x, t: -x  # noqa: E731
+    fn = lambda x, t: -x
     x = torch.ones(2, 1, 2, 2)
     det = sample_sde(fn, x, sig, 0.0, [1, 2], sde_steps=[])
     euler = x.clone()

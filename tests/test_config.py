@@ -61,7 +61,7 @@ def test_dump_round_trips(tmp_path):
 
 
 def test_cli_config_show_and_bad_key_exit_code():
-    run = lambda *a: subprocess.run([sys.executable, "-m", "dgpo.cli", *a], capture_output=True, text=True)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "dgpo.cli", *a], capture_output=True, text=True)
     ok = run("config", "show", "train.lr=0.01")
     assert ok.returncode == 0 and "lr: 0.01" in ok.stdout
     bad = run("config", "show", "train.lrr=0.01")

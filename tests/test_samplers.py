@@ -43,7 +43,7 @@ def test_dpm_exact_for_straight_flow_from_gaussian_data():
     # data = single point mu: the exact velocity is v = (x - mu) / t ... x0-prediction is mu exactly,
     # and DPM-Solver++ (data prediction) lands on mu in any number of steps
     mu = torch.tensor([[0.3, -1.2, 2.0]])
-    v = lambda x, t: (x - mu) / t[:, None]  # noqa: E731
+    v = lambda x, t: (x - mu) / t[:, None]
     out = sample_ode(v, torch.randn(1, 3), sigma_grid(4, 3.0), "dpm")
     assert torch.allclose(out, mu, atol=1e-5)
 
@@ -78,7 +78,7 @@ def test_dpm_matches_diffusers_flow_dpm_solver():
     s.set_timesteps(10)
     torch.manual_seed(0)
     a = torch.randn(3, 3) * 0.3
-    vf = lambda x, t: torch.einsum("ij,bj->bi", a, x) * (1 + t[:, None])  # noqa: E731
+    vf = lambda x, t: torch.einsum("ij,bj->bi", a, x) * (1 + t[:, None])
     x = torch.randn(2, 3)
     y = x.clone()
     for i, t in enumerate(s.timesteps):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -48,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=64)
     _sampler_args(ev)
+
+    be = sub.add_parser("bench", help="the paper's comparisons on the toy world (report.md + PNG + JSON)")
+    be.add_argument("--quick", action="store_true", help="smoke suite: DGPO, Flow-GRPO, DPO; 1 seed; 60 s each")
+    be.add_argument("--out", default="runs/bench", help="output folder (rerun to resume: finished runs are kept)")
+    be.add_argument("--arms", default="", help="comma-separated arms (default: all; see --list)")
+    be.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; quick 1)")
+    be.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default 150; quick 60)")
+    be.add_argument("--eval-every-s", type=float, default=None, help="eval interval in training seconds (30)")
+    be.add_argument("--eval-per-category", type=int, default=None, help="eval prompts per category (20; quick 6)")
+    be.add_argument("--report-only", action="store_true", help="rewrite the report from raw/ without running")
+    be.add_argument("--list", action="store_true", help="list the arms and their overrides")
 
     toy = sub.add_parser("toy", help="the shapes toy world")
     toy_sub = toy.add_subparsers(dest="toy_cmd", required=True)
@@ -143,6 +153,33 @@ def cmd_eval(a) -> None:
     print(f"wrote {a.out}/eval.json and {a.out}/eval.md ({res['n_images']} images)")
 
 
+def cmd_bench(a) -> None:
+    from dataclasses import replace
+
+    from dgpo import bench
+
+    if a.list:
+        for name, ov in bench.ARMS.items():
+            print(f"{name:14s} {' '.join(ov) or '(the toy default)'}")
+        return
+    spec = bench.quick_spec(Path(a.out)) if a.quick else bench.default_spec(Path(a.out))
+    if a.arms:
+        spec = replace(spec, arms=[x.strip() for x in a.arms.split(",") if x.strip()])
+    if a.seeds is not None:
+        spec = replace(spec, seeds=list(range(a.seeds)))
+    for field, value in (("budget_s", a.budget_s), ("eval_every_s", a.eval_every_s),
+                         ("eval_per_category", a.eval_per_category)):
+        if value is not None:
+            spec = replace(spec, **{field: value})
+    if a.report_only:
+        path = bench.write_report(spec, bench.load_results(spec.out / "raw"))
+    else:
+        bench.run_suite(spec)
+        path = spec.out / "report.md"
+    print(path.read_text())
+    print(f"wrote {path}")
+
+
 def cmd_toy(a) -> None:
     if a.toy_cmd == "prompts":
         from dgpo.toy.grammar import split, write_jsonl
@@ -169,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "config": cmd_config, "sample": cmd_sample, "eval": cmd_eval,
-                "toy": cmd_toy}
+                "bench": cmd_bench, "toy": cmd_toy}
     try:
         handlers[a.cmd](a)
     except (ConfigError, FileNotFoundError, ValueError) as e:

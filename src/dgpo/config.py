@@ -35,6 +35,8 @@ class RunConfig:
     save_every: int = opt(10, 0, help="epochs between checkpoints (0: only at the end)")
     eval_every: int = opt(0, 0, help="epochs between held-out evals (0: only before/after)")
     eval_at_ends: bool = opt(True, help="held-out eval and sample grid before and after training")
+    eval_every_s: float = opt(0.0, 0.0, help="also eval after every this many seconds of training time (0: off)")
+    time_budget_s: float = opt(0.0, 0.0, help="stop after this much training time, evals excluded (0: epochs only)")
 
 
 @dataclass
@@ -49,6 +51,7 @@ class SamplerConfig:
     steps: int = opt(10, 1, 1000, help="rollout steps (official: 10)")
     shift: float = opt(1.0, 0.1, 20.0, help="time shift (SD3: 3; toy: 1)")
     cfg_scale: float = opt(4.5, 1.0, 50.0, help="classifier-free guidance in rollouts (official 4.5)")
+    sde_noise: float = opt(0.0, 0.0, 5.0, help="DGPO/DPO rollouts: 0 = the ODE (official); > 0 = Flow-GRPO's SDE with this noise level")
 
 
 @dataclass
@@ -126,6 +129,7 @@ class EvalConfig:
     images_per_prompt: int = opt(1, 1, help="images per prompt (GenEval: 4)")
     batch_size: int = opt(64, 1, help="generation batch size")
     max_prompts: int = opt(0, 0, help="evaluate only the first N prompts (0: all)")
+    per_category: int = opt(0, 0, help="evaluate only the first N prompts of each category (0: all)")
     min_per_category: int = opt(40, 0, help="small categories get more images per prompt, up to this")
 
 

@@ -43,6 +43,19 @@ def oracle_image_fn() -> ImageFn:
     return fn
 
 
+def image_quality(images: np.ndarray) -> dict[str, float]:
+    """Signals of the "blurred outputs" failure beside the reward, per batch [B, 3, H, W] in [0, 1]:
+    ``sharpness``: mean |Laplacian| of the grey image (blur lowers it); ``off_palette``: share of
+    pixels farther than 0.25 (max over channels) from black and from every toy colour (artifacts)."""
+    from dgpo.toy.render import PALETTE
+
+    grey = images.mean(1)
+    lap = 4 * grey[:, 1:-1, 1:-1] - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1] - grey[:, 1:-1, :-2] - grey[:, 1:-1, 2:]
+    colours = np.array([(0.0, 0.0, 0.0), *PALETTE.values()])  # [K, 3]
+    dist = np.abs(images.transpose(0, 2, 3, 1)[..., None, :] - colours).max(-1).min(-1)  # [B, H, W]
+    return {"sharpness": float(np.abs(lap).mean()), "off_palette": float((dist > 0.25).mean())}
+
+
 def evaluate(
     image_fn: ImageFn,
     metas: list[dict],
@@ -62,17 +75,32 @@ def evaluate(
         sizes[m.get("tag", "")] += 1
     per = {t: max(images_per_prompt, -(-min_per_category // n)) for t, n in sizes.items()}
     jobs = [(i, k) for i, m in enumerate(metas) for k in range(per[m.get("tag", "")])]
-    rows = []
+    rows, quality = [], []
     for start in tqdm(range(0, len(jobs), batch_size), desc=desc, unit="batch", leave=False):
         chunk = jobs[start : start + batch_size]
         batch = [metas[i] for i, _ in chunk]
         seeds = [seed * 1_000_003 + i * 97 + k for i, k in chunk]
         images = image_fn(batch, seeds).float().cpu().numpy()
+        quality.append((len(images), image_quality(images)))
         for (i, k), img, meta in zip(chunk, images, batch):
             ok, part = scorer.score(img, meta)
             rows.append({"index": i, "sample": k, "tag": meta["tag"], "prompt": meta["prompt"],
                          "correct": ok, "reward": part})
-    return summarize(rows)
+    out = summarize(rows)
+    n = sum(k for k, _ in quality) or 1
+    out.update({key: sum(k * q[key] for k, q in quality) / n for key in ("sharpness", "off_palette")})
+    return out
+
+
+def per_category(metas: list[dict], k: int) -> list[dict]:
+    """The first ``k`` prompts of each category, in split order (a balanced, cheaper eval set)."""
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for m in metas:
+        if seen[m.get("tag", "")] < k:
+            seen[m.get("tag", "")] += 1
+            out.append(m)
+    return out
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -15,7 +15,8 @@ import torch
 
 from dgpo.losses.dgpo import dsm
 from dgpo.models.base import cfg_velocity, cond_index, cond_where
-from dgpo.samplers.rollout import generate
+from dgpo.samplers.rollout import generate, initial_noise
+from dgpo.samplers.sde import sample_sde
 from dgpo.schedules import interpolate
 from dgpo.timesteps import derive_seed, shared_noise, train_timesteps
 
@@ -98,8 +99,13 @@ class Algorithm:
         with self.rollout_context():
             for a in range(0, len(batch["seeds"]), bs):
                 sl = slice(a, a + bs)
-                chunks.append(generate(self.tr.model, cond_index(batch["cond"], sl), cond_index(batch["null"], sl),
-                                       batch["seeds"][sl], s.steps, s.shift, s.cfg_scale, s.method))
+                cond, null, seeds = cond_index(batch["cond"], sl), cond_index(batch["null"], sl), batch["seeds"][sl]
+                if s.sde_noise > 0:  # the ODE-vs-SDE ablation: x0 from the SDE, nothing else kept
+                    fn = lambda x, t, cond=cond, null=null: cfg_velocity(self.tr.model, x, t, cond, null, s.cfg_scale)
+                    x = initial_noise(self.tr.model.latent_shape(), seeds)
+                    chunks.append(sample_sde(fn, x, self.tr.sigmas, s.sde_noise, [derive_seed(sd, 6) for sd in seeds]).x0)
+                else:
+                    chunks.append(generate(self.tr.model, cond, null, seeds, s.steps, s.shift, s.cfg_scale, s.method))
         batch["x0"] = torch.cat(chunks)
         return batch
 

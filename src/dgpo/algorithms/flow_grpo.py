@@ -34,7 +34,7 @@ class FlowGRPO(Algorithm):
 
     @torch.no_grad()
     def rollout(self, metas, epoch):
-        c, s, tr = self.cfg, self.cfg.sampler, self.tr
+        c, tr = self.cfg, self.tr
         batch = self.conditions(metas, epoch)
         steps = self.sde_steps(epoch)
         parts, bs = [], c.train.batch_size
@@ -42,7 +42,7 @@ class FlowGRPO(Algorithm):
             for a in range(0, len(batch["seeds"]), bs):
                 sl = slice(a, a + bs)
                 cond, null = cond_index(batch["cond"], sl), cond_index(batch["null"], sl)
-                fn = lambda x, t, cond=cond, null=null: self.velocity(x, t, cond, null, grad=False)  # noqa: E731
+                fn = lambda x, t, cond=cond, null=null: self.velocity(x, t, cond, null, grad=False)
                 seeds = batch["seeds"][sl]
                 x = initial_noise(tr.model.latent_shape(), seeds)
                 step_seeds = [derive_seed(sd, 6) for sd in seeds]

@@ -31,5 +31,5 @@ def generate(
     """Final latents x0 [B, C, H, W] from the deterministic flow ODE (10-step DPM-Solver++ default)."""
     x = initial_noise(model.latent_shape(), seeds)
     sigmas = sigma_grid(steps, shift)
-    fn = lambda x_t, t: cfg_velocity(model, x_t, t, cond, null, cfg_scale)  # noqa: E731
+    fn = lambda x_t, t: cfg_velocity(model, x_t, t, cond, null, cfg_scale)
     return sample_ode(fn, x, sigmas, method, progress)

@@ -84,7 +84,7 @@ class Attention(nn.Module):
         b, c, h, w = x.shape
         q_in = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
         kv = q_in if ctx is None else ctx
-        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
         q, k, v = split(self.to_q(q_in)), split(self.to_k(kv)), split(self.to_v(kv))
         attn_mask = None if mask is None else mask[:, None, None, :]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from dgpo.advantages import group_advantages
 from dgpo.algorithms import ALGORITHMS
 from dgpo.config import Config, dump_yaml
 from dgpo.data.prompts import epoch_prompts, load_prompts
-from dgpo.evaluation import evaluate, model_image_fn
+from dgpo.evaluation import evaluate, model_image_fn, per_category
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward
 from dgpo.schedules import sigma_grid
@@ -50,6 +49,8 @@ class Trainer:
         self.reward_fn = build_reward(c.reward.name)
         self.prompts = load_prompts(c.train.prompts)
         self.eval_prompts = load_prompts(c.eval.split)
+        if c.eval.per_category:
+            self.eval_prompts = per_category(self.eval_prompts, c.eval.per_category)
         if c.eval.max_prompts:
             self.eval_prompts = self.eval_prompts[: c.eval.max_prompts]
         self.grid_prompts = self.eval_prompts[:: max(1, len(self.eval_prompts) // GRID_PROMPTS)][:GRID_PROMPTS]
@@ -59,6 +60,7 @@ class Trainer:
         self.group_sum = self.layout.group_sum_fn(c.train.prompts_per_epoch)
         self.algo = ALGORITHMS[c.train.algorithm](self)
         self.step, self.start_epoch, self.evals = 0, 0, []
+        self.train_time, self.images, self._next_eval_s = 0.0, 0, c.run.eval_every_s
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = io.MetricsLog(self.run_dir)
         if resume:
@@ -69,7 +71,7 @@ class Trainer:
     def fit(self) -> dict:
         c = self.cfg
         if self.start_epoch == 0 and c.run.eval_at_ends:
-            self._record_eval({"step": 0, **self._evaluate("eval before")})
+            self._record_eval(self._evaluate("eval before"))
             self._grid("before")
         bar = tqdm(range(self.start_epoch, c.run.epochs), desc=c.train.algorithm, unit="epoch",
                    initial=self.start_epoch, total=c.run.epochs, disable=not self.acc.is_main_process)
@@ -95,7 +97,10 @@ class Trainer:
                 self._log(epoch, rewards, zero, stats, {"rollout": t1 - t0, "reward": t2 - t1,
                                                         "train": time.time() - t2})
             bar.set_postfix(reward=f"{rewards.mean():.3f}", step=self.step)
-            self._periodic(epoch)
+            self.train_time += time.time() - t0
+            self.images += batch["n_total"]
+            if self._periodic(epoch):
+                break
         return self._finish()
 
     # ----------------------------------------------------------------- phases
@@ -142,15 +147,20 @@ class Trainer:
         if self.acc.is_main_process:
             self.metrics.write(row)
 
-    def _periodic(self, epoch: int) -> None:
+    def _periodic(self, epoch: int) -> bool:
+        """Evals, grids, checkpoints after an epoch; True when the time budget says stop."""
         r, done = self.cfg.run, epoch + 1
-        last = done == r.epochs
-        if r.eval_every and done % r.eval_every == 0 and not last:
-            self._record_eval({"step": self.step, **self._evaluate(f"eval @{self.step}")})
+        last = done == r.epochs or bool(r.time_budget_s and self.train_time >= r.time_budget_s)
+        timed = bool(r.eval_every_s and self.train_time >= self._next_eval_s)
+        if ((r.eval_every and done % r.eval_every == 0) or timed) and not last:
+            self._record_eval(self._evaluate(f"eval @{self.step}"))
+            while self._next_eval_s <= self.train_time:
+                self._next_eval_s += r.eval_every_s
         if r.sample_every and done % r.sample_every == 0 and not last:
             self._grid(f"step_{self.step:05d}")
         if (r.save_every and done % r.save_every == 0) or last:
             self._save(done)
+        return last
 
     def _record_eval(self, row: dict) -> None:
         self.evals.append(row)
@@ -164,7 +174,8 @@ class Trainer:
         with self.ema_slow.applied():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category)
-        return {k: v for k, v in res.items() if k not in ("rows", "n_images")}
+        return {"step": self.step, "train_time_s": self.train_time, "images": self.images,
+                **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
 
     def _grid(self, name: str) -> None:
         c, metas = self.cfg, self.grid_prompts
@@ -179,7 +190,8 @@ class Trainer:
             return
         parts = {"policy": self.policy.state_dict(), "ema_old": self.ema_old.state_dict(),
                  "ema_slow": self.ema_slow.state_dict()}
-        state = {"step": self.step, "epoch": epochs_done, "evals": self.evals}
+        state = {"step": self.step, "epoch": epochs_done, "evals": self.evals, "train_time": self.train_time,
+                 "images": self.images, "next_eval_s": self._next_eval_s}
         io.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, self.opt, state)
 
     def _resume(self) -> None:
@@ -191,12 +203,14 @@ class Trainer:
         self.ema_old.load_state_dict(parts["ema_old"])
         self.ema_slow.load_state_dict(parts["ema_slow"])
         self.step, self.start_epoch, self.evals = state["step"], state["epoch"], state["evals"]
+        self.train_time, self.images = state.get("train_time", 0.0), state.get("images", 0)
+        self._next_eval_s = state.get("next_eval_s", self.cfg.run.eval_every_s)
         log.info("resumed from %s (step %d, epoch %d)", ckpt, self.step, self.start_epoch)
 
     def _finish(self) -> dict:
         summary: dict = {"steps": self.step}
         if self.cfg.run.eval_at_ends:
-            after = {"step": self.step, **self._evaluate("eval after")}
+            after = self._evaluate("eval after")
             if not self.evals or self.evals[-1]["step"] != self.step:
                 self._record_eval(after)
             self._grid("after")

@@ -1,0 +1,163 @@
+"""``dgpo bench``: the paper's comparisons on the toy world, every arm with the same wall-clock
+budget of training time (evals excluded) and several seeds.
+
+Each run is a normal ``dgpo train`` (the embedded toy default plus the arm's overrides) that stops
+at the budget and evaluates the slow-EMA weights (strict toy-GenEval, 10-step ODE) every
+``eval_every_s`` seconds of training. Finished runs are stored as ``raw/<arm>__s<seed>.json``; a
+rerun skips them, so the suite can run in parts. ``report.md`` and PNG curves are written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dgpo.config import load_config
+
+log = logging.getLogger(__name__)
+
+ARMS: dict[str, list[str]] = {
+    "dgpo": [],
+    "flow_grpo": ["train.algorithm=flow_grpo"],
+    "dgpo_sde": ["sampler.sde_noise=0.7"],
+    "tmin_0": ["dgpo.timestep_mode=uniform", "dgpo.t_min=0.0"],
+    "tmin_0.3": ["dgpo.timestep_mode=uniform", "dgpo.t_min=0.3"],
+    "tmin_0.6": ["dgpo.timestep_mode=uniform", "dgpo.t_min=0.6"],
+    "tmin_anneal": ["dgpo.timestep_mode=uniform", "dgpo.t_min=0.8", "dgpo.t_min_end=0.2"],
+    "dpo": ["train.algorithm=dpo"],
+    "dgpo_offline": ["train.offline=true"],
+    "dpo_offline": ["train.algorithm=dpo", "train.offline=true"],
+    "g4": ["train.group_size=4", "train.prompts_per_epoch=16"],
+    "g16": ["train.group_size=16", "train.prompts_per_epoch=4"],
+    "w_rank": ["dgpo.weighting=rank"],
+    "w_softmax": ["dgpo.weighting=softmax"],
+    "w_sign": ["dgpo.weighting=sign"],
+}
+
+COMPARISONS: dict[str, list[str]] = {
+    "DGPO vs Flow-GRPO": ["dgpo", "flow_grpo"],
+    "ODE vs SDE rollouts (DGPO)": ["dgpo", "dgpo_sde"],
+    "Timestep clipping (t_min; grid = the official default)": ["dgpo", "tmin_0", "tmin_0.3", "tmin_0.6", "tmin_anneal"],
+    "Group preferences vs pairs, online vs offline": ["dgpo", "dpo", "dgpo_offline", "dpo_offline"],
+    "Group size (same images per epoch)": ["g4", "dgpo", "g16"],
+    "Group weightings": ["dgpo", "w_rank", "w_softmax", "w_sign"],
+}
+QUICK_ARMS = ["dgpo", "flow_grpo", "dpo"]
+LABEL = {"dgpo": "dgpo (grid, ODE, |A|, G 8)"}
+
+
+@dataclass
+class BenchSpec:
+    out: Path
+    arms: list[str]
+    seeds: list[int]
+    budget_s: float
+    eval_every_s: float
+    eval_per_category: int
+    extra: tuple[str, ...] = ()  # overrides for every arm (e.g. model.path for a test model)
+
+
+def quick_spec(out: Path) -> BenchSpec:
+    return BenchSpec(out, QUICK_ARMS, [0], 60.0, 30.0, 6)
+
+
+def default_spec(out: Path) -> BenchSpec:
+    return BenchSpec(out, list(ARMS), [0, 1, 2], 150.0, 30.0, 20)
+
+
+def run_config(spec: BenchSpec, arm: str, seed: int):
+    return load_config(None, [
+        *ARMS[arm], f"run.seed={seed}", f"run.out_dir={spec.out / 'runs' / f'{arm}__s{seed}'}",
+        "run.epochs=100000", f"run.time_budget_s={spec.budget_s}", f"run.eval_every_s={spec.eval_every_s}",
+        "run.sample_every=0", "run.save_every=0", f"eval.per_category={spec.eval_per_category}",
+        "eval.min_per_category=0", *spec.extra])
+
+
+def run_suite(spec: BenchSpec) -> dict:
+    from dgpo.training.trainer import Trainer
+
+    raw = spec.out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for arm in spec.arms:
+        if arm not in ARMS:
+            raise ValueError(f"unknown bench arm {arm!r}; allowed: {sorted(ARMS)}")
+    for seed in spec.seeds:
+        for arm in spec.arms:
+            path = raw / f"{arm}__s{seed}.json"
+            if path.is_file():
+                log.info("bench: %s seed %d already done, skipped", arm, seed)
+                continue
+            cfg = run_config(spec, arm, seed)
+            summary = Trainer(cfg).fit()
+            path.write_text(json.dumps({"arm": arm, "seed": seed, "overrides": ARMS[arm],
+                                        "steps": summary["steps"], "evals": summary["evals"]}) + "\n")
+    results = load_results(raw)
+    write_report(spec, results)
+    return results
+
+
+def load_results(raw: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for p in sorted(raw.glob("*.json")):
+        r = json.loads(p.read_text())
+        out.setdefault(r["arm"], []).append(r)
+    return out
+
+
+def curve_at(evals: list[dict], xs: np.ndarray, key: str = "train_time_s", metric: str = "overall") -> np.ndarray:
+    """Step function: the last eval at or before each x (NaN after the run's last eval)."""
+    t = np.array([e[key] for e in evals])
+    v = np.array([e[metric] for e in evals])
+    idx = np.searchsorted(t, xs, side="right") - 1
+    out = v[np.clip(idx, 0, None)]
+    out[xs > t[-1] + 1e-9] = np.nan
+    return out
+
+
+def mean_curve(runs: list[dict], key: str, n: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    end = min(r["evals"][-1][key] for r in runs)
+    xs = np.linspace(0, end, n)
+    ys = np.stack([curve_at(r["evals"], xs, key) for r in runs])
+    return xs, ys.mean(0), ys.std(0)
+
+
+def time_to_reach(xs: np.ndarray, ys: np.ndarray, target: float) -> float | None:
+    hit = np.nonzero(ys >= target - 1e-12)[0]
+    return float(xs[hit[0]]) if len(hit) else None
+
+
+def speed_ratio(results: dict[str, list[dict]], fast: str = "dgpo", slow: str = "flow_grpo",
+                key: str = "train_time_s") -> dict | None:
+    """Training time Flow-GRPO needs to reach its best (seed-mean curve) over the time DGPO needs
+    to reach that same score."""
+    if fast not in results or slow not in results:
+        return None
+    xs_s, ys_s, _ = mean_curve(results[slow], key)
+    xs_f, ys_f, _ = mean_curve(results[fast], key)
+    best = float(np.nanmax(ys_s))
+    t_slow, t_fast = time_to_reach(xs_s, ys_s, best), time_to_reach(xs_f, ys_f, best)
+    ratio = None if not t_fast or t_slow is None else t_slow / t_fast
+    return {"target": best, "t_slow": t_slow, "t_fast": t_fast, "ratio": ratio, "key": key,
+            "zero_time": t_fast == 0.0}
+
+
+def _summary_row(arm: str, runs: list[dict]) -> dict:
+    final = np.array([r["evals"][-1]["overall"] for r in runs])
+    start = np.array([r["evals"][0]["overall"] for r in runs])
+    best = np.array([max(e["overall"] for e in r["evals"]) for r in runs])
+    last = [r["evals"][-1] for r in runs]
+    return {"arm": arm, "n": len(runs), "start": start.mean(), "final": final.mean(), "final_std": final.std(),
+            "best": best.mean(), "steps": np.mean([r["steps"] for r in runs]),
+            "images": np.mean([e["images"] for e in last]),
+            "sharpness": np.mean([e.get("sharpness", np.nan) for e in last]),
+            "off_palette": np.mean([e.get("off_palette", np.nan) for e in last])}
+
+
+def write_report(spec: BenchSpec, results: dict[str, list[dict]]) -> Path:
+    from dgpo.bench_report import render_report
+
+    return render_report(spec, results)
