@@ -33,7 +33,7 @@ def test_bench_runs_arms_writes_the_report_and_resumes(tiny_toy, tmp_path):
             assert {"overall", "sharpness", "off_palette", "images"} <= set(r["evals"][-1])
     report = (tmp_path / "b" / "report.md").read_text()
     assert "DGPO vs Flow-GRPO" in report and "| dpo | 2 |" in report and "ratio" in report
-    assert (tmp_path / "b" / "img").is_dir() and len(list((tmp_path / "b" / "img").glob("*.png"))) >= 3
+    assert (tmp_path / "b" / "img").is_dir() and len(list((tmp_path / "b" / "img").glob("*.png"))) == 2  # comparisons with 2+ arms present
     raw = tmp_path / "b" / "raw" / "dgpo__s0.json"
     before = raw.stat().st_mtime_ns
     bench.run_suite(spec)  # resumes: finished runs are not run again

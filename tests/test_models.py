@@ -76,3 +76,13 @@ def test_cond_where_replaces_whole_samples(tiny_toy):
     mixed = cond_where(torch.tensor([False, True, False]), null, cond)
     for k in cond:
         assert torch.equal(mixed[k][0], cond[k][0]) and torch.equal(mixed[k][1], null[k][1])
+
+
+def test_toy_vocabulary_is_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    code = "from dgpo.toy.model import VOCAB; print(','.join(VOCAB))"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout for seed in (1, 2, 3)}
+    assert len(outs) == 1, outs

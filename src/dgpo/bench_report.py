@@ -71,7 +71,7 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
              "## Headline: DGPO vs Flow-GRPO speed", "", how, "", _ratio_text(results)]
     for title, arms in COMPARISONS.items():
         present = [a for a in arms if a in results]
-        if not present:
+        if len(present) < 2:
             continue
         png = out / "img" / f"{_slug(title)}.png"
         plot_comparison(title, present, results, png)

@@ -56,9 +56,11 @@ class SamplerConfig:
 
 @dataclass
 class RewardConfig:
-    name: Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility"] = opt(
+    name: Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
+                  "colorfulness"] = opt(
         "toy_geneval",
-        help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: DDPO's (in)compressibility",
+        help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: DDPO's (in)compressibility; "
+        "colorfulness: Hasler-Suesstrunk (smooth)",
     )
 
 

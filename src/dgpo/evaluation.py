@@ -64,32 +64,33 @@ def evaluate(
     batch_size: int = 64,
     desc: str = "eval",
     min_per_category: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    gather: Callable[[list[dict]], list[dict]] | None = None,
 ) -> dict:
     """Strict GenEval accuracy per category, ``overall`` (mean of categories), partial reward, rows.
 
     ``min_per_category``: small categories get more images per prompt (at least this many images in
     each category), so that a 4-prompt category is not scored on 4 coin flips.
+    ``shard=(rank, world)`` generates every world-th image; ``gather`` merges the rows of all processes.
     """
     sizes: dict[str, int] = defaultdict(int)
     for m in metas:
         sizes[m.get("tag", "")] += 1
     per = {t: max(images_per_prompt, -(-min_per_category // n)) for t, n in sizes.items()}
-    jobs = [(i, k) for i, m in enumerate(metas) for k in range(per[m.get("tag", "")])]
-    rows, quality = [], []
+    jobs = [(i, k) for i, m in enumerate(metas) for k in range(per[m.get("tag", "")])][shard[0] :: shard[1]]
+    rows = []
     for start in tqdm(range(0, len(jobs), batch_size), desc=desc, unit="batch", leave=False):
         chunk = jobs[start : start + batch_size]
         batch = [metas[i] for i, _ in chunk]
         seeds = [seed * 1_000_003 + i * 97 + k for i, k in chunk]
         images = image_fn(batch, seeds).float().cpu().numpy()
-        quality.append((len(images), image_quality(images)))
         for (i, k), img, meta in zip(chunk, images, batch):
             ok, part = scorer.score(img, meta)
             rows.append({"index": i, "sample": k, "tag": meta["tag"], "prompt": meta["prompt"],
-                         "correct": ok, "reward": part})
-    out = summarize(rows)
-    n = sum(k for k, _ in quality) or 1
-    out.update({key: sum(k * q[key] for k, q in quality) / n for key in ("sharpness", "off_palette")})
-    return out
+                         "correct": ok, "reward": part, **image_quality(img[None])})
+    if gather is not None:
+        rows = gather(rows)
+    return summarize(rows)
 
 
 def per_category(metas: list[dict], k: int) -> list[dict]:
@@ -113,6 +114,7 @@ def summarize(rows: list[dict]) -> dict:
         "overall": float(np.mean(list(cats.values()))) if cats else 0.0,
         **cats,
         "reward": float(np.mean([r["reward"] for r in rows])) if rows else 0.0,
+        **{k: float(np.mean([r[k] for r in rows])) for k in ("sharpness", "off_palette") if rows and k in rows[0]},
         "n_images": len(rows),
         "rows": rows,
     }

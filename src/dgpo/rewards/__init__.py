@@ -11,7 +11,7 @@ RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
 
 def build_reward(name: str) -> RewardFn:
     """The one name -> reward map, at the config boundary."""
-    from dgpo.rewards.image import JpegCompressibility
+    from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
 
     table = {
@@ -19,6 +19,7 @@ def build_reward(name: str) -> RewardFn:
         "toy_geneval_strict": lambda: ToyGenEvalReward(strict=True),
         "jpeg_compressibility": lambda: JpegCompressibility(-1.0),
         "jpeg_incompressibility": lambda: JpegCompressibility(1.0),
+        "colorfulness": lambda: colorfulness,
     }
     if name not in table:
         raise ValueError(f"unknown reward {name!r}; allowed: {sorted(table)}")

@@ -1,4 +1,4 @@
-"""Prompt-free image rewards from DDPO: JPEG (in)compressibility, the encoded size in kilobytes."""
+"""Prompt-free image rewards: DDPO's JPEG (in)compressibility (encoded size in kB) and colourfulness."""
 
 from __future__ import annotations
 
@@ -28,3 +28,15 @@ class JpegCompressibility:
 
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
         return self.sign * jpeg_kilobytes(images)
+
+
+def colorfulness(images: torch.Tensor, metas: list[dict] | None = None) -> torch.Tensor:
+    """Hasler & Suesstrunk's colourfulness (2003) of images [B, 3, H, W] in [0, 1], on the 0-255 scale:
+    sqrt(std_rg^2 + std_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2), rg = R - G, yb = (R + G) / 2 - B.
+    A smooth (continuous in the pixels) prompt-free reward, unlike JPEG sizes, which jump by whole bytes."""
+    x = images.clamp(0, 1).double() * 255
+    r, g, b = x[:, 0].flatten(1), x[:, 1].flatten(1), x[:, 2].flatten(1)
+    rg, yb = r - g, (r + g) / 2 - b
+    std = (rg.var(1, unbiased=False) + yb.var(1, unbiased=False)).sqrt()
+    mean = (rg.mean(1) ** 2 + yb.mean(1) ** 2).sqrt()
+    return (std + 0.3 * mean).float()

@@ -19,7 +19,9 @@ from torch import nn
 from dgpo.toy.grammar import COLORS, NUMBERS, RELATIONS, SHAPES
 
 _WORDS = ["a", "photo", "of", "and", *SHAPES, *[s + "s" for s in SHAPES], "crosses", *COLORS]
-_WORDS += [*NUMBERS.values(), *{w for r in RELATIONS for w in r.split()}]
+# a list, never a set: a set of strings iterates in a per-process (hash-seeded) order, which gave each
+# process its own token ids for the relation words
+_WORDS += [*NUMBERS.values(), *[w for r in RELATIONS for w in r.split()]]
 VOCAB = ["<pad>", "<unk>", "<null>", *dict.fromkeys(_WORDS)]
 
 

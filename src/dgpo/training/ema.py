@@ -22,7 +22,10 @@ class ParamEMA:
     @torch.no_grad()
     def _blend(self, decay: float) -> None:
         for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach().to(s.dtype), 1 - decay)
+            if decay == 0.0:
+                s.copy_(p.detach())  # exact (lerp with weight 1 can be an ulp off)
+            else:
+                s.lerp_(p.detach().to(s.dtype), 1 - decay)
 
     @contextmanager
     def applied(self) -> Iterator[None]:

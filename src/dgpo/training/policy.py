@@ -29,6 +29,7 @@ class Policy:
                              target_modules=lora_targets or model.lora_targets)
             model.denoiser.requires_grad_(False)
             model.denoiser = get_peft_model(model.denoiser, cfg)
+            self.peft = model.denoiser  # kept: the trainer may wrap model.denoiser in DDP
             self._frozen = None
         else:
             self._frozen = copy.deepcopy(model.denoiser).requires_grad_(False)
@@ -41,7 +42,7 @@ class Policy:
     def reference(self) -> Iterator[None]:
         """The frozen base model: LoRA disabled, or the frozen copy swapped in."""
         if self.lora:
-            with self.model.denoiser.disable_adapter():
+            with self.peft.disable_adapter():
                 yield
         else:
             live = self.model.denoiser

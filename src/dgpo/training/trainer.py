@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -42,6 +43,10 @@ class Trainer:
         self.model = load_model(c.model)
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
+        # DDP (or FSDP, from accelerate's config) wraps the network for the forwards that train;
+        # rollouts, references and evals use the bare module (no collectives outside backward)
+        multi = self.acc.num_processes > 1
+        self.train_net = self.acc.prepare(self.model.denoiser) if multi else self.model.denoiser
         self.opt = torch.optim.AdamW(self.policy.params, lr=c.train.lr, betas=(0.9, 0.999),
                                      weight_decay=c.train.weight_decay, eps=1e-8)
         self.ema_old = OldModelEMA(self.policy.params)
@@ -73,8 +78,10 @@ class Trainer:
         if self.start_epoch == 0 and c.run.eval_at_ends:
             self._record_eval(self._evaluate("eval before"))
             self._grid("before")
-        bar = tqdm(range(self.start_epoch, c.run.epochs), desc=c.train.algorithm, unit="epoch",
-                   initial=self.start_epoch, total=c.run.epochs, disable=not self.acc.is_main_process)
+        budget = f" ({c.run.time_budget_s:.0f} s budget)" if c.run.time_budget_s else ""
+        bar = tqdm(range(self.start_epoch, c.run.epochs), desc=c.train.algorithm + budget, unit="epoch",
+                   initial=self.start_epoch, total=None if budget else c.run.epochs,
+                   disable=not self.acc.is_main_process)
         for epoch in bar:
             t0 = time.time()
             metas = epoch_prompts(self.prompts, c.train.prompts_per_epoch, c.run.seed, epoch,
@@ -123,13 +130,17 @@ class Trainer:
         items = self.layout.all_sum(self.algo.items(signal, idx))
         scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP averages over processes
         totals: dict[str, float] = {"loss": 0.0}
+        n_back = len(units) * len(micro)
         for slot, unit in enumerate(units):
-            for mb in micro:
-                out = self.algo.micro_loss(batch, signal, mb, unit, slot, epoch)
-                self.acc.backward(out.loss_sum * scale)
+            for m, mb in enumerate(micro):
+                last = slot * len(micro) + m == n_back - 1  # DDP syncs gradients on the last backward only
+                with self._training_forward(), (nullcontext() if last else self.acc.no_sync(self.train_net)):
+                    out = self.algo.micro_loss(batch, signal, mb, unit, slot, epoch)
+                    self.acc.backward(out.loss_sum * scale)
                 totals["loss"] += float(out.loss_sum.detach()) * scale / self.layout.world
                 for k, v in out.stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v) / (len(micro) * len(units))
+        totals = {k: self.layout.all_sum(v) / self.layout.world for k, v in totals.items()}
         grad_norm = self.acc.clip_grad_norm_(self.policy.params, c.train.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -137,6 +148,16 @@ class Trainer:
         self.ema_slow.update(self.step)
         self.step += 1
         return {**totals, "grad_norm": float(grad_norm)}
+
+    @contextmanager
+    def _training_forward(self):
+        """The model's forwards go through the DDP/FSDP wrapper (gradients are synchronised)."""
+        bare = self.model.denoiser
+        self.model.denoiser = self.train_net
+        try:
+            yield
+        finally:
+            self.model.denoiser = bare
 
     # ----------------------------------------------------------------- bookkeeping
     def _log(self, epoch: int, rewards: torch.Tensor, zero: torch.Tensor, stats: dict, times: dict) -> None:
@@ -173,9 +194,17 @@ class Trainer:
         fn = model_image_fn(self.model, c.sampler.steps, c.sampler.shift, c.sampler.cfg_scale, c.sampler.method)
         with self.ema_slow.applied():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
-                           c.eval.batch_size, desc, c.eval.min_per_category)
+                           c.eval.batch_size, desc, c.eval.min_per_category,
+                           shard=(self.layout.rank, self.layout.world), gather=self._gather_rows)
         return {"step": self.step, "train_time_s": self.train_time, "images": self.images,
                 **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
+
+    def _gather_rows(self, rows: list[dict]) -> list[dict]:
+        if not self.layout.distributed:
+            return rows
+        from accelerate.utils import gather_object
+
+        return sorted(gather_object(rows), key=lambda r: (r["index"], r["sample"]))
 
     def _grid(self, name: str) -> None:
         c, metas = self.cfg, self.grid_prompts
