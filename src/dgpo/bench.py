@@ -66,7 +66,7 @@ def quick_spec(out: Path) -> BenchSpec:
 
 
 def default_spec(out: Path) -> BenchSpec:
-    return BenchSpec(out, list(ARMS), [0, 1, 2], 150.0, 30.0, 20)
+    return BenchSpec(out, list(ARMS), [0, 1, 2], 120.0, 40.0, 20)
 
 
 def run_config(spec: BenchSpec, arm: str, seed: int):
