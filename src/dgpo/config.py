@@ -41,15 +41,21 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    kind: Literal["toy"] = opt("toy", help="model family adapter")
-    path: str = opt("", help="toy checkpoint folder; '' = the built-in toy base")
+    kind: Literal["toy", "sd3", "flux", "sana"] = opt("toy", help="model family adapter")
+    path: str = opt("", help="toy checkpoint folder ('' = the built-in base) or a diffusers folder / hub id")
+    dtype: Literal["fp32", "bf16", "fp16"] = opt("fp32", help="diffusers models: weight dtype of the pipeline")
+    resolution: int = opt(0, 0, help="diffusers models: image size in pixels (0: the transformer's native size)")
+    max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma tokens (0: SD3 256, Flux 512, Sana 300)")
+    guidance_scale: float = opt(3.5, 0.0, help="FLUX.1-dev: the embedded guidance (no CFG; schnell ignores it)")
+    gradient_checkpointing: bool = opt(False, help="diffusers models: recompute transformer activations")
+    offload: bool = opt(False, help="diffusers models: keep text encoders and VAE on the CPU between uses")
 
 
 @dataclass
 class SamplerConfig:
     method: Literal["dpm", "euler"] = opt("dpm", help="rollout ODE solver (official: DPM-Solver++)")
     steps: int = opt(10, 1, 1000, help="rollout steps (official: 10)")
-    shift: float = opt(1.0, 0.1, 20.0, help="time shift (SD3: 3; toy: 1)")
+    shift: float = opt(0.0, 0.0, 20.0, help="time shift; 0 = the model's own (toy 1, SD3 3, Flux dynamic, Sana its flow_shift)")
     cfg_scale: float = opt(4.5, 1.0, 50.0, help="classifier-free guidance in rollouts (official 4.5)")
     sde_noise: float = opt(0.0, 0.0, 5.0, help="DGPO/DPO rollouts: 0 = the ODE (official); > 0 = Flow-GRPO's SDE with this noise level")
 

@@ -102,10 +102,10 @@ class Algorithm:
                 cond, null, seeds = cond_index(batch["cond"], sl), cond_index(batch["null"], sl), batch["seeds"][sl]
                 if s.sde_noise > 0:  # the ODE-vs-SDE ablation: x0 from the SDE, nothing else kept
                     fn = lambda x, t, cond=cond, null=null: cfg_velocity(self.tr.model, x, t, cond, null, s.cfg_scale)
-                    x = initial_noise(self.tr.model.latent_shape(), seeds)
+                    x = initial_noise(self.tr.model.latent_shape(), seeds).to(self.tr.model.device)
                     chunks.append(sample_sde(fn, x, self.tr.sigmas, s.sde_noise, [derive_seed(sd, 6) for sd in seeds]).x0)
                 else:
-                    chunks.append(generate(self.tr.model, cond, null, seeds, s.steps, s.shift, s.cfg_scale, s.method))
+                    chunks.append(generate(self.tr.model, cond, null, seeds, s.steps, self.tr.shift, s.cfg_scale, s.method))
         batch["x0"] = torch.cat(chunks)
         return batch
 
@@ -119,9 +119,9 @@ class Algorithm:
         if d.text_dropout > 0:
             g = torch.Generator().manual_seed(derive_seed(c.run.seed, epoch, 4, slot))
             drop = torch.rand(batch["n_total"], generator=g)[batch["index"][mb]] < d.text_dropout
-            cond = cond_where(drop, null, cond)
-        eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot)
-        tt = torch.full((len(mb),), t)
+            cond = cond_where(drop.to(x0.device), null, cond)
+        eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot).to(x0.device, x0.dtype)
+        tt = torch.full((len(mb),), t, device=x0.device)
         x_t, target = interpolate(x0, eps, t), eps - x0
         out = {}
         with torch.no_grad():

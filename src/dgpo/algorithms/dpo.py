@@ -36,7 +36,8 @@ class DPO(Algorithm):
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
         o = self.denoising_losses(batch, mb, unit, slot, epoch)
-        out = diffusion_dpo_loss(o["dsm"], o["dsm_ref"], signal[mb], batch["group_ids"][mb], self.cfg.dpo.beta,
+        dev = o["dsm"].device
+        out = diffusion_dpo_loss(o["dsm"], o["dsm_ref"], signal[mb].to(dev), batch["group_ids"][mb].to(dev), self.cfg.dpo.beta,
                                  self.tr.group_sum)
         return StepLoss(out.terms.sum(), {"dpo": out.dpo, "accuracy": out.accuracy})
 

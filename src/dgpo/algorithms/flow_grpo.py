@@ -44,7 +44,7 @@ class FlowGRPO(Algorithm):
                 cond, null = cond_index(batch["cond"], sl), cond_index(batch["null"], sl)
                 fn = lambda x, t, cond=cond, null=null: self.velocity(x, t, cond, null, grad=False)
                 seeds = batch["seeds"][sl]
-                x = initial_noise(tr.model.latent_shape(), seeds)
+                x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
                 step_seeds = [derive_seed(sd, 6) for sd in seeds]
                 parts.append(sample_sde(fn, x, tr.sigmas, c.grpo.noise_level, step_seeds, steps))
         batch["x0"] = torch.cat([p.x0 for p in parts])
@@ -80,7 +80,7 @@ class FlowGRPO(Algorithm):
         j = int(unit)
         x, x_next = batch["latents"][mb, j], batch["latents"][mb, j + 1]
         cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
-        tt = torch.full((len(mb),), s[j])
+        tt = torch.full((len(mb),), s[j], device=x.device)
         step = sde_step(x, self.velocity(x, tt, cond, null, grad=True), s[j], s[j + 1], s[1], g.noise_level)
         log_prob = gaussian_logprob(x_next, step)
         kl = None
@@ -88,6 +88,6 @@ class FlowGRPO(Algorithm):
             with torch.no_grad(), tr.policy.reference():
                 ref = sde_step(x, self.velocity(x, tt, cond, null, grad=False), s[j], s[j + 1], s[1], g.noise_level)
             kl = step_kl(step.mean, ref.mean, step.std if g.kl_paper else step.std_t)
-        out = flow_grpo_loss(log_prob, batch["log_probs"][mb, j], signal[mb], g.clip_range, kl, g.kl_beta)
+        out = flow_grpo_loss(log_prob, batch["log_probs"][mb, j], signal[mb].to(x.device), g.clip_range, kl, g.kl_beta)
         return StepLoss(out.loss * len(mb), {"policy": out.policy, "kl": out.kl, "clip": out.clipped.float().mean(),
                                              "ratio_dev": (out.ratio - 1).abs().max()})

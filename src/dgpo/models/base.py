@@ -40,6 +40,17 @@ class FlowModel(Protocol):
         """(C, H, W) of one latent."""
         ...
 
+    device: torch.device
+    """Where the denoiser runs; inputs are moved there."""
+
+    def to(self, device) -> FlowModel:
+        """Move the model (and the parts that stay resident) to ``device``."""
+        ...
+
+    def default_shift(self) -> float:
+        """The family's own time shift (``sampler.shift = 0`` uses it)."""
+        ...
+
 
 def cond_index(cond: Cond, idx: torch.Tensor | slice) -> Cond:
     return {k: v[idx] for k, v in cond.items()}

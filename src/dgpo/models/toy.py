@@ -20,6 +20,16 @@ class ToyFlowModel:
     def __init__(self, net: ToyUNet):
         self.net = net.requires_grad_(False)
         self.denoiser: torch.nn.Module = net
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> ToyFlowModel:
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        self.denoiser.to(self.device)
+        return self
+
+    def default_shift(self) -> float:
+        return 1.0
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ToyFlowModel:
@@ -27,7 +37,7 @@ class ToyFlowModel:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Cond:
-        ids = tokenize(list(prompts), self.net.cfg.max_tokens)
+        ids = tokenize(list(prompts), self.net.cfg.max_tokens).to(self.device)
         return self.net.text_encoder(ids)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:

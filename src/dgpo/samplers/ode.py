@@ -55,7 +55,7 @@ def sample_ode(
     m_prev, n = None, len(s_list) - 1
     for i in range(n):
         s, s_next = s_list[i], s_list[i + 1]
-        v = velocity(x, torch.full((x.shape[0],), s, dtype=x.dtype))
+        v = velocity(x, torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device))
         if method == "euler":
             x = x + (s_next - s) * v
         else:

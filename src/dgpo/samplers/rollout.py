@@ -29,7 +29,7 @@ def generate(
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Final latents x0 [B, C, H, W] from the deterministic flow ODE (10-step DPM-Solver++ default)."""
-    x = initial_noise(model.latent_shape(), seeds)
+    x = initial_noise(model.latent_shape(), seeds).to(getattr(model, "device", "cpu"))
     sigmas = sigma_grid(steps, shift)
     fn = lambda x_t, t: cfg_velocity(model, x_t, t, cond, null, cfg_scale)
     return sample_ode(fn, x, sigmas, method, progress)

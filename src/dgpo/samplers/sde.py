@@ -40,7 +40,7 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: float, 
     dt = sigma_next - sigma
     s_t = sde_std(sigma, sigma_guard, noise_level)
     mean = x * (1 + s_t**2 / (2 * sigma) * dt) + v * (1 + s_t**2 * (1 - sigma) / (2 * sigma)) * dt
-    return SDEStep(mean, torch.tensor(s_t * math.sqrt(-dt)), torch.tensor(s_t))
+    return SDEStep(mean, torch.tensor(s_t * math.sqrt(-dt), device=x.device), torch.tensor(s_t, device=x.device))
 
 
 def gaussian_logprob(x_next: torch.Tensor, step: SDEStep) -> torch.Tensor:
@@ -74,12 +74,12 @@ def sample_sde(
     n = len(s) - 1
     sde_steps = list(range(n)) if sde_steps is None else sorted(sde_steps)
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
-    latents, log_probs = [x], torch.zeros(x.shape[0], n)
+    latents, log_probs = [x], torch.zeros(x.shape[0], n, device=x.device)
     for i in range(n):
-        v = velocity(x, torch.full((x.shape[0],), s[i], dtype=x.dtype))
+        v = velocity(x, torch.full((x.shape[0],), s[i], dtype=x.dtype, device=x.device))
         if i in sde_steps:
             step = sde_step(x, v, s[i], s[i + 1], s[1], noise_level)
-            eps = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.dtype)
+            eps = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device, x.dtype)
             x = step.mean + step.std * eps
             log_probs[:, i] = gaussian_logprob(x, step)
         else:

@@ -14,12 +14,12 @@ import torch.distributed as dist
 
 
 class Layout:
-    def __init__(self, world: int = 1, rank: int = 0):
-        self.world, self.rank = world, rank
+    def __init__(self, world: int = 1, rank: int = 0, device: str | torch.device = "cpu"):
+        self.world, self.rank, self.device = world, rank, torch.device(device)
 
     @classmethod
     def from_accelerator(cls, acc) -> Layout:
-        return cls(acc.num_processes, acc.process_index)
+        return cls(acc.num_processes, acc.process_index, acc.device)
 
     @property
     def distributed(self) -> bool:
@@ -41,13 +41,14 @@ class Layout:
             out = local.new_zeros((n_total, *local.shape[1:]))
             out[local_idx] = local
             return out
-        parts = [torch.empty_like(local) for _ in range(self.world)]
-        idxs = [torch.empty_like(local_idx) for _ in range(self.world)]
-        dist.all_gather(parts, local.contiguous())
-        dist.all_gather(idxs, local_idx.contiguous())
+        dev = self.device
+        parts = [torch.empty_like(local, device=dev) for _ in range(self.world)]
+        idxs = [torch.empty_like(local_idx, device=dev) for _ in range(self.world)]
+        dist.all_gather(parts, local.contiguous().to(dev))
+        dist.all_gather(idxs, local_idx.contiguous().to(dev))
         out = local.new_zeros((n_total, *local.shape[1:]))
         for p, ix in zip(parts, idxs):
-            out[ix] = p
+            out[ix.to(out.device)] = p.to(out.device)
         return out
 
     def group_sum_fn(self, n_groups: int):
@@ -66,6 +67,6 @@ class Layout:
     def all_sum(self, x: float) -> float:
         if not self.distributed:
             return x
-        t = torch.tensor([x], dtype=torch.float64)
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t)

@@ -40,7 +40,7 @@ class Trainer:
         self.cfg, c = cfg, cfg
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision)
         self.run_dir = Path(c.run.out_dir)
-        self.model = load_model(c.model)
+        self.model = load_model(c.model).to(self.acc.device)
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
         # DDP (or FSDP, from accelerate's config) wraps the network for the forwards that train;
@@ -59,8 +59,9 @@ class Trainer:
         if c.eval.max_prompts:
             self.eval_prompts = self.eval_prompts[: c.eval.max_prompts]
         self.grid_prompts = self.eval_prompts[:: max(1, len(self.eval_prompts) // GRID_PROMPTS)][:GRID_PROMPTS]
-        self.sigmas = sigma_grid(c.sampler.steps, c.sampler.shift)
-        self.layout = Layout.from_accelerator(self.acc)
+        self.shift = c.sampler.shift or self.model.default_shift()
+        self.sigmas = sigma_grid(c.sampler.steps, self.shift)
+        self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
         self.layout.check_group_size(c.train.group_size)
         self.group_sum = self.layout.group_sum_fn(c.train.prompts_per_epoch)
         self.algo = ALGORITHMS[c.train.algorithm](self)
@@ -79,7 +80,8 @@ class Trainer:
             self._record_eval(self._evaluate("eval before"))
             self._grid("before")
         budget = f" ({c.run.time_budget_s:.0f} s budget)" if c.run.time_budget_s else ""
-        bar = tqdm(range(self.start_epoch, c.run.epochs), desc=c.train.algorithm + budget, unit="epoch",
+        epochs = range(self.start_epoch, c.run.epochs)
+        bar = tqdm(iter(epochs) if budget else epochs, desc=c.train.algorithm + budget, unit="epoch",
                    initial=self.start_epoch, total=None if budget else c.run.epochs,
                    disable=not self.acc.is_main_process)
         for epoch in bar:
@@ -90,8 +92,8 @@ class Trainer:
             batch = self.algo.rollout(metas, epoch)
             t1 = time.time()
             bar.set_postfix_str("reward")
-            local = self.reward_fn(self.model.decode(batch["x0"]), batch["metas"])
-            rewards = self.layout.gather(local.float(), batch["index"], batch["n_total"])
+            local = self.reward_fn(self.model.decode(batch["x0"]), batch["metas"]).float().cpu()
+            rewards = self.layout.gather(local, batch["index"], batch["n_total"])
             group_ids = torch.arange(batch["n_total"]) // c.train.group_size
             adv, zero = group_advantages(rewards, group_ids, c.dgpo.adv_std, clip_max=c.dgpo.adv_clip_max)
             keep, signal = self.algo.select(batch, rewards, adv, zero, group_ids)
@@ -191,7 +193,7 @@ class Trainer:
 
     def _evaluate(self, desc: str) -> dict:
         c = self.cfg
-        fn = model_image_fn(self.model, c.sampler.steps, c.sampler.shift, c.sampler.cfg_scale, c.sampler.method)
+        fn = model_image_fn(self.model, c.sampler.steps, self.shift, c.sampler.cfg_scale, c.sampler.method)
         with self.ema_slow.applied():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
@@ -208,7 +210,7 @@ class Trainer:
 
     def _grid(self, name: str) -> None:
         c, metas = self.cfg, self.grid_prompts
-        fn = model_image_fn(self.model, c.sampler.steps, c.sampler.shift, c.sampler.cfg_scale, c.sampler.method)
+        fn = model_image_fn(self.model, c.sampler.steps, self.shift, c.sampler.cfg_scale, c.sampler.method)
         with self.ema_slow.applied():
             images = fn(metas, list(range(len(metas))))
         if self.acc.is_main_process:

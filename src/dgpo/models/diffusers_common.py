@@ -1,0 +1,113 @@
+"""What every diffusers-backed adapter shares: loading a pipeline folder (or hub id) with clear errors,
+frozen text encoders and VAE, a per-prompt text-embedding cache, dtype/device handling, optional
+offloading and gradient checkpointing. A family file (sd3.py, flux.py, sana.py) adds the
+transformer call, the text encoding and the latent layout. The pipeline's ``__call__`` is never used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dgpo.models.base import Cond
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_pipeline(pipeline_cls, path: str, dtype: str):
+    """``pipeline_cls.from_pretrained`` on a local folder or a hub id, with errors naming the problem."""
+    if not path:
+        raise ValueError(f"model.path is required for {pipeline_cls.__name__} (a diffusers folder or hub id)")
+    p = Path(path).expanduser()
+    local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
+    if local:
+        if not p.is_dir():
+            raise FileNotFoundError(f"model.path {path!r}: no such folder (expected a diffusers pipeline folder)")
+        if not (p / "model_index.json").is_file():
+            raise ValueError(f"model.path {path!r} is not a diffusers pipeline folder: no model_index.json")
+    try:
+        return pipeline_cls.from_pretrained(str(p) if local else path, torch_dtype=DTYPES[dtype])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"model.path {path!r}: cannot load it as {pipeline_cls.__name__}: {e}") from None
+
+
+class DiffusersFlowModel:
+    """Base of the diffusers adapters; subclasses set ``lora_targets`` and implement ``_encode``,
+    ``velocity``, ``latent_shape``."""
+
+    lora_targets: list[str] = []
+    frozen_prefixes: tuple[str, ...] = ()
+    default_max_sequence_length = 256
+
+    def __init__(self, pipe, cfg):
+        self.pipe, self.cfg = pipe, cfg
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.requires_grad_(False).eval()
+        self.denoiser = pipe.transformer.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+        self.max_sequence_length = cfg.max_sequence_length or self.default_max_sequence_length
+        self.resolution = cfg.resolution or self._native_resolution()
+        self.device = torch.device("cpu")
+        self._cache: dict[str, Cond] = {}
+
+    # -- FlowModel
+    def to(self, device) -> DiffusersFlowModel:
+        self.device = torch.device(device)
+        self.denoiser.to(self.device)
+        if not self.cfg.offload:
+            self._aux_to(self.device)
+        return self
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Cond:
+        """Text embeddings, computed once per distinct prompt and cached (on the CPU when offloading)."""
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if todo:
+            if self.cfg.offload:
+                self._aux_to(self.device)
+            enc = self._encode(todo)
+            if self.cfg.offload:
+                self._aux_to("cpu")
+            for i, p in enumerate(todo):
+                self._cache[p] = {k: v[i : i + 1].to("cpu" if self.cfg.offload else self.device)
+                                  for k, v in enc.items()}
+        return {k: torch.cat([self._cache[p][k] for p in prompts]).to(self.device) for k in self._cache[prompts[0]]}
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        if self.cfg.offload:
+            vae.to(self.device)
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+        images = vae.decode(z, return_dict=False)[0]
+        if self.cfg.offload:
+            vae.to("cpu")
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def default_shift(self) -> float:
+        cfg = self.pipe.scheduler.config
+        return float(cfg.get("flow_shift") or cfg.get("shift") or 1.0)
+
+    # -- helpers
+    def _aux_to(self, device) -> None:
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                module.to(device)
+
+    def _native_resolution(self) -> int:
+        return int(self.denoiser.config.sample_size) * int(self.pipe.vae_scale_factor)
+
+    def _latent_hw(self) -> int:
+        return self.resolution // int(self.pipe.vae_scale_factor)
+
+    def _time(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        return t.to(self.device, torch.float32).expand(n) if t.dim() == 0 else t.to(self.device, torch.float32)
+
+    def _encode(self, prompts: list[str]) -> Cond:  # pragma: no cover - abstract
+        raise NotImplementedError
+
