@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     _sampler_args(ev)
 
+    ex = sub.add_parser("export", help="a run's LoRA for diffusers' load_lora_weights, or a merged model")
+    ex.add_argument("run", help="run directory")
+    ex.add_argument("--out", default="", help="output folder (default: RUN/export or RUN/merged)")
+    ex.add_argument("--merge", action="store_true", help="merge into a full diffusers folder (toy: a toy folder)")
+    ex.add_argument("--weights", choices=["ema_slow", "policy"], default="ema_slow",
+                    help="the slow EMA (evaluated, default) or the raw policy weights")
+    ex.add_argument("--checkpoint", default="", help="a checkpoint folder of the run (default: the latest)")
+
     be = sub.add_parser("bench", help="the paper's comparisons on the toy world (report.md + PNG + JSON)")
     be.add_argument("--quick", action="store_true", help="smoke suite: DGPO, Flow-GRPO, DPO; 1 seed; 60 s each")
     be.add_argument("--out", default="runs/bench", help="output folder (rerun to resume: finished runs are kept)")
@@ -153,6 +161,14 @@ def cmd_eval(a) -> None:
     print(f"wrote {a.out}/eval.json and {a.out}/eval.md ({res['n_images']} images)")
 
 
+def cmd_export(a) -> None:
+    from dgpo.training.export import export_run
+
+    out = a.out or str(Path(a.run) / ("merged" if a.merge else "export"))
+    path = export_run(a.run, out, merge=a.merge, weights=a.weights, checkpoint=a.checkpoint or None)
+    print(f"wrote {path}")
+
+
 def cmd_bench(a) -> None:
     from dataclasses import replace
 
@@ -206,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "config": cmd_config, "sample": cmd_sample, "eval": cmd_eval,
-                "bench": cmd_bench, "toy": cmd_toy}
+                "bench": cmd_bench, "export": cmd_export, "toy": cmd_toy}
     try:
         handlers[a.cmd](a)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -27,7 +27,7 @@ def load_pipeline(pipeline_cls, path: str, dtype: str):
         if not (p / "model_index.json").is_file():
             raise ValueError(f"model.path {path!r} is not a diffusers pipeline folder: no model_index.json")
     try:
-        return pipeline_cls.from_pretrained(str(p) if local else path, torch_dtype=DTYPES[dtype])
+        return pipeline_cls.from_pretrained(str(p) if local else path, dtype=DTYPES[dtype])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"model.path {path!r}: cannot load it as {pipeline_cls.__name__}: {e}") from None
 

@@ -1,4 +1,11 @@
-"""Loading a trained run back as a :class:`FlowModel` (its latest checkpoint, slow-EMA weights)."""
+"""A trained run back as a model, and its export:
+
+* LoRA -> ``pytorch_lora_weights.safetensors`` in the layout ``<Pipeline>.load_lora_weights`` reads
+  (peft key names without the ``base_model.model.`` prefix, plus the adapter metadata that carries
+  lora_alpha; not ``convert_state_dict_to_diffusers``, which drops the ``add_*`` projections);
+* ``merge=True`` -> a full diffusers folder with the adapter merged into the transformer (toy: a toy
+  checkpoint folder).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +19,18 @@ from dgpo.models.loading import load_model
 from dgpo.training.io import latest_checkpoint
 from dgpo.training.policy import Policy, parse_targets
 
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
-def load_run_model(run_dir: str | Path, weights: str = "ema_slow") -> FlowModel:
-    """The run's model with the trained weights of its latest checkpoint (``ema_slow`` or ``policy``)."""
+
+def load_run(run_dir: str | Path, weights: str = "ema_slow", checkpoint: str | Path | None = None):
+    """(model, policy, config) with the trained weights of a checkpoint (default: the latest)."""
     run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run} is not a run directory (no config.yaml)")
     cfg = load_config(run / "config.yaml")
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise FileNotFoundError(f"run {run} has no checkpoint")
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
+    if ckpt is None or not (ckpt / f"{weights}.safetensors").is_file():
+        raise FileNotFoundError(f"run {run} has no checkpoint with {weights}.safetensors")
     model = load_model(cfg.model)
     policy = Policy(model, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.run.seed,
                     parse_targets(cfg.train.lora_targets))
@@ -29,4 +40,45 @@ def load_run_model(run_dir: str | Path, weights: str = "ema_slow") -> FlowModel:
     else:
         policy.load_state_dict({n: tensors[str(i)] for i, n in enumerate(policy.names)})
     model.denoiser.eval()
-    return model
+    return model, policy, cfg
+
+
+def load_run_model(run_dir: str | Path, weights: str = "ema_slow") -> FlowModel:
+    """The run's model with the trained weights of its latest checkpoint (``ema_slow`` or ``policy``)."""
+    return load_run(run_dir, weights)[0]
+
+
+def lora_state_dict(policy: Policy) -> tuple[dict, dict]:
+    """(diffusers-named LoRA tensors, adapter metadata) of a LoRA policy."""
+    from peft import get_peft_model_state_dict
+
+    sd = {k.removeprefix("base_model.model."): v.detach().contiguous()
+          for k, v in get_peft_model_state_dict(policy.peft).items()}
+    return sd, policy.peft.peft_config["default"].to_dict()
+
+
+def export_run(run_dir: str | Path, out: str | Path, merge: bool = False, weights: str = "ema_slow",
+               checkpoint: str | Path | None = None) -> Path:
+    model, policy, cfg = load_run(run_dir, weights, checkpoint)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = getattr(model, "pipe", None)
+    if merge:
+        net = policy.peft.merge_and_unload() if policy.lora else model.denoiser
+        if pipe is None:
+            from dgpo.toy.weights import save_toy
+
+            save_toy(net, out, {"exported_from": str(run_dir), "weights": weights})
+        else:
+            pipe.transformer = net
+            pipe.save_pretrained(out)
+        return out
+    if not policy.lora:
+        raise ValueError(f"run {run_dir} fine-tuned all weights (train.lora_rank=0): export it with --merge")
+    sd, meta = lora_state_dict(policy)
+    if pipe is None:
+        policy.peft.save_pretrained(out)  # the toy model is not a diffusers pipeline: peft's own format
+        return out
+    type(pipe).save_lora_weights(out, transformer_lora_layers=sd, transformer_lora_adapter_metadata=meta,
+                                 weight_name=LORA_FILE)
+    return out / LORA_FILE

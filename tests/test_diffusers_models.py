@@ -1,0 +1,129 @@
+"""SD3 / FLUX / Sana adapters on tiny offline pipelines: they match the pipelines, train, and export
+a LoRA that diffusers loads as is (and a merged folder)."""
+
+import json
+
+import pytest
+import torch
+
+from dgpo.config import load_config
+from dgpo.models.base import cfg_velocity
+from dgpo.models.loading import load_model
+from dgpo.samplers.ode import sample_ode
+from dgpo.samplers.rollout import initial_noise
+from dgpo.schedules import sigma_grid
+from dgpo.training.export import LORA_FILE, export_run, load_run
+from dgpo.training.trainer import Trainer
+from tiny_diffusers import BUILDERS
+
+KINDS = ["sd3", "flux", "sana"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipes")
+    return {k: BUILDERS[k](root / k) for k in KINDS}
+
+
+def _model_overrides(kind, path):
+    return [f"model.kind={kind}", f"model.path={path}", "model.resolution=64", "model.max_sequence_length=16",
+            *(["sampler.cfg_scale=1.0"] if kind == "flux" else [])]
+
+
+def _adapter(kind, path):
+    return load_model(load_config(None, _model_overrides(kind, path)).model)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_adapter_rollout_equals_the_pipeline_call(folders, kind):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    m = _adapter(kind, folders[kind])
+    prompts, steps = ["a red cube", "a blue ball"], 4
+    scale = 1.0 if kind == "flux" else 4.5
+    x = initial_noise(m.latent_shape(), [1, 2])
+    cond, null = m.encode_prompts(prompts), m.encode_prompts(["", ""])
+    ours = sample_ode(lambda xx, t: cfg_velocity(m, xx, t, cond, null, scale), x.clone(),
+                      sigma_grid(steps, m.default_shift()), "euler")
+    kw = dict(num_inference_steps=steps, height=64, width=64, output_type="latent", max_sequence_length=16,
+              sigmas=[1.0 - i / steps for i in range(steps)])
+    if kind == "sd3":
+        ref = m.pipe(prompts, latents=x.clone(), guidance_scale=scale, **kw).images
+    elif kind == "flux":
+        packed = m.pipe._pack_latents(x.clone(), 2, 4, 8, 8)
+        ref = m.pipe(prompts, latents=packed, guidance_scale=3.5, **kw).images
+        ref = m.pipe._unpack_latents(ref, 64, 64, 8)
+    else:  # Sana's DPM-Solver rounds timesteps to integers; its Euler flow scheduler does not
+        m.pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=m.default_shift())
+        ref = m.pipe(prompts, latents=x.clone(), guidance_scale=scale, complex_human_instruction=None,
+                     use_resolution_binning=False, **kw).images
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=0), (ours - ref).abs().max()
+
+
+def test_text_embeddings_are_cached_per_prompt(folders):
+    m = _adapter("sd3", folders["sd3"])
+    a = m.encode_prompts(["a cat", "a dog", "a cat"])
+    assert len(m._cache) == 2 and torch.equal(a["embeds"][0], a["embeds"][2])
+    b = m.encode_prompts(["a dog"])
+    assert torch.equal(b["embeds"][0], a["embeds"][1]) and len(m._cache) == 2
+
+
+def _velocity(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, *model.latent_shape(), generator=g)
+    t = torch.tensor([0.9, 0.4])
+    with torch.no_grad():
+        return model.velocity(x, t, model.encode_prompts(["a red cube", "two blue balls"]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_two_epochs_then_export_lora_and_merged(folders, kind, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(None, [*_model_overrides(kind, folders[kind]), f"run.out_dir={run}", "run.epochs=2",
+                             "run.sample_every=0", "run.eval_at_ends=false", "train.prompts_per_epoch=2",
+                             "train.group_size=4", "train.batch_size=8", "train.lora_rank=4", "train.lora_alpha=8",
+                             "train.lr=1e-2", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2",
+                             "reward.name=colorfulness"])
+    tr = Trainer(cfg)
+    before = {n: p.detach().clone() for n, p in tr.model.denoiser.named_parameters()}
+    tr.fit()
+    trainable = set(tr.policy.names)
+    assert trainable and all("lora_" in n for n in trainable)
+    # SD3's last block is context_pre_only: its text queries (add_q_proj) feed only discarded text
+    # outputs, so they get exactly zero gradient (the official target list adapts them anyway; only
+    # weight decay moves their lora_A)
+    dead = f"transformer_blocks.{len(tr.model.denoiser.transformer_blocks) - 1}.attn.add_q_proj" if kind == "sd3" else "-"
+    for n, p in tr.model.denoiser.named_parameters():
+        if dead not in n:
+            assert (not torch.equal(before[n], p.detach())) == (n in trainable), n
+
+    trained, _, _ = load_run(run)  # the slow-EMA weights, which the export writes
+    v_trained = _velocity(trained)
+    lora = export_run(run, tmp_path / "lora")
+    assert lora.name == LORA_FILE
+    fresh = _adapter(kind, folders[kind])
+    v_base = _velocity(fresh)
+    fresh.pipe.load_lora_weights(str(lora.parent))  # diffusers' own loader, file as written
+    v_loaded = _velocity(fresh)
+    assert (v_trained - v_base).abs().max() > 1e-4  # the adapter matters
+    assert (v_loaded - v_trained).abs().max() <= 1e-5
+
+    merged = export_run(run, tmp_path / "merged", merge=True)
+    assert json.loads((merged / "model_index.json").read_text())["_class_name"].endswith("Pipeline")
+    v_merged = _velocity(_adapter(kind, merged))
+    assert (v_merged - v_trained).abs().max() <= 1e-5
+
+
+def test_missing_or_malformed_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        _adapter("sd3", tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no model_index.json"):
+        _adapter("flux", tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"]}')
+    with pytest.raises(ValueError, match="cannot load it as StableDiffusion3Pipeline"):
+        _adapter("sd3", bad)
+    with pytest.raises(ValueError, match="model.path is required"):
+        load_model(load_config(None, ["model.kind=sana"]).model)

@@ -1,0 +1,135 @@
+"""Tiny, randomly initialised SD3 / FLUX / Sana pipelines built offline from configs and saved as
+ordinary diffusers folders (64 px images, 8x8 latents). Only for tests: no hub access."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's reversible byte -> printable-unicode map (the CLIP tokenizer's base alphabet)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    alphabet = _byte_alphabet()
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def t5_tokenizer():
+    from transformers import T5Tokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -3.0) for c in letters] + [("▁" + c, -3.5) for c in letters]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=256)
+
+
+def clip_encoder(tok, projection: bool, seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, projection_dim=32, max_position_embeddings=77,
+                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                         pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
+
+
+def t5_encoder(tok, d_model: int, seed: int):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return T5EncoderModel(cfg).eval()
+
+
+def kl_vae(latent_channels: int, seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4, layers_per_block=1,
+                         use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.06, scaling_factor=1.5)
+
+
+def build_sd3(folder: Path) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(0)
+    tr = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                               attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                               caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=32)
+    tok, tok3 = clip_tokenizer(), t5_tokenizer()
+    pipe = StableDiffusion3Pipeline(
+        transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=kl_vae(16, 1),
+        text_encoder=clip_encoder(tok, True, 2), tokenizer=tok, text_encoder_2=clip_encoder(tok, True, 3),
+        tokenizer_2=clip_tokenizer(), text_encoder_3=t5_encoder(tok3, 64, 4), tokenizer_3=tok3)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_flux(folder: Path, guidance: bool = True) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    tr = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                pooled_projection_dim=32, guidance_embeds=guidance, axes_dims_rope=(4, 4, 8))
+    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096)
+    tok2 = t5_tokenizer()
+    pipe = FluxPipeline(transformer=tr, scheduler=sched, vae=kl_vae(4, 1), text_encoder=clip_encoder(clip_tokenizer(), False, 2),
+                        tokenizer=clip_tokenizer(), text_encoder_2=t5_encoder(tok2, 32, 3), tokenizer_2=tok2)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_sana(folder: Path) -> Path:
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "▁": 5}
+    for c in letters:
+        vocab[c], vocab["▁" + c] = len(vocab), len(vocab) + 1
+    tok = GemmaTokenizer(vocab=vocab, merges=[])
+    torch.manual_seed(0)
+    tr = SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+                                num_layers=1, num_cross_attention_heads=2, cross_attention_head_dim=8,
+                                cross_attention_dim=16, caption_channels=16, sample_size=8, patch_size=1)
+    torch.manual_seed(1)
+    blocks = ("ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock")
+    vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=8, encoder_block_types=blocks,
+                        decoder_block_types=blocks, encoder_block_out_channels=(8, 8, 8, 8),
+                        decoder_block_out_channels=(8, 8, 8, 8), encoder_layers_per_block=(1, 1, 1, 1),
+                        decoder_layers_per_block=(1, 1, 1, 1), encoder_qkv_multiscales=((), (), (), (5,)),
+                        decoder_qkv_multiscales=((), (), (), (5,)), scaling_factor=0.41)
+    torch.manual_seed(2)
+    te = Gemma2Model(Gemma2Config(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=8)).eval()
+    sched = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                        algorithm_type="dpmsolver++", solver_order=2)
+    pipe = SanaPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=sched)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+BUILDERS = {"sd3": build_sd3, "flux": build_flux, "sana": build_sana}
