@@ -63,11 +63,14 @@ class SamplerConfig:
 @dataclass
 class RewardConfig:
     name: Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
-                  "colorfulness"] = opt(
+                  "colorfulness", "ocr", "pickscore"] = opt(
         "toy_geneval",
         help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: DDPO's (in)compressibility; "
-        "colorfulness: Hasler-Suesstrunk (smooth)",
+        "colorfulness: Hasler-Suesstrunk (smooth); ocr: Flow-GRPO's edit-distance reward (RapidOCR); "
+        "pickscore: PickScore (CLIP)",
     )
+    model_path: str = opt("", help="pickscore: model folder or hub id ('' = yuvalkirstain/PickScore_v1)")
+    processor_path: str = opt("", help="pickscore: processor folder or hub id ('' = the official LAION one)")
 
 
 @dataclass

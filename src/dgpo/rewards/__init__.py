@@ -9,7 +9,7 @@ import torch
 RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
 
 
-def build_reward(name: str) -> RewardFn:
+def build_reward(name: str, model_path: str = "", processor_path: str = "", device="cpu") -> RewardFn:
     """The one name -> reward map, at the config boundary."""
     from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
@@ -20,7 +20,21 @@ def build_reward(name: str) -> RewardFn:
         "jpeg_compressibility": lambda: JpegCompressibility(-1.0),
         "jpeg_incompressibility": lambda: JpegCompressibility(1.0),
         "colorfulness": lambda: colorfulness,
+        "ocr": _ocr,
+        "pickscore": lambda: _pickscore(model_path, processor_path, device),
     }
     if name not in table:
         raise ValueError(f"unknown reward {name!r}; allowed: {sorted(table)}")
     return table[name]()
+
+
+def _ocr() -> RewardFn:
+    from dgpo.rewards.ocr import OCRReward
+
+    return OCRReward()
+
+
+def _pickscore(model_path: str, processor_path: str, device) -> RewardFn:
+    from dgpo.rewards.pickscore import PickScoreReward
+
+    return PickScoreReward(model_path, processor_path, device)

@@ -59,7 +59,7 @@ def lora_state_dict(policy: Policy) -> tuple[dict, dict]:
 
 def export_run(run_dir: str | Path, out: str | Path, merge: bool = False, weights: str = "ema_slow",
                checkpoint: str | Path | None = None) -> Path:
-    model, policy, cfg = load_run(run_dir, weights, checkpoint)
+    model, policy, _ = load_run(run_dir, weights, checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = getattr(model, "pipe", None)

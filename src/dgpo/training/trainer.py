@@ -51,7 +51,7 @@ class Trainer:
                                      weight_decay=c.train.weight_decay, eps=1e-8)
         self.ema_old = OldModelEMA(self.policy.params)
         self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every)
-        self.reward_fn = build_reward(c.reward.name)
+        self.reward_fn = build_reward(c.reward.name, c.reward.model_path, c.reward.processor_path, self.acc.device)
         self.prompts = load_prompts(c.train.prompts)
         self.eval_prompts = load_prompts(c.eval.split)
         if c.eval.per_category:
