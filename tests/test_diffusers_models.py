@@ -79,14 +79,19 @@ def _velocity(model, seed=0):
 @pytest.mark.parametrize("kind", KINDS)
 def test_train_two_epochs_then_export_lora_and_merged(folders, kind, tmp_path):
     run = tmp_path / "run"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue ball on grass\na green sign\n")
     cfg = load_config(None, [*_model_overrides(kind, folders[kind]), f"run.out_dir={run}", "run.epochs=2",
-                             "run.sample_every=0", "run.eval_at_ends=false", "train.prompts_per_epoch=2",
+                             "run.sample_every=0", f"train.prompts={prompts}", f"eval.split={prompts}",
+                             "eval.min_per_category=0", "train.prompts_per_epoch=2",
                              "train.group_size=4", "train.batch_size=8", "train.lora_rank=4", "train.lora_alpha=8",
                              "train.lr=1e-2", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2",
                              "reward.name=colorfulness"])
     tr = Trainer(cfg)
     before = {n: p.detach().clone() for n, p in tr.model.denoiser.named_parameters()}
-    tr.fit()
+    summary = tr.fit()
+    assert summary["eval_after"]["overall"] == summary["eval_after"]["reward"] > 0  # eval = the reward's mean
+    assert (run / "samples" / "after.png").is_file()
     trainable = set(tr.policy.names)
     assert trainable and all("lora_" in n for n in trainable)
     # SD3's last block is context_pre_only: its text queries (add_q_proj) feed only discarded text

@@ -175,6 +175,8 @@ class Config:
 def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool) and all(isinstance(a, str) for a in typing.get_args(tp)):
+            value = "yes" if value else "no"  # YAML 1.1 reads a bare no/yes as a boolean
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value

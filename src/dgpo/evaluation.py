@@ -66,31 +66,45 @@ def evaluate(
     min_per_category: int = 0,
     shard: tuple[int, int] = (0, 1),
     gather: Callable[[list[dict]], list[dict]] | None = None,
+    score_fn: Callable[[torch.Tensor, list[dict]], list[tuple[float, float]]] | None = None,
 ) -> dict:
     """Strict GenEval accuracy per category, ``overall`` (mean of categories), partial reward, rows.
 
     ``min_per_category``: small categories get more images per prompt (at least this many images in
     each category), so that a 4-prompt category is not scored on 4 coin flips.
     ``shard=(rank, world)`` generates every world-th image; ``gather`` merges the rows of all processes.
+    ``score_fn(images, metas) -> [(correct, reward)]`` replaces the toy GenEval scorer (e.g. a
+    training reward for prompts without GenEval metadata; "correct" is then the reward itself).
     """
     sizes: dict[str, int] = defaultdict(int)
     for m in metas:
         sizes[m.get("tag", "")] += 1
     per = {t: max(images_per_prompt, -(-min_per_category // n)) for t, n in sizes.items()}
     jobs = [(i, k) for i, m in enumerate(metas) for k in range(per[m.get("tag", "")])][shard[0] :: shard[1]]
+    score = score_fn or (lambda imgs, ms: [scorer.score(img, m) for img, m in zip(imgs.float().cpu().numpy(), ms)])
     rows = []
     for start in tqdm(range(0, len(jobs), batch_size), desc=desc, unit="batch", leave=False):
         chunk = jobs[start : start + batch_size]
         batch = [metas[i] for i, _ in chunk]
         seeds = [seed * 1_000_003 + i * 97 + k for i, k in chunk]
-        images = image_fn(batch, seeds).float().cpu().numpy()
-        for (i, k), img, meta in zip(chunk, images, batch):
-            ok, part = scorer.score(img, meta)
-            rows.append({"index": i, "sample": k, "tag": meta["tag"], "prompt": meta["prompt"],
+        images = image_fn(batch, seeds)
+        arrays = images.float().cpu().numpy()
+        for (i, k), img, meta, (ok, part) in zip(chunk, arrays, batch, score(images, batch)):
+            rows.append({"index": i, "sample": k, "tag": meta.get("tag", "reward"), "prompt": meta["prompt"],
                          "correct": ok, "reward": part, **image_quality(img[None])})
     if gather is not None:
         rows = gather(rows)
     return summarize(rows)
+
+
+def reward_scorer(reward_fn) -> Callable[[torch.Tensor, list[dict]], list[tuple[float, float]]]:
+    """Score eval images with a training reward (OCR, PickScore...): overall = the mean reward."""
+
+    def score(images: torch.Tensor, metas: list[dict]) -> list[tuple[float, float]]:
+        r = reward_fn(images, metas).float().cpu().tolist()
+        return [(v, v) for v in r]
+
+    return score
 
 
 def per_category(metas: list[dict], k: int) -> list[dict]:

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm import tqdm
 
 from dgpo.advantages import group_advantages
 from dgpo.algorithms import ALGORITHMS
 from dgpo.config import Config, dump_yaml
 from dgpo.data.prompts import epoch_prompts, load_prompts
-from dgpo.evaluation import evaluate, model_image_fn, per_category
+from dgpo.evaluation import evaluate, model_image_fn, per_category, reward_scorer
+from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward
 from dgpo.schedules import sigma_grid
@@ -36,16 +38,21 @@ GRID_PROMPTS = 16
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False):
+    def __init__(self, cfg: Config, resume: bool = False, model: FlowModel | None = None):
+        """``model``: an already built FlowModel (e.g. a random-weight benchmark model) instead of
+        loading ``cfg.model``."""
         self.cfg, c = cfg, cfg
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision)
         self.run_dir = Path(c.run.out_dir)
-        self.model = load_model(c.model).to(self.acc.device)
+        self.model = (model or load_model(c.model)).to(self.acc.device)
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
         # DDP (or FSDP, from accelerate's config) wraps the network for the forwards that train;
         # rollouts, references and evals use the bare module (no collectives outside backward)
         multi = self.acc.num_processes > 1
+        if self.acc.distributed_type == DistributedType.FSDP:
+            raise ValueError("FSDP is not supported yet: checkpoints and EMAs would hold only this process's shard; "
+                             "use DDP (distributed_type: MULTI_GPU), with LoRA for large models")
         self.train_net = self.acc.prepare(self.model.denoiser) if multi else self.model.denoiser
         self.opt = torch.optim.AdamW(self.policy.params, lr=c.train.lr, betas=(0.9, 0.999),
                                      weight_decay=c.train.weight_decay, eps=1e-8)
@@ -197,7 +204,8 @@ class Trainer:
         with self.ema_slow.applied():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
-                           shard=(self.layout.rank, self.layout.world), gather=self._gather_rows)
+                           shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
+                           score_fn=None if c.reward.name.startswith("toy_geneval") else reward_scorer(self.reward_fn))
         return {"step": self.step, "train_time_s": self.train_time, "images": self.images,
                 **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
 
