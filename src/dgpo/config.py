@@ -121,6 +121,7 @@ class TrainConfig:
     group_size: int = opt(16, 2, help="G: samples per prompt")
     batch_size: int = opt(32, 1, help="micro-batch for rollouts and training forwards (whole groups)")
     steps_per_epoch: int = opt(1, 1, help="optimizer steps per epoch (official: 1)")
+    inner_epochs: int = opt(1, 1, help="passes over each epoch's rollouts, each with its own optimizer steps (official: 1)")
     lr: float = opt(3e-4, 0.0, 1.0, help="AdamW learning rate (official 3e-4)")
     weight_decay: float = opt(1e-4, 0.0, help="AdamW weight decay (official 1e-4)")
     max_grad_norm: float = opt(1.0, 0.0, help="grad-norm clip (official 1.0)")

@@ -35,6 +35,7 @@ from dgpo.training.policy import Policy, parse_targets
 
 log = logging.getLogger(__name__)
 GRID_PROMPTS = 16
+INNER_KEY = 1_000_003  # seeds of inner pass k > 0 use epoch + k * INNER_KEY
 
 
 class Trainer:
@@ -106,12 +107,14 @@ class Trainer:
             keep, signal = self.algo.select(batch, rewards, adv, zero, group_ids)
             t2 = time.time()
             bar.set_postfix_str("train")
-            units = self.algo.units(batch, epoch)
             train_pos = torch.nonzero(keep[batch["index"]]).squeeze(1)
-            for part in self._optimizer_chunks(batch["group_ids"], train_pos):
-                stats = self._optimizer_step(batch, signal[batch["index"]], part, units, epoch)
-                self._log(epoch, rewards, zero, stats, {"rollout": t1 - t0, "reward": t2 - t1,
-                                                        "train": time.time() - t2})
+            for inner in range(c.train.inner_epochs):  # passes over the same rollouts
+                key = epoch + INNER_KEY * inner  # fresh timesteps and noise on every pass
+                units = self.algo.units(batch, key)
+                for part in self._optimizer_chunks(batch["group_ids"], train_pos):
+                    stats = self._optimizer_step(batch, signal[batch["index"]], part, units, key)
+                    self._log(epoch, rewards, zero, stats, {"rollout": t1 - t0, "reward": t2 - t1,
+                                                            "train": time.time() - t2})
             bar.set_postfix(reward=f"{rewards.mean():.3f}", step=self.step)
             self.train_time += time.time() - t0
             self.images += batch["n_total"]
