@@ -56,6 +56,16 @@ def test_resume_equals_uninterrupted(tiny_toy, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_periodic_evals_by_epochs_and_by_training_time(tiny_toy, tmp_path):
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "e", "run.epochs=3", "run.eval_every=1"))
+    summary = tr.fit()
+    assert [e["step"] for e in summary["evals"]] == [0, 1, 2, 3]
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "t", "run.epochs=100", "run.time_budget_s=1.5", "run.eval_every_s=0.5"))
+    summary = tr.fit()
+    times = [e["train_time_s"] for e in summary["evals"]]
+    assert summary["steps"] < 100 and times[-1] >= 1.5 and len(times) >= 3 and times == sorted(times)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_toy, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(_cfg(tiny_toy, tmp_path / "empty"), resume=True)

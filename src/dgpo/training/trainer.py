@@ -187,7 +187,7 @@ class Trainer:
         timed = bool(r.eval_every_s and self.train_time >= self._next_eval_s)
         if ((r.eval_every and done % r.eval_every == 0) or timed) and not last:
             self._record_eval(self._evaluate(f"eval @{self.step}"))
-            while self._next_eval_s <= self.train_time:
+            while r.eval_every_s and self._next_eval_s <= self.train_time:
                 self._next_eval_s += r.eval_every_s
         if r.sample_every and done % r.sample_every == 0 and not last:
             self._grid(f"step_{self.step:05d}")
