@@ -138,6 +138,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     split: str = opt("toy:test", help="held-out prompts: toy:test or a GenEval-format .jsonl")
+    steps: int = opt(0, 0, 1000, help="ODE steps of evals and sample grids (0: sampler.steps)")
     images_per_prompt: int = opt(1, 1, help="images per prompt (GenEval: 4)")
     batch_size: int = opt(64, 1, help="generation batch size")
     max_prompts: int = opt(0, 0, help="evaluate only the first N prompts (0: all)")

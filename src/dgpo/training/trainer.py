@@ -203,7 +203,7 @@ class Trainer:
 
     def _evaluate(self, desc: str) -> dict:
         c = self.cfg
-        fn = model_image_fn(self.model, c.sampler.steps, self.shift, c.sampler.cfg_scale, c.sampler.method)
+        fn = self._image_fn()
         with self.ema_slow.applied():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
@@ -211,6 +211,11 @@ class Trainer:
                            score_fn=None if c.reward.name.startswith("toy_geneval") else reward_scorer(self.reward_fn))
         return {"step": self.step, "train_time_s": self.train_time, "images": self.images,
                 **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
+
+    def _image_fn(self):
+        c = self.cfg
+        return model_image_fn(self.model, c.eval.steps or c.sampler.steps, self.shift, c.sampler.cfg_scale,
+                              c.sampler.method)
 
     def _gather_rows(self, rows: list[dict]) -> list[dict]:
         if not self.layout.distributed:
@@ -221,7 +226,7 @@ class Trainer:
 
     def _grid(self, name: str) -> None:
         c, metas = self.cfg, self.grid_prompts
-        fn = model_image_fn(self.model, c.sampler.steps, self.shift, c.sampler.cfg_scale, c.sampler.method)
+        fn = self._image_fn()
         with self.ema_slow.applied():
             images = fn(metas, list(range(len(metas))))
         if self.acc.is_main_process:
