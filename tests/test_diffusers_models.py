@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from tiny_diffusers import BUILDERS
 
 from dgpo.config import load_config
 from dgpo.models.base import cfg_velocity
@@ -14,7 +15,6 @@ from dgpo.samplers.rollout import initial_noise
 from dgpo.schedules import sigma_grid
 from dgpo.training.export import LORA_FILE, export_run, load_run
 from dgpo.training.trainer import Trainer
-from tiny_diffusers import BUILDERS
 
 KINDS = ["sd3", "flux", "sana"]
 
@@ -45,8 +45,8 @@ def test_adapter_rollout_equals_the_pipeline_call(folders, kind):
     cond, null = m.encode_prompts(prompts), m.encode_prompts(["", ""])
     ours = sample_ode(lambda xx, t: cfg_velocity(m, xx, t, cond, null, scale), x.clone(),
                       sigma_grid(steps, m.default_shift()), "euler")
-    kw = dict(num_inference_steps=steps, height=64, width=64, output_type="latent", max_sequence_length=16,
-              sigmas=[1.0 - i / steps for i in range(steps)])
+    kw = {"num_inference_steps": steps, "height": 64, "width": 64, "output_type": "latent",
+          "max_sequence_length": 16, "sigmas": [1.0 - i / steps for i in range(steps)]}
     if kind == "sd3":
         ref = m.pipe(prompts, latents=x.clone(), guidance_scale=scale, **kw).images
     elif kind == "flux":

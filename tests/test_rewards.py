@@ -44,6 +44,7 @@ def test_ocr_reward_reads_rendered_text():
 
 def test_pickscore_reward_is_scaled_cosine_of_clip_embeddings(tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
     from dgpo.models.random_pipelines import clip_tokenizer
 
     tok = clip_tokenizer()

@@ -7,6 +7,7 @@ transformer call, the text encoding and the latent layout. The pipeline's ``__ca
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -36,7 +37,7 @@ class DiffusersFlowModel:
     """Base of the diffusers adapters; subclasses set ``lora_targets`` and implement ``_encode``,
     ``velocity``, ``latent_shape``."""
 
-    lora_targets: list[str] = []
+    lora_targets: ClassVar[list[str]] = []
     frozen_prefixes: tuple[str, ...] = ()
     default_max_sequence_length = 256
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -14,7 +15,7 @@ from dgpo.toy.weights import BUILTIN_BASE, load_toy
 class ToyFlowModel:
     """The toy world's model; ``path`` is a toy checkpoint folder (default: the shipped base)."""
 
-    lora_targets = ["to_q", "to_k", "to_v", "to_out"]
+    lora_targets: ClassVar[list[str]] = ["to_q", "to_k", "to_v", "to_out"]
     frozen_prefixes = ("text_encoder.",)  # prompts are encoded once, frozen, as with real models
 
     def __init__(self, net: ToyUNet):

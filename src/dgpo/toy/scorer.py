@@ -65,7 +65,7 @@ def detect(img: np.ndarray) -> list[Detection]:
     ok = (pix.max(-1) > BRIGHT) & (d.min(-1) < MAX_COLOR_DIST)
     out: list[Detection] = []
     for k, name in enumerate(_NAMES):
-        labels, n = ndimage.label(ok & (nearest == k))
+        labels, _ = ndimage.label(ok & (nearest == k))
         for i, sl in enumerate(ndimage.find_objects(labels), 1):
             comp = labels[sl] == i
             area = int(comp.sum())

@@ -225,7 +225,7 @@ class Trainer:
         return sorted(gather_object(rows), key=lambda r: (r["index"], r["sample"]))
 
     def _grid(self, name: str) -> None:
-        c, metas = self.cfg, self.grid_prompts
+        metas = self.grid_prompts
         fn = self._image_fn()
         with self.ema_slow.applied():
             images = fn(metas, list(range(len(metas))))
