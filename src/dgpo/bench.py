@@ -47,7 +47,7 @@ COMPARISONS: dict[str, list[str]] = {
     "Group weightings": ["dgpo", "w_rank", "w_softmax", "w_sign"],
 }
 QUICK_ARMS = ["dgpo", "flow_grpo", "dpo"]
-LABEL = {"dgpo": "dgpo (grid, ODE, |A|, G 8)"}
+LABEL = {"dgpo": "dgpo (default: grid t, ODE, weights A, G 8)"}
 
 
 @dataclass
