@@ -141,8 +141,9 @@ def speed_ratio(results: dict[str, list[dict]], fast: str = "dgpo", slow: str = 
     best = float(np.nanmax(ys_s))
     t_slow, t_fast = time_to_reach(xs_s, ys_s, best), time_to_reach(xs_f, ys_f, best)
     ratio = None if not t_fast or t_slow is None else t_slow / t_fast
+    first = max(r["evals"][1][key] for r in results[fast] if len(r["evals"]) > 1) if ratio else None
     return {"target": best, "t_slow": t_slow, "t_fast": t_fast, "ratio": ratio, "key": key,
-            "zero_time": t_fast == 0.0}
+            "zero_time": t_fast == 0.0, "lower_bound": bool(ratio and t_fast <= first + 1e-9)}
 
 
 def _summary_row(arm: str, runs: list[dict]) -> dict:

@@ -46,6 +46,8 @@ def _ratio_text(results: dict) -> str:
             return "Flow-GRPO vs DGPO: both arms are needed for the ratio.\n"
         if r["ratio"] is not None:
             verdict = f"**{r['ratio']:.1f}x**"
+            if r["lower_bound"]:
+                verdict = f"**at least {r['ratio']:.1f}x** (DGPO was there by its first eval: the eval interval bounds it)"
         elif r["zero_time"]:
             verdict = "unbounded: DGPO's first eval (before training) already matches Flow-GRPO's best"
         else:
