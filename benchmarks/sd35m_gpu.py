@@ -23,19 +23,17 @@ from dgpo.models.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t
 from dgpo.models.sd3 import SD3FlowModel
 from dgpo.training.trainer import Trainer
 
-SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "sd35m-transformer-config.json"
+# SD3Transformer2DModel config of stabilityai/stable-diffusion-3.5-medium (shared/spec/sd35m-transformer-config.json)
 SD35M = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
          "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
          "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 384,
-         "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm"}  # = the spec file
+         "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm"}
 
 
 def build_pipeline(tiny: bool, dtype: torch.dtype):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     cfg = dict(SD35M)
-    if SPEC.is_file():
-        cfg.update({k: v for k, v in json.loads(SPEC.read_text()).items() if not k.startswith("_")})
     if tiny:
         cfg.update(num_layers=2, dual_attention_layers=[0], num_attention_heads=4, caption_projection_dim=256)
     torch.manual_seed(0)

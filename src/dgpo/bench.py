@@ -146,7 +146,7 @@ def speed_ratio(results: dict[str, list[dict]], fast: str = "dgpo", slow: str = 
             "zero_time": t_fast == 0.0, "lower_bound": bool(ratio and t_fast <= first + 1e-9)}
 
 
-def _summary_row(arm: str, runs: list[dict]) -> dict:
+def summary_row(arm: str, runs: list[dict]) -> dict:
     final = np.array([r["evals"][-1]["overall"] for r in runs])
     start = np.array([r["evals"][0]["overall"] for r in runs])
     best = np.array([max(e["overall"] for e in r["evals"]) for r in runs])

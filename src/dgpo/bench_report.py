@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from dgpo.bench import COMPARISONS, LABEL, _summary_row, mean_curve, speed_ratio
+from dgpo.bench import COMPARISONS, LABEL, mean_curve, speed_ratio, summary_row
 
 
 def _slug(title: str) -> str:
@@ -81,7 +81,7 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
                   "| arm | seeds | start | final | best | steps | images | sharpness | off-palette |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for arm in present:
-            r = _summary_row(arm, results[arm])
+            r = summary_row(arm, results[arm])
             lines.append(f"| {LABEL.get(arm, arm)} | {r['n']} | {r['start']:.3f} | {r['final']:.3f} +- "
                          f"{r['final_std']:.3f} | {r['best']:.3f} | {r['steps']:.0f} | {r['images']:.0f} | "
                          f"{r['sharpness']:.3f} | {r['off_palette']:.4f} |")

@@ -17,6 +17,27 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["dpm", "euler"], default="dpm")
 
 
+def _export_and_bench_args(sub) -> None:
+    ex = sub.add_parser("export", help="a run's LoRA for diffusers' load_lora_weights, or a merged model")
+    ex.add_argument("run", help="run directory")
+    ex.add_argument("--out", default="", help="output folder (default: RUN/export or RUN/merged)")
+    ex.add_argument("--merge", action="store_true", help="merge into a full diffusers folder (toy: a toy folder)")
+    ex.add_argument("--weights", choices=["ema_slow", "policy"], default="ema_slow",
+                    help="the slow EMA (evaluated, default) or the raw policy weights")
+    ex.add_argument("--checkpoint", default="", help="a checkpoint folder of the run (default: the latest)")
+
+    be = sub.add_parser("bench", help="the paper's comparisons on the toy world (report.md + PNG + JSON)")
+    be.add_argument("--quick", action="store_true", help="smoke suite: DGPO, Flow-GRPO, DPO; 1 seed; 60 s each")
+    be.add_argument("--out", default="runs/bench", help="output folder (rerun to resume: finished runs are kept)")
+    be.add_argument("--arms", default="", help="comma-separated arms (default: all; see --list)")
+    be.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; quick 1)")
+    be.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default 120; quick 60)")
+    be.add_argument("--eval-every-s", type=float, default=None, help="eval interval in training seconds (default 40; quick 30)")
+    be.add_argument("--eval-per-category", type=int, default=None, help="eval prompts per category (20; quick 6)")
+    be.add_argument("--report-only", action="store_true", help="rewrite the report from raw/ without running")
+    be.add_argument("--list", action="store_true", help="list the arms and their overrides")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dgpo", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -48,24 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     _sampler_args(ev)
 
-    ex = sub.add_parser("export", help="a run's LoRA for diffusers' load_lora_weights, or a merged model")
-    ex.add_argument("run", help="run directory")
-    ex.add_argument("--out", default="", help="output folder (default: RUN/export or RUN/merged)")
-    ex.add_argument("--merge", action="store_true", help="merge into a full diffusers folder (toy: a toy folder)")
-    ex.add_argument("--weights", choices=["ema_slow", "policy"], default="ema_slow",
-                    help="the slow EMA (evaluated, default) or the raw policy weights")
-    ex.add_argument("--checkpoint", default="", help="a checkpoint folder of the run (default: the latest)")
-
-    be = sub.add_parser("bench", help="the paper's comparisons on the toy world (report.md + PNG + JSON)")
-    be.add_argument("--quick", action="store_true", help="smoke suite: DGPO, Flow-GRPO, DPO; 1 seed; 60 s each")
-    be.add_argument("--out", default="runs/bench", help="output folder (rerun to resume: finished runs are kept)")
-    be.add_argument("--arms", default="", help="comma-separated arms (default: all; see --list)")
-    be.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; quick 1)")
-    be.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default 120; quick 60)")
-    be.add_argument("--eval-every-s", type=float, default=None, help="eval interval in training seconds (default 40; quick 30)")
-    be.add_argument("--eval-per-category", type=int, default=None, help="eval prompts per category (20; quick 6)")
-    be.add_argument("--report-only", action="store_true", help="rewrite the report from raw/ without running")
-    be.add_argument("--list", action="store_true", help="list the arms and their overrides")
+    _export_and_bench_args(sub)
 
     toy = sub.add_parser("toy", help="the shapes toy world")
     toy_sub = toy.add_subparsers(dest="toy_cmd", required=True)
