@@ -29,3 +29,23 @@ def test_continued_pretraining_moves_every_ema_parameter(tiny_toy, tmp_path):
     # a key bias shifts every attention logit of a query equally: softmax ignores it (zero gradient)
     unchanged = [k for k in a if torch.equal(a[k], b[k]) and not k.endswith("to_k.bias")]
     assert not unchanged, unchanged[:3]
+
+
+def test_position_embeddings_start_as_the_same_function_then_learn(tiny_toy, tmp_path):
+    from safetensors.torch import load_file
+
+    from dgpo.toy.model import tokenize
+    from dgpo.toy.weights import load_toy, with_pos_embed
+
+    old = load_toy(tiny_toy)
+    new = with_pos_embed(old)
+    assert new.cfg.pos_embed and new.down3.attn.pos.shape == (64, 16) and new.down2.cross.pos.shape == (256, 16)
+    x, t = torch.randn(2, 3, 32, 32), torch.rand(2)
+    text = old.text_encoder(tokenize(["a photo of a circle left of a square", ""], 16))
+    assert torch.equal(old(x, t, text), new(x, t, text))
+    last = pretrain(tmp_path, minutes=5, batch_size=8, lr=1e-3, ema_decay=0.5, save_every=100,
+                    max_steps=3, init=tiny_toy, pos_embed=True)
+    state = load_file(str(last / "model.safetensors"))
+    pos = [k for k in state if k.endswith(".pos") and not k.startswith("text_encoder")]
+    assert len(pos) == 8 and all(state[k].abs().sum() > 0 for k in pos)  # learned away from zero
+    assert load_toy(last).cfg.pos_embed  # the config says so, and loads strictly

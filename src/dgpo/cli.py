@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--ema-decay", type=float, default=0.999)
     pt.add_argument("--init", default=None, help="continue from a toy checkpoint folder")
     pt.add_argument("--weights", default="", help="category weights, e.g. single_object=4,colors=3")
+    pt.add_argument("--pos-embed", action="store_true",
+                    help="position embeddings on the attention tokens (added, zero-initialised, to an --init model)")
     pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
     pp.add_argument("split", choices=["train", "test"])
     pp.add_argument("--out", required=True)
@@ -218,7 +220,7 @@ def cmd_toy(a) -> None:
             raise ValueError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in {list(CATEGORIES)}")
         weights[cat] = float(w)
     last = pretrain(a.out, a.minutes, a.batch_size, a.lr, a.ema_decay, seed=a.seed, max_steps=a.max_steps,
-                    init=a.init, weights=weights or None)
+                    init=a.init, weights=weights or None, pos_embed=a.pos_embed)
     print(f"final EMA weights: {last}")
 
 

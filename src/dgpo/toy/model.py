@@ -35,6 +35,9 @@ class ToyModelConfig:
     text_layers: int = 2
     max_tokens: int = 16
     heads: int = 4
+    # learned 2D position embeddings on the attention tokens (zero-initialised): without them the
+    # attention layers cannot tell left from right, and relations ("left of") go unlearned
+    pos_embed: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,9 +76,10 @@ class TextEncoder(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention of image tokens over a context (itself or text tokens)."""
 
-    def __init__(self, dim: int, ctx_dim: int, heads: int):
+    def __init__(self, dim: int, ctx_dim: int, heads: int, tokens: int = 0):
         super().__init__()
         self.heads = heads
+        self.pos = nn.Parameter(torch.zeros(tokens, dim)) if tokens else None
         self.norm = nn.GroupNorm(8, dim)
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(ctx_dim, dim)
@@ -85,6 +89,8 @@ class Attention(nn.Module):
     def forward(self, x, ctx=None, mask=None):
         b, c, h, w = x.shape
         q_in = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        if self.pos is not None:
+            q_in = q_in + self.pos
         kv = q_in if ctx is None else ctx
         split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
         q, k, v = split(self.to_q(q_in)), split(self.to_k(kv)), split(self.to_v(kv))
@@ -112,11 +118,11 @@ class ResBlock(nn.Module):
 class Stage(nn.Module):
     """A ResBlock, then optional self-attention and cross-attention to the prompt."""
 
-    def __init__(self, cin, cout, emb_dim, text_dim, heads, self_attn, cross_attn):
+    def __init__(self, cin, cout, emb_dim, text_dim, heads, self_attn, cross_attn, tokens=0):
         super().__init__()
         self.res = ResBlock(cin, cout, emb_dim)
-        self.attn = Attention(cout, cout, heads) if self_attn else None
-        self.cross = Attention(cout, text_dim, heads) if cross_attn else None
+        self.attn = Attention(cout, cout, heads, tokens) if self_attn else None
+        self.cross = Attention(cout, text_dim, heads, tokens) if cross_attn else None
 
     def forward(self, x, emb, text):
         x = self.res(x, emb)
@@ -141,17 +147,18 @@ class ToyUNet(nn.Module):
         super().__init__()
         c1, c2, c3 = cfg.channels
         e, td, hd = 4 * c1, cfg.text_dim, cfg.heads
+        n2, n4 = ((cfg.image_size // 2) ** 2, (cfg.image_size // 4) ** 2) if cfg.pos_embed else (0, 0)
         self.cfg = cfg
         self.text_encoder = TextEncoder(cfg)
         self.t_mlp = nn.Sequential(nn.Linear(c1, e), nn.SiLU(), nn.Linear(e, e))
         self.pool_proj = nn.Linear(td, e)
         self.stem = nn.Conv2d(3, c1, 3, padding=1)
         self.down1 = Stage(c1, c1, e, td, hd, False, False)
-        self.down2 = Stage(c1, c2, e, td, hd, False, True)
-        self.down3 = Stage(c2, c3, e, td, hd, True, True)
-        self.mid = Stage(c3, c3, e, td, hd, True, True)
-        self.up3 = Stage(2 * c3, c2, e, td, hd, True, True)
-        self.up2 = Stage(2 * c2, c1, e, td, hd, False, True)
+        self.down2 = Stage(c1, c2, e, td, hd, False, True, n2)
+        self.down3 = Stage(c2, c3, e, td, hd, True, True, n4)
+        self.mid = Stage(c3, c3, e, td, hd, True, True, n4)
+        self.up3 = Stage(2 * c3, c2, e, td, hd, True, True, n4)
+        self.up2 = Stage(2 * c2, c1, e, td, hd, False, True, n2)
         self.up1 = Stage(2 * c1, c1, e, td, hd, False, False)
         self.out = nn.Sequential(nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, 3, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)

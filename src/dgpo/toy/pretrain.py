@@ -22,7 +22,7 @@ from dgpo.schedules import interpolate
 from dgpo.toy import grammar
 from dgpo.toy.model import ToyModelConfig, ToyUNet, tokenize
 from dgpo.toy.render import render
-from dgpo.toy.weights import load_toy, save_toy
+from dgpo.toy.weights import load_toy, save_toy, with_pos_embed
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,13 @@ def pretrain(
     max_steps: int | None = None,
     init: str | Path | None = None,
     weights: dict | None = None,
+    pos_embed: bool = False,
 ) -> Path:
     """Train until ``minutes`` of wall time (or ``max_steps``) pass; returns the final snapshot.
 
     ``init``: start from a toy checkpoint (its EMA weights) instead of a random init;
-    ``weights``: pretraining category weights (None: uniform).
+    ``weights``: pretraining category weights (None: uniform); ``pos_embed``: add (zero-initialised)
+    position embeddings to an ``init`` checkpoint that has none.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,9 +77,10 @@ def pretrain(
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     if init is not None:
         model = load_toy(init).train()
+        model = with_pos_embed(model) if pos_embed else model
         cfg = model.cfg
     else:
-        cfg = cfg or ToyModelConfig()
+        cfg = cfg or ToyModelConfig(pos_embed=pos_embed)
         model = ToyUNet(cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -42,3 +43,13 @@ def load_toy(folder: str | Path = BUILTIN_BASE) -> ToyUNet:
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return model.eval()
+
+
+def with_pos_embed(model: ToyUNet) -> ToyUNet:
+    """The same network with (zero) position embeddings added: computes exactly what ``model`` does."""
+    if model.cfg.pos_embed:
+        return model
+    new = ToyUNet(replace(model.cfg, pos_embed=True))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith((".attn.pos", ".cross.pos")) for k in missing), (missing, unexpected)
+    return new.train(model.training)
