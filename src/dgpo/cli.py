@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--weights", default="", help="category weights, e.g. single_object=4,colors=3")
     pt.add_argument("--pos-embed", action="store_true",
                     help="position embeddings on the attention tokens (added, zero-initialised, to an --init model)")
+    pt.add_argument("--t-mean", type=float, default=0.0,
+                    help="location of the logit-normal timestep density (positive: more high-noise samples)")
     pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
     pp.add_argument("split", choices=["train", "test"])
     pp.add_argument("--out", required=True)
@@ -220,7 +222,8 @@ def cmd_toy(a) -> None:
             raise ValueError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in {list(CATEGORIES)}")
         weights[cat] = float(w)
     last = pretrain(a.out, a.minutes, a.batch_size, a.lr, a.ema_decay, seed=a.seed, max_steps=a.max_steps,
-                    init=a.init, weights=weights or None, pos_embed=a.pos_embed)
+                    init=a.init, weights=weights or None, pos_embed=a.pos_embed,
+                    t_mean=a.t_mean)
     print(f"final EMA weights: {last}")
 
 

@@ -19,7 +19,9 @@ class ToyFlowModel:
     frozen_prefixes = ("text_encoder.",)  # prompts are encoded once, frozen, as with real models
 
     def __init__(self, net: ToyUNet):
-        self.net = net.requires_grad_(False)
+        # channels-last convolutions: measured 24 % faster forwards, 10 % faster forward+backward on
+        # one CPU thread (benchmarks/epoch_phases.py); results agree to float rounding (1e-5)
+        self.net = net.requires_grad_(False).to(memory_format=torch.channels_last)
         self.denoiser: torch.nn.Module = net
         self.device = torch.device("cpu")
 
@@ -42,7 +44,7 @@ class ToyFlowModel:
         return self.net.text_encoder(ids)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        return self.denoiser(x_t, t, cond)
+        return self.denoiser(x_t.contiguous(memory_format=torch.channels_last), t, cond).contiguous()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return ((latents + 1) / 2).clamp(0, 1)
