@@ -7,13 +7,12 @@ Writes bench_results/epoch_phases.json and prints seconds per phase and per imag
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _results import write_result  # benchmarks/ is on sys.path when a script runs
 
 from dgpo.config import load_config
 from dgpo.training.trainer import Trainer
@@ -43,10 +42,7 @@ def main() -> None:
         "share": {k: v / sum(phases.values()) for k, v in phases.items()},
         "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ Usage (GPU): python benchmarks/sd35m_gpu.py [--epochs 3] [--tiny] [key=value ...
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _results import write_result  # benchmarks/ is on sys.path when a script runs
 
 from dgpo.config import load_config
 from dgpo.models.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t5_encoder, t5_tokenizer
@@ -82,10 +81,7 @@ def main() -> None:
               "train_timesteps": cfg.dgpo.num_train_timesteps, "seconds_per_sample": per_sample,
               "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
               "wall_s": wall, "epochs": a.epochs}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":

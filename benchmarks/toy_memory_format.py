@@ -7,12 +7,11 @@ Writes bench_results/toy_memory_format.json and prints seconds per call and the 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 
 import torch
+from _results import write_result  # benchmarks/ is on sys.path when a script runs
 
 from dgpo.toy.model import tokenize
 from dgpo.toy.weights import load_toy
@@ -55,10 +54,7 @@ def main() -> None:
         result[name] = {"forward_s": timed(fwd, a.repeats), "forward_backward_s": timed(fwd_bwd, a.repeats)}
     result["max_abs_diff"] = float((outs["contiguous"] - outs["channels_last"]).abs().max())
     result["speedup"] = {k: result["contiguous"][k] / result["channels_last"][k] for k in result["contiguous"]}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,13 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         pe.lerp_(pm, 1 - decay)
 
 
+def _initial_model(init, cfg: ToyModelConfig | None, pos_embed: bool) -> ToyUNet:
+    if init is None:
+        return ToyUNet(cfg or ToyModelConfig(pos_embed=pos_embed))
+    model = load_toy(init).train()
+    return with_pos_embed(model) if pos_embed else model
+
+
 def pretrain(
     out_dir: str | Path,
     minutes: float = 60.0,
@@ -81,13 +88,7 @@ def pretrain(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-    if init is not None:
-        model = load_toy(init).train()
-        model = with_pos_embed(model) if pos_embed else model
-        cfg = model.cfg
-    else:
-        cfg = cfg or ToyModelConfig(pos_embed=pos_embed)
-        model = ToyUNet(cfg)
+    model = _initial_model(init, cfg, pos_embed)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     pool = grammar.pretrain_pool()
