@@ -37,7 +37,8 @@ def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy,
     assert summary["steps"] == 2 and {"overall", "single_object"} <= set(summary["eval_after"])
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    assert {"reward_mean", "zero_spread_share", "loss", "grad_norm", "lr", "time_rollout"} <= set(rows[0])
+    assert {"reward_mean", "zero_spread_share", "loss", "grad_norm", "lr", "time_rollout", "update_norm",
+            "dist_from_start"} <= set(rows[0])
     assert {"dgpo": "weight", "flow_grpo": "ratio_dev", "dpo": "accuracy"}[algo] in rows[0]
     for f in ("summary.json", "config.yaml", "samples/before.png", "samples/after.png", "plots/reward.png"):
         assert (tmp_path / "run" / f).is_file(), f

@@ -94,7 +94,7 @@ def evaluate(
                          "correct": ok, "reward": part, **image_quality(img[None])})
     if gather is not None:
         rows = gather(rows)
-    return summarize(rows)
+    return summarize(rows, images_per_prompt)
 
 
 def reward_scorer(reward_fn) -> Callable[[torch.Tensor, list[dict]], list[tuple[float, float]]]:
@@ -118,15 +118,37 @@ def per_category(metas: list[dict], k: int) -> list[dict]:
     return out
 
 
-def summarize(rows: list[dict]) -> dict:
+def _by_category(by_tag: dict[str, list]) -> dict[str, float]:
+    """{"overall": mean of the category means, category: mean} (GenEval's summary)."""
+    cats = {t: float(np.mean(by_tag[t])) for t in CATEGORIES if t in by_tag}
+    cats.update({t: float(np.mean(v)) for t, v in by_tag.items() if t not in cats})
+    return {"overall": float(np.mean(list(cats.values()))) if cats else 0.0, **cats}
+
+
+def pass_at_n(rows: list[dict], n: int) -> dict[str, float]:
+    """pass@n per category and overall: the share of prompts with at least one strictly correct
+    image among their first ``n`` samples (the headroom a group of n gives a group-relative method)."""
+    hit: dict[tuple[str, int], bool] = {}
+    for r in rows:
+        if r["sample"] < n:
+            key = (r["tag"], r["index"])
+            hit[key] = hit.get(key, False) or bool(r["correct"] >= 1)
+    by_tag: dict[str, list[bool]] = defaultdict(list)
+    for (tag, _), ok in hit.items():
+        by_tag[tag].append(ok)
+    return {"n": n, **_by_category(by_tag)}
+
+
+def summarize(rows: list[dict], images_per_prompt: int = 1) -> dict:
+    """Strict accuracy by category (pass@1 over every image), mean partial reward, quality signals;
+    with ``images_per_prompt`` > 1 also ``pass_at_n`` (a dict like the strict scores)."""
     by_tag: dict[str, list[bool]] = defaultdict(list)
     for r in rows:
         by_tag[r["tag"]].append(r["correct"])
-    cats = {t: float(np.mean(by_tag[t])) for t in CATEGORIES if t in by_tag}
-    cats.update({t: float(np.mean(v)) for t, v in by_tag.items() if t not in cats})
+    extra = {"pass_at_n": pass_at_n(rows, images_per_prompt)} if images_per_prompt > 1 and rows else {}
     return {
-        "overall": float(np.mean(list(cats.values()))) if cats else 0.0,
-        **cats,
+        **_by_category(by_tag),
+        **extra,
         "reward": float(np.mean([r["reward"] for r in rows])) if rows else 0.0,
         **{k: float(np.mean([r[k] for r in rows])) for k in ("sharpness", "off_palette") if rows and k in rows[0]},
         "n_images": len(rows),
@@ -140,6 +162,10 @@ def markdown_table(results: dict[str, dict]) -> str:
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{r.get(c, float('nan')):.3f}" for c in cols) + " |")
+        if "pass_at_n" in r:
+            p = r["pass_at_n"]
+            lines.append(f"| {name} pass@{p['n']} | " + " | ".join(
+                f"{p[c]:.3f}" if c in p else "" for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,9 +25,10 @@ class DGPO(Algorithm):
         o = self.denoising_losses(batch, mb, unit, slot, epoch, need_old)
         a = signal[mb].to(o["dsm"].device)
         mask = ppo_clip_mask(a, o["dsm"], o["dsm_old"], d.clip_range) if need_old else None
-        kl = (o["v"] - o["v_ref"]).pow(2).flatten(1).mean(1) if d.kl_beta > 0 else None
+        v_mse_ref = (o["v"] - o["v_ref"]).pow(2).flatten(1).mean(1)  # KL / velocity distance to the base
+        kl = v_mse_ref if d.kl_beta > 0 else None
         out = dgpo_loss(o["dsm"], o["dsm_old"] if d.use_ema_ref else o["dsm_ref"], a, batch["group_ids"][mb].to(a.device),
                         d.beta_dpo, self.cfg.train.group_size, tr.group_sum,
                         clip_mask=mask if d.clip_dsm else None, kl=kl, kl_beta=d.kl_beta, clip_kl=d.clip_kl)
         return StepLoss(out.loss * len(mb), {"dgpo": out.dgpo, "kl": out.kl, "clip": out.clipped.float().mean(),
-                                   "weight": out.weight.mean()})
+                                   "weight": out.weight.mean(), "v_mse_ref": v_mse_ref.detach().mean()})

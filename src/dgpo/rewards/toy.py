@@ -11,9 +11,11 @@ class ToyGenEvalReward:
     def __init__(self, strict: bool = False):
         self.strict = strict
 
+    def details(self, images: torch.Tensor, metas: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reward [B], strict GenEval correctness [B] as 0/1) in one pass of the scorer."""
+        scores = [score(img, meta) for img, meta in zip(images.float().cpu().numpy(), metas)]
+        correct = torch.tensor([float(ok) for ok, _ in scores])
+        return (correct.clone() if self.strict else torch.tensor([p for _, p in scores])), correct
+
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
-        out = []
-        for img, meta in zip(images.float().cpu().numpy(), metas):
-            correct, partial = score(img, meta)
-            out.append(float(correct) if self.strict else partial)
-        return torch.tensor(out)
+        return self.details(images, metas)[0]

@@ -29,6 +29,7 @@ from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward
 from dgpo.schedules import sigma_grid
 from dgpo.training import io
+from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
 from dgpo.training.ema import OldModelEMA, SlowEMA
 from dgpo.training.policy import Policy, parse_targets
@@ -59,6 +60,7 @@ class Trainer:
                                      weight_decay=c.train.weight_decay, eps=1e-8)
         self.ema_old = OldModelEMA(self.policy.params)
         self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every)
+        self.travel = TravelMeter(self.policy.params)
         self.reward_fn = build_reward(c.reward.name, c.reward.model_path, c.reward.processor_path, self.acc.device)
         self.prompts = load_prompts(c.train.prompts)
         self.eval_prompts = load_prompts(c.eval.split)
@@ -100,8 +102,7 @@ class Trainer:
             batch = self.algo.rollout(metas, epoch)
             t1 = time.time()
             bar.set_postfix_str("reward")
-            local = self.reward_fn(self.model.decode(batch["x0"]), batch["metas"]).float().cpu()
-            rewards = self.layout.gather(local, batch["index"], batch["n_total"])
+            rewards, correct = self._rewards(batch)
             group_ids = torch.arange(batch["n_total"]) // c.train.group_size
             adv, zero = group_advantages(rewards, group_ids, c.dgpo.adv_std, clip_max=c.dgpo.adv_clip_max)
             keep, signal = self.algo.select(batch, rewards, adv, zero, group_ids)
@@ -113,8 +114,9 @@ class Trainer:
                 units = self.algo.units(batch, key)
                 for part in self._optimizer_chunks(batch["group_ids"], train_pos):
                     stats = self._optimizer_step(batch, signal[batch["index"]], part, units, key)
-                    self._log(epoch, rewards, zero, stats, {"rollout": t1 - t0, "reward": t2 - t1,
-                                                            "train": time.time() - t2})
+                    diag = self._diagnostics(metas, rewards, correct, group_ids)
+                    self._log(epoch, rewards, zero, {**stats, **diag}, {"rollout": t1 - t0, "reward": t2 - t1,
+                                                                        "train": time.time() - t2})
             bar.set_postfix(reward=f"{rewards.mean():.3f}", step=self.step)
             self.train_time += time.time() - t0
             self.images += batch["n_total"]
@@ -123,6 +125,24 @@ class Trainer:
         return self._finish()
 
     # ----------------------------------------------------------------- phases
+    def _rewards(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rewards [N] of the whole epoch (gathered over processes), and the strict 0/1 correctness
+        [N] when the reward knows it (GenEval-style rewards: ``details``), else None."""
+        images, metas = self.model.decode(batch["x0"]), batch["metas"]
+        details = getattr(self.reward_fn, "details", None)
+        local, ok = details(images, metas) if details else (self.reward_fn(images, metas), None)
+        gather = lambda t: self.layout.gather(t.float().cpu(), batch["index"], batch["n_total"])
+        return gather(local), (None if ok is None else gather(ok))
+
+    def _diagnostics(self, metas: list[dict], rewards: torch.Tensor, correct: torch.Tensor | None,
+                     group_ids: torch.Tensor) -> dict:
+        """Per-step instruments: reward per category, pass@G / pass@1 of the rollouts, travel."""
+        per_sample = [metas[int(g)] for g in group_ids]
+        out = {**reward_by_category(rewards, per_sample), **self.travel.measure()}
+        if correct is not None:
+            out.update(group_correct_shares(correct, group_ids))
+        return out
+
     def _optimizer_chunks(self, group_ids: torch.Tensor, pos: torch.Tensor) -> list[torch.Tensor]:
         """Local positions of each optimizer step of the epoch: whole groups, evenly split."""
         groups = torch.arange(self.cfg.train.prompts_per_epoch).chunk(self.cfg.train.steps_per_epoch)
@@ -249,6 +269,7 @@ class Trainer:
         self.policy.load_state_dict(parts["policy"])
         self.ema_old.load_state_dict(parts["ema_old"])
         self.ema_slow.load_state_dict(parts["ema_slow"])
+        self.travel.resumed()
         self.step, self.start_epoch, self.evals = state["step"], state["epoch"], state["evals"]
         self.train_time, self.images = state.get("train_time", 0.0), state.get("images", 0)
         self._next_eval_s = state.get("next_eval_s", self.cfg.run.eval_every_s)

@@ -1,0 +1,56 @@
+"""Per-step instruments of a run: where the reward moves (per category), whether the groups hold a
+correct sample at all (the headroom RL can exploit), and how far the policy travels.
+
+Pure functions of tensors and metadata, plus one small tracker of the trainable parameters.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+
+def reward_by_category(rewards: torch.Tensor, metas: list[dict]) -> dict[str, float]:
+    """Mean reward per prompt category (``tag``) -> {"reward/<tag>": mean}; rows without a tag skip."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for r, m in zip(rewards.tolist(), metas):
+        if m.get("tag"):
+            by[m["tag"]].append(r)
+    return {f"reward/{t}": sum(v) / len(v) for t, v in sorted(by.items())}
+
+
+def group_correct_shares(correct: torch.Tensor, group_ids: torch.Tensor) -> dict[str, float]:
+    """From strict 0/1 correctness [N] and group ids [N]:
+
+    * ``best_correct_share``: share of groups with at least one strictly correct sample (pass@G of
+      the rollouts: what a group-relative method can learn from);
+    * ``correct_share``: share of samples that are correct (pass@1 of the rollouts).
+    """
+    k = int(group_ids.max()) + 1
+    any_ok = torch.zeros(k, dtype=torch.bool).index_put_((group_ids,), correct.bool(), accumulate=True)
+    return {"best_correct_share": float(any_ok.float().mean()), "correct_share": float(correct.float().mean())}
+
+
+class TravelMeter:
+    """How far the trainable parameters move: ``update_norm`` = ||theta_t - theta_{t-1}|| (this step)
+    and ``dist_from_start`` = ||theta_t - theta_0|| (the run's start; for LoRA the adapter's own
+    parameters, whose B starts at zero, so this measures the adapter's size)."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = params
+        self.start = [p.detach().float().cpu().clone() for p in params]
+        self.prev = [s.clone() for s in self.start]
+
+    @torch.no_grad()
+    def measure(self) -> dict[str, float]:
+        now = [p.detach().float().cpu() for p in self.params]
+        upd = sum(float((a - b).pow(2).sum()) for a, b in zip(now, self.prev)) ** 0.5
+        dist = sum(float((a - b).pow(2).sum()) for a, b in zip(now, self.start)) ** 0.5
+        self.prev = [a.clone() for a in now]
+        return {"update_norm": upd, "dist_from_start": dist}
+
+    def resumed(self) -> None:
+        """After a checkpoint load: theta_0 is rebuilt from the seed at construction; the previous
+        step's parameters are the loaded ones."""
+        self.prev = [p.detach().float().cpu().clone() for p in self.params]
