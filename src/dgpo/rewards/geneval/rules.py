@@ -176,7 +176,7 @@ def _strict(kept, meta, colours, margin) -> tuple[bool, list[str], list]:
                 bad = _first_bad_pair(found, groups[target], rel, margin)
                 if bad is not None:
                     matched = False
-                    reasons.append(f"expected {cls} {rel} target, found {' and '.join(sorted(bad))} target")
+                    reasons.append(f"expected {cls} {rel} target, found {' and '.join(r for r in RELATIONS if r in bad)} target")
         correct = correct and matched
         groups.append(found if matched else None)
     for req in meta.get("exclude", []):
