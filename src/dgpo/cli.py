@@ -1,4 +1,5 @@
-"""`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts. No logic lives here."""
+"""`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts, geneval prompts. No logic
+lives here."""
 
 from __future__ import annotations
 
@@ -90,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
     pp.add_argument("split", choices=["train", "test"])
     pp.add_argument("--out", required=True)
+
+    ge = sub.add_parser("geneval", help="GenEval's prompt sets")
+    ge_sub = ge.add_subparsers(dest="geneval_cmd", required=True)
+    gp = ge_sub.add_parser("prompts", help="write GenEval-style training prompts (default: the shipped file)")
+    gp.add_argument("--out", required=True)
+    gp.add_argument("--seed", type=int, default=None, help="generator seed (default: the shipped file's)")
+    gp.add_argument("--size", type=int, default=None, help="number of prompts (default: the shipped file's)")
     return ap
 
 
@@ -227,11 +235,20 @@ def cmd_toy(a) -> None:
     print(f"final EMA weights: {last}")
 
 
+def cmd_geneval(a) -> None:
+    from dgpo.data.geneval import DEFAULT_SEED, DEFAULT_SIZE, make_train_prompts, write_jsonl
+
+    rows = make_train_prompts(DEFAULT_SEED if a.seed is None else a.seed, DEFAULT_SIZE if a.size is None else a.size)
+    write_jsonl(rows, a.out)
+    print(f"wrote {len(rows)} prompts to {a.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "config": cmd_config, "sample": cmd_sample, "eval": cmd_eval,
-                "bench": cmd_bench, "export": cmd_export, "toy": cmd_toy}
+                "bench": cmd_bench, "export": cmd_export, "toy": cmd_toy,
+                "geneval": cmd_geneval}
     try:
         handlers[a.cmd](a)
     except (ConfigError, FileNotFoundError, ValueError) as e:
