@@ -110,3 +110,18 @@ def test_cli_regenerates_the_shipped_file(tmp_path: Path, capsys):
     assert out.read_text() == (geneval.DATA_DIR / "train_metadata.jsonl").read_text()
     assert main(["geneval", "prompts", "--out", str(out), "--seed", "3", "--size", "50"]) == 0
     assert len(out.read_text().splitlines()) == 50 and "wrote 50" in capsys.readouterr().out
+
+
+def test_geneval_recipe_is_the_official_config():
+    """configs/sd35m_geneval.yaml against DGPO's config/dgpo.py geneval_sd3_4gpu (@01ceb4b)."""
+    from dgpo.config import load_config
+
+    c = load_config(Path(__file__).resolve().parents[1] / "configs" / "sd35m_geneval.yaml")
+    assert (c.model.kind, c.model.resolution, c.model.max_sequence_length) == ("sd3", 512, 128)
+    assert (c.sampler.method, c.sampler.steps, c.sampler.shift, c.sampler.cfg_scale) == ("dpm", 10, 3.0, 4.5)
+    assert (c.dgpo.beta_dpo, c.dgpo.kl_beta, c.dgpo.clip_range, c.dgpo.trunc_steps) == (100, 0.02, 0.01, 4)
+    assert (c.dgpo.switch_ema_ref, c.dgpo.adv_std, c.dgpo.num_train_timesteps) == (500, "group", 4)
+    assert (c.train.prompts_per_epoch, c.train.group_size, c.train.lr, c.train.lora_rank) == (8, 16, 3e-4, 64)
+    assert c.reward.name == "geneval" and not c.train.balance_categories
+    assert (c.eval.images_per_prompt, c.eval.steps) == (4, 14)
+    assert len(load_prompts(c.train.prompts)) == 5000 and len(load_prompts(c.eval.split)) == 553

@@ -131,13 +131,13 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16"] = opt("no", help="autocast dtype for training forwards")
     ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
     ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")
-    prompts: str = opt("toy:train", help="prompt source: toy:train or a GenEval-format .jsonl")
+    prompts: str = opt("toy:train", help="prompt source: toy:train, geneval:train or a GenEval .jsonl")
     balance_categories: bool = opt(True, help="sample prompts category-first (by metadata tag)")
 
 
 @dataclass
 class EvalConfig:
-    split: str = opt("toy:test", help="held-out prompts: toy:test or a GenEval-format .jsonl")
+    split: str = opt("toy:test", help="held-out prompts: toy:test, geneval:test or a GenEval-format .jsonl")
     steps: int = opt(0, 0, 1000, help="ODE steps of evals and sample grids (0: sampler.steps)")
     images_per_prompt: int = opt(1, 1, help="images per prompt (GenEval: 4)")
     batch_size: int = opt(64, 1, help="generation batch size")
