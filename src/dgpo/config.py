@@ -63,14 +63,19 @@ class SamplerConfig:
 @dataclass
 class RewardConfig:
     name: Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
-                  "colorfulness", "ocr", "pickscore"] = opt(
+                  "colorfulness", "ocr", "pickscore", "geneval"] = opt(
         "toy_geneval",
         help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: DDPO's (in)compressibility; "
         "colorfulness: Hasler-Suesstrunk (smooth); ocr: Flow-GRPO's edit-distance reward (RapidOCR); "
-        "pickscore: PickScore (CLIP)",
+        "pickscore: PickScore (CLIP); geneval: GenEval's rules on Mask2Former + CLIP (real images)",
     )
-    model_path: str = opt("", help="pickscore: model folder or hub id ('' = yuvalkirstain/PickScore_v1)")
+    model_path: str = opt("", help="pickscore: model folder or hub id ('' = yuvalkirstain/PickScore_v1); "
+                          "geneval: Mask2Former folder or hub id ('' = facebook/mask2former-swin-small-coco-instance)")
     processor_path: str = opt("", help="pickscore: processor folder or hub id ('' = the official LAION one)")
+    clip_path: str = opt("", help="geneval: CLIP colour classifier folder or hub id ('' = openai/clip-vit-large-patch14)")
+    partial: Literal["corrected", "official"] = opt(
+        "corrected", help="geneval: partial credit; official: Flow-GRPO's reward with its quirks; corrected: bounded, "
+        "honours exclude clauses, 1 exactly when the image is correct")
 
 
 @dataclass

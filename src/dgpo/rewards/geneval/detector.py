@@ -93,7 +93,8 @@ def resize_uint8(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     dev = pixels.device
     x0, x1, wx = (t.to(dev) for t in _linear_taps(w, src_w, clamp=True))
     y0, y1, wy = (t.to(dev) for t in _linear_taps(h, src_h, clamp=False))
-    img = pixels.round().long()
+    wx, wy = wx.int(), wy.int()
+    img = pixels.round().int()  # int32 suffices: at most 2048 * (255 * 2048 >> 4) < 2**31
     rows = img[..., x0] * wx + img[..., x1] * (2048 - wx)  # [B, C, H, w], scaled by 2048
     top, bottom = rows[..., y0, :] >> 4, rows[..., y1, :] >> 4
     wy = wy.view(-1, 1)
@@ -145,12 +146,14 @@ def instance_postprocess(class_logits: torch.Tensor, mask_logits: torch.Tensor, 
     num_classes = probs.shape[1]
     top, idx = probs.flatten().topk(min(max_per_image, probs.numel()))
     labels, queries = idx % num_classes, idx // num_classes
-    masks = F.interpolate(mask_logits[queries][None].float(), size=padded_hw, mode="bilinear", align_corners=False)
+    # each selected query's mask once (a query can be selected for several classes)
+    used, which = queries.unique(return_inverse=True)
+    masks = F.interpolate(mask_logits[used][None].float(), size=padded_hw, mode="bilinear", align_corners=False)
     masks = masks[..., : resized_hw[0], : resized_hw[1]]
     masks = F.interpolate(masks, size=image_hw, mode="bilinear", align_corners=False)[0]
     binary = masks > 0
     mask_scores = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
-    return RawDetections(labels, queries, top * mask_scores, tight_boxes(binary), binary)
+    return RawDetections(labels, queries, top * mask_scores[which], tight_boxes(binary)[which], binary[which])
 
 
 def to_uint8_values(images: torch.Tensor) -> torch.Tensor:
