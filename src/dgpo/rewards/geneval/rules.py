@@ -30,12 +30,19 @@ Partial credit (``partial``), a mean of terms over the include clauses:
   terms; a colour term ``1 - |count - n_colour| / count``; a position term of 0 for a missing
   target and, after a failed pair, a 0 *and then a 1* (so a wrong relation still earns 0.75 on a
   two-object position prompt); no position term after a failed colour; exclude clauses ignored.
-* ``"corrected"`` (default): the same terms with three fixes: the count term is bounded to [0, 1]
-  and honours the clauses (a shortfall below ``count`` and an excess an exclude clause forbids are
-  penalised; extra objects no clause forbids are not, as in the metric), a colour term is the share
-  of the ``count`` requested objects present with the colour, a position term is 1 or 0 (0 also
-  when objects or the target group are missing). An exclude clause on a class no include clause
-  names adds a 0/1 term. The reward is 1 exactly when the image is correct.
+* ``"corrected"`` (default): the same terms, bounded to [0, 1], each measured on the objects the
+  metric looks at. Count: ``max(0, 1 - (shortfall + excess) / count)``, where the shortfall is how
+  many of the ``count`` objects are missing and the excess how many objects an exclude clause on
+  the class forbids (extra objects no clause forbids cost nothing, as in the metric). Colour: the
+  share of the ``count`` requested objects (the top-``count``) present with the colour. Position:
+  1 if all ``count`` objects are present, the target clause matched and every pair stands in the
+  relation (the clause's own colour aside), else 0; no extra 1. An exclude clause on a class no
+  include clause names adds a 0/1 term. The reward is 1 exactly when the image is correct.
+  The ``geneval`` reward and the toy world default to this variant.
+
+Ties in score keep the detector's order here; GenEval's ``np.argsort(...)[::-1]`` leaves their
+order to numpy's unstable sort (exact ties are rare with a real detector's scores). Reasons list relations in
+the order left, right, above, below (GenEval joins a set, whose order varies between runs).
 """
 
 from __future__ import annotations
