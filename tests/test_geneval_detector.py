@@ -6,12 +6,12 @@ import pytest
 import torch
 from geneval_tiny import build_mask2former, make_constant
 
+from dgpo.data.geneval import object_names
 from dgpo.rewards.geneval.detector import (
     PIXEL_MEAN,
     PIXEL_STD,
     GenEvalDetector,
     class_names,
-    geneval_object_names,
     preprocess,
     resize_uint8,
     resized_shape,
@@ -111,7 +111,7 @@ def test_detect_names_scores_boxes_and_masks(tmp_path):
 
 
 def test_class_names_map_coco_labels_to_geneval_spelling():
-    names = geneval_object_names()
+    names = object_names()
     assert len(names) == 80 and names[0] == "person" and names[64] == "computer mouse"
     assert class_names({i: f"LABEL_{i}" for i in range(80)}) == names
     coco = {"computer mouse": "mouse", "tv remote": "remote", "computer keyboard": "keyboard"}

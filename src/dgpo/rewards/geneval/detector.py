@@ -22,7 +22,6 @@ the same architecture (Apache-2.0); scores differ slightly between the two.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 import torch
@@ -40,16 +39,12 @@ ALIASES = {"mouse": "computer mouse", "remote": "tv remote", "keyboard": "comput
            "pottedplant": "potted plant", "diningtable": "dining table", "tvmonitor": "tv"}
 
 
-def geneval_object_names() -> list[str]:
-    """GenEval's 80 object names, in COCO category order."""
-    text = resources.files("dgpo.data").joinpath("geneval/object_names.txt").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 def class_names(id2label: dict, names: list[str] | None = None) -> list[str]:
     """GenEval's name of each detector class id. Label names are mapped through :data:`ALIASES`;
     generic labels (``LABEL_0``...) are taken to be the COCO classes in order."""
-    names = names or geneval_object_names()
+    from dgpo.data.geneval import object_names
+
+    names = names or object_names()
     labels = [str(id2label[i]) for i in range(len(id2label))]
     if len(labels) != len(names):
         raise ValueError(f"GenEval detector: the model has {len(labels)} classes, expected the {len(names)} "
