@@ -51,6 +51,13 @@ def test_eval_geneval_protocol_writes_geneval_layout(sd3, tmp_path, capsys):
     assert row["file"] == "00001/samples/00000.png" and row["tag"] == "single_object"
     assert isinstance(row["correct"], bool) and isinstance(row["reason"], str)
     assert "wrote" in capsys.readouterr().out
+    # GenEval's evaluate_images.py on the same folder writes results.jsonl; one verdict differs here
+    official = [{"filename": f"{out}/{r['file']}", "tag": r["tag"], "prompt": r["prompt"],
+                 "correct": r["correct"] != (k == 0), "reason": "", "metadata": "{}"} for k, r in enumerate(res["rows"])]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(o) + "\n" for o in official))
+    assert main(["eval", "--protocol", "geneval", "--out", str(out), "--official-results",
+                 str(tmp_path / "results.jsonl")]) == 0
+    assert "| agreement | 0.7500 | 0.7500 |" in (out / "compare.md").read_text()
 
 
 def test_eval_drawbench_scores_every_available_reward(tiny_toy, tmp_path):

@@ -58,6 +58,8 @@ def _protocol_args(ev: argparse.ArgumentParser) -> None:
     g.add_argument("--pickscore-model", default="", help="PickScore folder or hub id")
     g.add_argument("--pickscore-processor", default="", help="PickScore processor folder or hub id")
     g.add_argument("--rewards", default="", help="drawbench: comma-separated rewards (default: all available)")
+    g.add_argument("--official-results", default="",
+                   help="geneval: GenEval's results.jsonl on the images in --out; compare, generate nothing")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -203,8 +205,12 @@ def cmd_eval(a) -> None:
 def cmd_eval_protocol(a) -> None:
     import torch
 
-    from dgpo.protocols import EvalSettings, RewardPaths, evaluate_model
+    from dgpo.protocols import EvalSettings, RewardPaths, compare_official, evaluate_model
 
+    if a.official_results:
+        compare_official(a.out, a.official_results)
+        print((Path(a.out) / "compare.md").read_text(), end="")
+        return
     settings = EvalSettings(steps=a.steps or 40, cfg_scale=a.cfg_scale, shift=a.shift or 0.0, method=a.method or "euler",
                             seed=a.seed, batch_size=a.batch_size or 8, images_per_prompt=a.images_per_prompt or 0,
                             max_prompts=a.max_prompts, rewards=tuple(r.strip() for r in a.rewards.split(",") if r.strip()))

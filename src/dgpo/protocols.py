@@ -222,3 +222,38 @@ def write_result(result: dict, out: str | Path, model: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "eval.md").write_text(markdown(result, model))
+
+
+def compare_official(out: str | Path, official: str | Path) -> dict:
+    """Our GenEval verdicts in ``out/eval.json`` beside the official evaluator's ``results.jsonl`` on the
+    same image files: both summaries and the per-image agreement per category; writes compare.md."""
+    from dgpo.rewards.geneval.rules import summarize as geneval_summary
+
+    out, official = Path(out), Path(official)
+    ours = json.loads((out / "eval.json").read_text()) if (out / "eval.json").is_file() else {}
+    if ours.get("protocol") != "geneval":
+        raise ValueError(f"{out / 'eval.json'}: not the output of `dgpo eval --protocol geneval`")
+    by_file = {r["file"]: r for r in ours["rows"]}
+    pairs = []
+    for n, line in enumerate(official.read_text().splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            if not {"filename", "tag", "correct"} <= set(row):
+                raise ValueError(f"{official}:{n}: not a row of GenEval's results.jsonl")
+            mine = by_file.get("/".join(Path(row["filename"]).parts[-3:]))  # <index>/samples/<k>.png
+            if mine is not None:
+                pairs.append((mine, row))
+    if not pairs:
+        raise ValueError(f"{official}: no image in common with {out} (run the evaluator on that folder)")
+    tags = list(dict.fromkeys(r["tag"] for r, _ in pairs))
+    agree = {t: float(np.mean([a["correct"] == bool(b["correct"]) for a, b in pairs if a["tag"] == t])) for t in tags}
+    result = {"n_images": len(pairs), "dgpo": geneval_summary([a for a, _ in pairs]),
+              "official": geneval_summary([{**b, "correct": bool(b["correct"])} for _, b in pairs]),
+              "agreement": {"overall": float(np.mean([a["correct"] == bool(b["correct"]) for a, b in pairs])), **agree}}
+    cols = ["overall", *tags]
+    lines = [f"# GenEval: dgpo (transformers) vs the official evaluator ({len(pairs)} images)", "",
+             "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name in ("dgpo", "official", "agreement"):
+        lines.append(f"| {name} | " + " | ".join(f"{result[name].get(c, float('nan')):.4f}" for c in cols) + " |")
+    (out / "compare.md").write_text("\n".join(lines) + "\n\nagreement: share of images with the same verdict\n")
+    return result
