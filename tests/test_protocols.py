@@ -119,3 +119,17 @@ def test_load_any_applies_a_toy_peft_lora(tiny_toy, tmp_path):
     with torch.no_grad():
         v_base, v_lora, v_ref = (m.velocity(x, t, cond) for m in (base, merged, trained))
     assert torch.allclose(v_lora, v_ref, atol=1e-5) and not torch.allclose(v_lora, v_base, atol=1e-4)
+
+
+def test_eval_pickscore_protocol_reports_the_mean_reward(tiny_toy, tmp_path):
+    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
+
+    clip = build_clip(tmp_path / "clip")
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
+                  tokenizer=CLIPTokenizer.from_pretrained(clip)).save_pretrained(clip)
+    out = tmp_path / "ps"
+    assert main(["eval", "--protocol", "pickscore", "--model", str(tiny_toy), "--pickscore-model", str(clip),
+                 "--max-prompts", "3", "--steps", "1", "--out", str(out)]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    assert res["overall"] == res["pickscore"] == pytest.approx(np.mean([r["pickscore"] for r in res["rows"]]))
+    assert [r["prompt"] for r in res["rows"]] == [m["prompt"] for m in protocol_prompts("pickscore", 3)]

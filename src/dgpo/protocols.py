@@ -106,6 +106,9 @@ def build_scorers(name: str, rewards: tuple[str, ...], paths: RewardPaths) -> tu
             scorers[r] = build_reward(r, model, proc, paths.device, clip_path=paths.clip, partial=paths.partial)
         except (ValueError, OSError, ImportError) as e:
             if not optional:
+                if isinstance(e, ImportError):
+                    raise ValueError(f"reward {r!r} needs {e.name or 'a missing package'} "
+                                     f"(pip install 'dgpo[ocr]' for the OCR reward)") from None
                 raise
             skipped[r] = str(e).splitlines()[0][:300]
             log.warning("drawbench: reward %s skipped: %s", r, skipped[r])
@@ -152,7 +155,7 @@ def run_protocol(name: str, image_fn: Callable, out: str | Path, settings: EvalS
         for start in range(0, len(jobs), settings.batch_size):
             chunk = jobs[start : start + settings.batch_size]
             batch = [metas[i] for i, _ in chunk]
-            images = image_fn(batch, [settings.seed * 1_000_003 + i * 97 + k for i, k in chunk])
+            images = image_fn(batch, [settings.seed * 1_000_003 + i * 10_007 + k for i, k in chunk])
             pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()  # what the PNGs hold
             scored = score_batch(scorers, pixels.float() / 255, batch)
             for (i, k), meta, px, s in zip(chunk, batch, pixels.permute(0, 2, 3, 1).numpy(), scored):
@@ -173,7 +176,7 @@ def summarize(name: str, rows: list[dict], rewards: list[str]) -> dict:
 
         return geneval_summary(rows)
     means = {r: float(np.mean([row[r] for row in rows])) for r in rewards}
-    return {"overall": means[rewards[0]], **means, "n_images": len(rows)}
+    return {**({"overall": means[rewards[0]]} if len(rewards) == 1 else {}), **means, "n_images": len(rows)}
 
 
 def write_grid(images: torch.Tensor, captions: list[str], path: Path, cell: int = 128) -> None:
