@@ -11,7 +11,8 @@ from dgpo.data.geneval import generate
 from dgpo.data.prompts import load_prompts
 from dgpo.rewards.geneval.rules import score_image
 
-TAG_COUNTS = {"position": 100, "color_attr": 100, "two_object": 99, "colors": 94, "single_object": 80, "counting": 80}
+TAG_COUNTS = {"position": 100, "color_attr": 100, "two_object": 99, "colors": 94, "single_object": 80,
+              "counting": 80}
 
 
 def test_shipped_official_prompts_and_names():
@@ -73,7 +74,8 @@ def test_shipped_train_prompts_are_the_generators_output_and_disjoint_from_test(
     (b, a), rel = [c["class"] for c in pos["include"]], pos["include"][1]["position"][0]
     assert generate.key(generate.position(b, generate.INVERSE[rel], a)) in test_keys
     two = next(r for r in test if r["tag"] == "two_object")
-    assert generate.key(generate.two_object(two["include"][1]["class"], two["include"][0]["class"])) in test_keys
+    swapped = generate.two_object(two["include"][1]["class"], two["include"][0]["class"])
+    assert generate.key(swapped) in test_keys
     # Flow-GRPO's mix 7:5:3:1:1:0 of 5,000; counting has only 160 fresh prompts, so they repeat
     assert Counter(r["tag"] for r in train) == {"position": 2059, "counting": 1471, "color_attr": 882,
                                                 "colors": 294, "two_object": 294}

@@ -29,7 +29,8 @@ SINGLE_DOG = _meta("single_object", [{"class": "dog", "count": 1}])
 
 
 def _cat_left_of_dog():  # GenEval's layout: B (the cat) carries position [rel, 0] against include[0]
-    return _meta("position", [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["left of", 0]}])
+    return _meta("position", [{"class": "dog", "count": 1},
+                              {"class": "cat", "count": 1, "position": ["left of", 0]}])
 
 
 # --- filtering ---------------------------------------------------------------------------------
@@ -44,7 +45,8 @@ def test_score_threshold_is_strict_and_counting_uses_0_9():
     assert score_image([D("dog", 0.91, _box(0, 0)), D("dog", 0.95, _box(50, 0)), D("dog", 0.8, _box(0, 50))],
                        two).correct
     # other classes and the thresholds are the caller's to change
-    assert score_image([D("dog", 0.25, _box(0, 0)), D("cat", 0.99, _box(0, 0))], SINGLE_DOG, threshold=0.2).correct
+    low = [D("dog", 0.25, _box(0, 0)), D("cat", 0.99, _box(0, 0))]
+    assert score_image(low, SINGLE_DOG, threshold=0.2).correct
 
 
 def test_overlapping_duplicates_all_count_no_nms():
@@ -79,7 +81,7 @@ def test_two_object_include_clauses_are_anded():
 def test_counting_wants_exactly_n():
     meta = _counting("cat", 3)
     cats = [D("cat", 0.95, _box(20 * i, 0)) for i in range(5)]
-    assert [score_image(cats[:k], meta).correct for k in range(6)] == [False, False, False, True, False, False]
+    assert [score_image(cats[:k], meta).correct for k in range(6)] == [0, 0, 0, 1, 0, 0]
     assert score_image(cats[:2], meta).reason == "expected cat>=3, found 2"
 
 
@@ -148,7 +150,8 @@ def test_each_relation_and_the_margin():
 
 def test_position_prompt_every_pair_and_the_target_group():
     meta = _cat_left_of_dog()
-    dog, cat_left, cat_right = D("dog", 0.9, _box(50, 0)), D("cat", 0.9, _box(0, 0)), D("cat", 0.8, _box(90, 0))
+    dog, cat_left = D("dog", 0.9, _box(50, 0)), D("cat", 0.9, _box(0, 0))
+    cat_right = D("cat", 0.8, _box(90, 0))
     assert score_image([dog, cat_left], meta).correct
     v = score_image([dog, D("cat", 0.9, _box(90, 0))], meta)
     assert not v.correct and v.reason == "expected cat left of target, found right of target"
@@ -184,7 +187,8 @@ def test_position_partial_credit_official_bug_and_corrected():
 def test_counting_partial_credit():
     meta = _counting("dog", 2)
     dogs = [D("dog", 0.95, _box(20 * i, 0)) for i in range(6)]
-    for k, official, corrected in ((0, 0.0, 0.0), (1, 0.5, 0.5), (2, 1.0, 1.0), (3, 0.5, 0.5), (6, -1.0, 0.0)):
+    cases = ((0, 0.0, 0.0), (1, 0.5, 0.5), (2, 1.0, 1.0), (3, 0.5, 0.5), (6, -1.0, 0.0))
+    for k, official, corrected in cases:
         assert score_image(dogs[:k], meta, partial="official").reward == official, k
         assert score_image(dogs[:k], meta).reward == corrected, k
 
@@ -222,8 +226,8 @@ def test_corrected_reward_is_bounded_and_one_exactly_when_correct():
         for _ in range(rng.randint(0, 6)):
             cls = rng.choice(named) if rng.random() < 0.8 else rng.choice(classes)
             x, y = rng.uniform(0, 400), rng.uniform(0, 400)
-            dets.append(D(cls, rng.uniform(0.2, 1.0), (x, y, x + rng.uniform(5, 100), y + rng.uniform(5, 100)),
-                          color=rng.choice(colours)))
+            box = (x, y, x + rng.uniform(5, 100), y + rng.uniform(5, 100))
+            dets.append(D(cls, rng.uniform(0.2, 1.0), box, color=rng.choice(colours)))
         v = score_image(dets, meta)
         assert 0.0 <= v.reward <= 1.0
         assert (v.reward == 1.0) == v.correct, (meta, dets)

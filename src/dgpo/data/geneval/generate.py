@@ -29,7 +29,8 @@ COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown",
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 NUMBERS = {2: "two", 3: "three", 4: "four"}
-FLOW_GRPO_RATIO = {"position": 7, "counting": 5, "color_attr": 3, "colors": 1, "two_object": 1, "single_object": 0}
+FLOW_GRPO_RATIO = {"position": 7, "counting": 5, "color_attr": 3, "colors": 1, "two_object": 1,
+                   "single_object": 0}
 DEFAULT_SEED = 2026
 DEFAULT_SIZE = 5000
 
@@ -66,7 +67,8 @@ def counting(a: str, n: int) -> dict:
 
 
 def colors(a: str, color: str) -> dict:
-    return {"tag": "colors", "include": [_obj(a, 1, color)], "prompt": f"a photo of {with_article(color)} {a}"}
+    return {"tag": "colors", "include": [_obj(a, 1, color)],
+            "prompt": f"a photo of {with_article(color)} {a}"}
 
 
 def position(a: str, rel: str, b: str) -> dict:
@@ -95,7 +97,8 @@ def space(tag: str, names: list[str]) -> tuple[int, Callable[[int], dict]]:
         "single_object": (len(names), lambda i: single_object(names[i])),
         "two_object": (n_pairs, lambda i: two_object(*_pair(i, names))),
         "counting": (3 * len(names), lambda i: counting(names[i // 3], 2 + i % 3)),
-        "colors": (len(COLORS) * len(coloured), lambda i: colors(coloured[i // len(COLORS)], COLORS[i % len(COLORS)])),
+        "colors": (len(COLORS) * len(coloured),
+                   lambda i: colors(coloured[i // len(COLORS)], COLORS[i % len(COLORS)])),
         "position": (4 * n_pairs, lambda i: _position(_pair(i // 4, names), RELATIONS[i % 4])),
         "color_attr": (n_cpairs * n_colours, lambda i: _color_attr(_pair(i // n_colours, coloured),
                                                                   _pair(i % n_colours, list(COLORS)))),

@@ -78,7 +78,8 @@ class Verdict:
     reason: str  # human-readable, like GenEval's
 
 
-def keep_detections(detections: list[Detection], threshold: float, max_objects: int) -> dict[str, list[Detection]]:
+def keep_detections(detections: list[Detection], threshold: float,
+                    max_objects: int) -> dict[str, list[Detection]]:
     """Per class: score > threshold, highest score first, at most ``max_objects`` (no NMS)."""
     by_cls: dict[str, list[Detection]] = defaultdict(list)
     for d in sorted(detections, key=lambda d: -float(d.score)):
@@ -183,7 +184,8 @@ def _strict(kept, meta, colours, margin) -> tuple[bool, list[str], list]:
                 bad = _first_bad_pair(found, groups[target], rel, margin)
                 if bad is not None:
                     matched = False
-                    reasons.append(f"expected {cls} {rel} target, found {' and '.join(r for r in RELATIONS if r in bad)} target")
+                    found_rels = " and ".join(r for r in RELATIONS if r in bad)
+                    reasons.append(f"expected {cls} {rel} target, found {found_rels} target")
         correct = correct and matched
         groups.append(found if matched else None)
     for req in meta.get("exclude", []):
@@ -246,7 +248,8 @@ def _reward_corrected(kept, meta, colours, margin, groups, correct: bool) -> flo
             holds = not short and tgt is not None and _first_bad_pair(top, tgt, rel, margin) is None
             terms.append(float(holds))
     named = {req["class"] for req in meta["include"]}
-    terms += [float(not _excess(kept.get(x["class"], []), x, colours)) for x in exclude if x["class"] not in named]
+    terms += [float(not _excess(kept.get(x["class"], []), x, colours))
+              for x in exclude if x["class"] not in named]
     return sum(terms) / len(terms) if terms else float(correct)
 
 
