@@ -40,7 +40,7 @@ def test_detector_classifies_each_shape_at_every_size():
     for shape in grammar.SHAPES:
         for s in range(7, 12):
             dets = scorer.detect(_canvas([(shape, "green", 5, 5, s)]))
-            assert [(d.shape, d.color) for d in dets] == [(shape, "green")], (shape, s)
+            assert [(d.cls, d.color) for d in dets] == [(shape, "green")], (shape, s)
 
 
 def test_geneval_position_rule_and_margin():

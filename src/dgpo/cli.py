@@ -1,4 +1,5 @@
-"""`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts. No logic lives here."""
+"""`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts, geneval prompts. No logic
+lives here."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dgpo.config import ConfigError
 def _sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="ODE steps (default 10)")
     p.add_argument("--cfg-scale", type=float, default=4.5, help="CFG scale (default 4.5)")
-    p.add_argument("--shift", type=float, default=1.0, help="time shift (default 1)")
+    p.add_argument("--shift", type=float, default=0.0, help="time shift (default 0: the model's own; toy 1, SD3 3)")
     p.add_argument("--method", choices=["dpm", "euler"], default="dpm")
 
 
@@ -38,6 +39,29 @@ def _export_and_bench_args(sub) -> None:
     be.add_argument("--list", action="store_true", help="list the arms and their overrides")
 
 
+def _protocol_args(ev: argparse.ArgumentParser) -> None:
+    g = ev.add_argument_group("paper protocols", "--protocol: sampler defaults 40 Euler steps, CFG 4.5, the "
+                              "model's shift, 512 px (Flow-GRPO / DiffusionNFT evaluation)")
+    g.add_argument("--protocol", choices=["geneval", "ocr", "pickscore", "drawbench"], default=None,
+                   help="geneval: 553 prompts x 4, strict; ocr: 1,018; pickscore: 2,048; drawbench: 1,000 lines")
+    g.add_argument("--lora", default="", help="an exported LoRA (pytorch_lora_weights.safetensors or its folder)")
+    g.add_argument("--kind", choices=["", "toy", "sd3", "flux", "sana"], default="",
+                   help="model family (default: read from model_index.json)")
+    g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="diffusers weights' dtype")
+    g.add_argument("--resolution", type=int, default=512, help="diffusers models: image size (0: native)")
+    g.add_argument("--max-prompts", type=int, default=0, help="only the first N prompts (0: all)")
+    g.add_argument("--device", default="", help="default: cuda if available, else cpu")
+    g.add_argument("--detector", default="", help="geneval: Mask2Former folder or hub id")
+    g.add_argument("--clip", default="", help="geneval: CLIP folder or hub id (colours)")
+    g.add_argument("--partial", choices=["corrected", "official"], default="corrected",
+                   help="geneval: partial-credit variant of the reward column")
+    g.add_argument("--pickscore-model", default="", help="PickScore folder or hub id")
+    g.add_argument("--pickscore-processor", default="", help="PickScore processor folder or hub id")
+    g.add_argument("--rewards", default="", help="drawbench: comma-separated rewards (default: all available)")
+    g.add_argument("--official-results", default="",
+                   help="geneval: GenEval's results.jsonl on the images in --out; compare, generate nothing")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dgpo", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -58,16 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=0)
     _sampler_args(sa)
 
-    ev = sub.add_parser("eval", help="GenEval-style eval: eval.json + eval.md")
-    ev.add_argument("--model", default="", help="toy checkpoint folder, run dir, or 'oracle' (the renderer)")
-    ev.add_argument("--split", default="toy:test", help="toy:test, toy:train or a GenEval .jsonl")
-    ev.add_argument("--images-per-prompt", type=int, default=1)
+    ev = sub.add_parser("eval", help="GenEval-style eval (toy), or a paper protocol: eval.json + eval.md")
+    ev.add_argument("--model", default="",
+                    help="run dir, toy checkpoint folder, diffusers folder or hub id, or 'oracle' (the toy renderer)")
+    ev.add_argument("--split", default="toy:test", help="toy:test, toy:train or a GenEval .jsonl (no --protocol)")
+    ev.add_argument("--images-per-prompt", type=int, default=None, help="default 1; with --protocol the protocol's")
     ev.add_argument("--min-per-category", type=int, default=40,
-                    help="small categories get more images per prompt, to at least this many images")
+                    help="small categories get more images per prompt, to at least this many images (no --protocol)")
     ev.add_argument("--out", default="eval")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, default=None, help="default 64; with --protocol 8")
     _sampler_args(ev)
+    ev.set_defaults(steps=None, shift=None, method=None)
+    _protocol_args(ev)
 
     _export_and_bench_args(sub)
 
@@ -90,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
     pp.add_argument("split", choices=["train", "test"])
     pp.add_argument("--out", required=True)
+
+    ge = sub.add_parser("geneval", help="GenEval's prompt sets")
+    ge_sub = ge.add_subparsers(dest="geneval_cmd", required=True)
+    gp = ge_sub.add_parser("prompts", help="write GenEval-style training prompts (default: the shipped file)")
+    gp.add_argument("--out", required=True)
+    gp.add_argument("--seed", type=int, default=None, help="generator seed (default: the shipped file's)")
+    gp.add_argument("--size", type=int, default=None, help="number of prompts (default: the shipped file's)")
     return ap
 
 
@@ -100,15 +134,11 @@ def _split_cfg_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _load_flow_model(spec: str):
-    """A toy checkpoint folder, or a run dir (its slow-EMA weights), or '' for the built-in base."""
-    from dgpo.models.toy import ToyFlowModel
+    """A toy checkpoint folder, a run dir (its slow-EMA weights), a diffusers folder or hub id, or ''
+    for the built-in base."""
+    from dgpo.models.loading import load_any
 
-    path = Path(spec) if spec else None
-    if path is not None and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
-        from dgpo.training.export import load_run_model
-
-        return load_run_model(path)
-    return ToyFlowModel.load(path)
+    return load_any(spec)
 
 
 def cmd_train(a) -> None:
@@ -147,13 +177,15 @@ def cmd_sample(a) -> None:
     model = _load_flow_model(a.model)
     metas = [{"prompt": p} for p in a.prompts] or split("test")[::20][:16]
     rows = [m for m in metas for _ in range(a.n)]
-    fn = model_image_fn(model, a.steps, a.shift, a.cfg_scale, a.method)
+    fn = model_image_fn(model, a.steps, a.shift or model.default_shift(), a.cfg_scale, a.method)
     images = fn(rows, [a.seed + i for i in range(len(rows))])
     save_grid(images, [m["prompt"] for m in rows], Path(a.out), cols=max(a.n, 4))
     print(f"wrote {a.out} ({len(rows)} images)")
 
 
 def cmd_eval(a) -> None:
+    if a.protocol:
+        return cmd_eval_protocol(a)
     from dgpo.data.prompts import load_prompts
     from dgpo.evaluation import evaluate, markdown_table, model_image_fn, oracle_image_fn, write_eval
 
@@ -162,11 +194,31 @@ def cmd_eval(a) -> None:
         fn, name = oracle_image_fn(), "oracle (renderer)"
     else:
         model = _load_flow_model(a.model)
-        fn, name = model_image_fn(model, a.steps, a.shift, a.cfg_scale, a.method), a.model or "toy base"
-    res = evaluate(fn, metas, a.images_per_prompt, a.seed, a.batch_size, "eval", a.min_per_category)
+        fn = model_image_fn(model, a.steps or 10, a.shift or model.default_shift(), a.cfg_scale, a.method or "dpm")
+        name = a.model or "toy base"
+    res = evaluate(fn, metas, a.images_per_prompt or 1, a.seed, a.batch_size or 64, "eval", a.min_per_category)
     write_eval(res, a.out, name)
     print(markdown_table({name: res}), end="")
     print(f"wrote {a.out}/eval.json and {a.out}/eval.md ({res['n_images']} images)")
+
+
+def cmd_eval_protocol(a) -> None:
+    import torch
+
+    from dgpo.protocols import EvalSettings, RewardPaths, compare_official, evaluate_model
+
+    if a.official_results:
+        compare_official(a.out, a.official_results)
+        print((Path(a.out) / "compare.md").read_text(), end="")
+        return
+    settings = EvalSettings(steps=a.steps or 40, cfg_scale=a.cfg_scale, shift=a.shift or 0.0, method=a.method or "euler",
+                            seed=a.seed, batch_size=a.batch_size or 8, images_per_prompt=a.images_per_prompt or 0,
+                            max_prompts=a.max_prompts, rewards=tuple(r.strip() for r in a.rewards.split(",") if r.strip()))
+    paths = RewardPaths(a.detector, a.clip, a.pickscore_model, a.pickscore_processor, a.partial,
+                        a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    res = evaluate_model(a.protocol, a.model, a.out, settings, paths, a.lora, a.kind, a.dtype, a.resolution)
+    print((Path(a.out) / "eval.md").read_text(), end="")
+    print(f"wrote {a.out}/eval.json, eval.md, grid.png and {res['n_images']} images in GenEval's layout")
 
 
 def cmd_export(a) -> None:
@@ -227,11 +279,20 @@ def cmd_toy(a) -> None:
     print(f"final EMA weights: {last}")
 
 
+def cmd_geneval(a) -> None:
+    from dgpo.data.geneval import DEFAULT_SEED, DEFAULT_SIZE, make_train_prompts, write_jsonl
+
+    rows = make_train_prompts(DEFAULT_SEED if a.seed is None else a.seed, DEFAULT_SIZE if a.size is None else a.size)
+    write_jsonl(rows, a.out)
+    print(f"wrote {len(rows)} prompts to {a.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "config": cmd_config, "sample": cmd_sample, "eval": cmd_eval,
-                "bench": cmd_bench, "export": cmd_export, "toy": cmd_toy}
+                "bench": cmd_bench, "export": cmd_export, "toy": cmd_toy,
+                "geneval": cmd_geneval}
     try:
         handlers[a.cmd](a)
     except (ConfigError, FileNotFoundError, ValueError) as e:

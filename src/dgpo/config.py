@@ -63,14 +63,19 @@ class SamplerConfig:
 @dataclass
 class RewardConfig:
     name: Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
-                  "colorfulness", "ocr", "pickscore"] = opt(
+                  "colorfulness", "ocr", "pickscore", "geneval"] = opt(
         "toy_geneval",
         help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: DDPO's (in)compressibility; "
         "colorfulness: Hasler-Suesstrunk (smooth); ocr: Flow-GRPO's edit-distance reward (RapidOCR); "
-        "pickscore: PickScore (CLIP)",
+        "pickscore: PickScore (CLIP); geneval: GenEval's rules on Mask2Former + CLIP (real images)",
     )
-    model_path: str = opt("", help="pickscore: model folder or hub id ('' = yuvalkirstain/PickScore_v1)")
+    model_path: str = opt("", help="pickscore: model folder or hub id ('' = yuvalkirstain/PickScore_v1); "
+                          "geneval: Mask2Former folder or hub id ('' = facebook/mask2former-swin-small-coco-instance)")
     processor_path: str = opt("", help="pickscore: processor folder or hub id ('' = the official LAION one)")
+    clip_path: str = opt("", help="geneval: CLIP colour classifier folder or hub id ('' = openai/clip-vit-large-patch14)")
+    partial: Literal["corrected", "official"] = opt(
+        "corrected", help="geneval: partial credit; official: Flow-GRPO's reward with its quirks; corrected: bounded, "
+        "honours exclude clauses, 1 exactly when the image is correct")
 
 
 @dataclass
@@ -131,13 +136,13 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16"] = opt("no", help="autocast dtype for training forwards")
     ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
     ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")
-    prompts: str = opt("toy:train", help="prompt source: toy:train or a GenEval-format .jsonl")
+    prompts: str = opt("toy:train", help="prompt source: toy:train, geneval:train or a GenEval .jsonl")
     balance_categories: bool = opt(True, help="sample prompts category-first (by metadata tag)")
 
 
 @dataclass
 class EvalConfig:
-    split: str = opt("toy:test", help="held-out prompts: toy:test or a GenEval-format .jsonl")
+    split: str = opt("toy:test", help="held-out prompts: toy:test, geneval:test or a GenEval-format .jsonl")
     steps: int = opt(0, 0, 1000, help="ODE steps of evals and sample grids (0: sampler.steps)")
     images_per_prompt: int = opt(1, 1, help="images per prompt (GenEval: 4)")
     batch_size: int = opt(64, 1, help="generation batch size")

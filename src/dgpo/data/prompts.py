@@ -1,4 +1,5 @@
-"""Prompt sources: the toy grammar's splits, GenEval-format JSONL files, or plain text files."""
+"""Prompt sources: the toy grammar's splits, GenEval's shipped prompt sets, GenEval-format JSONL
+files, or plain text files."""
 
 from __future__ import annotations
 
@@ -9,13 +10,19 @@ from dgpo.toy import grammar
 
 
 def load_prompts(spec: str) -> list[dict]:
-    """``toy:train`` / ``toy:test``, a GenEval-format ``.jsonl`` (metadata per prompt) or a ``.txt``
+    """``toy:train`` / ``toy:test``, ``geneval:train`` / ``geneval:test`` (GenEval's 553 prompts and
+    the shipped training prompts), a GenEval-format ``.jsonl`` (metadata per prompt) or a ``.txt``
     with one prompt per line (metadata = {"prompt": ...}, for rewards that need no metadata)."""
     if spec.startswith("toy:"):
         return grammar.split(spec[4:])
+    if spec.startswith("geneval:"):
+        from dgpo.data.geneval import load_split
+
+        return load_split(spec[8:])
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file {spec!r} does not exist (or use toy:train / toy:test)")
+        raise FileNotFoundError(f"prompt file {spec!r} does not exist (or use toy:train / toy:test / "
+                                f"geneval:train / geneval:test)")
     if path.suffix == ".jsonl":
         return grammar.read_jsonl(path)
     rows = [{"prompt": line.strip(), "include": []} for line in path.read_text().splitlines() if line.strip()]

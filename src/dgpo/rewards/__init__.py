@@ -9,7 +9,8 @@ import torch
 RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
 
 
-def build_reward(name: str, model_path: str = "", processor_path: str = "", device="cpu") -> RewardFn:
+def build_reward(name: str, model_path: str = "", processor_path: str = "", device="cpu", *,
+                 clip_path: str = "", partial: str = "corrected") -> RewardFn:
     """The one name -> reward map, at the config boundary."""
     from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
@@ -22,6 +23,7 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
         "colorfulness": lambda: colorfulness,
         "ocr": _ocr,
         "pickscore": lambda: _pickscore(model_path, processor_path, device),
+        "geneval": lambda: _geneval(model_path, clip_path, partial, device),
     }
     if name not in table:
         raise ValueError(f"unknown reward {name!r}; allowed: {sorted(table)}")
@@ -38,3 +40,9 @@ def _pickscore(model_path: str, processor_path: str, device) -> RewardFn:
     from dgpo.rewards.pickscore import PickScoreReward
 
     return PickScoreReward(model_path, processor_path, device)
+
+
+def _geneval(model_path: str, clip_path: str, partial: str, device) -> RewardFn:
+    from dgpo.rewards.geneval.reward import GenEvalReward
+
+    return GenEvalReward(model_path, clip_path, partial, device)

@@ -1,4 +1,5 @@
-"""The toy world's GenEval reward: partial credit (Flow-GRPO's GenEval reward) or strict 0/1."""
+"""The toy world's GenEval reward: partial credit (GenEval's rule engine, ``corrected`` variant) or
+strict 0/1."""
 
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ class Trainer:
         self.ema_old = OldModelEMA(self.policy.params)
         self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every)
         self.travel = TravelMeter(self.policy.params)
-        self.reward_fn = build_reward(c.reward.name, c.reward.model_path, c.reward.processor_path, self.acc.device)
+        self.reward_fn = build_reward(c.reward.name, c.reward.model_path, c.reward.processor_path, self.acc.device,
+                                      clip_path=c.reward.clip_path, partial=c.reward.partial)
         self.prompts = load_prompts(c.train.prompts)
         self.eval_prompts = load_prompts(c.eval.split)
         if c.eval.per_category:
@@ -228,7 +229,8 @@ class Trainer:
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
                            shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
-                           score_fn=None if c.reward.name.startswith("toy_geneval") else reward_scorer(self.reward_fn))
+                           score_fn=None if c.reward.name.startswith("toy_geneval")
+                           else getattr(self.reward_fn, "eval_scores", None) or reward_scorer(self.reward_fn))
         return {"step": self.step, "train_time_s": self.train_time, "images": self.images,
                 **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
 
