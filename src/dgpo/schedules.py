@@ -47,7 +47,8 @@ class Grid:
 
     def model_time(self, i: int, n: int, device=None) -> torch.Tensor:
         """[n] copies of step i's timestep, dtype kept (what the model receives)."""
-        return self.timesteps[i].expand(n).to(device)
+        t = self.timesteps[i].expand(n)
+        return t if device is None else t.to(device)
 
     @classmethod
     def from_scheduler(cls, scheduler) -> Grid:
