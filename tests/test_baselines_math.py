@@ -12,6 +12,7 @@ from dgpo.algorithms.dpo import best_worst
 from dgpo.losses.dpo import diffusion_dpo_loss
 from dgpo.losses.flow_grpo import flow_grpo_loss, step_kl
 from dgpo.samplers.sde import gaussian_logprob, sample_sde, sde_std, sde_step
+from dgpo.schedules import Grid
 
 
 def test_sde_step_mean_and_std_follow_the_formula():
@@ -40,18 +41,19 @@ def test_logprob_is_the_elementwise_mean_of_the_normal_log_density():
 
 def test_sde_with_zero_noise_is_the_euler_ode_and_logs_only_stochastic_steps():
     sig = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    grid = Grid(sig.double(), sig[:-1] * 1000)
     fn = lambda x, t: -x
     x = torch.ones(2, 1, 2, 2)
-    det = sample_sde(fn, x, sig, 0.0, [1, 2], sde_steps=[])
+    det = sample_sde(fn, x, grid, 0.0, [1, 2], sde_steps=[])
     euler = x.clone()
     for i in range(4):
         euler = euler + (sig[i + 1] - sig[i]) * (-euler)
     assert torch.allclose(det.x0, euler)
-    win = sample_sde(fn, x, sig, 0.7, [1, 2], sde_steps=[1, 2])
+    win = sample_sde(fn, x, grid, 0.7, [1, 2], sde_steps=[1, 2])
     assert (win.log_probs[:, [0, 3]] == 0).all() and (win.log_probs[:, [1, 2]] != 0).all()
     assert win.latents.shape == (2, 5, 1, 2, 2) and torch.equal(win.latents[:, -1], win.x0)
     # a sample's noise comes from its own seed: batch composition does not matter
-    alone = sample_sde(fn, x[:1], sig, 0.7, [1], sde_steps=[1, 2])
+    alone = sample_sde(fn, x[:1], grid, 0.7, [1], sde_steps=[1, 2])
     assert torch.allclose(alone.x0, win.x0[:1])
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -39,3 +40,15 @@ def test_bench_runs_arms_writes_the_report_and_resumes(tiny_toy, tmp_path):
     bench.run_suite(spec)  # resumes: finished runs are not run again
     assert raw.stat().st_mtime_ns == before
     assert json.loads(raw.read_text())["arm"] == "dgpo"
+
+
+def test_results_of_older_training_code_are_stale(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    run = {"arm": "dgpo", "seed": 0, "steps": 1, "evals": [{"train_time_s": 0, "overall": 0.5}]}
+    (raw / "dgpo__s0.json").write_text(json.dumps(run))  # no version: before the official grids
+    (raw / "dgpo__s1.json").write_text(json.dumps({**run, "seed": 1, "version": bench.RESULTS_VERSION}))
+    assert not bench.is_current(run)
+    assert [r["seed"] for r in bench.load_results(raw)["dgpo"]] == [1]
+    shipped = sorted((Path(__file__).resolve().parents[1] / "docs" / "bench" / "raw").glob("*.json"))
+    assert shipped and not any(bench.is_current(json.loads(p.read_text())) for p in shipped)  # rerun them

@@ -5,7 +5,7 @@ import torch
 
 from dgpo.advantages import group_advantages
 from dgpo.losses.dgpo import bradley_terry_objective, dgpo_loss, dsm, local_group_sum, ppo_clip_mask
-from dgpo.schedules import sigma_grid
+from dgpo.schedules import rollout_grid
 from dgpo.timesteps import shared_noise, train_timesteps
 from dgpo.training.ema import OldModelEMA, SlowEMA
 
@@ -118,14 +118,16 @@ def test_ema_schedules():
 
 
 def test_timestep_modes_in_range_and_deterministic():
-    grid = sigma_grid(10, 3.0)
+    grid = rollout_grid("dpm", 10, 3.0)
     for epoch in range(20):
         t = train_timesteps("grid", grid, 4, trunc_steps=4, seed=0, epoch=epoch)
-        assert len(set(t.tolist())) == 4 and all(float(x) in grid[:5].tolist() for x in t)
+        assert len({x.sigma for x in t}) == 4
+        assert all(x.timestep.dtype == torch.int64 and int(x.timestep) in grid.timesteps[:5].tolist() for x in t)
+        assert all(x.sigma == int(x.timestep) / 1000 for x in t)  # official: re-noise at t / 1000
         u = train_timesteps("uniform", grid, 4, t_min=0.6, seed=0, epoch=epoch)
-        assert torch.all((u >= 0.6) & (u <= 1.0))
+        assert all(0.6 <= x.sigma <= 1.0 and float(x.timestep) == pytest.approx(1000 * x.sigma) for x in u)
     a = train_timesteps("grid", grid, 4, 4, seed=3, epoch=5)
-    assert torch.equal(a, train_timesteps("grid", grid, 4, 4, seed=3, epoch=5))
+    assert a == train_timesteps("grid", grid, 4, 4, seed=3, epoch=5)
     with pytest.raises(ValueError):
         train_timesteps("grid", grid, 6, trunc_steps=4)
 

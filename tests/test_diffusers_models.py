@@ -12,7 +12,6 @@ from dgpo.models.base import cfg_velocity
 from dgpo.models.loading import load_model
 from dgpo.samplers.ode import sample_ode
 from dgpo.samplers.rollout import initial_noise
-from dgpo.schedules import sigma_grid
 from dgpo.training.export import LORA_FILE, export_run, load_run
 from dgpo.training.trainer import Trainer
 
@@ -34,30 +33,53 @@ def _adapter(kind, path):
     return load_model(load_config(None, _model_overrides(kind, path)).model)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_adapter_rollout_equals_the_pipeline_call(folders, kind):
-    from diffusers import FlowMatchEulerDiscreteScheduler
+@pytest.mark.parametrize("kind,method", [("sd3", "euler"), ("sd3", "dpm"), ("flux", "euler"), ("sana", "dpm")])
+def test_adapter_rollout_equals_the_pipeline_call(folders, kind, method):
+    """Our sampler on the family's grid equals the diffusers pipeline's own call with its default
+    timesteps (SD3 with the official DGPO DPM-Solver swapped in for "dpm"): same sigmas, and the
+    transformer gets the same timesteps (the DPM grid's integers)."""
+    from diffusers import DPMSolverMultistepScheduler
 
     m = _adapter(kind, folders[kind])
     prompts, steps = ["a red cube", "a blue ball"], 4
     scale = 1.0 if kind == "flux" else 4.5
     x = initial_noise(m.latent_shape(), [1, 2])
     cond, null = m.encode_prompts(prompts), m.encode_prompts(["", ""])
-    ours = sample_ode(lambda xx, t: cfg_velocity(m, xx, t, cond, null, scale), x.clone(),
-                      sigma_grid(steps, m.default_shift()), "euler")
-    kw = {"num_inference_steps": steps, "height": 64, "width": 64, "output_type": "latent",
-          "max_sequence_length": 16, "sigmas": [1.0 - i / steps for i in range(steps)]}
+    grid = m.rollout_grid(method, steps, m.default_shift())
+    ours = sample_ode(lambda xx, t: cfg_velocity(m, xx, t, cond, null, scale), x.clone(), grid, method)
+    kw = {"num_inference_steps": steps, "height": 64, "width": 64, "output_type": "latent", "max_sequence_length": 16}
     if kind == "sd3":
+        if method == "dpm":
+            m.pipe.scheduler = DPMSolverMultistepScheduler(
+                num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
+                final_sigmas_type="zero")
         ref = m.pipe(prompts, latents=x.clone(), guidance_scale=scale, **kw).images
     elif kind == "flux":
         packed = m.pipe._pack_latents(x.clone(), 2, 4, 8, 8)
         ref = m.pipe(prompts, latents=packed, guidance_scale=3.5, **kw).images
         ref = m.pipe._unpack_latents(ref, 64, 64, 8)
-    else:  # Sana's DPM-Solver rounds timesteps to integers; its Euler flow scheduler does not
-        m.pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=m.default_shift())
+    else:
         ref = m.pipe(prompts, latents=x.clone(), guidance_scale=scale, complex_human_instruction=None,
                      use_resolution_binning=False, **kw).images
+    assert torch.equal(grid.timesteps, m.pipe.scheduler.timesteps)
     assert torch.allclose(ours, ref, atol=1e-5, rtol=0), (ours - ref).abs().max()
+
+
+def test_sd3_encodes_128_t5_tokens_and_flow_grpo_walks_its_scheduler_grid(folders, tmp_path):
+    """Official: SD3 prompts (and the empty negative prompt) with max_sequence_length=128; Flow-GRPO's
+    rollouts on the pipeline's own FlowMatchEulerDiscreteScheduler after set_timesteps(10)."""
+    cfg = load_config(None, ["model.kind=sd3", f"model.path={folders['sd3']}", "model.resolution=64",
+                             "train.algorithm=flow_grpo", f"run.out_dir={tmp_path}", "reward.name=colorfulness"])
+    assert cfg.model.max_sequence_length == 0
+    tr = Trainer(cfg)
+    assert tr.model.max_sequence_length == 128
+    clip_tokens = tr.model.pipe.tokenizer.model_max_length
+    assert tr.model.encode_prompts([""])["embeds"].shape[1] == clip_tokens + 128
+    sched = tr.model.pipe.scheduler
+    assert type(sched).__name__ == "FlowMatchEulerDiscreteScheduler" and sched.config.shift == 3.0
+    sched.set_timesteps(10)
+    assert torch.equal(tr.grid.sigmas, sched.sigmas.double()) and torch.equal(tr.grid.timesteps, sched.timesteps)
 
 
 def test_text_embeddings_are_cached_per_prompt(folders):

@@ -16,7 +16,7 @@ def test_pretrain_lowers_flow_matching_loss_and_writes_a_loadable_checkpoint(tmp
     assert (tmp_path / "step_000020" / "model.safetensors").is_file()
     model = ToyFlowModel.load(last)
     assert json.loads((last / "config.json").read_text())["info"]["step"] == 40
-    assert model.velocity(torch.zeros(1, 3, 32, 32), torch.ones(1), model.encode_prompts([""])).shape == (1, 3, 32, 32)
+    assert model.velocity(torch.zeros(1, 3, 32, 32), torch.full((1,), 1000.0), model.encode_prompts([""])).shape == (1, 3, 32, 32)
 
 
 def test_continued_pretraining_moves_every_ema_parameter(tiny_toy, tmp_path):

@@ -41,6 +41,34 @@ def group_advantages(
     return adv.to(rewards.dtype), hi == lo
 
 
+def refill_zero_advantage(
+    adv: torch.Tensor,
+    owner: torch.Tensor,
+    world: int,
+    batches: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Flow-GRPO's zero-advantage filter (official ``train_sd3.py``): [N] bool, which samples train.
+
+    Every sample whose advantage is exactly 0 is dropped (all of a zero-spread group, and a member
+    of a live group that sits exactly on its mean); then, per process (``owner`` [N] its rank),
+    random dropped samples of that process are re-added until its count divides by ``batches`` (if
+    it has enough of them). With several processes, one left with nothing while another trains gets
+    ``batches`` of them, so that every process takes part in each optimizer step (the official code
+    would stop with an error there).
+    """
+    keep = adv != 0
+    anyone = bool(keep.any())
+    for r in range(world):
+        mine = owner == r
+        count = int((keep & mine).sum())
+        need = batches if (world > 1 and count == 0 and anyone) else (-count) % batches
+        dropped = torch.nonzero(mine & ~keep).squeeze(1)
+        if need and len(dropped) >= need:
+            keep[dropped[torch.randperm(len(dropped), generator=generator)[:need]]] = True
+    return keep
+
+
 WEIGHTINGS = ("adv", "rank", "softmax", "sign")
 
 

@@ -4,7 +4,9 @@ budget of training time (evals excluded) and several seeds.
 Each run is a normal ``dgpo train`` (the embedded toy default plus the arm's overrides) that stops
 at the budget and evaluates the slow-EMA weights (strict toy-GenEval, 10-step ODE) every
 ``eval_every_s`` seconds of training. Finished runs are stored as ``raw/<arm>__s<seed>.json``; a
-rerun skips them, so the suite can run in parts. ``report.md`` and PNG curves are written at the end.
+rerun skips them, so the suite can run in parts, unless they were made by an older version of the
+training code (``RESULTS_VERSION``): those are stale, rerun and left out of the report.
+``report.md`` and PNG curves are written at the end.
 """
 
 from __future__ import annotations
@@ -20,9 +22,23 @@ from dgpo.config import load_config
 
 log = logging.getLogger(__name__)
 
+# bump when training or evaluation changes what a run measures; older raw results are rerun.
+# 2: the official sigma grids and integer timesteps (every arm, evals included), Flow-GRPO's
+#    official batching, uniform prompt sampling where not asked otherwise (the demo keeps balance)
+RESULTS_VERSION = 2
+
+# Flow-GRPO as its official code trains (configs/toy_flow_grpo_official.yaml holds the same values):
+# 2 optimizer steps per epoch over a random shuffle of the samples across groups, global advantage
+# std, samples with advantage exactly 0 dropped (refilled to a multiple of 4 sampling batches),
+# LoRA r 32 / alpha 64. Group size, groups per epoch, evals and the slow EMA stay the suite's own,
+# so that every arm sees the same images per epoch and the same eval.
+FLOW_GRPO_OFFICIAL = ["train.algorithm=flow_grpo", "train.steps_per_epoch=2", "train.sampling_batches=4",
+                      "dgpo.adv_std=global", "grpo.zero_adv=samples", "grpo.shuffle=true",
+                      "train.lora_rank=32", "train.lora_alpha=64"]
+
 ARMS: dict[str, list[str]] = {
     "dgpo": [],
-    "flow_grpo": ["train.algorithm=flow_grpo"],
+    "flow_grpo": FLOW_GRPO_OFFICIAL,
     "dgpo_sde": ["sampler.sde_noise=0.7"],
     "tmin_0": ["dgpo.timestep_mode=uniform", "dgpo.t_min=0.0"],
     "tmin_0.3": ["dgpo.timestep_mode=uniform", "dgpo.t_min=0.3"],
@@ -88,22 +104,32 @@ def run_suite(spec: BenchSpec) -> dict:
     for seed in spec.seeds:
         for arm in spec.arms:
             path = raw / f"{arm}__s{seed}.json"
-            if path.is_file():
+            if path.is_file() and is_current(json.loads(path.read_text())):
                 log.info("bench: %s seed %d already done, skipped", arm, seed)
                 continue
             cfg = run_config(spec, arm, seed)
             summary = Trainer(cfg).fit()
-            path.write_text(json.dumps({"arm": arm, "seed": seed, "overrides": ARMS[arm],
+            path.write_text(json.dumps({"arm": arm, "seed": seed, "version": RESULTS_VERSION,
+                                        "overrides": ARMS[arm],
                                         "steps": summary["steps"], "evals": summary["evals"]}) + "\n")
     results = load_results(raw)
     write_report(spec, results)
     return results
 
 
+def is_current(result: dict) -> bool:
+    """Whether a raw result was made by the current training code (else it needs a rerun)."""
+    return result.get("version", 1) == RESULTS_VERSION
+
+
 def load_results(raw: Path) -> dict[str, list[dict]]:
+    """Current raw results by arm; stale ones (older RESULTS_VERSION) are left out."""
     out: dict[str, list[dict]] = {}
     for p in sorted(raw.glob("*.json")):
         r = json.loads(p.read_text())
+        if not is_current(r):
+            log.warning("bench: %s is from an older version of the training code: rerun it", p.name)
+            continue
         out.setdefault(r["arm"], []).append(r)
     return out
 

@@ -45,7 +45,7 @@ class ModelConfig:
     path: str = opt("", help="toy checkpoint folder ('' = the built-in base) or a diffusers folder / hub id")
     dtype: Literal["fp32", "bf16", "fp16"] = opt("fp32", help="diffusers models: weight dtype of the pipeline")
     resolution: int = opt(0, 0, help="diffusers models: image size in pixels (0: the transformer's native size)")
-    max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma tokens (0: SD3 256, Flux 512, Sana 300)")
+    max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma tokens (0: SD3 128 as official, Flux 512, Sana 300)")
     guidance_scale: float = opt(3.5, 0.0, help="FLUX.1-dev: the embedded guidance (no CFG; schnell ignores it)")
     gradient_checkpointing: bool = opt(False, help="diffusers models: recompute transformer activations")
     offload: bool = opt(False, help="diffusers models: keep text encoders and VAE on the CPU between uses")
@@ -53,7 +53,9 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
-    method: Literal["dpm", "euler"] = opt("dpm", help="rollout ODE solver (official: DPM-Solver++)")
+    method: Literal["dpm", "euler"] = opt(
+        "dpm", help="rollout ODE solver and its diffusers grid (official: DPM-Solver++, flow sigmas, int timesteps); "
+        "SDE rollouts (Flow-GRPO, sde_noise > 0) walk the flow-matching Euler grid")
     steps: int = opt(10, 1, 1000, help="rollout steps (official: 10)")
     shift: float = opt(0.0, 0.0, 20.0, help="time shift; 0 = the model's own (toy 1, SD3 3, Flux dynamic, Sana its flow_shift)")
     cfg_scale: float = opt(4.5, 1.0, 50.0, help="classifier-free guidance in rollouts (official 4.5)")
@@ -83,9 +85,10 @@ class DGPOConfig:
     beta_dpo: float = opt(100.0, 0.0, help="beta inside the group sigmoid (divided by G, official)")
     kl_beta: float = opt(0.02, 0.0, help="explicit KL weight mean||v - v_ref||^2 (official code)")
     kl_cfg: float = opt(1.0, 1.0, 50.0, help="CFG scale of the reference in the KL (1 = none)")
-    clip_range: float = opt(1e-2, 0.0, 1.0, help="PPO-style clip on exp(dsm_old - dsm); 0 = off")
+    clip_range: float = opt(1e-2, 0.0, 1.0, help="PPO-style clip on exp(dsm_old - dsm); 0 = off (official: 0 clips "
+                            "almost every sample)")
     clip_dsm: bool = opt(True, help="detach dsm of clipped samples (official)")
-    clip_kl: bool = opt(False, help="also mask the KL term of clipped samples")
+    clip_kl: bool = opt(False, help="detach the KL term of clipped samples (independent of clip_dsm, as official)")
     timestep_mode: Literal["grid", "uniform"] = opt("grid", help="grid: official; uniform: paper")
     trunc_steps: int = opt(4, 0, help="grid mode: candidates are rollout-grid indices 0..trunc_steps")
     num_train_timesteps: int = opt(4, 1, help="training timesteps per epoch (official 4)")
@@ -93,7 +96,9 @@ class DGPOConfig:
     switch_ema_ref: int = opt(500, 0, help="optimizer steps before the EMA 'old' model rolls out")
     use_ema_ref: bool = opt(False, help="the EMA 'old' model is the DGPO reference (TDM-R1 style)")
     text_dropout: float = opt(0.0, 0.0, 1.0, help="train on the empty prompt with this probability (paper 0.05; code 0)")
-    adv_std: Literal["group", "global"] = opt("group", help="advantage std per group or global")
+    adv_std: Literal["group", "global"] = opt(
+        "group", help="every algorithm: advantage std per group or global (official DGPO: GenEval group, OCR and "
+        "PickScore global; Flow-GRPO global for all three)")
     adv_clip_max: float = opt(5.0, 0.0, help="advantages clipped to +-adv_clip_max")
     weighting: Literal["adv", "rank", "softmax", "sign"] = opt(
         "adv", help="signed group weights: adv (paper/code), rank, softmax of reward, sign (+-1)")
@@ -111,6 +116,12 @@ class GRPOConfig:
     cfg_train: bool = opt(True, help="CFG in the training forward, unconditional branch detached (official)")
     sde_window: int = opt(0, 0, help="Flow-GRPO-Fast: SDE (and training) on this many steps only; 0 = all")
     sde_window_range: int = opt(5, 1, help="Flow-GRPO-Fast: the window starts at a random step below this")
+    zero_adv: Literal["samples", "groups"] = opt(
+        "samples", help="samples (official): drop every sample whose advantage is exactly 0, then re-add random ones "
+        "until each process's count divides by train.sampling_batches (they carry KL gradient); groups: drop "
+        "whole zero-spread groups only")
+    shuffle: bool = opt(True, help="optimizer steps over a random shuffle of the kept samples across groups "
+                        "(official); false: whole groups in order")
 
 
 @dataclass
@@ -125,19 +136,27 @@ class TrainConfig:
     prompts_per_epoch: int = opt(8, 1, help="P: groups (prompts) per epoch")
     group_size: int = opt(16, 2, help="G: samples per prompt")
     batch_size: int = opt(32, 1, help="micro-batch for rollouts and training forwards (whole groups)")
-    steps_per_epoch: int = opt(1, 1, help="optimizer steps per epoch (official: 1)")
+    steps_per_epoch: int = opt(1, 1, help="optimizer steps per epoch (official DGPO 1, Flow-GRPO 2)")
+    sampling_batches: int = opt(
+        2, 1, help="the official num_batches_per_epoch, sampling batches per process and epoch (DGPO GenEval/OCR 2, "
+        "PickScore 4; Flow-GRPO 4): sets the per_batch slow-EMA cadence and Flow-GRPO's zero-advantage refill")
     inner_epochs: int = opt(1, 1, help="passes over each epoch's rollouts, each with its own optimizer steps (official: 1)")
     lr: float = opt(3e-4, 0.0, 1.0, help="AdamW learning rate (official 3e-4)")
     weight_decay: float = opt(1e-4, 0.0, help="AdamW weight decay (official 1e-4)")
     max_grad_norm: float = opt(1.0, 0.0, help="grad-norm clip (official 1.0)")
-    lora_rank: int = opt(64, 0, help="LoRA rank (official code 64; paper 32); 0 = full fine-tune")
-    lora_alpha: float = opt(128.0, 0.0, help="LoRA alpha (official 128)")
+    lora_rank: int = opt(64, 0, help="LoRA rank (official DGPO code 64, paper 32; Flow-GRPO 32); 0 = full fine-tune")
+    lora_alpha: float = opt(128.0, 0.0, help="LoRA alpha (official DGPO 128; Flow-GRPO 64)")
     lora_targets: str = opt("", help="comma-separated module-name suffixes for LoRA; '' = the model's list")
     mixed_precision: Literal["no", "bf16"] = opt("no", help="autocast dtype for training forwards")
     ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
     ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")
+    ema_cadence: Literal["per_batch", "per_step"] = opt(
+        "per_batch", help="per_batch (official): the slow EMA's step runs once per sampling batch, so each update "
+        "blends the same weights sampling_batches / steps_per_epoch times (decay 0.9 -> 0.81 for 2, 0.656 for 4); "
+        "per_step: one blend per update")
     prompts: str = opt("toy:train", help="prompt source: toy:train, geneval:train or a GenEval .jsonl")
-    balance_categories: bool = opt(True, help="sample prompts category-first (by metadata tag)")
+    balance_categories: bool = opt(False, help="sample prompts category-first (by metadata tag); false: uniformly "
+                                   "(official)")
 
 
 @dataclass
@@ -174,6 +193,10 @@ class Config:
                 f"dgpo.num_train_timesteps={self.dgpo.num_train_timesteps} exceeds the "
                 f"{self.dgpo.trunc_steps + 1} grid candidates (dgpo.trunc_steps + 1)"
             )
+        t = self.train
+        if t.ema_cadence == "per_batch" and t.sampling_batches % t.steps_per_epoch:
+            raise ConfigError(f"train.sampling_batches={t.sampling_batches} must be a multiple of "
+                              f"train.steps_per_epoch={t.steps_per_epoch} (train.ema_cadence=per_batch)")
         if self.grpo.sde_window > self.sampler.steps:
             raise ConfigError(f"grpo.sde_window={self.grpo.sde_window} exceeds sampler.steps={self.sampler.steps}")
         return self

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
+
+from dgpo.schedules import NUM_TRAIN_TIMESTEPS, Grid
 
 
 def derive_seed(*key: int) -> int:
@@ -15,28 +19,38 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*key))
 
 
+class TrainTime(NamedTuple):
+    """One training time: the sigma x_t is re-noised at and the timestep the model receives."""
+
+    sigma: float
+    timestep: torch.Tensor  # 0-dim, dtype as the rollout grid's (int64 on the DPM grid)
+
+
 def train_timesteps(
     mode: str,
-    rollout_sigmas: torch.Tensor,
+    grid: Grid,
     k: int,
     trunc_steps: int = 4,
     t_min: float = 0.6,
     seed: int = 0,
     epoch: int = 0,
-) -> torch.Tensor:
-    """[k] training sigmas for one epoch, shared by every sample (and process).
+) -> list[TrainTime]:
+    """k training times for one epoch, shared by every sample (and process).
 
-    * ``grid`` (official): k distinct indices from 0..trunc_steps of the rollout grid (high noise).
-    * ``uniform`` (paper Alg. 1): t ~ U[t_min, 1].
+    * ``grid`` (official): k distinct indices from 0..trunc_steps of the rollout grid (high noise);
+      the model gets the grid's timestep (999, 963, ...) and x_t is re-noised at sigma = timestep /
+      1000 (0.999, 0.963, ...; the solver's sigmas there are 0.99967, 0.96394, ...).
+    * ``uniform`` (paper Alg. 1): sigma ~ U[t_min, 1], timestep 1000 sigma.
     """
     g = _generator(seed, epoch, 1)
     if mode == "grid":
         if k > trunc_steps + 1:
             raise ValueError(f"k={k} timesteps from only {trunc_steps + 1} grid candidates")
-        idx = torch.randperm(trunc_steps + 1, generator=g)[:k]
-        return rollout_sigmas[idx].float()
+        idx = torch.randperm(trunc_steps + 1, generator=g)[:k].tolist()
+        return [TrainTime(float(grid.train_sigmas[i]), grid.timesteps[i].clone()) for i in idx]
     if mode == "uniform":
-        return t_min + (1 - t_min) * torch.rand(k, generator=g)
+        sig = t_min + (1 - t_min) * torch.rand(k, generator=g)
+        return [TrainTime(float(s), s * NUM_TRAIN_TIMESTEPS) for s in sig]
     raise ValueError(f"unknown timestep mode {mode!r}; allowed: 'grid', 'uniform'")
 
 

@@ -1,8 +1,9 @@
 """What an algorithm plugs into the one training loop, and the parts DGPO and DPO share.
 
 An algorithm decides how to roll out (``rollout``), which samples train and with what signal
-(``select``), what one epoch's training units are (timesteps, or SDE steps: ``units``) and the loss
-of one micro-batch at one unit (``micro_loss``). The trainer owns everything else.
+(``select``), what one epoch's training units are (timesteps, or SDE steps: ``units``), how the
+trained samples split into optimizer steps and micro-batches (``optimizer_chunks``, ``micro_batches``)
+and the loss of one micro-batch at one unit (``micro_loss``). The trainer owns everything else.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dgpo.models.base import cfg_velocity, cond_index, cond_where
 from dgpo.samplers.rollout import generate, initial_noise
 from dgpo.samplers.sde import sample_sde
 from dgpo.schedules import interpolate
-from dgpo.timesteps import derive_seed, shared_noise, train_timesteps
+from dgpo.timesteps import TrainTime, derive_seed, shared_noise, train_timesteps
 
 if TYPE_CHECKING:
     from dgpo.training.trainer import Trainer
@@ -38,6 +39,11 @@ class Algorithm:
     def __init__(self, trainer: Trainer):
         self.tr, self.cfg = trainer, trainer.cfg
 
+    @classmethod
+    def rollout_method(cls, cfg) -> str:
+        """Whose grid the rollouts walk: the ODE solver's, or Euler's for SDE rollouts (Flow-GRPO's)."""
+        return "euler" if cfg.sampler.sde_noise > 0 else cfg.sampler.method
+
     # -- hooks
     def rollout(self, metas: list[dict], epoch: int) -> dict:
         return self.ode_rollout(metas, epoch)
@@ -50,8 +56,20 @@ class Algorithm:
 
     def units(self, batch: dict, epoch: int) -> list:
         d = self.cfg.dgpo
-        return train_timesteps(d.timestep_mode, self.tr.sigmas, d.num_train_timesteps, d.trunc_steps,
-                               self.t_min(), self.cfg.run.seed, epoch).tolist()
+        return train_timesteps(d.timestep_mode, self.tr.grid, d.num_train_timesteps, d.trunc_steps,
+                               self.t_min(), self.cfg.run.seed, epoch)
+
+    def optimizer_chunks(self, group_ids: torch.Tensor, pos: torch.Tensor, epoch: int) -> list[torch.Tensor]:
+        """Local positions of each optimizer step of the epoch: whole groups, evenly split."""
+        groups = torch.arange(self.cfg.train.prompts_per_epoch).chunk(self.cfg.train.steps_per_epoch)
+        return [pos[torch.isin(group_ids[pos], gs)] for gs in groups if len(gs)]
+
+    def micro_batches(self, group_ids: torch.Tensor, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Micro-batches of whole groups (this process's members of them): every process walks the
+        same groups in the same order, so group sums can be all-reduced micro-batch by micro-batch."""
+        per = max(1, self.cfg.train.batch_size // self.cfg.train.group_size)
+        present = torch.unique(group_ids[idx])
+        return [idx[torch.isin(group_ids[idx], gs)] for gs in present.split(per)]
 
     def micro_loss(self, batch: dict, signal: torch.Tensor, mb: torch.Tensor, unit, slot: int,
                    epoch: int) -> StepLoss:
@@ -80,7 +98,9 @@ class Algorithm:
         return tr.ema_old.applied() if tr.step > self.cfg.dgpo.switch_ema_ref else nullcontext()
 
     def conditions(self, metas: list[dict], epoch: int) -> dict:
-        """Local samples of the epoch: global index, group, condition, null condition, seed."""
+        """Local samples of the epoch: global index, group, condition, null condition, seed. A group
+        is an epoch slot: a prompt drawn twice in one epoch makes two groups of G (the official code
+        groups by prompt text, merging them into one group of 2G)."""
         tr, g = self.tr, self.cfg.train.group_size
         idx = tr.layout.local_indices(len(metas), g)
         group_ids = idx // g
@@ -89,7 +109,7 @@ class Algorithm:
         seeds = [derive_seed(self.cfg.run.seed, epoch, ROLLOUT_SEED_STREAM, int(i)) for i in idx]
         return {"index": idx, "group_ids": group_ids, "cond": cond, "null": null, "seeds": seeds,
                 "metas": [metas[i] for i in group_ids.tolist()], "n_total": len(metas) * g,
-                "n_groups": len(metas)}
+                "n_groups": len(metas), "epoch": epoch}
 
     @torch.no_grad()
     def ode_rollout(self, metas: list[dict], epoch: int) -> dict:
@@ -103,16 +123,17 @@ class Algorithm:
                 if s.sde_noise > 0:  # the ODE-vs-SDE ablation: x0 from the SDE, nothing else kept
                     fn = lambda x, t, cond=cond, null=null: cfg_velocity(self.tr.model, x, t, cond, null, s.cfg_scale)
                     x = initial_noise(self.tr.model.latent_shape(), seeds).to(self.tr.model.device)
-                    chunks.append(sample_sde(fn, x, self.tr.sigmas, s.sde_noise, [derive_seed(sd, 6) for sd in seeds]).x0)
+                    chunks.append(sample_sde(fn, x, self.tr.grid, s.sde_noise, [derive_seed(sd, 6) for sd in seeds]).x0)
                 else:
                     chunks.append(generate(self.tr.model, cond, null, seeds, s.steps, self.tr.shift, s.cfg_scale, s.method))
         batch["x0"] = torch.cat(chunks)
         return batch
 
-    def denoising_losses(self, batch: dict, mb: torch.Tensor, t: float, slot: int, epoch: int,
+    def denoising_losses(self, batch: dict, mb: torch.Tensor, t: TrainTime, slot: int, epoch: int,
                          need_old: bool = False) -> dict:
-        """Policy, reference (and EMA-old) denoising losses at a re-noised x_t with noise shared by a
-        group; the paper's prompt dropout applies to the policy and reference alike."""
+        """Policy, reference (and EMA-old) velocities and denoising losses at x_t re-noised at t.sigma
+        with noise shared by a group, the models receiving t.timestep; the paper's prompt dropout
+        applies to the policy and reference alike."""
         c, d, tr = self.cfg, self.cfg.dgpo, self.tr
         x0, gids = batch["x0"][mb], batch["group_ids"][mb]
         cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
@@ -121,16 +142,17 @@ class Algorithm:
             drop = torch.rand(batch["n_total"], generator=g)[batch["index"][mb]] < d.text_dropout
             cond = cond_where(drop.to(x0.device), null, cond)
         eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot).to(x0.device, x0.dtype)
-        tt = torch.full((len(mb),), t, device=x0.device)
-        x_t, target = interpolate(x0, eps, t), eps - x0
-        out = {}
+        tt = t.timestep.expand(len(mb)).to(x0.device)
+        x_t, target = interpolate(x0, eps, t.sigma), eps - x0
+        out = {"target": target}
         with torch.no_grad():
             with tr.policy.reference():
                 out["v_ref"] = cfg_velocity(tr.model, x_t, tt, cond, null, d.kl_cfg)
                 out["dsm_ref"] = dsm(out["v_ref"], target)  # official: the CFG'd reference when kl_cfg > 1
             if need_old:
                 with tr.ema_old.applied():
-                    out["dsm_old"] = dsm(tr.model.velocity(x_t, tt, cond), target)
+                    out["v_old"] = tr.model.velocity(x_t, tt, cond)
+                out["dsm_old"] = dsm(out["v_old"], target)
         with tr.acc.autocast():
             out["v"] = tr.model.velocity(x_t, tt, cond).float()
         out["dsm"] = dsm(out["v"], target)

@@ -8,7 +8,7 @@ import torch
 
 from dgpo.advantages import group_weights
 from dgpo.algorithms.base import Algorithm, StepLoss
-from dgpo.losses.dgpo import dgpo_loss, ppo_clip_mask
+from dgpo.losses.dgpo import dgpo_velocity_loss
 
 
 class DGPO(Algorithm):
@@ -21,14 +21,15 @@ class DGPO(Algorithm):
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
         d, tr = self.cfg.dgpo, self.tr
-        need_old = d.clip_range > 0 or d.use_ema_ref
+        # official: the 'old' forward runs when clip_dsm or clip_kl is set (here only if the clip is
+        # on: clip_range 0 means off) and, unlike there, also for use_ema_ref alone
+        need_old = d.use_ema_ref or (d.clip_range > 0 and (d.clip_dsm or d.clip_kl))
         o = self.denoising_losses(batch, mb, unit, slot, epoch, need_old)
         a = signal[mb].to(o["dsm"].device)
-        mask = ppo_clip_mask(a, o["dsm"], o["dsm_old"], d.clip_range) if need_old else None
-        v_mse_ref = (o["v"] - o["v_ref"]).pow(2).flatten(1).mean(1)  # KL / velocity distance to the base
-        kl = v_mse_ref if d.kl_beta > 0 else None
-        out = dgpo_loss(o["dsm"], o["dsm_old"] if d.use_ema_ref else o["dsm_ref"], a, batch["group_ids"][mb].to(a.device),
-                        d.beta_dpo, self.cfg.train.group_size, tr.group_sum,
-                        clip_mask=mask if d.clip_dsm else None, kl=kl, kl_beta=d.kl_beta, clip_kl=d.clip_kl)
+        out = dgpo_velocity_loss(o["v"], o["v_ref"], o["target"], a, batch["group_ids"][mb].to(a.device),
+                                 d.beta_dpo, self.cfg.train.group_size, tr.group_sum, v_old=o.get("v_old"),
+                                 clip_range=d.clip_range, clip_dsm=d.clip_dsm, clip_kl=d.clip_kl,
+                                 kl_beta=d.kl_beta, use_ema_ref=d.use_ema_ref)
         return StepLoss(out.loss * len(mb), {"dgpo": out.dgpo, "kl": out.kl, "clip": out.clipped.float().mean(),
-                                   "weight": out.weight.mean(), "v_mse_ref": v_mse_ref.detach().mean()})
+                                   "weight": out.weight.mean(),
+                                   "v_mse_ref": (o["v"] - o["v_ref"]).detach().pow(2).mean()})

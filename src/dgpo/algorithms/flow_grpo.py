@@ -1,7 +1,9 @@
-"""Flow-GRPO (arXiv 2505.05470), the official code's behaviour: SDE rollouts (noise level a) with
-per-step Gaussian log-probs averaged over elements, the clipped GRPO objective on the trained steps
-(the first int(steps x timestep_fraction), or a Flow-GRPO-Fast SDE window), CFG during training
-with the unconditional branch detached, closed-form KL to the reference, zero-spread groups dropped."""
+"""Flow-GRPO (arXiv 2505.05470), the official code's behaviour: SDE rollouts (noise level a) on SD3's
+flow-matching Euler grid with per-step Gaussian log-probs averaged over elements, the clipped GRPO
+objective on the trained steps (the first int(steps x timestep_fraction), or a Flow-GRPO-Fast SDE
+window), CFG during training with the unconditional branch detached, closed-form KL to the
+reference, samples with advantage exactly 0 dropped (and some re-added to fill the sampling
+batches), optimizer steps over a random shuffle of the samples across groups."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from contextlib import nullcontext
 
 import torch
 
+from dgpo.advantages import refill_zero_advantage
 from dgpo.algorithms.base import Algorithm, StepLoss
 from dgpo.losses.flow_grpo import flow_grpo_loss, step_kl
 from dgpo.models.base import cfg_velocity, cond_index
@@ -19,6 +22,10 @@ from dgpo.timesteps import derive_seed
 
 class FlowGRPO(Algorithm):
     name = "flow_grpo"
+
+    @classmethod
+    def rollout_method(cls, cfg) -> str:
+        return "euler"  # official: SD3's FlowMatchEulerDiscreteScheduler grid
 
     def rollout_context(self):
         return self.tr.policy.reference() if self.cfg.train.offline else nullcontext()
@@ -46,7 +53,7 @@ class FlowGRPO(Algorithm):
                 seeds = batch["seeds"][sl]
                 x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
                 step_seeds = [derive_seed(sd, 6) for sd in seeds]
-                parts.append(sample_sde(fn, x, tr.sigmas, c.grpo.noise_level, step_seeds, steps))
+                parts.append(sample_sde(fn, x, tr.grid, c.grpo.noise_level, step_seeds, steps))
         batch["x0"] = torch.cat([p.x0 for p in parts])
         batch["latents"] = torch.cat([p.latents for p in parts])
         batch["log_probs"] = torch.cat([p.log_probs for p in parts])
@@ -67,7 +74,25 @@ class FlowGRPO(Algorithm):
         return v_u + scale * (v_c - v_u)
 
     def select(self, batch, rewards, adv, zero, group_ids):
-        return ~zero[group_ids], adv  # official: drop samples whose advantages are all zero
+        c = self.cfg
+        if c.grpo.zero_adv == "groups":
+            return ~zero[group_ids], adv
+        gen = torch.Generator().manual_seed(derive_seed(c.run.seed, batch["epoch"], 7))
+        owner = self.tr.layout.rank_of(torch.arange(len(adv)), c.train.group_size)
+        return refill_zero_advantage(adv, owner, self.tr.layout.world, c.train.sampling_batches, gen), adv
+
+    def optimizer_chunks(self, group_ids, pos, epoch):
+        """Official: each optimizer step takes an equal share of a random shuffle of this process's
+        kept samples, across groups (a new shuffle on every inner pass)."""
+        if not self.cfg.grpo.shuffle:
+            return super().optimizer_chunks(group_ids, pos, epoch)
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, 8, self.tr.layout.rank))
+        return list(pos[torch.randperm(len(pos), generator=gen)].tensor_split(self.cfg.train.steps_per_epoch))
+
+    def micro_batches(self, group_ids, idx):
+        if not self.cfg.grpo.shuffle:
+            return super().micro_batches(group_ids, idx)
+        return list(idx.split(self.cfg.train.batch_size))  # the loss needs no group sums
 
     def units(self, batch, epoch):
         g, n = self.cfg.grpo, self.cfg.sampler.steps
@@ -76,11 +101,11 @@ class FlowGRPO(Algorithm):
         return list(range(int(n * g.timestep_fraction)))
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
-        g, tr, s = self.cfg.grpo, self.tr, [float(v) for v in self.tr.sigmas]
+        g, tr, s = self.cfg.grpo, self.tr, self.tr.grid.sigmas.tolist()
         j = int(unit)
         x, x_next = batch["latents"][mb, j], batch["latents"][mb, j + 1]
         cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
-        tt = torch.full((len(mb),), s[j], device=x.device)
+        tt = tr.grid.model_time(j, len(mb), x.device)
         step = sde_step(x, self.velocity(x, tt, cond, null, grad=True), s[j], s[j + 1], s[1], g.noise_level)
         log_prob = gaussian_logprob(x_next, step)
         kl = None

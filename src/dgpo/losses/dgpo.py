@@ -29,7 +29,8 @@ def dsm(v_pred: torch.Tensor, v_target: torch.Tensor) -> torch.Tensor:
 
 def ppo_clip_mask(adv: torch.Tensor, dsm_theta: torch.Tensor, dsm_old: torch.Tensor, clip: float):
     """Official PPO-style mask: ratio = exp(dsm_old - dsm); clip if (A > 0 and ratio > 1 + c) or
-    (A <= 0 and ratio < 1 - c). ``clip = 0`` disables it."""
+    (A <= 0 and ratio < 1 - c). ``clip = 0`` disables it (the official code would then clip every
+    sample whose ratio moved at all in the direction its advantage asks for)."""
     if clip <= 0:
         return torch.zeros_like(adv, dtype=torch.bool)
     ratio = torch.exp(dsm_old.detach() - dsm_theta.detach())
@@ -56,6 +57,7 @@ def dgpo_loss(
     clip_mask: torch.Tensor | None = None,
     kl: torch.Tensor | None = None,
     kl_beta: float = 0.0,
+    clip_dsm: bool = True,
     clip_kl: bool = False,
 ) -> DGPOLoss:
     """Gradient-equivalent surrogate of the group Bradley-Terry objective.
@@ -71,20 +73,58 @@ def dgpo_loss(
         dsm_ref: [N] reference denoising losses.
         adv: [N] advantages.
         group_ids: [N] group of each sample.
-        clip_mask: [N] bool, samples whose dsm (and KL if ``clip_kl``) are detached.
+        clip_mask: [N] bool PPO-style mask; where set, dsm is detached if ``clip_dsm`` and the KL if
+            ``clip_kl`` (independently, as official).
         kl: [N] per-sample mean ||v_theta - v_ref||^2, or None.
     """
     delta = (dsm_theta - dsm_ref).detach()
     score = group_sum(adv * beta_dpo * delta / group_size, group_ids)
     weight = torch.sigmoid(score)
     clipped = torch.zeros_like(adv, dtype=torch.bool) if clip_mask is None else clip_mask
-    d = torch.where(clipped, dsm_theta.detach(), dsm_theta)
+    d = torch.where(clipped, dsm_theta.detach(), dsm_theta) if clip_dsm else dsm_theta
     dgpo_term = (weight * adv * d).mean()
     kl_term = torch.zeros((), dtype=dsm_theta.dtype, device=dsm_theta.device)
     if kl is not None and kl_beta > 0:
         k = torch.where(clipped, kl.detach(), kl) if clip_kl else kl
         kl_term = kl_beta * k.mean()
     return DGPOLoss(dgpo_term + kl_term, dgpo_term.detach(), kl_term.detach(), weight, clipped)
+
+
+def dgpo_velocity_loss(
+    v: torch.Tensor,
+    v_ref: torch.Tensor,
+    target: torch.Tensor,
+    adv: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta_dpo: float,
+    group_size: int,
+    group_sum: GroupSum = local_group_sum,
+    v_old: torch.Tensor | None = None,
+    clip_range: float = 0.0,
+    clip_dsm: bool = True,
+    clip_kl: bool = False,
+    kl_beta: float = 0.0,
+    use_ema_ref: bool = False,
+) -> DGPOLoss:
+    """The official code's loss block from velocities at one training time.
+
+    dsm = mean (target - v)^2 per sample; the DGPO reference is the frozen model's ``v_ref`` (CFG'd
+    when kl_cfg > 1) or, with ``use_ema_ref``, the EMA 'old' model's ``v_old``; the PPO-style mask
+    comes from ``v_old`` when given and ``clip_dsm`` or ``clip_kl`` is set; the KL always goes to ``v_ref``.
+
+    Args:
+        v: [N, ...] policy velocities (with grad); v_ref, v_old: reference and EMA-old velocities.
+        target: [N, ...] eps - x0.
+    """
+    if use_ema_ref and v_old is None:
+        raise ValueError("use_ema_ref needs the EMA 'old' model's velocities (v_old)")
+    d = dsm(v, target)
+    d_ref = dsm(v_ref, target)
+    d_old = None if v_old is None else dsm(v_old, target)
+    mask = ppo_clip_mask(adv, d, d_old, clip_range) if d_old is not None and (clip_dsm or clip_kl) else None
+    kl = (v - v_ref).pow(2).flatten(1).mean(1) if kl_beta > 0 else None
+    return dgpo_loss(d, d_old if use_ema_ref else d_ref, adv, group_ids, beta_dpo, group_size, group_sum,
+                     clip_mask=mask, kl=kl, kl_beta=kl_beta, clip_dsm=clip_dsm, clip_kl=clip_kl)
 
 
 def bradley_terry_objective(

@@ -11,6 +11,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from dgpo.schedules import Grid
+
 Cond = dict[str, torch.Tensor]
 
 
@@ -29,7 +31,10 @@ class FlowModel(Protocol):
         ...
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """v(x_t [B, C, H, W], t [B] in [0, 1], cond) -> [B, C, H, W]."""
+        """v(x_t [B, C, H, W], t [B], cond) -> [B, C, H, W]. ``t`` is the diffusers timestep on the
+        1000-step scale, as a rollout grid holds it (int64 999, 963, ... on the DPM grid; float
+        1000 sigma on the Euler grid and for continuous training times); each family converts it as
+        its pipeline does."""
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -49,6 +54,11 @@ class FlowModel(Protocol):
 
     def default_shift(self) -> float:
         """The family's own time shift (``sampler.shift = 0`` uses it)."""
+        ...
+
+    def rollout_grid(self, method: str, steps: int, shift: float) -> Grid:
+        """The ``steps``-step grid of ``method`` ("dpm" / "euler") with time shift ``shift``, from the
+        family's diffusers scheduler (``dgpo.schedules.rollout_grid``)."""
         ...
 
 

@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 
 from dgpo.models.base import Cond
+from dgpo.schedules import Grid, rollout_grid
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,6 +48,7 @@ class DiffusersFlowModel:
             module = getattr(pipe, name, None)
             if module is not None:
                 module.requires_grad_(False).eval()
+        self.scheduler_config = dict(pipe.scheduler.config)  # the family's own, as loaded
         self.denoiser = pipe.transformer.requires_grad_(False)
         if cfg.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
@@ -90,8 +92,13 @@ class DiffusersFlowModel:
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def default_shift(self) -> float:
-        cfg = self.pipe.scheduler.config
+        cfg = self.scheduler_config
         return float(cfg.get("flow_shift") or cfg.get("shift") or 1.0)
+
+    def rollout_grid(self, method: str, steps: int, shift: float) -> Grid:
+        """The family scheduler's grid: its own config where it is of the method's kind (SD3's Euler,
+        Sana's DPM-Solver), else diffusers' Euler / the official flow DPM-Solver config, with ``shift``."""
+        return rollout_grid(method, steps, shift, self.scheduler_config)
 
     # -- helpers
     def _aux_to(self, device) -> None:
@@ -107,6 +114,8 @@ class DiffusersFlowModel:
         return self.resolution // int(self.pipe.vae_scale_factor)
 
     def _time(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """The timestep [n] as float32 (exact for the DPM grid's integers, which the transformers'
+        sinusoidal embeddings turn into floats anyway)."""
         return t.to(self.device, torch.float32).expand(n) if t.dim() == 0 else t.to(self.device, torch.float32)
 
     def _encode(self, prompts: list[str]) -> Cond:  # pragma: no cover - abstract

@@ -1,5 +1,7 @@
 """Stable Diffusion 3 / 3.5 (the paper's backbone): MMDiT transformer, three text encoders, CFG with
-the empty negative prompt, time shift 3 from its scheduler, latents through the VAE's shift/scale."""
+the empty negative prompt, time shift 3 from its scheduler, latents through the VAE's shift/scale.
+Prompts (and the empty negative prompt) are encoded with 128 T5 tokens, as the official DGPO and
+Flow-GRPO code does: SD3 does not mask T5 padding, so the length changes the conditioning."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ SD3_LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
 
 class SD3FlowModel(DiffusersFlowModel):
     lora_targets = SD3_LORA_TARGETS
-    default_max_sequence_length = 256
+    default_max_sequence_length = 128
 
     @classmethod
     def load(cls, cfg) -> SD3FlowModel:
@@ -31,7 +33,7 @@ class SD3FlowModel(DiffusersFlowModel):
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         dtype = self.denoiser.dtype
-        out = self.denoiser(hidden_states=x_t.to(dtype), timestep=self._time(t, len(x_t)) * 1000,
+        out = self.denoiser(hidden_states=x_t.to(dtype), timestep=self._time(t, len(x_t)),
                             encoder_hidden_states=cond["embeds"].to(dtype),
                             pooled_projections=cond["pooled"].to(dtype), return_dict=False)[0]
         return out.to(x_t.dtype)

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 
 from dgpo.models.base import Cond
+from dgpo.schedules import NUM_TRAIN_TIMESTEPS, Grid, rollout_grid
 from dgpo.toy.model import ToyUNet, tokenize
 from dgpo.toy.weights import BUILTIN_BASE, load_toy
 
@@ -34,6 +35,11 @@ class ToyFlowModel:
     def default_shift(self) -> float:
         return 1.0
 
+    def rollout_grid(self, method: str, steps: int, shift: float) -> Grid:
+        """diffusers' schedulers with the toy's shift: Euler with its default config, DPM-Solver with
+        the official flow config (the same construction as SD3's, another shift)."""
+        return rollout_grid(method, steps, shift)
+
     @classmethod
     def load(cls, path: str | Path | None = None) -> ToyFlowModel:
         return cls(load_toy(path or BUILTIN_BASE))
@@ -44,7 +50,11 @@ class ToyFlowModel:
         return self.net.text_encoder(ids)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        return self.denoiser(x_t.contiguous(memory_format=torch.channels_last), t, cond).contiguous()
+        """The network takes time in [0, 1]: it gets timestep / 1000, the official training sigma (on
+        the shift-1 DPM grid 0.999, 0.899, ... where the solver's sigmas are 0.999, 0.8991, ...), as
+        SD3's transformer gets the integer timestep itself."""
+        time = t.to(x_t.device, torch.float32) / NUM_TRAIN_TIMESTEPS
+        return self.denoiser(x_t.contiguous(memory_format=torch.channels_last), time, cond).contiguous()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return ((latents + 1) / 2).clamp(0, 1)

@@ -1,10 +1,13 @@
-"""Deterministic ODE samplers for the flow ODE dx/dt = v(x, t), integrated from t = 1 to 0.
+"""Deterministic ODE samplers for the flow ODE dx/dt = v(x, t), integrated down a :class:`Grid`.
 
 * ``euler``: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v_i.
 * ``dpm``: DPM-Solver++(2M) in data prediction (x0 = x - sigma v), alpha = 1 - sigma, the midpoint
   variant with a first-order final step, as diffusers' ``DPMSolverMultistepScheduler`` with
   ``prediction_type="flow_prediction", use_flow_sigmas=True, algorithm_type="dpmsolver++",
   solver_order=2, lower_order_final=True`` (the official DGPO rollout sampler; a test checks equality).
+
+The solver steps between the grid's sigmas; the velocity function receives the grid's timesteps
+(the integers 999, 963, ... on the DPM grid), as diffusers' pipelines feed the transformer.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import math
 from collections.abc import Callable
 
 import torch
+
+from dgpo.schedules import Grid
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ODE_METHODS = ("euler", "dpm")
@@ -37,25 +42,26 @@ def dpm_step(x, m0, m1, s_prev: float | None, s: float, s_next: float, first_ord
 def sample_ode(
     velocity: VelocityFn,
     x: torch.Tensor,
-    sigmas: torch.Tensor,
+    grid: Grid,
     method: str = "dpm",
-    progress: Callable[[int], None] | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Integrate from sigmas[0] (noise, usually 1) down to sigmas[-1] (usually 0).
+    """Integrate from grid.sigmas[0] (noise) down to grid.sigmas[-1] (usually 0).
 
     Args:
-        velocity: v(x [B, ...], sigma [B]) -> [B, ...].
+        velocity: v(x [B, ...], timestep [B]) -> [B, ...]; timestep as the grid holds it.
         x: initial noise [B, ...].
-        sigmas: [steps + 1] decreasing grid.
+        grid: the rollout grid (``dgpo.schedules.rollout_grid``).
         method: "euler" or "dpm".
+        callback: called as callback(i, x) with x after step i (x at grid.sigmas[i + 1]).
     """
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; allowed: {ODE_METHODS}")
-    s_list = [float(s) for s in sigmas]
+    s_list = grid.sigmas.tolist()
     m_prev, n = None, len(s_list) - 1
     for i in range(n):
         s, s_next = s_list[i], s_list[i + 1]
-        v = velocity(x, torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device))
+        v = velocity(x, grid.model_time(i, x.shape[0], x.device))
         if method == "euler":
             x = x + (s_next - s) * v
         else:
@@ -63,6 +69,6 @@ def sample_ode(
             last = i == n - 1 and n < 15  # lower_order_final, as diffusers
             x = dpm_step(x, m0, m_prev, s_list[i - 1] if i else None, s, s_next, first_order=last)
             m_prev = m0
-        if progress is not None:
-            progress(i)
+        if callback is not None:
+            callback(i, x)
     return x

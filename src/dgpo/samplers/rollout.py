@@ -8,7 +8,6 @@ import torch
 
 from dgpo.models.base import Cond, FlowModel, cfg_velocity
 from dgpo.samplers.ode import sample_ode
-from dgpo.schedules import sigma_grid
 
 
 def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
@@ -26,10 +25,11 @@ def generate(
     shift: float = 1.0,
     cfg_scale: float = 4.5,
     method: str = "dpm",
-    progress: Callable[[int], None] | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Final latents x0 [B, C, H, W] from the deterministic flow ODE (10-step DPM-Solver++ default)."""
+    """Final latents x0 [B, C, H, W] from the deterministic flow ODE (10-step DPM-Solver++ default) on
+    the model family's ``method`` grid (``model.rollout_grid``)."""
     x = initial_noise(model.latent_shape(), seeds).to(getattr(model, "device", "cpu"))
-    sigmas = sigma_grid(steps, shift)
+    grid = model.rollout_grid(method, steps, shift)
     fn = lambda x_t, t: cfg_velocity(model, x_t, t, cond, null, cfg_scale)
-    return sample_ode(fn, x, sigmas, method, progress)
+    return sample_ode(fn, x, grid, method, callback)

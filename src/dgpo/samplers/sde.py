@@ -4,7 +4,9 @@ The reverse SDE with the flow ODE's marginals, discretised by Euler-Maruyama (dt
 
     x_next = x + [v + s_t^2 / (2 t) (x + (1 - t) v)] dt + s_t sqrt(-dt) eps,   s_t = a sqrt(t / (1 - t))
 
-with t = 1 replaced by the grid's second sigma inside the square root (the official code's guard).
+with t = 1 replaced by the grid's second sigma in the denominator 1 - t (the official code's guard).
+Flow-GRPO walks SD3's flow-matching Euler grid (``rollout_grid("euler", ...)``: sigma 1, 0.96013, ...,
+0.00893, 0 for 10 steps at shift 3), the model receiving the grid's timesteps (1000 sigma).
 Each step is a Gaussian policy with that mean and std s_t sqrt(-dt); its log-prob is averaged over
 elements (official), so ratios of two policies sit close to 1. Steps outside an optional SDE window
 (Flow-GRPO-Fast) are deterministic Euler steps and are not trained.
@@ -17,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from dgpo.schedules import Grid
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,21 +66,21 @@ class SDETrajectory:
 def sample_sde(
     velocity: VelocityFn,
     x: torch.Tensor,
-    sigmas: torch.Tensor,
+    grid: Grid,
     noise_level: float,
     seeds: list[int],
     sde_steps: list[int] | None = None,
 ) -> SDETrajectory:
-    """Integrate from sigmas[0] to sigmas[-1]; steps in ``sde_steps`` (default: all, as official) are
-    stochastic, the rest Euler. Step noise of sample b comes from its
-    own seed, so a sample does not depend on the batch it sits in."""
-    s = [float(v) for v in sigmas]
+    """Integrate down ``grid``; steps in ``sde_steps`` (default: all, as official) are stochastic, the
+    rest Euler. ``velocity(x, timestep [B])`` gets the grid's timesteps. Step noise of sample b comes
+    from its own seed, so a sample does not depend on the batch it sits in."""
+    s = grid.sigmas.tolist()
     n = len(s) - 1
     sde_steps = list(range(n)) if sde_steps is None else sorted(sde_steps)
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     latents, log_probs = [x], torch.zeros(x.shape[0], n, device=x.device)
     for i in range(n):
-        v = velocity(x, torch.full((x.shape[0],), s[i], dtype=x.dtype, device=x.device))
+        v = velocity(x, grid.model_time(i, x.shape[0], x.device))
         if i in sde_steps:
             step = sde_step(x, v, s[i], s[i + 1], s[1], noise_level)
             eps = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device, x.dtype)

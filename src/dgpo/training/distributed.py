@@ -30,10 +30,14 @@ class Layout:
             raise ValueError(f"train.group_size={group_size} must be a multiple of the {self.world} processes "
                              "(each process holds the same share of every group)")
 
+    def rank_of(self, idx: torch.Tensor, group_size: int) -> torch.Tensor:
+        """The process holding each global sample index."""
+        return (idx % group_size) % self.world
+
     def local_indices(self, n_groups: int, group_size: int) -> torch.Tensor:
         """Global sample indices held by this process, in increasing order."""
         i = torch.arange(n_groups * group_size)
-        return i[(i % group_size) % self.world == self.rank]
+        return i[self.rank_of(i, group_size) == self.rank]
 
     def gather(self, local: torch.Tensor, local_idx: torch.Tensor, n_total: int) -> torch.Tensor:
         """Assemble a per-sample tensor [n_local, ...] from every process into global order [N, ...]."""

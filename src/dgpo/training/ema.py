@@ -3,7 +3,9 @@
 * ``OldModelEMA`` (theta^-, official ``ema_ref``): decay min(0.3, 0.001 * step), updated every
   optimizer step; it gives dsm_old for the PPO-style clip and rolls out after ``switch_ema_ref``.
 * ``SlowEMA`` (Flow-GRPO's ``EMAModuleWrapper``): decay min(decay, (1 + step) / (10 + step)),
-  applied every ``every`` steps; its weights are evaluated and saved.
+  applied every ``every`` steps; its weights are evaluated and saved. The official loops call its
+  ``step`` once per sampling batch with the optimizer-step counter, so with n sampling batches per
+  optimizer step the same weights are blended n times at each update (``cadence="per_batch"``).
 """
 
 from __future__ import annotations
@@ -60,15 +62,37 @@ class OldModelEMA(ParamEMA):
         self._blend(self.decay(step))
 
 
+CADENCES = ("per_batch", "per_step")
+
+
 class SlowEMA(ParamEMA):
-    def __init__(self, params, decay: float = 0.9, every: int = 8):
+    def __init__(self, params, decay: float = 0.9, every: int = 8, cadence: str = "per_step", blends: int = 1):
+        """``cadence``: ``per_batch`` (official): after optimizer step k (0-based) the weights, at the
+        counter value k + 1, are blended ``blends`` times (sampling batches per optimizer step) when
+        (k + 2) % every == 0; ``per_step``: once, at counter k, when (k + 1) % every == 0."""
+        if cadence not in CADENCES:
+            raise ValueError(f"unknown slow-EMA cadence {cadence!r}; allowed: {CADENCES}")
+        if blends < 1:
+            raise ValueError(f"blends must be >= 1, got {blends}")
         super().__init__(params)
-        self.max_decay, self.every = decay, every
+        self.max_decay, self.every, self.cadence, self.blends = decay, every, cadence, blends
 
     def decay(self, step: int) -> float:
         return min(self.max_decay, (1 + step) / (10 + step))
 
     def update(self, step: int) -> None:
-        """Called after optimizer step ``step`` (0-based), as Flow-GRPO's wrapper."""
-        if (step + 1) % self.every == 0:
-            self._blend(self.decay(step))
+        """Called after optimizer step ``step`` (0-based).
+
+        The official loop calls the wrapper's ``step(params, global_step)`` after every sampling
+        batch: the call that ends an accumulation sees the incremented counter and the new weights,
+        the ones before the next optimizer step the same counter and weights. Doing those ``blends``
+        calls right after the step gives the official EMA at every optimizer step (the official loop
+        makes the n - 1 later ones during the next epoch's sampling, after that epoch's eval and save)."""
+        if self.cadence == "per_step":
+            if (step + 1) % self.every == 0:
+                self._blend(self.decay(step))
+            return
+        counter = step + 1
+        if (counter + 1) % self.every == 0:
+            for _ in range(self.blends):
+                self._blend(self.decay(counter))

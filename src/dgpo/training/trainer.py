@@ -27,7 +27,6 @@ from dgpo.evaluation import evaluate, model_image_fn, per_category, reward_score
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward
-from dgpo.schedules import sigma_grid
 from dgpo.training import io
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
@@ -59,7 +58,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.policy.params, lr=c.train.lr, betas=(0.9, 0.999),
                                      weight_decay=c.train.weight_decay, eps=1e-8)
         self.ema_old = OldModelEMA(self.policy.params)
-        self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every)
+        self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every, c.train.ema_cadence,
+                                max(1, c.train.sampling_batches // c.train.steps_per_epoch))
         self.travel = TravelMeter(self.policy.params)
         self.reward_fn = build_reward(c.reward.name, c.reward.model_path, c.reward.processor_path, self.acc.device,
                                       clip_path=c.reward.clip_path, partial=c.reward.partial)
@@ -71,7 +71,8 @@ class Trainer:
             self.eval_prompts = self.eval_prompts[: c.eval.max_prompts]
         self.grid_prompts = self.eval_prompts[:: max(1, len(self.eval_prompts) // GRID_PROMPTS)][:GRID_PROMPTS]
         self.shift = c.sampler.shift or self.model.default_shift()
-        self.sigmas = sigma_grid(c.sampler.steps, self.shift)
+        rollout_method = ALGORITHMS[c.train.algorithm].rollout_method(c)  # the grid comes from diffusers
+        self.grid = self.model.rollout_grid(rollout_method, c.sampler.steps, self.shift)
         self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
         self.layout.check_group_size(c.train.group_size)
         self.group_sum = self.layout.group_sum_fn(c.train.prompts_per_epoch)
@@ -113,7 +114,7 @@ class Trainer:
             for inner in range(c.train.inner_epochs):  # passes over the same rollouts
                 key = epoch + INNER_KEY * inner  # fresh timesteps and noise on every pass
                 units = self.algo.units(batch, key)
-                for part in self._optimizer_chunks(batch["group_ids"], train_pos):
+                for part in self.algo.optimizer_chunks(batch["group_ids"], train_pos, key):
                     stats = self._optimizer_step(batch, signal[batch["index"]], part, units, key)
                     diag = self._diagnostics(metas, rewards, correct, group_ids)
                     self._log(epoch, rewards, zero, {**stats, **diag}, {"rollout": t1 - t0, "reward": t2 - t1,
@@ -144,22 +145,10 @@ class Trainer:
             out.update(group_correct_shares(correct, group_ids))
         return out
 
-    def _optimizer_chunks(self, group_ids: torch.Tensor, pos: torch.Tensor) -> list[torch.Tensor]:
-        """Local positions of each optimizer step of the epoch: whole groups, evenly split."""
-        groups = torch.arange(self.cfg.train.prompts_per_epoch).chunk(self.cfg.train.steps_per_epoch)
-        return [pos[torch.isin(group_ids[pos], gs)] for gs in groups if len(gs)]
-
-    def _micro_batches(self, group_ids: torch.Tensor, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Micro-batches of whole groups (this process's members of them): every process walks the
-        same groups in the same order, so group sums can be all-reduced micro-batch by micro-batch."""
-        per = max(1, self.cfg.train.batch_size // self.cfg.train.group_size)
-        present = torch.unique(group_ids[idx])
-        return [idx[torch.isin(group_ids[idx], gs)] for gs in present.split(per)]
-
     def _optimizer_step(self, batch: dict, signal: torch.Tensor, idx: torch.Tensor, units: list,
                         epoch: int) -> dict:
         c = self.cfg
-        micro = self._micro_batches(batch["group_ids"], idx)
+        micro = self.algo.micro_batches(batch["group_ids"], idx)
         items = self.layout.all_sum(self.algo.items(signal, idx))
         scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP averages over processes
         totals: dict[str, float] = {"loss": 0.0}
