@@ -1,5 +1,5 @@
-"""GPU check: DGPO iterations on an SD3.5-Medium-sized transformer (random weights, config from
-shared/spec/sd35m-transformer-config.json) at 512 px through the real code path (SD3 adapter, LoRA
+"""GPU check: DGPO iterations on an SD3.5-Medium-sized transformer (random weights; the
+transformer config of stabilityai/stable-diffusion-3.5-medium, in ``SD35M`` below) at 512 px through the real code path (SD3 adapter, LoRA
 r64 on the official targets, rollouts with CFG, rewards, DGPO loss, AdamW), printing seconds per
 sample per phase and peak GPU memory. Text encoders and VAE are random and small but have the real
 interface widths (CLIP 768 + 1280 -> pooled 2048, T5 4096), so the transformer sees real shapes.
@@ -22,7 +22,7 @@ from dgpo.models.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t
 from dgpo.models.sd3 import SD3FlowModel
 from dgpo.training.trainer import Trainer
 
-# SD3Transformer2DModel config of stabilityai/stable-diffusion-3.5-medium (shared/spec/sd35m-transformer-config.json)
+# SD3Transformer2DModel config of stabilityai/stable-diffusion-3.5-medium (its transformer/config.json)
 SD35M = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
          "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
          "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 384,

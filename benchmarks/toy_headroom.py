@@ -1,0 +1,69 @@
+"""Where the toy world's RL headroom is, in one run: pass@1 vs pass@G of a model on the held-out
+split, and what N steps of RL reach when trained on held-out-disjoint prompts (toy:train, the
+demo) versus on the test prompts themselves (in-distribution: the ceiling of generalisation).
+
+Usage: python benchmarks/toy_headroom.py [--group 8] [--steps 24] [--model PATH] [key=value ...]
+Writes bench_results/toy_headroom.json and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from _results import write_result  # benchmarks/ is on sys.path when a script runs
+
+from dgpo.config import load_config
+from dgpo.data.prompts import load_prompts
+from dgpo.evaluation import evaluate, markdown_table, model_image_fn
+from dgpo.models.loading import load_model
+from dgpo.training.trainer import Trainer
+
+
+def headroom(model_path: str, group: int, seed: int) -> dict:
+    """pass@1 (every image) and pass@G (any of the first G images) per category, held-out split."""
+    cfg = load_config(None, [f"model.path={model_path}"])
+    model = load_model(cfg.model)
+    fn = model_image_fn(model, cfg.sampler.steps, cfg.sampler.shift or model.default_shift(), cfg.sampler.cfg_scale)
+    res = evaluate(fn, load_prompts("toy:test"), group, seed, 64, f"pass@{group}", 0)
+    print(markdown_table({"model": res}), end="")
+    return {k: v for k, v in res.items() if k != "rows"}
+
+
+def rl_run(name: str, prompts: str, steps: int, overrides: list[str], tmp: Path) -> dict:
+    cfg = load_config(None, [f"run.out_dir={tmp / name}", f"run.epochs={steps}", f"train.prompts={prompts}",
+                             "run.sample_every=0", "run.save_every=0", *overrides])
+    t0 = time.time()
+    summary = Trainer(cfg).fit()
+    strip = lambda e: {k: v for k, v in e.items() if k != "pass_at_n"}
+    return {"prompts": prompts, "steps": summary["steps"], "wall_s": time.time() - t0,
+            "before": strip(summary["eval_before"]), "after": strip(summary["eval_after"])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--group", type=int, default=8, help="G of pass@G")
+    ap.add_argument("--steps", type=int, default=24, help="RL optimizer steps per run (0: headroom only)")
+    ap.add_argument("--model", default="", help="toy checkpoint folder ('' = the shipped base)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench_results/toy_headroom.json")
+    ap.add_argument("overrides", nargs="*", help="config overrides for the RL runs")
+    a = ap.parse_args()
+    result = {"model": a.model or "shipped base", "group": a.group, "headroom": headroom(a.model, a.group, a.seed)}
+    if a.steps:
+        runs = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            test = Path(tmp) / "test.jsonl"
+            test.write_text("".join(json.dumps(m) + "\n" for m in load_prompts("toy:test")))
+            for name, prompts in (("held_out", "toy:train"), ("in_distribution", str(test))):
+                runs[name] = rl_run(name, prompts, a.steps, [f"model.path={a.model}", *a.overrides], Path(tmp))
+        print(markdown_table({"before": runs["held_out"]["before"], **{f"after ({k})": r["after"] for k, r in runs.items()}}))
+        result.update(rl=runs, overrides=a.overrides)
+    write_result(result, a.out)
+
+
+if __name__ == "__main__":
+    main()
