@@ -18,3 +18,7 @@ class ToyGenEvalReward:
             correct, partial = score(img, meta)
             out.append(float(correct) if self.strict else partial)
         return torch.tensor(out)
+
+    def eval_scores(self, images: torch.Tensor, metas: list[dict]) -> list[tuple[bool, float]]:
+        """(strict correctness, partial credit) per image, as ``dgpo.evaluation.evaluate`` scores."""
+        return [score(img, meta) for img, meta in zip(images.float().cpu().numpy(), metas)]

@@ -74,7 +74,8 @@ def plot_curves(metrics: list[dict], evals: list[dict], out_dir: Path) -> None:
     if evals:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         steps = [e["step"] for e in evals]
-        for key in ["overall", *[k for k in evals[0] if k not in ("step", "overall", "reward")]]:
+        for key in ["overall", *[k for k in evals[0] if k not in ("step", "overall", "reward")
+                                 and not k.startswith("reward_")]]:
             ax.plot(steps, [e[key] for e in evals], marker="o", lw=2 if key == "overall" else 1, label=key)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("held-out strict accuracy")
