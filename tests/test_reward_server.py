@@ -35,7 +35,8 @@ def clipscore(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(clipscore):
     limits = Limits(max_body_bytes=200_000, max_items=8, max_pixels=64 * 64)
-    with RewardServer(clipscore, "clipscore", token=TOKEN, limits=limits, batch_size=2, read_timeout_s=5) as srv:
+    with RewardServer(clipscore, "clipscore", token=TOKEN, limits=limits, batch_size=2,
+                      read_timeout_s=5) as srv:
         yield srv
 
 
@@ -80,11 +81,16 @@ def test_remote_scores_equal_in_process_scores(server, clipscore):
 @pytest.mark.parametrize("token", ["", "wrong-token-of-enough-length", "Basic " + TOKEN])
 def test_missing_or_wrong_token_is_401(server, token):
     headers = {"Authorization": token} if token.startswith("Basic") else None
-    status, payload, resp = _raw(server, "POST", "/score", _body(), headers=headers, token="" if headers else token)
-    assert status == 401 and "token" in payload["error"] and resp.getheader("WWW-Authenticate").startswith("Bearer")
+    status, payload, resp = _raw(server, "POST", "/score", _body(), headers=headers,
+                                 token="" if headers else token)
+    assert status == 401 and "token" in payload["error"]
+    assert resp.getheader("WWW-Authenticate").startswith("Bearer")
     assert _raw(server, "GET", "/health", token=token if not headers else "")[0] == 401
     with pytest.raises(RemoteRewardError, match="answered 401: missing or wrong bearer token"):
         RemoteReward(server.url, token=token)
+
+
+JPEG_START = base64.b64encode(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00").decode()
 
 
 def _bad_requests():
@@ -95,8 +101,7 @@ def _bad_requests():
         (b'{"images": [', 400, "malformed JSON"),
         (b"\xff\xfe{}", 400, "not UTF-8"),
         (json.dumps({"images": ["%%%not base64%%%"], "metas": [{}]}).encode(), 400, "images[0]: bad base64"),
-        (json.dumps({"images": [base64.b64encode(b"\xff\xd8\xff\xe0JFIF....").decode()], "metas": [{}]}).encode(),
-         400, "images[0]: not a PNG"),
+        (json.dumps({"images": [JPEG_START], "metas": [{}]}).encode(), 400, "images[0]: not a PNG"),
         (json.dumps({"images": [_png_claiming(100_000, 100_000)], "metas": [{}]}).encode(), 400,
          "100000x100000 = 10000000000 pixels exceeds the server's limit of 4096"),
         (json.dumps({"images": [one[:-40]], "metas": [{}]}).encode(), 400, "images[0]"),
@@ -122,7 +127,7 @@ def test_bad_requests_get_a_message_and_the_server_keeps_serving(server, body, s
 
 def test_length_and_endpoint_errors(server):
     host, port = server.httpd.server_address[:2]
-    with socket.create_connection((host, port), timeout=10) as s:  # headers only: the 413 comes before any body
+    with socket.create_connection((host, port), timeout=10) as s:  # headers only: 413 before any body
         s.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                   "Content-Length: 999999999\r\n\r\n".encode())
         assert s.recv(4096).startswith(b"HTTP/1.0 413")
@@ -190,7 +195,8 @@ class _Scripted(BaseHTTPRequestHandler):
         metas = json.loads(self.rfile.read(n))["metas"]
         self.server.calls += 1
         status = self.server.script.pop(0) if self.server.script else 200
-        self._send(status, {"rewards": [1.5] * len(metas)} if status == 200 else {"error": f"scripted {status}"})
+        ok = {"rewards": [1.5] * len(metas)}
+        self._send(status, ok if status == 200 else {"error": f"scripted {status}"})
 
     def _send(self, status, payload):
         data = json.dumps(payload).encode()
@@ -235,5 +241,18 @@ def test_client_connection_refused_is_retried_then_a_clear_error():
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(RemoteRewardError, match=r"gave up after 3 attempts .*cannot connect.*dgpo reward serve"):
+    with pytest.raises(RemoteRewardError, match=r"after 3 attempts .*cannot connect.*dgpo reward serve"):
         RemoteReward(f"http://127.0.0.1:{port}", retries=2, backoff_s=0.01)
+
+
+def test_slow_body_is_408_and_a_non_finite_score_is_500():
+    nan_reward = lambda images, metas: torch.full((len(images),), float("nan"))  # noqa: E731
+    with RewardServer(nan_reward, "nan", read_timeout_s=0.5) as srv:
+        host, port = srv.httpd.server_address[:2]
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # then stalls
+            assert s.recv(4096).startswith(b"HTTP/1.0 408")
+        status, payload, _ = _raw(srv, "POST", "/score", _body(), token="")
+        assert status == 500 and "non-finite" in payload["error"]
+        with pytest.raises(RemoteRewardError, match="answered 500: the scorer 'nan' failed"):
+            RemoteReward(srv.url, retries=3, backoff_s=0.01)(_images(2), [{}, {}])

@@ -1,6 +1,7 @@
 """LAION aesthetic, CLIPScore and the weighted multi-reward on a tiny random CLIP; HPSv2 without its extra."""
 
 import importlib.util
+import json
 import math
 
 import numpy as np
@@ -20,9 +21,9 @@ HIDDEN = (1024, 128, 64, 16)  # the official MLP's widths; its input is the CLIP
 def official_mlp(dim: int) -> nn.Sequential:
     """improved-aesthetic-predictor's MLP.layers (Linear/Dropout at the same indices, no activations)."""
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(dim, HIDDEN[0]), nn.Dropout(0.2), nn.Linear(HIDDEN[0], HIDDEN[1]), nn.Dropout(0.2),
-                         nn.Linear(HIDDEN[1], HIDDEN[2]), nn.Dropout(0.1), nn.Linear(HIDDEN[2], HIDDEN[3]),
-                         nn.Linear(HIDDEN[3], 1)).eval()
+    return nn.Sequential(nn.Linear(dim, HIDDEN[0]), nn.Dropout(0.2), nn.Linear(HIDDEN[0], HIDDEN[1]),
+                         nn.Dropout(0.2), nn.Linear(HIDDEN[1], HIDDEN[2]), nn.Dropout(0.1),
+                         nn.Linear(HIDDEN[2], HIDDEN[3]), nn.Linear(HIDDEN[3], 1)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip")
     clip = build_clip(root / "clip")
     mlp = official_mlp(16)
-    torch.save({f"layers.{k}": v for k, v in mlp.state_dict().items()}, root / "aesthetic.pth")  # the official format
+    # the official file's format: MLP.state_dict(), keys layers.<index>.weight/bias
+    torch.save({f"layers.{k}": v for k, v in mlp.state_dict().items()}, root / "aesthetic.pth")
     return {"clip": str(clip), "mlp": mlp, "pth": str(root / "aesthetic.pth"), "root": root}
 
 
@@ -54,7 +56,7 @@ def test_aesthetic_is_the_official_mlp_on_normalised_clip_image_embeddings(tiny)
     pixels = _processor()(images=list(images.permute(0, 2, 3, 1).mul(255).round().byte().numpy()),
                           return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        emb = model(pixel_values=pixels, input_ids=torch.zeros(1, 3, dtype=torch.long)).image_embeds  # normalised
+        emb = model(pixel_values=pixels, input_ids=torch.zeros(1, 3, dtype=torch.long)).image_embeds  # unit
         expected = tiny["mlp"](emb).squeeze(1)
     assert torch.allclose(fn(images, [{}] * 4), expected, atol=1e-5)
     assert fn(images, [{}] * 4).std() > 0
@@ -75,7 +77,8 @@ def test_aesthetic_reads_safetensors_and_refuses_bad_files(tiny, tmp_path):
     with pytest.raises(ValueError, match="missing 'layers.7.weight'"):
         build_reward("aesthetic", clip_path=tiny["clip"], aesthetic_path=str(tmp_path / "short.pth"))
     torch.save({f"layers.{k}": v for k, v in official_mlp(768).state_dict().items()}, tmp_path / "l14.pth")
-    with pytest.raises(ValueError, match="takes 768-d embeddings but the CLIP of reward.clip_path gives 16-d"):
+    with pytest.raises(ValueError,
+                       match="takes 768-d embeddings but the CLIP of reward.clip_path gives 16-d"):
         build_reward("aesthetic", clip_path=tiny["clip"], aesthetic_path=str(tmp_path / "l14.pth"))
 
 
@@ -164,7 +167,7 @@ def test_multi_reward_is_the_weighted_sum_and_shares_one_clip(tiny):
     assert [sorted(s[2]) for s in scored] == [["reward_aesthetic", "reward_clipscore"]] * 4
     assert np.allclose([s[2]["reward_aesthetic"] for s in scored], aes.numpy(), atol=1e-5)
     assert np.allclose([s[2]["reward_clipscore"] for s in scored], cs.numpy(), atol=1e-4)
-    assert np.allclose([s[0] for s in scored], [s[1] for s in scored])  # no strict component: correct = reward
+    assert np.allclose([s[0] for s in scored], [s[1] for s in scored])  # no strict component: the reward
 
 
 def test_single_reward_stays_plain_and_list_errors_name_the_key():
@@ -172,9 +175,9 @@ def test_single_reward_stays_plain_and_list_errors_name_the_key():
     one = build_reward_from_config(load_config(None, ["reward.name=[colorfulness]"]).reward)
     assert isinstance(one, MultiReward) and list(one.parts) == ["colorfulness"]
     for overrides, match in [(["reward.weights=[1,2]"], r"reward.weights: 2 weights for 1 rewards"),
-                             (["reward.name=[ocr,ocr]"], r"reward.name: \['ocr', 'ocr'\] names a reward twice"),
+                             (["reward.name=[ocr,ocr]"], r"\['ocr', 'ocr'\] names a reward twice"),
                              (["reward.name=[ocr,bogus]"], r"reward.name\[1\]: 'bogus' is not one of"),
-                             (["reward.name=[pickscore,geneval]", "reward.model_path=/m"], "would both read it"),
+                             (["reward.name=[pickscore,geneval]", "reward.model_path=/m"], "both read it"),
                              (["reward.name=remote"], "reward.url: the remote reward needs")]:
         with pytest.raises(ConfigError, match=match):
             load_config(None, overrides)
@@ -193,7 +196,19 @@ def test_multi_reward_advantages_weighted_sum_and_per_component():
     a_big, _ = group_advantages(big, gids, clip_max=float("inf"))
     a_small, _ = group_advantages(small, gids, clip_max=float("inf"))
     assert torch.allclose(adv, (a_big + a_small).clamp(-5, 5))
-    assert abs(float(adv[0])) < 3e-3 and abs(float(adv[1])) < 1e-6  # opposite ranks cancel in group 0 (up to eps)
+    assert abs(float(adv[0])) < 3e-3 and abs(float(adv[1])) < 1e-6  # opposite ranks cancel (up to eps)
     assert zero.tolist() == [False, False]
     scaled, _ = multi_reward_advantages(total, {"big": big / 100, "small": small}, w, gids, "per_component")
     assert torch.allclose(scaled, adv, atol=1e-3)  # invariant to a component's scale
+
+
+def test_drawbench_protocol_scores_clipscore_and_aesthetic(tiny, tiny_toy, tmp_path):
+    from dgpo.cli import main
+
+    out = tmp_path / "db"
+    assert main(["eval", "--protocol", "drawbench", "--model", str(tiny_toy), "--max-prompts", "2",
+                 "--steps", "1", "--device", "cpu", "--clip", tiny["clip"], "--aesthetic", tiny["pth"],
+                 "--rewards", "clipscore,aesthetic,colorfulness", "--out", str(out)]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    assert {"clipscore", "aesthetic", "colorfulness"} <= set(res) and not res["skipped_rewards"]
+    assert all(r["clipscore"] >= 0 for r in res["rows"]) and res["n_images"] == 2

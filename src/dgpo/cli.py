@@ -57,6 +57,9 @@ def _protocol_args(ev: argparse.ArgumentParser) -> None:
                    help="geneval: partial-credit variant of the reward column")
     g.add_argument("--pickscore-model", default="", help="PickScore folder or hub id")
     g.add_argument("--pickscore-processor", default="", help="PickScore processor folder or hub id")
+    g.add_argument("--aesthetic", default="", help="LAION aesthetic MLP weights (sac+logos+ava1-l14-linearMSE.pth); "
+                   "--clip gives its CLIP ViT-L/14, as for clipscore")
+    g.add_argument("--hps", default="", help="HPS_v2.1_compressed.pt (default: from the hub; needs dgpo[hps])")
     g.add_argument("--rewards", default="", help="drawbench: comma-separated rewards (default: all available)")
     g.add_argument("--official-results", default="",
                    help="geneval: GenEval's results.jsonl on the images in --out; compare, generate nothing")
@@ -240,7 +243,7 @@ def cmd_eval_protocol(a) -> None:
                             seed=a.seed, batch_size=a.batch_size or 8, images_per_prompt=a.images_per_prompt or 0,
                             max_prompts=a.max_prompts, rewards=tuple(r.strip() for r in a.rewards.split(",") if r.strip()))
     paths = RewardPaths(a.detector, a.clip, a.pickscore_model, a.pickscore_processor, a.partial,
-                        a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                        a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.aesthetic, a.hps)
     res = evaluate_model(a.protocol, a.model, a.out, settings, paths, a.lora, a.kind, a.dtype, a.resolution)
     print((Path(a.out) / "eval.md").read_text(), end="")
     print(f"wrote {a.out}/eval.json, eval.md, grid.png and {res['n_images']} images in GenEval's layout")

@@ -49,8 +49,9 @@ def build_reward_from_config(rc: RewardConfig, device="cpu") -> RewardFn:
               "retries": rc.retries}
     names = rc.names()
     weights = list(rc.weights) or [1.0] * len(names)
-    fns = {n: build_reward(n, rc.model_path, rc.processor_path, device, clip_path=rc.clip_path, partial=rc.partial,
-                           aesthetic_path=rc.aesthetic_path, hps_path=rc.hps_path, remote=remote) for n in names}
+    paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,
+             "hps_path": rc.hps_path, "remote": remote}
+    fns = {n: build_reward(n, rc.model_path, rc.processor_path, device, **paths) for n in names}
     if isinstance(rc.name, str) and weights == [1.0]:
         return fns[rc.name]
     return MultiReward(fns, dict(zip(names, weights)))

@@ -68,13 +68,15 @@ class AestheticReward:
     def __init__(self, weights_path: str, clip_path: str = "", device: str | torch.device = "cpu"):
         if not weights_path:
             raise ValueError("reward.aesthetic_path: the aesthetic reward needs the LAION MLP weights "
-                             "(sac+logos+ava1-l14-linearMSE.pth from christophschuhmann/improved-aesthetic-predictor)")
+                             "(sac+logos+ava1-l14-linearMSE.pth from "
+                             "christophschuhmann/improved-aesthetic-predictor)")
         state = load_state(weights_path, "reward.aesthetic_path")
         self.mlp = aesthetic_mlp(state, f"reward.aesthetic_path {weights_path}")
         self.clip = shared_clip(clip_path, device)
         if self.mlp[0].in_features != self.clip.dim:
-            raise ValueError(f"reward.aesthetic_path: the MLP takes {self.mlp[0].in_features}-d embeddings but the "
-                             f"CLIP of reward.clip_path gives {self.clip.dim}-d (the MLP needs CLIP ViT-L/14)")
+            raise ValueError(f"reward.aesthetic_path: the MLP takes {self.mlp[0].in_features}-d embeddings "
+                             f"but the CLIP of reward.clip_path gives {self.clip.dim}-d "
+                             "(the MLP needs CLIP ViT-L/14)")
         self.mlp.to(self.clip.device)
         digest = hashlib.sha256(Path(weights_path).read_bytes()).hexdigest()[:12]
         self.version = f"aesthetic-mlp sha256:{digest}/{self.clip.version}"

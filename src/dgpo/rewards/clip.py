@@ -23,7 +23,8 @@ from dgpo.rewards.geneval.colors import DEFAULT_CLIP, clip_preprocess
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Images [B, 3, H, W] in [0, 1] -> the uint8 [B, H, W, 3] a PNG of them holds."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _normalised(out) -> torch.Tensor:

@@ -42,7 +42,8 @@ class HPSv2Reward:
         try:
             import open_clip
         except ImportError as e:
-            raise ImportError(f"the hpsv2 reward needs open_clip ({e}): {INSTALL}", name="open_clip") from None
+            raise ImportError(f"the hpsv2 reward needs open_clip ({e}): {INSTALL}",
+                              name="open_clip") from None
         path = checkpoint or self._download()
         self.model = open_clip.create_model(HPS_ARCH, pretrained=None, precision="fp32", device="cpu")
         try:
@@ -71,8 +72,8 @@ class HPSv2Reward:
         prompts, out = prompts_of(metas, "hpsv2"), []
         for a in range(0, len(images), self.batch_size):
             px = hps_preprocess(images[a : a + self.batch_size].to(self.device))
+            tokens = self.tokenizer(prompts[a : a + self.batch_size]).to(self.device)
             img = F.normalize(self.model.encode_image(px), dim=-1)
-            txt = F.normalize(self.model.encode_text(self.tokenizer(prompts[a : a + self.batch_size]).to(self.device)),
-                              dim=-1)
+            txt = F.normalize(self.model.encode_text(tokens), dim=-1)
             out.append((img * txt).sum(-1).float().cpu())
         return torch.cat(out)

@@ -14,7 +14,7 @@ import torch
 class MultiReward:
     def __init__(self, components: dict, weights: dict[str, float]):
         if set(components) != set(weights):
-            raise ValueError(f"multi-reward: components {sorted(components)} but weights for {sorted(weights)}")
+            raise ValueError(f"multi-reward: components {sorted(components)}, weights for {sorted(weights)}")
         self.parts, self.weights = dict(components), dict(weights)
         self.version = " + ".join(f"{w:g}*{n}[{getattr(f, 'version', type(f).__name__)}]"
                                   for n, f, w in zip(self.parts, self.parts.values(), self.weights.values()))

@@ -48,17 +48,19 @@ class RemoteReward:
         from dgpo.rewards.server import is_loopback
 
         if token and self.scheme == "http" and not is_loopback(self.host):
-            log.warning("remote reward: the token travels unencrypted to %s; use https or an SSH tunnel", self.host)
+            log.warning("remote reward: the token travels unencrypted to %s; use https or an SSH tunnel",
+                        self.host)
         self.info = self.health()
-        self.limits = Limits(**{k: int(v) for k, v in self.info.get("limits", {}).items() if k in Limits().as_dict()})
+        known = Limits().as_dict()
+        self.limits = Limits(**{k: int(v) for k, v in self.info.get("limits", {}).items() if k in known})
         self.version = f"remote {self.url}: {self.info.get('scorer')} [{self.info.get('version')}]"
         log.info("remote reward: %s", self.version)
 
     def health(self) -> dict:
         info = self._request("GET", "/health")
         if not isinstance(info, dict) or info.get("protocol") != PROTOCOL:
-            raise RemoteRewardError(f"remote reward {self.url}: /health did not answer as a dgpo reward server "
-                                    f"(protocol {PROTOCOL}): {str(info)[:200]}")
+            raise RemoteRewardError(f"remote reward {self.url}: /health did not answer as a dgpo reward "
+                                    f"server (protocol {PROTOCOL}): {str(info)[:200]}")
         return info
 
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
@@ -93,8 +95,8 @@ class RemoteReward:
         for i, (img, meta) in enumerate(zip(encoded, metas)):
             item = len(img) + len(dumps(meta)) + 8
             if item > budget:
-                raise RemoteRewardError(f"remote reward {self.url}: image {i} alone ({item} bytes) exceeds the "
-                                        f"server's body limit of {self.limits.max_body_bytes} bytes")
+                raise RemoteRewardError(f"remote reward {self.url}: image {i} alone ({item} bytes) exceeds "
+                                        f"the server's body limit of {self.limits.max_body_bytes} bytes")
             if i > start and (i - start >= self.limits.max_items or size + item > budget):
                 spans.append((start, i))
                 start, size = i, 0
@@ -111,12 +113,12 @@ class RemoteReward:
                 last, wait = str(e.args[0]), e.args[1]
             if attempt < self.retries:
                 delay = min(self.max_backoff_s, max(self.backoff_s * 2**attempt, wait))
-                log.warning("remote reward %s%s: %s; retry %d/%d in %.1f s", self.url, path, last, attempt + 1,
-                            self.retries, delay)
+                log.warning("remote reward %s%s: %s; retry %d/%d in %.1f s", self.url, path, last,
+                            attempt + 1, self.retries, delay)
                 time.sleep(delay)
-        raise RemoteRewardError(f"remote reward {self.url}{path}: gave up after {self.retries + 1} attempts in "
-                                f"{time.monotonic() - t0:.1f} s; last error: {last}. Is `dgpo reward serve` running "
-                                "there?")
+        raise RemoteRewardError(f"remote reward {self.url}{path}: gave up after {self.retries + 1} attempts "
+                                f"in {time.monotonic() - t0:.1f} s; last error: {last}. "
+                                "Is `dgpo reward serve` running there?")
 
     def _once(self, method: str, path: str, body: bytes | None) -> dict:
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection

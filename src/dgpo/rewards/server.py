@@ -49,11 +49,12 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str) -> None:
     """Refuse a weak token, and any non-loopback address without a token, before anything binds."""
     if token and len(token) < MIN_TOKEN_CHARS:
-        raise ValueError(f"the reward server's token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
-                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        raise ValueError(f"the reward server's token has {len(token)} characters; use at least "
+                         f"{MIN_TOKEN_CHARS} (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     if not token and not is_loopback(host):
-        raise ValueError(f"refusing to listen on {host or 'all interfaces'!r} without a token: anyone who reaches it "
-                         "could use the GPU; set DGPO_REWARD_TOKEN or --token-file, or bind 127.0.0.1")
+        raise ValueError(f"refusing to listen on {host or 'all interfaces'!r} without a token: anyone who "
+                         "reaches it could use the GPU; set DGPO_REWARD_TOKEN or --token-file, "
+                         "or bind 127.0.0.1")
 
 
 def describe(fn) -> str:
@@ -61,10 +62,10 @@ def describe(fn) -> str:
 
 
 class RewardApp:
-    """The scorer behind the HTTP layer: a queue of at most ``queue_size`` requests in front of one GPU lock."""
+    """The scorer behind the HTTP layer: at most ``queue_size`` requests wait for its one GPU lock."""
 
-    def __init__(self, reward_fn, name: str, limits: Limits = Limits(), batch_size: int = 32, queue_size: int = 8,
-                 timeout_s: float = 600.0, device: str = "cpu"):
+    def __init__(self, reward_fn, name: str, limits: Limits = Limits(), batch_size: int = 32,
+                 queue_size: int = 8, timeout_s: float = 600.0, device: str = "cpu"):
         self.fn, self.name, self.limits, self.batch_size = reward_fn, name, limits, batch_size
         self.timeout_s, self.device, self.queue_size = timeout_s, device, queue_size
         self.gpu_lock = threading.Lock()
@@ -79,7 +80,7 @@ class RewardApp:
 
     def score(self, req: ScoreRequest) -> tuple[int, dict]:
         if not self._slots.acquire(blocking=False):
-            return 503, {"error": f"busy: {self.queue_size} requests are already waiting for the GPU; retry later"}
+            return 503, {"error": f"busy: {self.queue_size} requests already wait for the GPU; retry later"}
         self._count(+1)
         try:
             if not self.gpu_lock.acquire(timeout=self.timeout_s):
@@ -115,7 +116,8 @@ class RewardApp:
                 rewards += r
                 correct += r
         if len(rewards) != len(req.images) or not all(math.isfinite(v) for v in rewards + correct):
-            raise ValueError(f"returned {len(rewards)} values for {len(req.images)} images, or a non-finite one")
+            raise ValueError(f"returned {len(rewards)} values for {len(req.images)} images, "
+                             "or a non-finite one")
         out = {"protocol": PROTOCOL, "scorer": self.name, "rewards": rewards}
         return {**out, "correct": correct} if req.mode == "eval" else out
 
@@ -135,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.split("?")[0] != "/health":
-            return self._send(404, {"error": f"no such endpoint {self.path!r} (GET /health, POST /score)"})
+            return self._not_found()
         if self._authorised():
             self._send(200, self.server.app.health())
 
@@ -143,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._unread = self._declared_length()
             if self.path.split("?")[0] != "/score":
-                return self._send(404, {"error": f"no such endpoint {self.path!r} (GET /health, POST /score)"})
+                return self._not_found()
             if not self._authorised():
                 return
             body = self._body()
@@ -156,6 +158,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - answer, log, keep serving
             log.exception("request failed")
             self._send(500, {"error": f"internal error: {type(e).__name__}: {e}"})
+
+    def _not_found(self) -> None:
+        self._send(404, {"error": f"no such endpoint {self.path!r} (GET /health, POST /score)"})
 
     def _authorised(self) -> bool:
         token = self.server.token
@@ -275,8 +280,9 @@ class RewardServer:
     """``RewardServer(fn, name).start()`` serves in a background thread; ``serve_forever()`` in this one."""
 
     def __init__(self, reward_fn, name: str, host: str = "127.0.0.1", port: int = 0, token: str = "",
-                 limits: Limits = Limits(), batch_size: int = 32, queue_size: int = 8, timeout_s: float = 600.0,
-                 read_timeout_s: float = 120.0, max_connections: int = 64, device: str = "cpu"):
+                 limits: Limits = Limits(), batch_size: int = 32, queue_size: int = 8,
+                 timeout_s: float = 600.0, read_timeout_s: float = 120.0, max_connections: int = 64,
+                 device: str = "cpu"):
         check_bind(host, token)
         self.app = RewardApp(reward_fn, name, limits, batch_size, queue_size, timeout_s, device)
         self.httpd = _HTTPServer((host, port), self.app, token, read_timeout_s, max_connections)

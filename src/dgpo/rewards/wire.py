@@ -40,7 +40,8 @@ class Limits:
     max_pixels: int = 4096 * 4096  # per image (width x height)
 
     def as_dict(self) -> dict:
-        return {"max_body_bytes": self.max_body_bytes, "max_items": self.max_items, "max_pixels": self.max_pixels}
+        return {"max_body_bytes": self.max_body_bytes, "max_items": self.max_items,
+                "max_pixels": self.max_pixels}
 
 
 def _no_constants(name: str):
@@ -56,7 +57,8 @@ def loads(data: bytes, what: str = "body") -> Any:
     except UnicodeDecodeError as e:
         raise WireError(f"malformed JSON: the {what} is not UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise WireError(f"malformed JSON in the {what}: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise WireError(f"malformed JSON in the {what}: {e.msg} at line {e.lineno} "
+                        f"column {e.colno}") from None
     except RecursionError:
         raise WireError(f"malformed JSON: the {what} is nested too deeply") from None
     except ValueError as e:  # e.g. an integer too long to convert
@@ -93,7 +95,8 @@ def decode_image(data: Any, index: int, limits: Limits) -> np.ndarray:
         raise WireError(f"images[{index}]: corrupt PNG (no IHDR header)")
     w, h = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")  # read before Pillow decodes
     if w * h > limits.max_pixels:
-        raise WireError(f"images[{index}]: {w}x{h} = {w * h} pixels exceeds the server's limit of {limits.max_pixels}")
+        raise WireError(f"images[{index}]: {w}x{h} = {w * h} pixels exceeds the server's limit of "
+                        f"{limits.max_pixels}")
     try:
         img = Image.open(io.BytesIO(raw), formats=["PNG"])
         img.load()
@@ -124,8 +127,10 @@ def parse_score_request(body: bytes, limits: Limits) -> ScoreRequest:
     if not isinstance(images, list) or not images:
         raise WireError("'images' must be a non-empty list of base64 PNGs")
     if len(images) > limits.max_items:
-        raise WireError(f"{len(images)} images exceed the server's limit of {limits.max_items} per request", 413)
-    if not isinstance(metas, list) or len(metas) != len(images) or not all(isinstance(m, dict) for m in metas):
+        raise WireError(f"{len(images)} images exceed the server's limit of {limits.max_items} per request",
+                        413)
+    dicts = isinstance(metas, list) and all(isinstance(m, dict) for m in metas)
+    if not dicts or len(metas) != len(images):
         raise WireError(f"'metas' must be a list of {len(images)} JSON objects, one per image")
     arrays = [decode_image(d, i, limits) for i, d in enumerate(images)]
     for i, a in enumerate(arrays):

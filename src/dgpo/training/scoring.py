@@ -26,7 +26,12 @@ class ChunkScorer:
         self.fn, self.decode, self.overlap = reward_fn, decode, overlap
         self._pending: list[tuple[torch.Tensor, list[dict]]] = []
         self._futures: list[Future] = []
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="dgpo-reward") if overlap else None
+        self._pool = None
+        if overlap:  # the scoring thread uses this process's GPU (CUDA's current device is per thread)
+            cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+            device = torch.cuda.current_device() if cuda else None
+            init = (lambda: torch.cuda.set_device(device)) if device is not None else None
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dgpo-reward", initializer=init)
 
     def submit(self, x0: torch.Tensor, metas: list[dict]) -> None:
         """One generated chunk: latents [b, ...] and their metadata rows."""
