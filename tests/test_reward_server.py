@@ -135,6 +135,12 @@ def test_length_and_endpoint_errors(server):
         s.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
         assert s.recv(4096).startswith(b"HTTP/1.0 411")
     assert _raw(server, "GET", "/nope")[0] == 404
+    status, payload, _ = _raw(server, "PUT", "/score", b"{}")
+    assert status == 501 and "PUT" in payload["error"]
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"GARBAGE\r\n\r\n")
+        head, _, body = s.recv(4096).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 400") and "error" in json.loads(body)
     status, health, _ = _raw(server, "GET", "/health")
     assert status == 200 and health["scorer"] == "clipscore" and health["limits"]["max_items"] == 8
 
@@ -256,3 +262,25 @@ def test_slow_body_is_408_and_a_non_finite_score_is_500():
         assert status == 500 and "non-finite" in payload["error"]
         with pytest.raises(RemoteRewardError, match="answered 500: the scorer 'nan' failed"):
             RemoteReward(srv.url, retries=3, backoff_s=0.01)(_images(2), [{}, {}])
+
+
+def test_cli_serves_a_reward_on_loopback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "dgpo.cli", "reward", "serve", "--reward", "colorfulness",
+                             "--port", "0", "--token-file", str(tmp_path / "token"), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = proc.stdout.readline()  # "serving reward 'colorfulness' on http://127.0.0.1:PORT (...)"
+        url = line.split(" on ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and "token required" in line
+        images = _images(2)
+        got = RemoteReward(url, token=TOKEN, retries=2, backoff_s=0.1)(images, [{}, {}])
+        assert torch.allclose(got, build_reward("colorfulness")(images, [{}, {}]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -57,6 +57,17 @@ def test_chunk_scoring_runs_while_the_next_chunk_is_generated():
     assert torch.equal(overlapped, sequential)
 
 
+def test_a_failing_chunk_stops_the_rollout_early():
+    def reward(images, metas):
+        raise ValueError("scorer down")
+
+    with ChunkScorer(reward, lambda x: x, overlap=True) as scoring:
+        scoring.submit(torch.rand(2, 3, 4, 4), [{}, {}])
+        scoring._futures[0].exception(timeout=10)  # wait until chunk 0 has failed
+        with pytest.raises(ValueError, match="scorer down"):
+            scoring.submit(torch.rand(2, 3, 4, 4), [{}, {}])
+
+
 @pytest.mark.parametrize("algo", ["dgpo", "flow_grpo"])
 def test_overlapped_scoring_trains_exactly_like_sequential_scoring(tiny_toy, tmp_path, algo):
     runs = {}

@@ -126,6 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"dgpo-reward/{__version__}"
     sys_version = ""
     protocol_version = "HTTP/1.0"  # one request per connection
+    default_request_version = "HTTP/1.0"  # an unparseable request line still gets a status line
 
     def setup(self) -> None:
         self.timeout = self.server.read_timeout_s  # socket timeout of every read and write
@@ -134,6 +135,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args) -> None:  # never the headers (the token)
         log.info("%s %s", self.address_string(), fmt % args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (a bad request line, an unsupported method) as JSON too."""
+        self._send(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
     def do_GET(self) -> None:
         if self.path.split("?")[0] != "/health":

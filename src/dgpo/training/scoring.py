@@ -40,6 +40,9 @@ class ChunkScorer:
         if self._pool is None:
             self._pending.append((x0, list(metas)))
             return
+        for f in self._futures:  # a chunk whose scoring failed stops the rollout here, not at its end
+            if f.done() and f.exception() is not None:
+                f.result()
         images = self.decode(x0)
         self._futures.append(self._pool.submit(score_parts, self.fn, images, list(metas)))
 
