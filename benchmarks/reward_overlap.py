@@ -41,7 +41,8 @@ def main() -> None:
             cfg = load_config(None, [f"run.out_dir={tmp}/{overlap}", f"run.epochs={a.epochs}",
                                      "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false",
                                      "train.batch_size=16",
-                                     "reward.name=remote", f"reward.url={srv.url}", f"reward.overlap={overlap}",
+                                     "reward.name=remote", f"reward.url={srv.url}",
+                                     f"reward.overlap={overlap}",
                                      *a.overrides])
             trainer = Trainer(cfg)
             trainer.fit()
@@ -51,9 +52,9 @@ def main() -> None:
                 "reward_wait_s": sum(r["time_reward"] for r in rows) / len(rows),
                 "reward_means": [r["reward_mean"] for r in rows],
             }
+    same = arms["overlap=False"]["reward_means"] == arms["overlap=True"]["reward_means"]
     result = {"latency_s_per_scorer_call": a.latency_s, "server_batch_size": 32, "train_batch_size": 16,
-              "epochs_timed": a.epochs - 1, **arms,
-              "identical_rewards": arms["overlap=False"]["reward_means"] == arms["overlap=True"]["reward_means"]}
+              "epochs_timed": a.epochs - 1, **arms, "identical_rewards": same}
     write_result(result, a.out)
 
 
