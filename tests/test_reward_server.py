@@ -53,6 +53,14 @@ def _raw(srv, method, path, body=b"", headers=None, token=TOKEN):
         conn.close()
 
 
+def _recv_all(s):
+    """Everything the server sends until it closes the connection (headers and body may come apart)."""
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _body(images=None, metas=None, **extra):
     images = _images(2) if images is None else images
     metas = [{"prompt": f"p{i}"} for i in range(len(images))] if metas is None else metas
@@ -130,16 +138,16 @@ def test_length_and_endpoint_errors(server):
     with socket.create_connection((host, port), timeout=10) as s:  # headers only: 413 before any body
         s.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                   "Content-Length: 999999999\r\n\r\n".encode())
-        assert s.recv(4096).startswith(b"HTTP/1.0 413")
+        assert _recv_all(s).startswith(b"HTTP/1.0 413")
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
-        assert s.recv(4096).startswith(b"HTTP/1.0 411")
+        assert _recv_all(s).startswith(b"HTTP/1.0 411")
     assert _raw(server, "GET", "/nope")[0] == 404
     status, payload, _ = _raw(server, "PUT", "/score", b"{}")
     assert status == 501 and "PUT" in payload["error"]
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"GARBAGE\r\n\r\n")
-        head, _, body = s.recv(4096).partition(b"\r\n\r\n")
+        head, _, body = _recv_all(s).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.0 400") and "error" in json.loads(body)
     status, health, _ = _raw(server, "GET", "/health")
     assert status == 200 and health["scorer"] == "clipscore" and health["limits"]["max_items"] == 8
@@ -257,7 +265,7 @@ def test_slow_body_is_408_and_a_non_finite_score_is_500():
         host, port = srv.httpd.server_address[:2]
         with socket.create_connection((host, port), timeout=10) as s:
             s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # then stalls
-            assert s.recv(4096).startswith(b"HTTP/1.0 408")
+            assert _recv_all(s).startswith(b"HTTP/1.0 408")
         status, payload, _ = _raw(srv, "POST", "/score", _body(), token="")
         assert status == 500 and "non-finite" in payload["error"]
         with pytest.raises(RemoteRewardError, match="answered 500: the scorer 'nan' failed"):
