@@ -52,3 +52,20 @@ def test_travel_meter_measures_step_and_total_distance():
     with torch.no_grad():
         p += torch.tensor([0, 4.0, 0, 0])
     assert m.measure() == {"update_norm": 4.0, "dist_from_start": 5.0}
+
+
+def test_training_logs_pass_at_g_of_the_rollouts_with_a_geneval_style_reward(tiny_toy, tmp_path):
+    import json
+
+    from dgpo.config import load_config
+    from dgpo.training.trainer import Trainer
+
+    cfg = load_config(None, [
+        f"model.path={tiny_toy}", f"run.out_dir={tmp_path}", "run.epochs=1", "run.sample_every=0",
+        "run.eval_at_ends=false", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=8",
+        "train.lora_rank=4", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=1",
+        "reward.name=toy_geneval"])
+    Trainer(cfg).fit()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= row["correct_share"] <= row["best_correct_share"] <= 1.0
+    assert any(k.startswith("reward/") for k in row) and row["dist_from_start"] > 0

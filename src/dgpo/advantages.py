@@ -118,3 +118,34 @@ def group_weights(
     else:
         raw = torch.sign(adv.double())
     return _group_standardise(raw, group_ids, eps).to(adv.dtype)  # zero-spread groups: raw equal -> 0
+
+
+def multi_reward_advantages(
+    rewards: torch.Tensor,
+    parts: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    group_ids: torch.Tensor,
+    mode: str = "weighted_sum",
+    std: str = "group",
+    eps: float = 1e-4,
+    clip_max: float = 5.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages of a weighted multi-reward ``rewards = sum_k w_k parts[k]``.
+
+    * ``weighted_sum`` (Flow-GRPO's ``multi_score``): :func:`group_advantages` of ``rewards``;
+    * ``per_component``: ``sum_k w_k A_k`` with ``A_k`` the (unclipped) group advantage of
+      ``parts[k]``, then clipped to +-clip_max: a reward with a large range cannot drown a small one.
+      A group has zero spread when every component has.
+
+    Returns (advantages [N], zero_spread [K] bool) like :func:`group_advantages`.
+    """
+    if mode == "weighted_sum" or not parts:
+        return group_advantages(rewards, group_ids, std, eps, clip_max)
+    if mode != "per_component":
+        raise ValueError(f"mode must be 'weighted_sum' or 'per_component', got {mode!r}")
+    adv, zero = torch.zeros_like(rewards, dtype=torch.float64), None
+    for name, r in parts.items():
+        a, z = group_advantages(r, group_ids, std, eps, clip_max=float("inf"))
+        adv += weights[name] * a.double()
+        zero = z if zero is None else zero & z
+    return adv.clamp(-clip_max, clip_max).to(rewards.dtype), zero

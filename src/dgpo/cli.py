@@ -1,5 +1,5 @@
-"""`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts, geneval prompts. No logic
-lives here."""
+"""`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts, geneval prompts, reward
+serve. No logic lives here."""
 
 from __future__ import annotations
 
@@ -57,9 +57,36 @@ def _protocol_args(ev: argparse.ArgumentParser) -> None:
                    help="geneval: partial-credit variant of the reward column")
     g.add_argument("--pickscore-model", default="", help="PickScore folder or hub id")
     g.add_argument("--pickscore-processor", default="", help="PickScore processor folder or hub id")
+    g.add_argument("--aesthetic", default="", help="LAION aesthetic MLP weights (sac+logos+ava1-l14-linearMSE.pth); "
+                   "--clip gives its CLIP ViT-L/14, as for clipscore")
+    g.add_argument("--hps", default="", help="HPS_v2.1_compressed.pt (default: from the hub; needs dgpo[hps])")
     g.add_argument("--rewards", default="", help="drawbench: comma-separated rewards (default: all available)")
     g.add_argument("--official-results", default="",
                    help="geneval: GenEval's results.jsonl on the images in --out; compare, generate nothing")
+
+
+def _reward_args(sub) -> None:
+    rw = sub.add_parser("reward", help="rewards as a service")
+    rw_sub = rw.add_subparsers(dest="reward_cmd", required=True)
+    sv = rw_sub.add_parser("serve", help="serve one reward over HTTP (JSON + PNG) for `reward.name: remote`",
+                           description="The bearer token comes from $DGPO_REWARD_TOKEN or --token-file; without "
+                           "one only a loopback address is served.")
+    sv.add_argument("--reward", required=True, help="reward name, e.g. aesthetic, clipscore, hpsv2, pickscore, geneval")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)")
+    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--token-file", default="", help="file holding the bearer token (else $DGPO_REWARD_TOKEN)")
+    sv.add_argument("--device", default="", help="default: cuda if available, else cpu")
+    for flag, key in (("--model-path", "model_path"), ("--processor-path", "processor_path"),
+                      ("--clip-path", "clip_path"), ("--aesthetic-path", "aesthetic_path"), ("--hps-path", "hps_path")):
+        sv.add_argument(flag, default="", help=f"as reward.{key}")
+    sv.add_argument("--partial", choices=["corrected", "official"], default="corrected", help="as reward.partial")
+    sv.add_argument("--batch-size", type=int, default=32, help="images per scorer call (default 32)")
+    sv.add_argument("--queue", type=int, default=8, help="requests waiting for the GPU before 503 (default 8)")
+    sv.add_argument("--timeout-s", type=float, default=600.0, help="longest wait for the GPU before 504")
+    sv.add_argument("--read-timeout-s", type=float, default=120.0, help="longest wait for a request's body (408)")
+    sv.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body (413)")
+    sv.add_argument("--max-items", type=int, default=512, help="most images per request (413)")
+    sv.add_argument("--max-pixels", type=int, default=4096 * 4096, help="most pixels per image (400)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     gp.add_argument("--out", required=True)
     gp.add_argument("--seed", type=int, default=None, help="generator seed (default: the shipped file's)")
     gp.add_argument("--size", type=int, default=None, help="number of prompts (default: the shipped file's)")
+    _reward_args(sub)
     return ap
 
 
@@ -215,7 +243,7 @@ def cmd_eval_protocol(a) -> None:
                             seed=a.seed, batch_size=a.batch_size or 8, images_per_prompt=a.images_per_prompt or 0,
                             max_prompts=a.max_prompts, rewards=tuple(r.strip() for r in a.rewards.split(",") if r.strip()))
     paths = RewardPaths(a.detector, a.clip, a.pickscore_model, a.pickscore_processor, a.partial,
-                        a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                        a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.aesthetic, a.hps)
     res = evaluate_model(a.protocol, a.model, a.out, settings, paths, a.lora, a.kind, a.dtype, a.resolution)
     print((Path(a.out) / "eval.md").read_text(), end="")
     print(f"wrote {a.out}/eval.json, eval.md, grid.png and {res['n_images']} images in GenEval's layout")
@@ -287,12 +315,42 @@ def cmd_geneval(a) -> None:
     print(f"wrote {len(rows)} prompts to {a.out}")
 
 
+def cmd_reward(a) -> None:
+    import os
+
+    import torch
+
+    from dgpo.rewards import build_reward
+    from dgpo.rewards.server import RewardServer, check_bind
+    from dgpo.rewards.wire import Limits
+
+    if a.reward == "remote":
+        raise ValueError("--reward remote: a server cannot serve another server; name the scorer")
+    token = Path(a.token_file).read_text().strip() if a.token_file else os.environ.get("DGPO_REWARD_TOKEN", "")
+    check_bind(a.host, token)  # before the scorer spends minutes loading
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        fn = build_reward(a.reward, a.model_path, a.processor_path, device, clip_path=a.clip_path,
+                          partial=a.partial, aesthetic_path=a.aesthetic_path, hps_path=a.hps_path)
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+    limits = Limits(int(a.max_body_mb * (1 << 20)), a.max_items, a.max_pixels)
+    server = RewardServer(fn, a.reward, a.host, a.port, token, limits, a.batch_size, a.queue, a.timeout_s,
+                          a.read_timeout_s, device=device)
+    print(f"serving reward {a.reward!r} on {server.url} ({'token required' if token else 'no token: loopback only'});"
+          f" train with reward.name=remote reward.url={server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "config": cmd_config, "sample": cmd_sample, "eval": cmd_eval,
                 "bench": cmd_bench, "export": cmd_export, "toy": cmd_toy,
-                "geneval": cmd_geneval}
+                "geneval": cmd_geneval, "reward": cmd_reward}
     try:
         handlers[a.cmd](a)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -22,8 +22,11 @@ class ConfigError(ValueError):
 
 
 def opt(default: Any, lo: float | None = None, hi: float | None = None, help: str = "") -> Any:
-    """A config field with an inclusive numeric range and a help text."""
-    return field(default=default, metadata={"lo": lo, "hi": hi, "help": help})
+    """A config field with an inclusive numeric range (of each element, for lists) and a help text."""
+    meta = {"lo": lo, "hi": hi, "help": help}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -62,22 +65,48 @@ class SamplerConfig:
     sde_noise: float = opt(0.0, 0.0, 5.0, help="DGPO/DPO rollouts: 0 = the ODE (official); > 0 = Flow-GRPO's SDE with this noise level")
 
 
+RewardName = Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
+                     "colorfulness", "ocr", "pickscore", "geneval", "aesthetic", "clipscore", "hpsv2", "remote"]
+
+
 @dataclass
 class RewardConfig:
-    name: Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
-                  "colorfulness", "ocr", "pickscore", "geneval"] = opt(
+    name: RewardName | list[RewardName] = opt(
         "toy_geneval",
         help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: DDPO's (in)compressibility; "
         "colorfulness: Hasler-Suesstrunk (smooth); ocr: Flow-GRPO's edit-distance reward (RapidOCR); "
-        "pickscore: PickScore (CLIP); geneval: GenEval's rules on Mask2Former + CLIP (real images)",
+        "pickscore: PickScore (CLIP); geneval: GenEval's rules on Mask2Former + CLIP (real images); "
+        "aesthetic: LAION aesthetic v2 (MLP on CLIP ViT-L/14); clipscore: 100 max(cos, 0) of CLIP; "
+        "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); remote: a `dgpo reward serve` server (reward.url); "
+        "a list: the weighted sum of several (reward.weights), each logged",
     )
+    weights: list[float] = opt([], help="weights of the rewards in a reward.name list ([] = 1 each); "
+                               "the trained reward is their weighted sum")
+    advantages: Literal["weighted_sum", "per_component"] = opt(
+        "weighted_sum", help="several rewards: weighted_sum = group advantages of the weighted sum (Flow-GRPO's "
+        "multi_score); per_component = the weighted sum of each reward's own group advantages")
     model_path: str = opt("", help="pickscore: model folder or hub id ('' = yuvalkirstain/PickScore_v1); "
                           "geneval: Mask2Former folder or hub id ('' = facebook/mask2former-swin-small-coco-instance)")
     processor_path: str = opt("", help="pickscore: processor folder or hub id ('' = the official LAION one)")
-    clip_path: str = opt("", help="geneval: CLIP colour classifier folder or hub id ('' = openai/clip-vit-large-patch14)")
+    clip_path: str = opt("", help="geneval (colours), aesthetic, clipscore: CLIP folder or hub id "
+                         "('' = openai/clip-vit-large-patch14); one copy is shared")
     partial: Literal["corrected", "official"] = opt(
         "corrected", help="geneval: partial credit; official: Flow-GRPO's reward with its quirks; corrected: bounded, "
         "honours exclude clauses, 1 exactly when the image is correct")
+    aesthetic_path: str = opt("", help="aesthetic: the LAION MLP weights (sac+logos+ava1-l14-linearMSE.pth or "
+                              ".safetensors)")
+    hps_path: str = opt("", help="hpsv2: HPS_v2.1_compressed.pt ('' = download it from the hub repo xswu/HPSv2)")
+    url: str = opt("", help="remote: the reward server, e.g. http://127.0.0.1:8765")
+    token_env: str = opt("DGPO_REWARD_TOKEN", help="remote: environment variable holding the server's bearer "
+                         "token (never written to config.yaml)")
+    timeout_s: float = opt(600.0, 1.0, help="remote: seconds to wait for one request's answer")
+    retries: int = opt(4, 0, 20, help="remote: retries of a request after a connection error or a 502/503/504, "
+                       "with exponential backoff")
+    overlap: bool = opt(True, help="score each rollout chunk in a background thread while the next one is "
+                        "generated (the same rewards as scoring after the rollout)")
+
+    def names(self) -> list[str]:
+        return [self.name] if isinstance(self.name, str) else list(self.name)
 
 
 @dataclass
@@ -199,7 +228,23 @@ class Config:
                               f"train.steps_per_epoch={t.steps_per_epoch} (train.ema_cadence=per_batch)")
         if self.grpo.sde_window > self.sampler.steps:
             raise ConfigError(f"grpo.sde_window={self.grpo.sde_window} exceeds sampler.steps={self.sampler.steps}")
+        _validate_reward(self.reward)
         return self
+
+
+def _validate_reward(r: RewardConfig) -> None:
+    names = r.names()
+    if not names:
+        raise ConfigError("reward.name: the list is empty; name at least one reward")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"reward.name: {names} names a reward twice")
+    if r.weights and len(r.weights) != len(names):
+        raise ConfigError(f"reward.weights: {len(r.weights)} weights for {len(names)} rewards {names}")
+    if "remote" in names and not r.url:
+        raise ConfigError("reward.url: the remote reward needs the server's URL (e.g. http://127.0.0.1:8765)")
+    if {"pickscore", "geneval"} <= set(names) and r.model_path:
+        raise ConfigError("reward.model_path: pickscore and geneval would both read it; use their default "
+                          "weights or train with one of them")
 
 
 def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:
@@ -210,9 +255,18 @@ def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        inner = typing.get_args(tp)[0]
+        return [_check_value(f"{key}[{i}]", inner, v, meta) for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _check_value(key, args[0], value, meta)
+        if value is None:
+            return None
+        # a scalar or a list of them (e.g. one reward name or several): the branch that fits the value
+        fits = [a for a in args if (typing.get_origin(a) is list) == isinstance(value, list)]
+        return _check_value(key, (fits or args)[0], value, meta)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
         try:
             value = float(value)
@@ -303,12 +357,23 @@ def options_markdown() -> str:
         cls = typing.get_type_hints(Config)[section.name]
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            tp, meta = hints[f.name], f.metadata
-            if typing.get_origin(tp) is Literal:
-                allowed = ", ".join(f"`{a}`" for a in typing.get_args(tp))
-            elif meta.get("lo") is not None or meta.get("hi") is not None:
-                allowed = f"{tp.__name__} in [{meta.get('lo')}, {meta.get('hi', None) or 'inf'}]"
-            else:
-                allowed = tp.__name__
-            lines.append(f"| `{section.name}.{f.name}` | `{f.default!r}` | {allowed} | {meta.get('help', '')} |")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            allowed = _allowed(hints[f.name], f.metadata)
+            lines.append(f"| `{section.name}.{f.name}` | `{default!r}` | {allowed} | {f.metadata.get('help', '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _allowed(tp: Any, meta: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return ", ".join(f"`{a}`" for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_allowed(typing.get_args(tp)[0], meta)}"
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 2 and typing.get_origin(args[1]) is list and typing.get_args(args[1])[0] == args[0]:
+            return f"{_allowed(args[0], meta)}, or a list of them"
+        return " or ".join(_allowed(a, meta) for a in args)
+    if meta.get("lo") is not None or meta.get("hi") is not None:
+        return f"{tp.__name__} in [{meta.get('lo')}, {meta.get('hi', None) or 'inf'}]"
+    return tp.__name__

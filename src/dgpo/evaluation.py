@@ -74,7 +74,9 @@ def evaluate(
     each category), so that a 4-prompt category is not scored on 4 coin flips.
     ``shard=(rank, world)`` generates every world-th image; ``gather`` merges the rows of all processes.
     ``score_fn(images, metas) -> [(correct, reward)]`` replaces the toy GenEval scorer (e.g. a
-    training reward for prompts without GenEval metadata; "correct" is then the reward itself).
+    training reward for prompts without GenEval metadata; "correct" is then the reward itself); a
+    third element, a dict (a multi-reward's ``{"reward_<name>": value}``), joins the row and its mean
+    the summary.
     """
     sizes: dict[str, int] = defaultdict(int)
     for m in metas:
@@ -89,16 +91,19 @@ def evaluate(
         seeds = [seed * 1_000_003 + i * 97 + k for i, k in chunk]
         images = image_fn(batch, seeds)
         arrays = images.float().cpu().numpy()
-        for (i, k), img, meta, (ok, part) in zip(chunk, arrays, batch, score(images, batch)):
+        for (i, k), img, meta, (ok, part, *extra) in zip(chunk, arrays, batch, score(images, batch)):
             rows.append({"index": i, "sample": k, "tag": meta.get("tag", "reward"), "prompt": meta["prompt"],
-                         "correct": ok, "reward": part, **image_quality(img[None])})
+                         "correct": ok, "reward": part, **(extra[0] if extra else {}), **image_quality(img[None])})
     if gather is not None:
         rows = gather(rows)
     return summarize(rows, images_per_prompt)
 
 
-def reward_scorer(reward_fn) -> Callable[[torch.Tensor, list[dict]], list[tuple[float, float]]]:
-    """Score eval images with a training reward (OCR, PickScore...): overall = the mean reward."""
+def reward_scorer(reward_fn) -> Callable[[torch.Tensor, list[dict]], list[tuple]]:
+    """Score eval images with a training reward: its own ``eval_scores`` when it has one (GenEval's
+    strict correctness, a multi-reward's components), else (reward, reward): overall = the mean reward."""
+    if hasattr(reward_fn, "eval_scores"):
+        return reward_fn.eval_scores
 
     def score(images: torch.Tensor, metas: list[dict]) -> list[tuple[float, float]]:
         r = reward_fn(images, metas).float().cpu().tolist()
@@ -151,6 +156,7 @@ def summarize(rows: list[dict], images_per_prompt: int = 1) -> dict:
         **extra,
         "reward": float(np.mean([r["reward"] for r in rows])) if rows else 0.0,
         **{k: float(np.mean([r[k] for r in rows])) for k in ("sharpness", "off_palette") if rows and k in rows[0]},
+        **{k: float(np.mean([r[k] for r in rows])) for k in (rows[0] if rows else ()) if k.startswith("reward_")},
         "n_images": len(rows),
         "rows": rows,
     }

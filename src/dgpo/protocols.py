@@ -34,7 +34,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 # general-purpose rewards (no per-prompt metadata) that score DrawBench
-DRAWBENCH_REWARDS = ("pickscore", "colorfulness", "jpeg_compressibility")
+DRAWBENCH_REWARDS = ("pickscore", "clipscore", "aesthetic", "hpsv2", "colorfulness", "jpeg_compressibility")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class RewardPaths:
     pickscore_processor: str = ""
     partial: str = "corrected"  # geneval: the partial-credit variant of the ``reward`` column
     device: str = "cpu"
+    aesthetic: str = ""  # the LAION aesthetic MLP weights (no default: the aesthetic reward is skipped without)
+    hps: str = ""  # HPS_v2.1_compressed.pt ('' = from the hub)
 
 
 @dataclass
@@ -103,12 +105,13 @@ def build_scorers(name: str, rewards: tuple[str, ...], paths: RewardPaths) -> tu
     for r in names:
         model, proc = (paths.detector, "") if r == "geneval" else (paths.pickscore_model, paths.pickscore_processor)
         try:
-            scorers[r] = build_reward(r, model, proc, paths.device, clip_path=paths.clip, partial=paths.partial)
+            scorers[r] = build_reward(r, model, proc, paths.device, clip_path=paths.clip, partial=paths.partial,
+                                      aesthetic_path=paths.aesthetic, hps_path=paths.hps)
         except (ValueError, OSError, ImportError) as e:
             if not optional:
                 if isinstance(e, ImportError):
                     raise ValueError(f"reward {r!r} needs {e.name or 'a missing package'} "
-                                     f"(pip install 'dgpo[ocr]' for the OCR reward)") from None
+                                     f"(pip install 'dgpo[ocr]' for the OCR reward, 'dgpo[hps]' for hpsv2)") from None
                 raise
             skipped[r] = str(e).splitlines()[0][:300]
             log.warning("drawbench: reward %s skipped: %s", r, skipped[r])

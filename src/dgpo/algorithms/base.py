@@ -45,8 +45,10 @@ class Algorithm:
         return "euler" if cfg.sampler.sde_noise > 0 else cfg.sampler.method
 
     # -- hooks
-    def rollout(self, metas: list[dict], epoch: int) -> dict:
-        return self.ode_rollout(metas, epoch)
+    def rollout(self, metas: list[dict], epoch: int, on_chunk=None) -> dict:
+        """Local samples of the epoch with ``x0``; ``on_chunk(x0, metas)`` after each generated chunk
+        (the trainer scores it while the next one is generated)."""
+        return self.ode_rollout(metas, epoch, on_chunk)
 
     def select(self, batch: dict, rewards: torch.Tensor, adv: torch.Tensor, zero: torch.Tensor,
                group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +114,7 @@ class Algorithm:
                 "n_groups": len(metas), "epoch": epoch}
 
     @torch.no_grad()
-    def ode_rollout(self, metas: list[dict], epoch: int) -> dict:
+    def ode_rollout(self, metas: list[dict], epoch: int, on_chunk=None) -> dict:
         c, s = self.cfg, self.cfg.sampler
         batch = self.conditions(metas, epoch)
         chunks, bs = [], c.train.batch_size
@@ -126,6 +128,8 @@ class Algorithm:
                     chunks.append(sample_sde(fn, x, self.tr.grid, s.sde_noise, [derive_seed(sd, 6) for sd in seeds]).x0)
                 else:
                     chunks.append(generate(self.tr.model, cond, null, seeds, s.steps, self.tr.shift, s.cfg_scale, s.method))
+                if on_chunk is not None:
+                    on_chunk(chunks[-1], batch["metas"][sl])
         batch["x0"] = torch.cat(chunks)
         return batch
 

@@ -40,7 +40,7 @@ class FlowGRPO(Algorithm):
         return list(range(start, start + g.sde_window))
 
     @torch.no_grad()
-    def rollout(self, metas, epoch):
+    def rollout(self, metas, epoch, on_chunk=None):
         c, tr = self.cfg, self.tr
         batch = self.conditions(metas, epoch)
         steps = self.sde_steps(epoch)
@@ -54,6 +54,8 @@ class FlowGRPO(Algorithm):
                 x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
                 step_seeds = [derive_seed(sd, 6) for sd in seeds]
                 parts.append(sample_sde(fn, x, tr.grid, c.grpo.noise_level, step_seeds, steps))
+                if on_chunk is not None:
+                    on_chunk(parts[-1].x0, batch["metas"][sl])
         batch["x0"] = torch.cat([p.x0 for p in parts])
         batch["latents"] = torch.cat([p.latents for p in parts])
         batch["log_probs"] = torch.cat([p.log_probs for p in parts])

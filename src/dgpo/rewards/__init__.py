@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from dgpo.config import RewardConfig
 
 RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
 
 
 def build_reward(name: str, model_path: str = "", processor_path: str = "", device="cpu", *,
-                 clip_path: str = "", partial: str = "corrected") -> RewardFn:
-    """The one name -> reward map, at the config boundary."""
+                 clip_path: str = "", partial: str = "corrected", aesthetic_path: str = "",
+                 hps_path: str = "", remote: dict | None = None) -> RewardFn:
+    """The one name -> reward map, at the config boundary. ``remote``: RemoteReward's keyword arguments."""
     from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
 
@@ -24,10 +29,32 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
         "ocr": _ocr,
         "pickscore": lambda: _pickscore(model_path, processor_path, device),
         "geneval": lambda: _geneval(model_path, clip_path, partial, device),
+        "aesthetic": lambda: _aesthetic(aesthetic_path, clip_path, device),
+        "clipscore": lambda: _clipscore(clip_path, device),
+        "hpsv2": lambda: _hpsv2(hps_path, device),
+        "remote": lambda: _remote(remote or {}),
     }
     if name not in table:
         raise ValueError(f"unknown reward {name!r}; allowed: {sorted(table)}")
     return table[name]()
+
+
+def build_reward_from_config(rc: RewardConfig, device="cpu") -> RewardFn:
+    """``reward.*`` -> one reward, or a :class:`~dgpo.rewards.multi.MultiReward` for a list / weights."""
+    import os
+
+    from dgpo.rewards.multi import MultiReward
+
+    remote = {"url": rc.url, "token": os.environ.get(rc.token_env, ""), "timeout_s": rc.timeout_s,
+              "retries": rc.retries}
+    names = rc.names()
+    weights = list(rc.weights) or [1.0] * len(names)
+    paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,
+             "hps_path": rc.hps_path, "remote": remote}
+    fns = {n: build_reward(n, rc.model_path, rc.processor_path, device, **paths) for n in names}
+    if isinstance(rc.name, str) and weights == [1.0]:
+        return fns[rc.name]
+    return MultiReward(fns, dict(zip(names, weights)))
 
 
 def _ocr() -> RewardFn:
@@ -46,3 +73,29 @@ def _geneval(model_path: str, clip_path: str, partial: str, device) -> RewardFn:
     from dgpo.rewards.geneval.reward import GenEvalReward
 
     return GenEvalReward(model_path, clip_path, partial, device)
+
+
+def _aesthetic(weights_path: str, clip_path: str, device) -> RewardFn:
+    from dgpo.rewards.aesthetic import AestheticReward
+
+    return AestheticReward(weights_path, clip_path, device)
+
+
+def _clipscore(clip_path: str, device) -> RewardFn:
+    from dgpo.rewards.clip import CLIPScoreReward
+
+    return CLIPScoreReward(clip_path, device)
+
+
+def _hpsv2(hps_path: str, device) -> RewardFn:
+    from dgpo.rewards.hps import HPSv2Reward
+
+    return HPSv2Reward(hps_path, device)
+
+
+def _remote(kwargs: dict) -> RewardFn:
+    from dgpo.rewards.remote import RemoteReward
+
+    if not kwargs.get("url"):
+        raise ValueError("reward.url: the remote reward needs the server's URL (e.g. http://127.0.0.1:8765)")
+    return RemoteReward(**kwargs)

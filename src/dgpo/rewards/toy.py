@@ -20,3 +20,7 @@ class ToyGenEvalReward:
 
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
         return self.details(images, metas)[0]
+
+    def eval_scores(self, images: torch.Tensor, metas: list[dict]) -> list[tuple[bool, float]]:
+        """(strict correctness, partial credit) per image, as ``dgpo.evaluation.evaluate`` scores."""
+        return [score(img, meta) for img, meta in zip(images.float().cpu().numpy(), metas)]

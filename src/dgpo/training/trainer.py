@@ -19,19 +19,20 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm import tqdm
 
-from dgpo.advantages import group_advantages
+from dgpo.advantages import multi_reward_advantages
 from dgpo.algorithms import ALGORITHMS
 from dgpo.config import Config, dump_yaml
 from dgpo.data.prompts import epoch_prompts, load_prompts
 from dgpo.evaluation import evaluate, model_image_fn, per_category, reward_scorer
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
-from dgpo.rewards import build_reward
+from dgpo.rewards import build_reward_from_config
 from dgpo.training import io
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
 from dgpo.training.ema import OldModelEMA, SlowEMA
 from dgpo.training.policy import Policy, parse_targets
+from dgpo.training.scoring import ChunkScorer
 
 log = logging.getLogger(__name__)
 GRID_PROMPTS = 16
@@ -61,8 +62,7 @@ class Trainer:
         self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every, c.train.ema_cadence,
                                 max(1, c.train.sampling_batches // c.train.steps_per_epoch))
         self.travel = TravelMeter(self.policy.params)
-        self.reward_fn = build_reward(c.reward.name, c.reward.model_path, c.reward.processor_path, self.acc.device,
-                                      clip_path=c.reward.clip_path, partial=c.reward.partial)
+        self.reward_fn = build_reward_from_config(c.reward, self.acc.device)
         self.prompts = load_prompts(c.train.prompts)
         self.eval_prompts = load_prompts(c.eval.split)
         if c.eval.per_category:
@@ -101,12 +101,17 @@ class Trainer:
             metas = epoch_prompts(self.prompts, c.train.prompts_per_epoch, c.run.seed, epoch,
                                   c.train.balance_categories)
             bar.set_postfix_str("rollout")
-            batch = self.algo.rollout(metas, epoch)
-            t1 = time.time()
-            bar.set_postfix_str("reward")
-            rewards, correct = self._rewards(batch)
+            with ChunkScorer(self.reward_fn, self.model.decode, c.reward.overlap) as scoring:
+                batch = self.algo.rollout(metas, epoch, scoring.submit)  # chunks are scored meanwhile
+                t1 = time.time()
+                bar.set_postfix_str("reward")
+                local, local_parts = scoring.result()
+            gather = lambda t: self.layout.gather(t.float().cpu(), batch["index"], batch["n_total"])  # noqa: E731
+            rewards, parts = gather(local), {k: gather(v) for k, v in local_parts.items()}
+            correct = None if scoring.correct is None else gather(scoring.correct)  # strict 0/1 (GenEval)
             group_ids = torch.arange(batch["n_total"]) // c.train.group_size
-            adv, zero = group_advantages(rewards, group_ids, c.dgpo.adv_std, clip_max=c.dgpo.adv_clip_max)
+            adv, zero = multi_reward_advantages(rewards, parts, getattr(self.reward_fn, "weights", {}), group_ids,
+                                                c.reward.advantages, c.dgpo.adv_std, clip_max=c.dgpo.adv_clip_max)
             keep, signal = self.algo.select(batch, rewards, adv, zero, group_ids)
             t2 = time.time()
             bar.set_postfix_str("train")
@@ -118,7 +123,7 @@ class Trainer:
                     stats = self._optimizer_step(batch, signal[batch["index"]], part, units, key)
                     diag = self._diagnostics(metas, rewards, correct, group_ids)
                     self._log(epoch, rewards, zero, {**stats, **diag}, {"rollout": t1 - t0, "reward": t2 - t1,
-                                                                        "train": time.time() - t2})
+                                                                        "train": time.time() - t2}, parts)
             bar.set_postfix(reward=f"{rewards.mean():.3f}", step=self.step)
             self.train_time += time.time() - t0
             self.images += batch["n_total"]
@@ -127,15 +132,6 @@ class Trainer:
         return self._finish()
 
     # ----------------------------------------------------------------- phases
-    def _rewards(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rewards [N] of the whole epoch (gathered over processes), and the strict 0/1 correctness
-        [N] when the reward knows it (GenEval-style rewards: ``details``), else None."""
-        images, metas = self.model.decode(batch["x0"]), batch["metas"]
-        details = getattr(self.reward_fn, "details", None)
-        local, ok = details(images, metas) if details else (self.reward_fn(images, metas), None)
-        gather = lambda t: self.layout.gather(t.float().cpu(), batch["index"], batch["n_total"])
-        return gather(local), (None if ok is None else gather(ok))
-
     def _diagnostics(self, metas: list[dict], rewards: torch.Tensor, correct: torch.Tensor | None,
                      group_ids: torch.Tensor) -> dict:
         """Per-step instruments: reward per category, pass@G / pass@1 of the rollouts, travel."""
@@ -182,9 +178,11 @@ class Trainer:
             self.model.denoiser = bare
 
     # ----------------------------------------------------------------- bookkeeping
-    def _log(self, epoch: int, rewards: torch.Tensor, zero: torch.Tensor, stats: dict, times: dict) -> None:
+    def _log(self, epoch: int, rewards: torch.Tensor, zero: torch.Tensor, stats: dict, times: dict,
+             parts: dict | None = None) -> None:
+        per = {f"reward_{k}_{s}": float(getattr(v, s)()) for k, v in (parts or {}).items() for s in ("mean", "std")}
         row = {"step": self.step, "epoch": epoch, "wall_time": time.time(),
-               "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+               "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **per,
                "zero_spread_share": float(zero.float().mean()), **stats,
                "lr": self.opt.param_groups[0]["lr"], **{f"time_{k}": v for k, v in times.items()}}
         if self.acc.is_main_process:
@@ -218,8 +216,7 @@ class Trainer:
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
                            shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
-                           score_fn=None if c.reward.name.startswith("toy_geneval")
-                           else getattr(self.reward_fn, "eval_scores", None) or reward_scorer(self.reward_fn))
+                           score_fn=reward_scorer(self.reward_fn))
         return {"step": self.step, "train_time_s": self.train_time, "images": self.images,
                 **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
 
