@@ -295,8 +295,10 @@ def test_zero_advantage_filter_drops_exact_zeros_and_refills_per_process(world):
 def test_flow_grpo_official_recipe_batching(tiny_toy, tmp_path):
     tr = _trainer(tiny_toy, tmp_path, *bench.FLOW_GRPO_OFFICIAL)
     c = tr.cfg
-    assert (c.train.steps_per_epoch, c.train.sampling_batches, c.dgpo.adv_std, c.train.lora_rank,
-            c.train.lora_alpha, c.grpo.zero_adv, c.grpo.shuffle) == (2, 4, "global", 32, 64.0, "samples", True)
+    assert (c.train.steps_per_epoch, c.train.sampling_batches, c.dgpo.adv_std, c.grpo.zero_adv,
+            c.grpo.shuffle) == (2, 4, "global", "samples", True)
+    recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "toy_flow_grpo_official.yaml").train
+    assert (recipe.lora_rank, recipe.lora_alpha) == (32, 64.0)  # the bench arm keeps the suite's parameter set
     group_ids = torch.arange(64) // 8
     pos = torch.arange(64)[torch.arange(64) % 3 != 0]  # the kept samples
     chunks = tr.algo.optimizer_chunks(group_ids, pos, epoch=5)
