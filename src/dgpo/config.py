@@ -8,6 +8,7 @@ unless its help says otherwise (see docs/options.md for paper vs code).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -273,7 +274,12 @@ def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:
         except ValueError:
             pass
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {str(value)[:20]}... ({len(str(value))} digits) is too large for a float")
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (
         tp is int and isinstance(value, bool)
     ):
@@ -317,6 +323,8 @@ def _set_override(data: dict, item: str) -> None:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
         node[parts[-1]] = raw
+    except ValueError as e:  # e.g. an integer past Python's digit limit for str -> int
+        raise ConfigError(f"{key.strip()}: {e}") from None
 
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "toy_demo.yaml"
@@ -334,7 +342,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_bytes()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
     for item in overrides or []:
