@@ -39,6 +39,11 @@ class RunConfig:
     save_every: int = opt(10, 0, help="epochs between checkpoints (0: only at the end)")
     eval_every: int = opt(0, 0, help="epochs between held-out evals (0: only before/after)")
     eval_at_ends: bool = opt(True, help="held-out eval and sample grid before and after training")
+    log_with: Literal["tensorboard", "wandb", "none"] = opt(
+        "tensorboard", help="tracker for metrics, evals and sample grids (accelerate's trackers): tensorboard "
+        "(<out_dir>/tb), wandb (pip install 'dgpo[wandb]'; WANDB_MODE=offline needs no login) or none; "
+        "metrics.jsonl and evals.jsonl are written always")
+    project: str = opt("dgpo", help="W&B project of the run (log_with=wandb); the W&B run is named after out_dir")
     eval_every_s: float = opt(0.0, 0.0, help="also eval after every this many seconds of training time (0: off)")
     time_budget_s: float = opt(0.0, 0.0, help="stop after this much training time, evals excluded (0: epochs only)")
 
