@@ -3,7 +3,6 @@ checkpoints."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -12,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
+
+from dgpo.extras import require
 
 
 class MetricsLog:
@@ -40,22 +41,15 @@ def scalars(row: dict, prefix: str = "") -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
 
 
-TRACKER_INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install 'dgpo[wandb]'"}
-
-
 def tracker_setup(log_with: str, project: str, run_dir: Path) -> tuple[str | None, str, dict]:
     """``Accelerator(log_with=...)``, then ``init_trackers``' project name and init_kwargs for
     ``run.log_with``: TensorBoard writes ``<run_dir>/tb``; W&B names the run after the run folder and
     keeps its files there unless ``WANDB_DIR`` says otherwise."""
     if log_with == "none":
         return None, "", {}
-    try:
-        importlib.import_module("wandb" if log_with == "wandb" else "tensorboard")
-    except ImportError as e:
-        raise ImportError(f"run.log_with={log_with} needs the {log_with} package ({e}): "
-                          f"{TRACKER_INSTALL[log_with]}, or set run.log_with=none") from None
     if log_with == "tensorboard":
         return "tensorboard", "tb", {}
+    require("wandb", "run.log_with=wandb (or set run.log_with=none)")
     kwargs = {"name": run_dir.name}
     if not os.environ.get("WANDB_DIR"):
         kwargs["dir"] = str(run_dir)
