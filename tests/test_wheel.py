@@ -23,7 +23,7 @@ def _run(cmd, **kw):
 
 
 def test_wheel_installs_into_a_fresh_venv_and_trains_the_toy(tmp_path):
-    pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools in this environment")
+    pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools here")
     src = tmp_path / "project"  # build from a copy: the build leaves build/ and egg-info behind
     src.mkdir()
     for name in ["pyproject.toml", "README.md", "LICENSE", "NOTICE"]:
@@ -46,7 +46,8 @@ def test_wheel_installs_into_a_fresh_venv_and_trains_the_toy(tmp_path):
     vdir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(vdir)
     py = vdir / "bin" / "python"
-    site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(_run([str(py), "-c", purelib]).stdout.strip())
     (site / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     _run([str(py), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheel)], env=env)
 

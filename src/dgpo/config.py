@@ -282,7 +282,8 @@ def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:
         try:
             value = float(value)
         except OverflowError:
-            raise ConfigError(f"{key}: {str(value)[:20]}... ({len(str(value))} digits) is too large for a float")
+            digits = str(value)
+            raise ConfigError(f"{key}: {digits[:20]}... ({len(digits)} digits) is too large for a float") from None
     if tp is float and isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: {value!r} is not a finite number")
     if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (

@@ -159,7 +159,8 @@ def save_compare(before: torch.Tensor, after: torch.Tensor, captions: list[str],
         pair.paste(b, (a.width + COMPARE_GAP, 0))
         pairs.append(pair)
     w = before.shape[-1] * scale
-    canvas = _compose(pairs, [_short(c) for c in captions], cols, header=((0, "before"), (w + COMPARE_GAP, "after")))
+    header = ((0, "before"), (w + COMPARE_GAP, "after"))
+    canvas = _compose(pairs, [_short(c) for c in captions], cols, header=header)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
