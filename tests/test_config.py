@@ -73,3 +73,22 @@ def test_options_doc_is_current():
 
     doc = (ROOT / "docs" / "options.md").read_text()
     assert options_markdown() in doc, "regenerate docs/options.md with `dgpo config options`"
+
+
+@pytest.mark.parametrize("override, match", [
+    ("run.time_budget_s=" + "1" * 400, r"run\.time_budget_s: 1111.*\(400 digits\) is too large for a float"),
+    ("train.lr=.nan", r"train\.lr: nan is not a finite number"),
+    ("run.eval_every_s=1e999", r"run\.eval_every_s: inf is not a finite number"),
+    ("run.seed=" + "9" * 5000, r"run\.seed: .*digits"),
+])
+def test_huge_and_non_finite_numbers_get_a_config_error(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("", [override])
+    assert load_config("", ["run.seed=" + "7" * 400]).run.seed == int("7" * 400)  # ints stay exact
+
+
+def test_non_utf8_config_file_is_named(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"run:\n  out_dir: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"config file .*latin1\.yaml is not valid YAML"):
+        load_config(bad)

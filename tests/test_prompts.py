@@ -27,3 +27,13 @@ def test_prompt_files(tmp_path):
     (tmp_path / "e.txt").write_text("\n")
     with pytest.raises(ValueError, match="no prompts"):
         load_prompts(str(tmp_path / "e.txt"))
+
+
+@pytest.mark.parametrize("name", ["prompts.txt", "prompts.jsonl"])
+def test_non_utf8_prompt_file_error_names_the_file(tmp_path, name):
+    bad = tmp_path / name
+    bad.write_bytes(b'{"prompt": "a red \xff circle", "include": []}\n')
+    with pytest.raises(ValueError, match=rf"{name}: not UTF-8 text \(byte 0xff at offset 18\)"):
+        load_prompts(str(bad))
+    bad.write_text('{"prompt": "a café circle", "include": []}\n', encoding="utf-8")
+    assert "café" in load_prompts(str(bad))[0]["prompt"]

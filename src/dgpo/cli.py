@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from dgpo import __version__
 from dgpo.config import ConfigError
 
 
@@ -91,6 +92,7 @@ def _reward_args(sub) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dgpo", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"dgpo {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     tr = sub.add_parser("train", help="DGPO training (no config: the toy-world default)")
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 "geneval": cmd_geneval, "reward": cmd_reward}
     try:
         handlers[a.cmd](a)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"dgpo {a.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -8,6 +8,7 @@ unless its help says otherwise (see docs/options.md for paper vs code).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ class RunConfig:
     save_every: int = opt(10, 0, help="epochs between checkpoints (0: only at the end)")
     eval_every: int = opt(0, 0, help="epochs between held-out evals (0: only before/after)")
     eval_at_ends: bool = opt(True, help="held-out eval and sample grid before and after training")
+    log_with: Literal["tensorboard", "wandb", "none"] = opt(
+        "tensorboard", help="tracker for metrics, evals and sample grids (accelerate's trackers): tensorboard "
+        "(<out_dir>/tb), wandb (pip install 'dgpo[wandb]'; WANDB_MODE=offline needs no login) or none; "
+        "metrics.jsonl and evals.jsonl are written always")
+    project: str = opt("dgpo", help="W&B project of the run (log_with=wandb); the W&B run is named after out_dir")
     eval_every_s: float = opt(0.0, 0.0, help="also eval after every this many seconds of training time (0: off)")
     time_budget_s: float = opt(0.0, 0.0, help="stop after this much training time, evals excluded (0: epochs only)")
 
@@ -273,7 +279,13 @@ def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:
         except ValueError:
             pass
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            digits = str(value)
+            raise ConfigError(f"{key}: {digits[:20]}... ({len(digits)} digits) is too large for a float") from None
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (
         tp is int and isinstance(value, bool)
     ):
@@ -317,6 +329,8 @@ def _set_override(data: dict, item: str) -> None:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
         node[parts[-1]] = raw
+    except ValueError as e:  # e.g. an integer past Python's digit limit for str -> int
+        raise ConfigError(f"{key.strip()}: {e}") from None
 
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "toy_demo.yaml"
@@ -334,7 +348,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_bytes()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
     for item in overrides or []:

@@ -110,8 +110,7 @@ def build_scorers(name: str, rewards: tuple[str, ...], paths: RewardPaths) -> tu
         except (ValueError, OSError, ImportError) as e:
             if not optional:
                 if isinstance(e, ImportError):
-                    raise ValueError(f"reward {r!r} needs {e.name or 'a missing package'} "
-                                     f"(pip install 'dgpo[ocr]' for the OCR reward, 'dgpo[hps]' for hpsv2)") from None
+                    raise ValueError(f"reward {r!r}: {e}") from None  # names the pip extra
                 raise
             skipped[r] = str(e).splitlines()[0][:300]
             log.warning("drawbench: reward %s skipped: %s", r, skipped[r])

@@ -25,7 +25,8 @@ def load_prompts(spec: str) -> list[dict]:
                                 f"geneval:train / geneval:test)")
     if path.suffix == ".jsonl":
         return grammar.read_jsonl(path)
-    rows = [{"prompt": line.strip(), "include": []} for line in path.read_text().splitlines() if line.strip()]
+    lines = grammar.read_utf8(path).splitlines()
+    rows = [{"prompt": line.strip(), "include": []} for line in lines if line.strip()]
     if not rows:
         raise ValueError(f"prompt file {spec!r} has no prompts")
     return rows

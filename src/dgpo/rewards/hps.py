@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dgpo.extras import require
 from dgpo.rewards.clip import prompts_of
 from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD
 
 HPS_REPO, HPS_FILE, HPS_ARCH = "xswu/HPSv2", "HPS_v2.1_compressed.pt", "ViT-H-14"
-INSTALL = "pip install 'dgpo[hps]' (open-clip-torch; install the torchvision matching your torch first)"
 
 
 def hps_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
@@ -39,11 +39,9 @@ def hps_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
 
 class HPSv2Reward:
     def __init__(self, checkpoint: str = "", device: str | torch.device = "cpu", batch_size: int = 16):
-        try:
-            import open_clip
-        except ImportError as e:
-            raise ImportError(f"the hpsv2 reward needs open_clip ({e}): {INSTALL}",
-                              name="open_clip") from None
+        require("hps", "the hpsv2 reward")
+        import open_clip
+
         path = checkpoint or self._download()
         self.model = open_clip.create_model(HPS_ARCH, pretrained=None, precision="fp32", device="cpu")
         try:

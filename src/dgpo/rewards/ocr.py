@@ -12,6 +12,8 @@ import re
 import numpy as np
 import torch
 
+from dgpo.extras import require
+
 QUOTED = re.compile(r'"([^"]+)"')
 
 
@@ -42,6 +44,7 @@ def ocr_score(read: str, target: str) -> float:
 
 class OCRReward:
     def __init__(self):
+        require("ocr", "the ocr reward")
         from rapidocr import RapidOCR
 
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)  # "detection result is empty" on blank images

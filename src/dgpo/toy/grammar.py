@@ -183,10 +183,19 @@ def sample_pretrain(
     return rng.choice(by_cat[cat])
 
 
+def read_utf8(path: str | Path) -> str:
+    """A text file's contents; a file that is not UTF-8 raises a ValueError naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                         f"save the file as UTF-8") from None
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a GenEval-format metadata file, with a clear error naming the bad line."""
     rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

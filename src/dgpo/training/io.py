@@ -1,32 +1,33 @@
-"""What a run writes: metrics (JSONL + TensorBoard), image grids, PNG plots, checkpoints."""
+"""What a run writes: metrics (JSONL + the run's tracker: TensorBoard or W&B), image grids, PNG plots,
+checkpoints."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
+
+from dgpo.extras import require
 
 
 class MetricsLog:
-    """One JSON object per optimizer step in ``metrics.jsonl``, mirrored to TensorBoard."""
+    """One JSON object per optimizer step in ``metrics.jsonl``, mirrored to the run's tracker
+    (``log``: accelerate's ``Accelerator.log``, a no-op without trackers)."""
 
-    def __init__(self, run_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
+    def __init__(self, run_dir: Path, log=None):
         self.path = run_dir / "metrics.jsonl"
-        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.log = log
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        for k, v in row.items():
-            if isinstance(v, (int, float)) and k != "step":
-                self.tb.add_scalar(k, v, row["step"])
-        self.tb.flush()
+        if self.log is not None:
+            self.log(scalars(row), step=row["step"])
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -34,20 +35,132 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def save_grid(images: torch.Tensor, captions: list[str], path: Path, cols: int = 8, scale: int = 4) -> None:
-    """A PNG grid of images [B, 3, H, W] in [0, 1], upscaled, each with a short caption."""
-    b, _, h, w = images.shape
-    rows = (b + cols - 1) // cols
-    cell_w, cell_h = w * scale, h * scale + 24
-    canvas = Image.new("RGB", (cols * cell_w, rows * cell_h), (40, 40, 40))
+def scalars(row: dict, prefix: str = "") -> dict:
+    """The numbers of a metrics or eval row (not its step) for a tracker, keys prefixed."""
+    return {prefix + k: v for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+
+
+def tracker_setup(log_with: str, project: str, run_dir: Path) -> tuple[str | None, str, dict]:
+    """``Accelerator(log_with=...)``, then ``init_trackers``' project name and init_kwargs for
+    ``run.log_with``: TensorBoard writes ``<run_dir>/tb``; W&B names the run after the run folder and
+    keeps its files there unless ``WANDB_DIR`` says otherwise."""
+    if log_with == "none":
+        return None, "", {}
+    if log_with == "tensorboard":
+        return "tensorboard", "tb", {}
+    require("wandb", "run.log_with=wandb (or set run.log_with=none)")
+    kwargs = {"name": run_dir.name}
+    if not os.environ.get("WANDB_DIR"):
+        kwargs["dir"] = str(run_dir)
+    return "wandb", project, {"wandb": kwargs}
+
+
+def flat_config(data: dict, prefix: str = "") -> dict:
+    """A nested config as ``section.key`` -> bool / int / float / str (what trackers' hparams take)."""
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v if isinstance(v, (bool, int, float, str)) else str(v)
+    return out
+
+
+def log_image(trackers: list, tag: str, path: Path, step: int) -> None:
+    """A saved PNG (a sample grid) to each tracker, under ``tag`` at ``step``."""
+    if not trackers:
+        return
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    for t in trackers:
+        if t.name == "tensorboard":
+            t.log_images({tag: arr[None]}, step=step, dataformats="NHWC")
+        else:
+            t.log_images({tag: [arr]}, step=step)
+
+
+CAPTION_LINES = 6  # longer captions end in "..." (the toy's longest caption takes 3 lines at 128 px)
+
+
+def wrap_caption(text: str, font, width: float, max_lines: int = CAPTION_LINES) -> list[str]:
+    """``text`` broken into lines of at most ``width`` pixels (words whole where they fit); past
+    ``max_lines`` the last line ends in "..."."""
+    lines: list[str] = []
+    for word in text.split():
+        while font.getlength(word) > width and len(word) > 1:  # a word wider than the line: split it
+            cut = 1
+            while font.getlength(word[: cut + 1]) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and font.getlength(last + "...") > width:
+            last = last[:-1]
+        lines = [*lines[: max_lines - 1], last + "..."]
+    return lines
+
+
+def _compose(tiles: list[Image.Image], captions: list[str], cols: int, header: tuple = ()) -> Image.Image:
+    """Tiles in rows of ``cols``, each with its caption wrapped underneath; ``header``: (x offset, text)
+    labels above every column."""
+    font = ImageFont.load_default()
+    cols = min(cols, len(tiles))
+    tile_w, tile_h = tiles[0].size
+    wrapped = [wrap_caption(c, font, tile_w - 4) for c in captions]
+    line_h = font.getbbox("Ag")[3] + 2
+    cap_h = line_h * max(len(w) for w in wrapped) + 4
+    head_h = line_h + 2 if header else 0
+    rows = (len(tiles) + cols - 1) // cols
+    canvas = Image.new("RGB", (cols * tile_w, head_h + rows * (tile_h + cap_h)), (40, 40, 40))
     draw = ImageDraw.Draw(canvas)
+    for col in range(cols if header else 0):
+        for dx, text in header:
+            draw.text((col * tile_w + dx + 2, 1), text, fill=(255, 210, 120), font=font)
+    for i, (tile, lines) in enumerate(zip(tiles, wrapped)):
+        x, y = (i % cols) * tile_w, head_h + (i // cols) * (tile_h + cap_h)
+        canvas.paste(tile, (x, y))
+        for j, line in enumerate(lines):
+            draw.text((x + 2, y + tile_h + 2 + line_h * j), line, fill=(230, 230, 230), font=font)
+    return canvas
+
+
+def _tiles(images: torch.Tensor, scale: int) -> list[Image.Image]:
+    _, _, h, w = images.shape
     arr = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    for i in range(b):
-        x, y = (i % cols) * cell_w, (i // cols) * cell_h
-        canvas.paste(Image.fromarray(arr[i]).resize((cell_w, h * scale), Image.NEAREST), (x, y))
-        words = captions[i].removeprefix("a photo of ").split()
-        for j, line in enumerate((" ".join(words[:3]), " ".join(words[3:7]))):
-            draw.text((x + 2, y + h * scale + 1 + 11 * j), line, fill=(230, 230, 230))
+    return [Image.fromarray(a).resize((w * scale, h * scale), Image.NEAREST) for a in arr]
+
+
+def _short(caption: str) -> str:
+    return caption.removeprefix("a photo of ")
+
+
+def save_grid(images: torch.Tensor, captions: list[str], path: Path, cols: int = 8, scale: int = 4) -> None:
+    """A PNG grid of images [B, 3, H, W] in [0, 1], upscaled, each with its caption wrapped below."""
+    canvas = _compose(_tiles(images, scale), [_short(c) for c in captions], cols)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+COMPARE_GAP = 2
+
+
+def save_compare(before: torch.Tensor, after: torch.Tensor, captions: list[str], path: Path, cols: int = 4,
+                 scale: int = 4) -> None:
+    """Before / after pairs (the same prompt and seed side by side), captioned, ``cols`` pairs a row."""
+    pairs = []
+    for a, b in zip(_tiles(before, scale), _tiles(after, scale)):
+        pair = Image.new("RGB", (a.width * 2 + COMPARE_GAP, a.height), (40, 40, 40))
+        pair.paste(a, (0, 0))
+        pair.paste(b, (a.width + COMPARE_GAP, 0))
+        pairs.append(pair)
+    w = before.shape[-1] * scale
+    header = ((0, "before"), (w + COMPARE_GAP, "after"))
+    canvas = _compose(pairs, [_short(c) for c in captions], cols, header=header)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dgpo.advantages import multi_reward_advantages
 from dgpo.algorithms import ALGORITHMS
-from dgpo.config import Config, dump_yaml
+from dgpo.config import Config, dump_yaml, to_dict
 from dgpo.data.prompts import epoch_prompts, load_prompts
 from dgpo.evaluation import evaluate, model_image_fn, per_category, reward_scorer
 from dgpo.models.base import FlowModel
@@ -44,8 +44,10 @@ class Trainer:
         """``model``: an already built FlowModel (e.g. a random-weight benchmark model) instead of
         loading ``cfg.model``."""
         self.cfg, c = cfg, cfg
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision)
         self.run_dir = Path(c.run.out_dir)
+        log_with, project, tracker_kwargs = io.tracker_setup(c.run.log_with, c.run.project, self.run_dir)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision,
+                               log_with=log_with, project_dir=str(self.run_dir))
         self.model = (model or load_model(c.model)).to(self.acc.device)
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
@@ -80,10 +82,13 @@ class Trainer:
         self.step, self.start_epoch, self.evals = 0, 0, []
         self.train_time, self.images, self._next_eval_s = 0.0, 0, c.run.eval_every_s
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = io.MetricsLog(self.run_dir)
+        if log_with:
+            self.acc.init_trackers(project, io.flat_config(to_dict(c)), tracker_kwargs)
+        self.metrics = io.MetricsLog(self.run_dir, self.acc.log)
         if resume:
             self._resume()
         (self.run_dir / "config.yaml").write_text(dump_yaml(c))
+        self._before: torch.Tensor | None = None  # the "before" grid's images, for samples/compare.png
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict:
@@ -208,6 +213,7 @@ class Trainer:
         if self.acc.is_main_process:
             with (self.run_dir / "evals.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
+        self.acc.log(io.scalars(row, "eval/"), step=self.step)
 
     def _evaluate(self, desc: str) -> dict:
         c = self.cfg
@@ -237,8 +243,16 @@ class Trainer:
         fn = self._image_fn()
         with self.ema_slow.applied():
             images = fn(metas, list(range(len(metas))))
-        if self.acc.is_main_process:
-            io.save_grid(images, [m["prompt"] for m in metas], self.run_dir / "samples" / f"{name}.png")
+        if not self.acc.is_main_process:
+            return
+        captions, out = [m["prompt"] for m in metas], self.run_dir / "samples"
+        io.save_grid(images, captions, out / f"{name}.png")
+        io.log_image(self.acc.trackers, f"samples/{name}", out / f"{name}.png", self.step)
+        if name == "before":
+            self._before = images.cpu()
+        elif name == "after" and self._before is not None:  # same prompts, same seeds, side by side
+            io.save_compare(self._before, images.cpu(), captions, out / "compare.png")
+            io.log_image(self.acc.trackers, "samples/compare", out / "compare.png", self.step)
 
     def _save(self, epochs_done: int) -> None:
         if not self.acc.is_main_process:
@@ -274,4 +288,5 @@ class Trainer:
         if self.acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
             io.plot_curves(self.metrics.read(), self.evals, self.run_dir / "plots")
+        self.acc.end_training()
         return summary
