@@ -58,16 +58,10 @@ class ColorClassifier:
     """``classify(image, detections)`` -> one of :data:`COLORS` per detection (its ``cls``, ``mask``, ``box``)."""
 
     def __init__(self, path: str = "", device: str | torch.device = "cpu", batch_size: int = 16):
-        from transformers import CLIPModel, CLIPTokenizer
+        from dgpo.rewards.clip import shared_clip  # here: dgpo.rewards.clip imports this module
 
-        path = path or DEFAULT_CLIP
-        try:
-            self.tokenizer = CLIPTokenizer.from_pretrained(path)
-            self.model = CLIPModel.from_pretrained(path).eval().requires_grad_(False).to(device)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"GenEval colour classifier: cannot load CLIP {path!r} (reward.clip_path): {e}") from None
-        self.device = torch.device(device)
-        self.size = int(self.model.config.vision_config.image_size)
+        clip = shared_clip(path, device)  # one CLIP per (path, device), shared with aesthetic / clipscore
+        self.tokenizer, self.model, self.device, self.size = clip.tokenizer, clip.model, clip.device, clip.size
         self.batch_size = batch_size
         self._text: dict[str, torch.Tensor] = {}
 
