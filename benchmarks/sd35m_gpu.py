@@ -1,25 +1,40 @@
-"""GPU check: DGPO iterations on an SD3.5-Medium-sized transformer (random weights; the
-transformer config of stabilityai/stable-diffusion-3.5-medium, in ``SD35M`` below) at 512 px through the real code path (SD3 adapter, LoRA
-r64 on the official targets, rollouts with CFG, rewards, DGPO loss, AdamW), printing seconds per
-sample per phase and peak GPU memory. Text encoders and VAE are random and small but have the real
-interface widths (CLIP 768 + 1280 -> pooled 2048, T5 4096), so the transformer sees real shapes.
+"""DGPO iterations on an SD3.5-Medium-sized transformer at 512 px: dgpo's own loop (the real Trainer,
+SD3 adapter, LoRA r64 on the official targets, rewards, the DGPO loss, AdamW) beside the official
+loops' structure (``_official_loops.py``), in one process on one card, printing seconds per sample
+per phase, the ratio, the loop overhead, peak memory and compile time, and writing JSON.
 
-Usage (GPU): python benchmarks/sd35m_gpu.py [--epochs 3] [--tiny] [key=value ...]
-``--tiny`` shrinks the transformer to 2 layers for a CPU smoke run. Writes bench_results/sd35m_gpu.json.
+The transformer has random weights and the transformer config of stabilityai/stable-diffusion-3.5-medium
+(``SD35M`` below); text encoders and VAE are random and small but have the real interface widths
+(CLIP 768 + 1280 -> pooled 2048, T5 4096; 77 + 128 text tokens), so the transformer sees real shapes.
+Every arm gets a fresh copy of the same transformer; B = 16 samples per iteration (2 prompts x 8).
+
+Arms: ``official_dgpo`` / ``official_flow_grpo`` (eager, fp32 weights under bf16 autocast),
+``dgpo_fp32`` (dgpo, the same precision), ``dgpo_bf16`` (bf16 frozen weights, fp32 LoRA and AdamW
+state), ``dgpo_bf16_compile`` (and ``train.compile``: all options together).
+Loop overhead = 1 - (the arm's model calls timed alone, composed as its loop calls them) / its
+measured iteration: everything outside model calls (sampler, VAE, reward, loss, optimizer, EMAs).
+
+Usage: python benchmarks/sd35m_gpu.py [--tiny] [--arms a,b] [--budget-s 480] [--out PATH]
+``--tiny`` shrinks the transformer to 2 layers at 128 px for a CPU smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import tempfile
 import time
+from contextlib import contextmanager
 
 import torch
-from _results import write_result  # benchmarks/ is on sys.path when a script runs
+from _official_loops import OfficialLoop, sync  # benchmarks/ is on sys.path when a script runs
+from _results import write_result
 
 from dgpo.config import load_config
+from dgpo.models.base import cfg_velocity
 from dgpo.models.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t5_encoder, t5_tokenizer
-from dgpo.models.sd3 import SD3FlowModel
+from dgpo.models.sd3 import SD3_LORA_TARGETS, SD3FlowModel
 from dgpo.training.trainer import Trainer
 
 # SD3Transformer2DModel config of stabilityai/stable-diffusion-3.5-medium (its transformer/config.json)
@@ -27,61 +42,239 @@ SD35M = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 2
          "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
          "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 384,
          "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm"}
+ARMS = ("official_dgpo", "dgpo_bf16", "official_flow_grpo", "dgpo_bf16_compile", "dgpo_fp32")
+PROMPTS, GROUP = 2, 8
+STEPS, TRAIN_T = 10, 4
 
 
-def build_pipeline(tiny: bool, dtype: torch.dtype):
+def build_pipeline(tiny: bool, device: str):
+    """The pipeline with the template transformer (fp32, kept on the CPU; arms copy it)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     cfg = dict(SD35M)
     if tiny:
         cfg.update(num_layers=2, dual_attention_layers=[0], num_attention_heads=4, caption_projection_dim=256)
     torch.manual_seed(0)
-    tr = SD3Transformer2DModel(**cfg)
+    with torch.device(device):  # random init on the GPU is seconds; on the CPU minutes
+        tr = SD3Transformer2DModel(**cfg)
     tok, tok3 = clip_tokenizer(), t5_tokenizer()
     pipe = StableDiffusion3Pipeline(
-        transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=kl_vae(16, 1),
+        transformer=tr.to("cpu"), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=kl_vae(16, 1),
         text_encoder=clip_encoder(tok, True, 2, hidden=768, layers=1), tokenizer=tok,
         text_encoder_2=clip_encoder(tok, True, 3, hidden=1280, layers=1), tokenizer_2=clip_tokenizer(),
         text_encoder_3=t5_encoder(tok3, 4096, 4, layers=1), tokenizer_3=tok3)
-    return pipe.to(dtype), sum(p.numel() for p in tr.parameters())
+    return pipe, sum(p.numel() for p in tr.parameters())
+
+
+def fresh_model(pipe, template, dtype, device, cfg) -> SD3FlowModel:
+    pipe.transformer = copy.deepcopy(template).to(device, dtype)
+    return SD3FlowModel(pipe, cfg)
+
+
+def timed(fn, reps: int) -> float:
+    fn()  # warm-up (and compilation)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / reps
+
+
+def call_times(model, reference, old, autocast, B: int, reps: int, need_old: bool = True) -> dict:
+    """Each model call of a DGPO iteration alone: rollout step (CFG, batch 2B), reference / old
+    forwards and the policy forward + backward (batch B)."""
+    c, d = model.latent_shape(), model.device
+    cond, null = model.encode_prompts(["a photo of a cat"] * B), model.encode_prompts([""] * B)
+    x, t = torch.randn(B, *c, device=d), torch.full((B,), 700.0, device=d)
+
+    def nograd(ctx):
+        def f():
+            with torch.no_grad(), ctx(), autocast():
+                model.velocity(x, t, cond)
+        return f
+
+    def rollout_step():
+        with torch.no_grad(), autocast():
+            cfg_velocity(model, x, t, cond, null, 4.5)
+
+    def fwd_bwd():
+        with autocast():
+            loss = model.velocity(x, t, cond).float().pow(2).mean()
+        loss.backward()
+        model.denoiser.zero_grad(set_to_none=True)
+
+    out = {"rollout_step_cfg": timed(rollout_step, reps), "reference_fwd": timed(nograd(reference), reps),
+           "old_fwd": timed(nograd(old), reps) if need_old else 0.0, "policy_fwd_bwd": timed(fwd_bwd, reps)}
+    out["composed_per_sample"] = (STEPS * out["rollout_step_cfg"] + TRAIN_T * (
+        out["reference_fwd"] + out["old_fwd"] + out["policy_fwd_bwd"])) / B
+    return out
+
+
+def run_official(algorithm, pipe, template, device, tiny, iters) -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    pipe.transformer = copy.deepcopy(template).to(device).requires_grad_(False)
+    res = 128 if tiny else 512
+    model = SD3FlowModel(pipe, load_config(None, ["model.kind=sd3", f"model.resolution={res}"]).model).to(device)
+    tr = get_peft_model(pipe.transformer, LoraConfig(r=64, lora_alpha=128, init_lora_weights="gaussian",
+                                                     target_modules=SD3_LORA_TARGETS))
+    B = PROMPTS * GROUP
+    cond = model.encode_prompts(["a photo of a cat", "two dogs"] * (B // 2))
+    null = model.encode_prompts([""] * B)
+    loop = OfficialLoop(tr, cond, null, (16, res // 8, res // 8), model.decode, device=device)
+    gen = torch.Generator().manual_seed(0)
+    first = loop.iteration(algorithm, gen)
+    rows = [loop.iteration(algorithm, gen) for _ in range(iters)]
+    per = {k: sum(r[k] for r in rows) / len(rows) / B for k in rows[0]}
+    out = {"seconds_per_sample": {**per, "total": sum(per.values())}, "first_iteration_s": sum(first.values())}
+    if algorithm == "dgpo":
+        model.denoiser = tr
+
+        def ema_swap():  # called under no_grad
+            saved = [p.detach().clone() for p in loop.params]
+            torch._foreach_copy_(loop.params, loop.ema)
+            try:
+                yield
+            finally:
+                torch._foreach_copy_(loop.params, saved)
+
+        out["calls"] = call_times(model, tr.disable_adapter, contextmanager(ema_swap), lambda: loop.autocast,
+                                  B, 2 if tiny else 3)
+    del loop, tr, model
+    pipe.transformer = template  # drop the arm's copy (the template stays on the CPU)
+    return out
+
+
+def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda) -> dict:
+    bf16 = "bf16" in arm
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(None, [
+            "model.kind=sd3", f"model.resolution={128 if tiny else 512}", "model.max_sequence_length=128",
+            f"train.mixed_precision={'bf16' if cuda else 'no'}", f"train.compile={'compile' in arm}",
+            f"run.out_dir={tmp}", f"run.epochs={epochs}", "run.sample_every=0", "run.save_every=0",
+            "run.eval_at_ends=false", "run.log_with=none", "sampler.shift=3.0", "sampler.method=dpm",
+            f"sampler.steps={STEPS}", "sampler.cfg_scale=4.5", "reward.name=colorfulness", "train.lora_rank=64",
+            "train.lora_alpha=128", "train.lr=3e-4", f"train.prompts_per_epoch={PROMPTS}", f"train.group_size={GROUP}",
+            f"train.batch_size={PROMPTS * GROUP}", "train.sampling_batches=1", f"dgpo.num_train_timesteps={TRAIN_T}",
+            "dgpo.kl_beta=0.02", "dgpo.kl_cfg=1.0", "dgpo.clip_range=0.01", "dgpo.switch_ema_ref=500"])
+        model = fresh_model(pipe, template, torch.bfloat16 if bf16 and cuda else torch.float32, device, cfg.model)
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, model=model)
+        trainer.fit()
+        rows = trainer.metrics.read()
+        phases = ("rollout", "reward", "train")
+        first = sum(rows[0][f"time_{k}"] for k in phases)
+        timed_rows = rows[1:] or rows
+        B = PROMPTS * GROUP
+        per = {k: sum(r[f"time_{k}"] for r in timed_rows) / len(timed_rows) / B for k in phases}
+        steady = sum(per.values()) * B
+        out = {"seconds_per_sample": {**per, "total": sum(per.values())}, "first_iteration_s": first,
+               "compile_s": first - steady if "compile" in arm else None, "wall_s": time.perf_counter() - t0,
+               "trainable_params": sum(p.numel() for p in trainer.policy.params),
+               "trainable_dtype": str(trainer.policy.params[0].dtype),
+               "frozen_dtype": str(next(p for p in trainer.model.denoiser.parameters() if not p.requires_grad).dtype),
+               "compile_info": trainer.compile_info}
+        out["calls"] = call_times(trainer.model, trainer.policy.reference, trainer.ema_old.applied,
+                                  trainer.acc.autocast, B, 2 if tiny else 3)
+        del trainer, model
+    pipe.transformer = template
+    return out
+
+
+def iteration_flops(tiny: bool) -> dict:
+    """FLOPs of one DGPO iteration per sample, counted by PyTorch's FlopCounterMode on the meta device
+    (no memory, no GPU time): 10 rollout steps x 2 forwards (CFG) + 4 timesteps x (reference + old
+    forwards + the policy's forward and backward)."""
+    from diffusers import SD3Transformer2DModel
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = dict(SD35M)
+    if tiny:
+        cfg.update(num_layers=2, dual_attention_layers=[0], num_attention_heads=4, caption_projection_dim=256)
+    with torch.device("meta"):
+        tr = SD3Transformer2DModel(**cfg).requires_grad_(False)
+        tr = get_peft_model(tr, LoraConfig(r=64, lora_alpha=128, target_modules=SD3_LORA_TARGETS))
+        hw = (128 if tiny else 512) // 8
+        kw = dict(hidden_states=torch.randn(1, 16, hw, hw), timestep=torch.full((1,), 500.0),
+                  encoder_hidden_states=torch.randn(1, 205, 4096), pooled_projections=torch.randn(1, 2048),
+                  return_dict=False)
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            tr(**kw)
+        fwd = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            tr(**kw)[0].float().pow(2).mean().backward()
+        fwd_bwd = fc.get_total_flops()
+    return {"forward": fwd, "forward_backward": fwd_bwd,
+            "iteration_per_sample": STEPS * 2 * fwd + TRAIN_T * (2 * fwd + fwd_bwd)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=3, help="the first is warm-up and not averaged")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--epochs", type=int, default=3, help="dgpo arms: epochs (the first is warm-up)")
+    ap.add_argument("--iters", type=int, default=2, help="official arms: timed iterations after one warm-up")
+    ap.add_argument("--budget-s", type=float, default=480.0, help="skip the arms that start after this")
     ap.add_argument("--out", default="bench_results/sd35m_gpu.json")
-    ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    pipe, n_params = build_pipeline(a.tiny, dtype)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(None, [
-            "model.kind=sd3", "model.resolution=512", "model.max_sequence_length=128",
-            f"model.dtype={'bf16' if cuda else 'fp32'}", f"train.mixed_precision={'bf16' if cuda else 'no'}",
-            f"run.out_dir={tmp}", f"run.epochs={a.epochs}", "run.sample_every=0", "run.save_every=0",
-            "run.eval_at_ends=false", "sampler.shift=3.0", "reward.name=colorfulness", "train.lora_rank=64",
-            "train.lora_alpha=128", "train.lr=3e-4", "train.prompts_per_epoch=2", "train.group_size=4",
-            "train.batch_size=8", "dgpo.kl_beta=0.02", "dgpo.switch_ema_ref=500", *a.overrides])
-        model = SD3FlowModel(pipe, cfg.model)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        trainer = Trainer(cfg, model=model)
-        t0 = time.time()
-        trainer.fit()
-        wall = time.time() - t0
-        rows = trainer.metrics.read()
-    images = cfg.train.prompts_per_epoch * cfg.train.group_size
-    timed = rows[1:] or rows
-    per_sample = {k: sum(r[f"time_{k}"] for r in timed) / len(timed) / images for k in ("rollout", "reward", "train")}
+    device = "cuda" if cuda else "cpu"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    t_start = time.perf_counter()
+    pipe, n_params = build_pipeline(a.tiny, device)
+    template = pipe.transformer
+    import diffusers
+    import peft
+
     result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": a.tiny,
-              "transformer_params": n_params, "trainable_params": sum(p.numel() for p in trainer.policy.params),
-              "images_per_epoch": images, "resolution": 512, "rollout_steps": cfg.sampler.steps,
-              "train_timesteps": cfg.dgpo.num_train_timesteps, "seconds_per_sample": per_sample,
-              "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-              "wall_s": wall, "epochs": a.epochs}
-    write_result(result, a.out)
+              "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__},
+              "transformer_params": n_params, "resolution": 128 if a.tiny else 512, "samples_per_iteration":
+              PROMPTS * GROUP, "rollout_steps": STEPS, "train_timesteps": TRAIN_T, "arms": {}, "skipped": [],
+              "flops": iteration_flops(a.tiny)}
+    for arm in a.arms.split(","):
+        if arm not in ARMS:
+            raise SystemExit(f"unknown arm {arm!r}; allowed: {', '.join(ARMS)}")
+        if time.perf_counter() - t_start > a.budget_s:
+            result["skipped"].append(arm)
+            continue
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        print(f"== {arm} (at {t0 - t_start:.0f} s)", flush=True)
+        try:
+            if arm.startswith("official"):
+                r = run_official(arm.removeprefix("official_"), pipe, template, device, a.tiny, a.iters)
+            else:
+                r = run_dgpo(arm, pipe, template, device, a.tiny, a.epochs, cuda)
+        except Exception as e:  # one failing arm must not lose the others' figures
+            r = {"error": f"{type(e).__name__}: {e}"}
+        r["arm_wall_s"] = time.perf_counter() - t0
+        r["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        if "calls" in r and "seconds_per_sample" in r:
+            r["loop_overhead"] = 1 - r["calls"]["composed_per_sample"] / r["seconds_per_sample"]["total"]
+        if "seconds_per_sample" in r:
+            r["achieved_tflops"] = result["flops"]["iteration_per_sample"] / r["seconds_per_sample"]["total"] / 1e12
+        result["arms"][arm] = r
+        gc.collect()
+        summarize(result)
+        write_result(result, a.out)
+
+
+def summarize(result: dict) -> None:
+    arms = result["arms"]
+    total = lambda k: arms.get(k, {}).get("seconds_per_sample", {}).get("total")  # noqa: E731
+    ratios = {}
+    base = total("official_dgpo")
+    for k in arms:
+        if base and total(k):
+            ratios[f"official_dgpo/{k}"] = base / total(k)
+    if total("official_flow_grpo") and base:
+        ratios["official_flow_grpo/official_dgpo"] = total("official_flow_grpo") / base
+    result["speedups"] = ratios
 
 
 if __name__ == "__main__":

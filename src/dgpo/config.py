@@ -170,7 +170,10 @@ class TrainConfig:
     offline: bool = opt(False, help="roll out from the frozen reference only (offline DGPO / DPO)")
     prompts_per_epoch: int = opt(8, 1, help="P: groups (prompts) per epoch")
     group_size: int = opt(16, 2, help="G: samples per prompt")
-    batch_size: int = opt(32, 1, help="micro-batch for rollouts and training forwards (whole groups)")
+    batch_size: int = opt(32, 1, help="micro-batch of training forwards (whole groups); also of rollouts unless "
+                          "train.rollout_batch_size is set")
+    rollout_batch_size: int = opt(0, 0, help="samples per rollout chunk (CFG doubles the transformer's batch); "
+                                  "0: train.batch_size")
     steps_per_epoch: int = opt(1, 1, help="optimizer steps per epoch (official DGPO 1, Flow-GRPO 2)")
     sampling_batches: int = opt(
         2, 1, help="the official num_batches_per_epoch, sampling batches per process and epoch (DGPO GenEval/OCR 2, "
@@ -183,6 +186,9 @@ class TrainConfig:
     lora_alpha: float = opt(128.0, 0.0, help="LoRA alpha (official DGPO 128; Flow-GRPO 64)")
     lora_targets: str = opt("", help="comma-separated module-name suffixes for LoRA; '' = the model's list")
     mixed_precision: Literal["no", "bf16"] = opt("no", help="autocast dtype for training forwards")
+    compile: bool = opt(False, help="torch.compile the denoiser by region (its repeated transformer block; the toy "
+                        "whole) for rollouts, references, training and evals; the first calls compile")
+    tf32: bool = opt(True, help="TF32 for fp32 matmuls/convolutions on CUDA (VAE, rewards, fp32 weights)")
     ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
     ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")
     ema_cadence: Literal["per_batch", "per_step"] = opt(

@@ -117,7 +117,7 @@ class Algorithm:
     def ode_rollout(self, metas: list[dict], epoch: int, on_chunk=None) -> dict:
         c, s = self.cfg, self.cfg.sampler
         batch = self.conditions(metas, epoch)
-        chunks, bs = [], c.train.batch_size
+        chunks, bs = [], c.train.rollout_batch_size or c.train.batch_size
         with self.rollout_context():
             for a in range(0, len(batch["seeds"]), bs):
                 sl = slice(a, a + bs)
@@ -134,7 +134,7 @@ class Algorithm:
         return batch
 
     def denoising_losses(self, batch: dict, mb: torch.Tensor, t: TrainTime, slot: int, epoch: int,
-                         need_old: bool = False) -> dict:
+                         need_old: bool = False, need_ref: bool = True) -> dict:
         """Policy, reference (and EMA-old) velocities and denoising losses at x_t re-noised at t.sigma
         with noise shared by a group, the models receiving t.timestep; the paper's prompt dropout
         applies to the policy and reference alike."""
@@ -149,9 +149,10 @@ class Algorithm:
         tt = t.timestep.expand(len(mb)).to(x0.device)
         x_t, target = interpolate(x0, eps, t.sigma), eps - x0
         out = {"target": target}
-        with torch.no_grad():
-            with tr.policy.reference():
-                out["v_ref"] = cfg_velocity(tr.model, x_t, tt, cond, null, d.kl_cfg)
+        with torch.no_grad(), tr.acc.autocast():  # train.mixed_precision covers every forward (official)
+            if need_ref:  # skipped only when nothing reads it (DGPO: use_ema_ref without KL)
+                with tr.policy.reference():
+                    out["v_ref"] = cfg_velocity(tr.model, x_t, tt, cond, null, d.kl_cfg)
                 out["dsm_ref"] = dsm(out["v_ref"], target)  # official: the CFG'd reference when kl_cfg > 1
             if need_old:
                 with tr.ema_old.applied():

@@ -24,12 +24,14 @@ class DGPO(Algorithm):
         # official: the 'old' forward runs when clip_dsm or clip_kl is set (here only if the clip is
         # on: clip_range 0 means off) and, unlike there, also for use_ema_ref alone
         need_old = d.use_ema_ref or (d.clip_range > 0 and (d.clip_dsm or d.clip_kl))
-        o = self.denoising_losses(batch, mb, unit, slot, epoch, need_old)
+        need_ref = not d.use_ema_ref or d.kl_beta > 0  # the frozen reference feeds the DGPO term or the KL
+        o = self.denoising_losses(batch, mb, unit, slot, epoch, need_old, need_ref)
         a = signal[mb].to(o["dsm"].device)
-        out = dgpo_velocity_loss(o["v"], o["v_ref"], o["target"], a, batch["group_ids"][mb].to(a.device),
+        out = dgpo_velocity_loss(o["v"], o.get("v_ref"), o["target"], a, batch["group_ids"][mb].to(a.device),
                                  d.beta_dpo, self.cfg.train.group_size, tr.group_sum, v_old=o.get("v_old"),
                                  clip_range=d.clip_range, clip_dsm=d.clip_dsm, clip_kl=d.clip_kl,
                                  kl_beta=d.kl_beta, use_ema_ref=d.use_ema_ref)
-        return StepLoss(out.loss * len(mb), {"dgpo": out.dgpo, "kl": out.kl, "clip": out.clipped.float().mean(),
-                                   "weight": out.weight.mean(),
-                                   "v_mse_ref": (o["v"] - o["v_ref"]).detach().pow(2).mean()})
+        stats = {"dgpo": out.dgpo, "kl": out.kl, "clip": out.clipped.float().mean(), "weight": out.weight.mean()}
+        if need_ref:
+            stats["v_mse_ref"] = (o["v"] - o["v_ref"]).detach().pow(2).mean()
+        return StepLoss(out.loss * len(mb), stats)

@@ -44,7 +44,7 @@ class FlowGRPO(Algorithm):
         c, tr = self.cfg, self.tr
         batch = self.conditions(metas, epoch)
         steps = self.sde_steps(epoch)
-        parts, bs = [], c.train.batch_size
+        parts, bs = [], c.train.rollout_batch_size or c.train.batch_size
         with self.rollout_context():
             for a in range(0, len(batch["seeds"]), bs):
                 sl = slice(a, a + bs)

@@ -92,7 +92,7 @@ def dgpo_loss(
 
 def dgpo_velocity_loss(
     v: torch.Tensor,
-    v_ref: torch.Tensor,
+    v_ref: torch.Tensor | None,
     target: torch.Tensor,
     adv: torch.Tensor,
     group_ids: torch.Tensor,
@@ -113,13 +113,16 @@ def dgpo_velocity_loss(
     comes from ``v_old`` when given and ``clip_dsm`` or ``clip_kl`` is set; the KL always goes to ``v_ref``.
 
     Args:
-        v: [N, ...] policy velocities (with grad); v_ref, v_old: reference and EMA-old velocities.
+        v: [N, ...] policy velocities (with grad); v_ref, v_old: reference and EMA-old velocities
+            (v_ref may be None when use_ema_ref is set and kl_beta is 0: nothing reads it).
         target: [N, ...] eps - x0.
     """
     if use_ema_ref and v_old is None:
         raise ValueError("use_ema_ref needs the EMA 'old' model's velocities (v_old)")
+    if v_ref is None and (not use_ema_ref or kl_beta > 0):
+        raise ValueError("v_ref is needed unless use_ema_ref is set and kl_beta is 0")
     d = dsm(v, target)
-    d_ref = dsm(v_ref, target)
+    d_ref = None if v_ref is None else dsm(v_ref, target)
     d_old = None if v_old is None else dsm(v_old, target)
     mask = ppo_clip_mask(adv, d, d_old, clip_range) if d_old is not None and (clip_dsm or clip_kl) else None
     kl = (v - v_ref).pow(2).flatten(1).mean(1) if kl_beta > 0 else None

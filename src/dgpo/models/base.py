@@ -25,6 +25,9 @@ class FlowModel(Protocol):
     """Module-name suffixes that LoRA adapts (attention projections)."""
     frozen_prefixes: tuple[str, ...]
     """Parameter-name prefixes inside ``denoiser`` that stay frozen even in full fine-tuning."""
+    repeated_blocks: list[str]
+    """Class names of the denoiser's repeated blocks, compiled by region with ``train.compile``
+    ([]: the network is compiled whole)."""
 
     def encode_prompts(self, prompts: list[str]) -> Cond:
         """Frozen text encoding; "" is the unconditional prompt used by CFG."""

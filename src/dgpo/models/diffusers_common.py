@@ -39,6 +39,7 @@ class DiffusersFlowModel:
     ``velocity``, ``latent_shape``."""
 
     lora_targets: ClassVar[list[str]] = []
+    repeated_blocks: ClassVar[list[str]] = []
     frozen_prefixes: tuple[str, ...] = ()
     default_max_sequence_length = 256
 

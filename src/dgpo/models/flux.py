@@ -19,6 +19,7 @@ FLUX_LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
 
 class FluxFlowModel(DiffusersFlowModel):
     lora_targets = FLUX_LORA_TARGETS
+    repeated_blocks = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
     default_max_sequence_length = 512
 
     @classmethod

@@ -14,6 +14,7 @@ SANA_LORA_TARGETS = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
 
 class SanaFlowModel(DiffusersFlowModel):
     lora_targets = SANA_LORA_TARGETS
+    repeated_blocks = ["SanaTransformerBlock"]
     default_max_sequence_length = 300
 
     @classmethod

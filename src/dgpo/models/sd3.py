@@ -17,6 +17,7 @@ SD3_LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
 
 class SD3FlowModel(DiffusersFlowModel):
     lora_targets = SD3_LORA_TARGETS
+    repeated_blocks = ["JointTransformerBlock"]
     default_max_sequence_length = 128
 
     @classmethod

@@ -17,6 +17,7 @@ class ToyFlowModel:
     """The toy world's model; ``path`` is a toy checkpoint folder (default: the shipped base)."""
 
     lora_targets: ClassVar[list[str]] = ["to_q", "to_k", "to_v", "to_out"]
+    repeated_blocks: ClassVar[list[str]] = []  # train.compile compiles the small network whole
     frozen_prefixes = ("text_encoder.",)  # prompts are encoded once, frozen, as with real models
 
     def __init__(self, net: ToyUNet):

@@ -23,25 +23,23 @@ class ParamEMA:
 
     @torch.no_grad()
     def _blend(self, decay: float) -> None:
-        for s, p in zip(self.shadow, self.params):
-            if decay == 0.0:
-                s.copy_(p.detach())  # exact (lerp with weight 1 can be an ulp off)
-            else:
-                s.lerp_(p.detach().to(s.dtype), 1 - decay)
+        live = [p.detach() for p in self.params]
+        if decay == 0.0:
+            torch._foreach_copy_(self.shadow, live)  # exact (lerp with weight 1 can be an ulp off)
+        else:
+            torch._foreach_lerp_(self.shadow, live, 1 - decay)
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """Temporarily load the EMA values into the live parameters."""
-        saved = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
+        """Temporarily load the EMA values into the live parameters (multi-tensor copies: hundreds of
+        LoRA tensors in a few kernels)."""
+        live = [p.detach() for p in self.params]
+        saved = [t.clone() for t in live]
+        torch._foreach_copy_(live, self.shadow)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for p, v in zip(self.params, saved):
-                    p.copy_(v)
+            torch._foreach_copy_(live, saved)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {str(i): s for i, s in enumerate(self.shadow)}

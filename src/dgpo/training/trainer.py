@@ -27,7 +27,7 @@ from dgpo.evaluation import evaluate, model_image_fn, per_category, reward_score
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward_from_config
-from dgpo.training import io
+from dgpo.training import io, speed
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
 from dgpo.training.ema import OldModelEMA, SlowEMA
@@ -51,6 +51,8 @@ class Trainer:
         self.model = (model or load_model(c.model)).to(self.acc.device)
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
+        speed.set_tf32(c.train.tf32)
+        self.compile_info = speed.compile_model(self.model, self.policy) if c.train.compile else None
         # DDP (or FSDP, from accelerate's config) wraps the network for the forwards that train;
         # rollouts, references and evals use the bare module (no collectives outside backward)
         multi = self.acc.num_processes > 1
@@ -58,8 +60,10 @@ class Trainer:
             raise ValueError("FSDP is not supported yet: checkpoints and EMAs would hold only this process's shard; "
                              "use DDP (distributed_type: MULTI_GPU), with LoRA for large models")
         self.train_net = self.acc.prepare(self.model.denoiser) if multi else self.model.denoiser
+        # fused (one kernel for all tensors) on CUDA; PyTorch's default elsewhere
         self.opt = torch.optim.AdamW(self.policy.params, lr=c.train.lr, betas=(0.9, 0.999),
-                                     weight_decay=c.train.weight_decay, eps=1e-8)
+                                     weight_decay=c.train.weight_decay, eps=1e-8,
+                                     fused=True if self.acc.device.type == "cuda" else None)
         self.ema_old = OldModelEMA(self.policy.params)
         self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every, c.train.ema_cadence,
                                 max(1, c.train.sampling_batches // c.train.steps_per_epoch))
@@ -107,7 +111,8 @@ class Trainer:
                                   c.train.balance_categories)
             bar.set_postfix_str("rollout")
             with ChunkScorer(self.reward_fn, self.model.decode, c.reward.overlap) as scoring:
-                batch = self.algo.rollout(metas, epoch, scoring.submit)  # chunks are scored meanwhile
+                with self.acc.autocast():  # the scorer's thread (VAE, reward) stays in full precision
+                    batch = self.algo.rollout(metas, epoch, scoring.submit)  # chunks are scored meanwhile
                 t1 = time.time()
                 bar.set_postfix_str("reward")
                 local, local_parts = scoring.result()
@@ -152,7 +157,7 @@ class Trainer:
         micro = self.algo.micro_batches(batch["group_ids"], idx)
         items = self.layout.all_sum(self.algo.items(signal, idx))
         scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP averages over processes
-        totals: dict[str, float] = {"loss": 0.0}
+        totals: dict[str, torch.Tensor | float] = {"loss": 0.0}  # kept on the device: no sync per micro-batch
         n_back = len(units) * len(micro)
         for slot, unit in enumerate(units):
             for m, mb in enumerate(micro):
@@ -160,10 +165,10 @@ class Trainer:
                 with self._training_forward(), (nullcontext() if last else self.acc.no_sync(self.train_net)):
                     out = self.algo.micro_loss(batch, signal, mb, unit, slot, epoch)
                     self.acc.backward(out.loss_sum * scale)
-                totals["loss"] += float(out.loss_sum.detach()) * scale / self.layout.world
+                totals["loss"] = totals["loss"] + out.loss_sum.detach().float() * scale / self.layout.world
                 for k, v in out.stats.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) / (len(micro) * len(units))
-        totals = {k: self.layout.all_sum(v) / self.layout.world for k, v in totals.items()}
+                    totals[k] = totals.get(k, 0.0) + torch.as_tensor(v).detach().float() / (len(micro) * len(units))
+        totals = {k: self.layout.all_sum(float(v)) / self.layout.world for k, v in totals.items()}
         grad_norm = self.acc.clip_grad_norm_(self.policy.params, c.train.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -218,7 +223,7 @@ class Trainer:
     def _evaluate(self, desc: str) -> dict:
         c = self.cfg
         fn = self._image_fn()
-        with self.ema_slow.applied():
+        with self.ema_slow.applied(), self.acc.autocast():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
                            shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
@@ -241,7 +246,7 @@ class Trainer:
     def _grid(self, name: str) -> None:
         metas = self.grid_prompts
         fn = self._image_fn()
-        with self.ema_slow.applied():
+        with self.ema_slow.applied(), self.acc.autocast():
             images = fn(metas, list(range(len(metas))))
         if not self.acc.is_main_process:
             return

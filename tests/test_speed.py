@@ -1,0 +1,144 @@
+"""Speed options give the same numbers as the plain path: regional torch.compile (inductor, on the
+CPU), separate rollout micro-batches, bf16 frozen weights with fp32 LoRA and optimizer state,
+gradient checkpointing, the reference forward skipped when nothing reads it, TF32 flags."""
+
+import pytest
+import torch
+from tiny_diffusers import build_sd3
+
+from dgpo.config import load_config
+from dgpo.losses.dgpo import dgpo_velocity_loss
+from dgpo.models.loading import load_model
+from dgpo.training import speed
+from dgpo.training.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    return build_sd3(tmp_path_factory.mktemp("pipes") / "sd3")
+
+
+def _sd3_cfg(path, run, *extra):
+    return load_config(None, ["model.kind=sd3", f"model.path={path}", "model.resolution=64",
+                              "model.max_sequence_length=16", f"run.out_dir={run}", "run.epochs=1",
+                              "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false", "run.log_with=none",
+                              "train.prompts_per_epoch=2", "train.group_size=2", "train.batch_size=4",
+                              "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3",
+                              "dgpo.trunc_steps=1", "dgpo.num_train_timesteps=1", "reward.name=colorfulness", *extra])
+
+
+def _toy_cfg(run, *extra):
+    return load_config(None, [f"run.out_dir={run}", "run.epochs=1", "run.sample_every=0", "run.save_every=0",
+                              "run.eval_at_ends=false", "run.log_with=none", "train.prompts_per_epoch=2",
+                              "train.group_size=4", "train.batch_size=8", "sampler.steps=4", "dgpo.trunc_steps=2",
+                              "dgpo.num_train_timesteps=2", *extra])
+
+
+def test_regional_compile_trains_like_eager(sd3, tmp_path):
+    """One DGPO epoch on a tiny SD3 with train.compile (inductor; rollouts with CFG, reference with
+    LoRA disabled, EMA 'old', forward + backward) ends at the eager run's weights and metrics."""
+    from torch._dynamo.utils import counters
+
+    runs = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        tr = Trainer(_sd3_cfg(sd3, tmp_path / str(compiled), f"train.compile={compiled}"))
+        tr.fit()
+        runs[compiled] = (tr.policy.state_dict(), tr.metrics.read()[-1], tr.compile_info,
+                          counters["stats"]["unique_graphs"])
+    (eager, row_e, info_e, _), (comp, row_c, info, graphs) = runs[False], runs[True]
+    assert info_e is None and info["compiled_modules"] == 2 and info["blocks"] == ["JointTransformerBlock"]
+    assert graphs >= 3  # no-grad (rollouts, reference, old) and training graphs were compiled, not eager
+    for n in eager:
+        torch.testing.assert_close(comp[n], eager[n], rtol=1e-4, atol=1e-5)
+    for k in ("loss", "dgpo", "kl", "grad_norm"):
+        assert row_c[k] == pytest.approx(row_e[k], rel=1e-3, abs=1e-7), k
+
+
+def test_compile_regions_needs_a_matching_block_and_compiles_the_toy_whole():
+    m = load_model(load_config(None, []).model)
+    assert speed.compile_regions(m.denoiser, []) == 1
+    with pytest.raises(ValueError, match="no module of class"):
+        speed.compile_regions(m.denoiser, ["NoSuchBlock"])
+
+
+def test_rollout_batch_size_changes_no_sample(tmp_path):
+    """Each sample's noise comes from its own seed: chunks of 2 or of 8 give the same rollouts, up to
+    the kernels' batch-dependent rounding (oneDNN picks its convolution by batch size; 4 steps of CFG
+    4.5 amplify it to ~2e-4 on images in [-1, 1])."""
+    outs = []
+    for rbs in (2, 0):
+        tr = Trainer(_toy_cfg(tmp_path / str(rbs), f"train.rollout_batch_size={rbs}"))
+        metas = [tr.prompts[0], tr.prompts[1]]
+        outs.append(tr.algo.rollout(metas, 0)["x0"])
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-3)
+    assert float((outs[0] - outs[1]).abs().mean()) < 1e-5
+
+
+def test_bf16_frozen_weights_keep_lora_and_adam_state_in_fp32(sd3, tmp_path):
+    tr = Trainer(_sd3_cfg(sd3, tmp_path, "model.dtype=bf16"))
+    frozen = [p for p in tr.model.denoiser.parameters() if not p.requires_grad]
+    assert {p.dtype for p in frozen} == {torch.bfloat16}
+    assert {p.dtype for p in tr.policy.params} == {torch.float32}
+    tr.fit()
+    states = [tr.opt.state[p] for p in tr.policy.params]
+    assert {s["exp_avg"].dtype for s in states} == {s["exp_avg_sq"].dtype for s in states} == {torch.float32}
+    # the bf16 model's velocity agrees with the fp32 one to bf16 rounding
+    m32 = load_model(_sd3_cfg(sd3, tmp_path).model)
+    m16 = load_model(_sd3_cfg(sd3, tmp_path, "model.dtype=bf16").model)
+    x, t = torch.randn(2, *m32.latent_shape(), generator=torch.Generator().manual_seed(0)), torch.tensor([700.0, 300.0])
+    with torch.no_grad():
+        v32 = m32.velocity(x, t, m32.encode_prompts(["a red cube", "a ball"]))
+        v16 = m16.velocity(x, t, m16.encode_prompts(["a red cube", "a ball"]))
+    assert v16.dtype == torch.float32
+    assert float((v16 - v32).norm() / v32.norm()) < 3e-2
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(sd3, tmp_path):
+    grads = []
+    for gc in (False, True):
+        torch.manual_seed(0)
+        tr = Trainer(_sd3_cfg(sd3, tmp_path / str(gc), f"model.gradient_checkpointing={gc}"))
+        m = tr.model
+        x = torch.randn(2, *m.latent_shape(), generator=torch.Generator().manual_seed(1))
+        m.velocity(x, torch.tensor([900.0, 500.0]), m.encode_prompts(["a", "b"])).pow(2).mean().backward()
+        grads.append([p.grad.clone() for p in tr.policy.params])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_reference_forward_is_skipped_only_when_nothing_reads_it(tmp_path):
+    """use_ema_ref without KL: the frozen reference is never run in training, and the loss with
+    v_ref omitted equals the loss with any v_ref."""
+    calls = {"n": 0}
+    tr = Trainer(_toy_cfg(tmp_path, "dgpo.use_ema_ref=true", "dgpo.kl_beta=0"))
+    ref = tr.policy.reference
+
+    def counting():
+        calls["n"] += 1
+        return ref()
+
+    tr.policy.reference = counting
+    tr.fit()
+    assert calls["n"] == 0 and "v_mse_ref" not in tr.metrics.read()[-1]
+    g = torch.Generator().manual_seed(0)
+    v, v_old, target = (torch.randn(4, 3, 2, 2, generator=g) for _ in range(3))
+    adv, gids = torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.tensor([0, 0, 1, 1])
+    kw = dict(beta_dpo=100.0, group_size=2, v_old=v_old, clip_range=0.01, use_ema_ref=True, kl_beta=0.0)
+    a = dgpo_velocity_loss(v, None, target, adv, gids, **kw).loss
+    b = dgpo_velocity_loss(v, torch.randn(4, 3, 2, 2, generator=g), target, adv, gids, **kw).loss
+    assert float(a) == float(b)
+    with pytest.raises(ValueError, match="v_ref is needed"):
+        dgpo_velocity_loss(v, None, target, adv, gids, **{**kw, "kl_beta": 0.1})
+
+
+def test_tf32_switch():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        speed.set_tf32(True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        speed.set_tf32(False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
