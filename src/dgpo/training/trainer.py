@@ -4,6 +4,10 @@ epoch: pick P prompts -> G rollouts each (the algorithm's sampler) -> rewards, g
 processes -> group advantages -> the algorithm's training signal and units (timesteps, SDE steps)
 -> for each optimizer step, for each unit, for each micro-batch of whole groups: the algorithm's
 loss, backward -> clip, step, EMAs -> log, grids, eval, checkpoint.
+
+Faults (training/guards.py): a reward call is retried, a failed call's or a non-finite reward's group
+is dropped from the epoch, a step with a non-finite loss or gradient is skipped on every process, and
+faults that last stop the run with its last good checkpoint.
 """
 
 from __future__ import annotations
