@@ -47,6 +47,7 @@ def refill_zero_advantage(
     world: int,
     batches: int,
     generator: torch.Generator,
+    eligible: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Flow-GRPO's zero-advantage filter (official ``train_sd3.py``): [N] bool, which samples train.
 
@@ -55,15 +56,17 @@ def refill_zero_advantage(
     random dropped samples of that process are re-added until its count divides by ``batches`` (if
     it has enough of them). With several processes, one left with nothing while another trains gets
     ``batches`` of them, so that every process takes part in each optimizer step (the official code
-    would stop with an error there).
+    would stop with an error there). ``eligible`` [N] bool: only these may be re-added (not the
+    samples of groups dropped for a failed or non-finite reward).
     """
     keep = adv != 0
+    candidates = ~keep if eligible is None else ~keep & eligible
     anyone = bool(keep.any())
     for r in range(world):
         mine = owner == r
         count = int((keep & mine).sum())
         need = batches if (world > 1 and count == 0 and anyone) else (-count) % batches
-        dropped = torch.nonzero(mine & ~keep).squeeze(1)
+        dropped = torch.nonzero(mine & candidates).squeeze(1)
         if need and len(dropped) >= need:
             keep[dropped[torch.randperm(len(dropped), generator=generator)[:need]]] = True
     return keep

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dgpo import __version__
 from dgpo.config import ConfigError
+from dgpo.training import RunHalted
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 "geneval": cmd_geneval, "reward": cmd_reward}
     try:
         handlers[a.cmd](a)
-    except (ConfigError, FileNotFoundError, ValueError, ImportError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, ImportError, RunHalted) as e:
         print(f"dgpo {a.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -106,8 +106,16 @@ class RewardConfig:
     token_env: str = opt("DGPO_REWARD_TOKEN", help="remote: environment variable holding the server's bearer "
                          "token (never written to config.yaml)")
     timeout_s: float = opt(600.0, 1.0, help="remote: seconds to wait for one request's answer")
-    retries: int = opt(4, 0, 20, help="remote: retries of a request after a connection error or a 502/503/504, "
-                       "with exponential backoff")
+    retries: int = opt(4, 0, 20, help="retries of a failed reward call in training (it raised or timed out), "
+                       "with exponential backoff; remote: also of a request after a connection error or a "
+                       "502/503/504 (a call whose requests spent these retries is not retried again)")
+    backoff_s: float = opt(0.5, 0.0, 600.0, help="wait before the first retry; doubles on each further retry")
+    max_backoff_s: float = opt(30.0, 0.0, 3600.0, help="longest wait between retries")
+    call_timeout_s: float = opt(
+        0.0, 0.0, help="give up on a reward call after this many seconds and retry it (0: no limit). A thread "
+        "cannot be killed: the timed-out call runs on in the background and its result is discarded")
+    max_failures: int = opt(3, 1, help="epochs in a row with a reward call that failed after its retries (its "
+                            "groups are dropped from the epoch) before the run stops with an error")
     overlap: bool = opt(True, help="score each rollout chunk in a background thread while the next one is "
                         "generated (the same rewards as scoring after the rollout)")
 
@@ -198,6 +206,9 @@ class TrainConfig:
     prompts: str = opt("toy:train", help="prompt source: toy:train, geneval:train or a GenEval .jsonl")
     balance_categories: bool = opt(False, help="sample prompts category-first (by metadata tag); false: uniformly "
                                    "(official)")
+    max_bad_steps: int = opt(5, 1, help="optimizer steps in a row skipped for a non-finite loss, gradient or "
+                             "reward (nothing changes on a skipped step) before the run stops, its last good "
+                             "state saved as a checkpoint")
 
 
 @dataclass

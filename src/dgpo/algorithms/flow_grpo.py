@@ -81,7 +81,8 @@ class FlowGRPO(Algorithm):
             return ~zero[group_ids], adv
         gen = torch.Generator().manual_seed(derive_seed(c.run.seed, batch["epoch"], 7))
         owner = self.tr.layout.rank_of(torch.arange(len(adv)), c.train.group_size)
-        return refill_zero_advantage(adv, owner, self.tr.layout.world, c.train.sampling_batches, gen), adv
+        return refill_zero_advantage(adv, owner, self.tr.layout.world, c.train.sampling_batches, gen,
+                                     batch.get("alive")), adv
 
     def optimizer_chunks(self, group_ids, pos, epoch):
         """Official: each optimizer step takes an equal share of a random shuffle of this process's

@@ -46,7 +46,7 @@ def build_reward_from_config(rc: RewardConfig, device="cpu") -> RewardFn:
     from dgpo.rewards.multi import MultiReward
 
     remote = {"url": rc.url, "token": os.environ.get(rc.token_env, ""), "timeout_s": rc.timeout_s,
-              "retries": rc.retries}
+              "retries": rc.retries, "backoff_s": rc.backoff_s, "max_backoff_s": rc.max_backoff_s}
     names = rc.names()
     weights = list(rc.weights) or [1.0] * len(names)
     paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,

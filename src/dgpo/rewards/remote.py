@@ -3,10 +3,15 @@
 The client reads the server's limits from ``/health`` (which also checks the token) and splits a batch
 into requests that respect them. It retries only what a retry can fix -- a failed connection and
 the answers 502, 503 (busy) and 504 (timed out) -- ``retries`` times with exponential backoff
-(``Retry-After`` honoured, capped), then raises :class:`RemoteRewardError` naming the server, the
-attempts and the last error. Any other answer (400, 401, 413, 500) fails at once with the server's
-message; so does a response that does not arrive within ``timeout_s`` (the server may still be
-scoring it: sending it again would only add load).
+(``Retry-After`` honoured, capped: :class:`~dgpo.rewards.retry.Backoff`), then raises
+:class:`RemoteRewardError` naming the server, the attempts and the last error. Any other answer
+(400, 401, 413, 500) fails at once with the server's message; so does a response that does not
+arrive within ``timeout_s`` (the server may still be scoring it: sending it again at once would only
+add load).
+
+In training, the trainer's guarded call (:mod:`dgpo.rewards.retry`) retries a failed call as a whole
+after a backoff -- a 500 or a timeout, not an error marked ``retried`` (the retries here are spent)
+nor one marked ``permanent`` (a 4xx answer or a bad setup: a configuration error stops the run).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from urllib.parse import urlsplit
 
 import torch
 
+from dgpo.rewards.retry import Backoff
 from dgpo.rewards.wire import PROTOCOL, Limits, WireError, check_scores, dumps, encode_images, loads
 
 log = logging.getLogger(__name__)
@@ -27,7 +33,14 @@ HINTS = {401: " (the token: the server's DGPO_REWARD_TOKEN, in the variable name
 
 
 class RemoteRewardError(ValueError):
-    """The remote reward could not be computed: the server is unreachable, refused, or answered badly."""
+    """The remote reward could not be computed: the server is unreachable, refused, or answered badly.
+
+    ``permanent``: retrying cannot help (a 4xx answer, a server that is no dgpo reward server, an image
+    over the server's limits); ``retried``: the client's own retries are spent."""
+
+    def __init__(self, message: str, permanent: bool = False, retried: bool = False):
+        super().__init__(message)
+        self.permanent, self.retried = permanent, retried
 
 
 class _Retryable(Exception):
@@ -44,7 +57,7 @@ class RemoteReward:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base = parts.path.rstrip("/")
         self.token, self.timeout_s, self.retries = token, timeout_s, retries
-        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.backoff = Backoff(retries, backoff_s, max_backoff_s)
         from dgpo.rewards.server import is_loopback
 
         if token and self.scheme == "http" and not is_loopback(self.host):
@@ -60,7 +73,7 @@ class RemoteReward:
         info = self._request("GET", "/health")
         if not isinstance(info, dict) or info.get("protocol") != PROTOCOL:
             raise RemoteRewardError(f"remote reward {self.url}: /health did not answer as a dgpo reward "
-                                    f"server (protocol {PROTOCOL}): {str(info)[:200]}")
+                                    f"server (protocol {PROTOCOL}): {str(info)[:200]}", permanent=True)
         return info
 
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
@@ -96,7 +109,8 @@ class RemoteReward:
             item = len(img) + len(dumps(meta)) + 8
             if item > budget:
                 raise RemoteRewardError(f"remote reward {self.url}: image {i} alone ({item} bytes) exceeds "
-                                        f"the server's body limit of {self.limits.max_body_bytes} bytes")
+                                        f"the server's body limit of {self.limits.max_body_bytes} bytes",
+                                     permanent=True)
             if i > start and (i - start >= self.limits.max_items or size + item > budget):
                 spans.append((start, i))
                 start, size = i, 0
@@ -112,13 +126,13 @@ class RemoteReward:
             except _Retryable as e:
                 last, wait = str(e.args[0]), e.args[1]
             if attempt < self.retries:
-                delay = min(self.max_backoff_s, max(self.backoff_s * 2**attempt, wait))
+                delay = self.backoff.delay(attempt, wait)
                 log.warning("remote reward %s%s: %s; retry %d/%d in %.1f s", self.url, path, last,
                             attempt + 1, self.retries, delay)
                 time.sleep(delay)
         raise RemoteRewardError(f"remote reward {self.url}{path}: gave up after {self.retries + 1} attempts "
                                 f"in {time.monotonic() - t0:.1f} s; last error: {last}. "
-                                "Is `dgpo reward serve` running there?")
+                                "Is `dgpo reward serve` running there?", retried=True)
 
     def _once(self, method: str, path: str, body: bytes | None) -> dict:
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
@@ -167,7 +181,8 @@ class RemoteReward:
             raise _Retryable(f"HTTP {resp.status}: {self._message(payload)}", wait)
         if resp.status != 200:
             raise RemoteRewardError(f"remote reward {self.url}{path} answered {resp.status}: "
-                                    f"{self._message(payload)}{HINTS.get(resp.status, '')}")
+                                    f"{self._message(payload)}{HINTS.get(resp.status, '')}",
+                                    permanent=400 <= resp.status < 500 and resp.status not in (408, 429))
         if not isinstance(payload, dict):
             raise RemoteRewardError(f"remote reward {self.url}{path}: the answer is not a JSON object")
         return payload

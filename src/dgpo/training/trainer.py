@@ -4,6 +4,10 @@ epoch: pick P prompts -> G rollouts each (the algorithm's sampler) -> rewards, g
 processes -> group advantages -> the algorithm's training signal and units (timesteps, SDE steps)
 -> for each optimizer step, for each unit, for each micro-batch of whole groups: the algorithm's
 loss, backward -> clip, step, EMAs -> log, grids, eval, checkpoint.
+
+Faults (training/guards.py): a reward call is retried, a failed call's or a non-finite reward's group
+is dropped from the epoch, a step with a non-finite loss or gradient is skipped on every process, and
+faults that last stop the run with its last good checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm import tqdm
 
-from dgpo.advantages import multi_reward_advantages
 from dgpo.algorithms import ALGORITHMS
 from dgpo.config import Config, dump_yaml, to_dict
 from dgpo.data.prompts import epoch_prompts, load_prompts
@@ -27,10 +30,12 @@ from dgpo.evaluation import evaluate, model_image_fn, per_category, reward_score
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward_from_config
+from dgpo.rewards.retry import Backoff, GuardedCall
 from dgpo.training import io, speed
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
 from dgpo.training.ema import OldModelEMA, SlowEMA
+from dgpo.training.guards import FaultGuard, RunHalted, finite_row, masked_advantages, screen_rewards
 from dgpo.training.policy import Policy, parse_targets
 from dgpo.training.scoring import ChunkScorer
 
@@ -69,6 +74,8 @@ class Trainer:
                                 max(1, c.train.sampling_batches // c.train.steps_per_epoch))
         self.travel = TravelMeter(self.policy.params)
         self.reward_fn = build_reward_from_config(c.reward, self.acc.device)
+        r = c.reward  # every reward call is retried, timed out, and its failure survived (rewards/retry.py)
+        self.reward_call = GuardedCall(Backoff(r.retries, r.backoff_s, r.max_backoff_s), r.call_timeout_s)
         self.prompts = load_prompts(c.train.prompts)
         self.eval_prompts = load_prompts(c.eval.split)
         if c.eval.per_category:
@@ -82,6 +89,7 @@ class Trainer:
         self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
         self.layout.check_group_size(c.train.group_size)
         self.group_sum = self.layout.group_sum_fn(c.train.prompts_per_epoch)
+        self.guard = FaultGuard(c.train.max_bad_steps, c.reward.max_failures, self.layout)
         self.algo = ALGORITHMS[c.train.algorithm](self)
         self.step, self.start_epoch, self.evals = 0, 0, []
         self.train_time, self.images, self._next_eval_s = 0.0, 0, c.run.eval_every_s
@@ -110,7 +118,7 @@ class Trainer:
             metas = epoch_prompts(self.prompts, c.train.prompts_per_epoch, c.run.seed, epoch,
                                   c.train.balance_categories)
             bar.set_postfix_str("rollout")
-            with ChunkScorer(self.reward_fn, self.model.decode, c.reward.overlap) as scoring:
+            with ChunkScorer(self.reward_fn, self.model.decode, c.reward.overlap, self.reward_call) as scoring:
                 with self.acc.autocast():  # the scorer's thread (VAE, reward) stays in full precision
                     batch = self.algo.rollout(metas, epoch, scoring.submit)  # chunks are scored meanwhile
                 t1 = time.time()
@@ -120,9 +128,16 @@ class Trainer:
             rewards, parts = gather(local), {k: gather(v) for k, v in local_parts.items()}
             correct = None if scoring.correct is None else gather(scoring.correct)  # strict 0/1 (GenEval)
             group_ids = torch.arange(batch["n_total"]) // c.train.group_size
-            adv, zero = multi_reward_advantages(rewards, parts, getattr(self.reward_fn, "weights", {}), group_ids,
-                                                c.reward.advantages, c.dgpo.adv_std, clip_max=c.dgpo.adv_clip_max)
-            keep, signal = self.algo.select(batch, rewards, adv, zero, group_ids)
+            # a failed call or a non-finite reward takes its whole group out of the epoch (training/guards.py)
+            er = screen_rewards(rewards, parts, gather(scoring.failed) > 0, group_ids, len(metas))
+            faults, failed_too_often = self.guard.after_rewards(scoring.counts, er, scoring.error)
+            adv, zero = masked_advantages(er, getattr(self.reward_fn, "weights", {}), group_ids, len(metas),
+                                          c.reward.advantages, c.dgpo.adv_std, c.dgpo.adv_clip_max)
+            batch["alive"] = er.alive
+            keep, signal = self.algo.select(batch, er.rewards, adv, zero, group_ids)
+            keep, signal = keep & er.alive, torch.where(er.alive, signal, torch.zeros_like(signal))
+            live_rewards, live_parts = er.live(rewards), {k: er.live(v) for k, v in parts.items()}
+            live_metas = [metas[g] for g in er.live_groups]
             t2 = time.time()
             bar.set_postfix_str("train")
             train_pos = torch.nonzero(keep[batch["index"]]).squeeze(1)
@@ -130,11 +145,19 @@ class Trainer:
                 key = epoch + INNER_KEY * inner  # fresh timesteps and noise on every pass
                 units = self.algo.units(batch, key)
                 for part in self.algo.optimizer_chunks(batch["group_ids"], train_pos, key):
-                    stats = self._optimizer_step(batch, signal[batch["index"]], part, units, key)
-                    diag = self._diagnostics(metas, rewards, correct, group_ids)
-                    self._log(epoch, rewards, zero, {**stats, **diag}, {"rollout": t1 - t0, "reward": t2 - t1,
-                                                                        "train": time.time() - t2}, parts)
-            bar.set_postfix(reward=f"{rewards.mean():.3f}", step=self.step)
+                    if er.cause and not self.layout.all_sum(float(len(part))):  # all its groups were dropped
+                        stats = {"bad_cause": er.cause}
+                    else:
+                        stats = self._optimizer_step(batch, signal[batch["index"]], part, units, key)
+                    state, halt = self.guard.after_step(stats.pop("bad_cause", ""))
+                    diag = self._diagnostics(live_metas, live_rewards, er.live(correct), er.live_ids(group_ids))
+                    self._log(epoch, live_rewards, zero[er.live_groups], {**stats, **state, **faults, **diag},
+                              {"rollout": t1 - t0, "reward": t2 - t1, "train": time.time() - t2}, live_parts)
+                    if halt:
+                        self._halt(halt, epoch, epoch)  # resuming retries this epoch
+            if failed_too_often:  # after training the epoch's surviving groups
+                self._halt(failed_too_often, epoch, epoch + 1)
+            bar.set_postfix(reward=f"{live_rewards.mean():.3f}", step=self.step)
             self.train_time += time.time() - t0
             self.images += batch["n_total"]
             if self._periodic(epoch):
@@ -147,7 +170,7 @@ class Trainer:
         """Per-step instruments: reward per category, pass@G / pass@1 of the rollouts, travel."""
         per_sample = [metas[int(g)] for g in group_ids]
         out = {**reward_by_category(rewards, per_sample), **self.travel.measure()}
-        if correct is not None:
+        if correct is not None and len(correct):
             out.update(group_correct_shares(correct, group_ids))
         return out
 
@@ -170,6 +193,10 @@ class Trainer:
                     totals[k] = totals.get(k, 0.0) + torch.as_tensor(v).detach().float() / (len(micro) * len(units))
         totals = {k: self.layout.all_sum(float(v)) / self.layout.world for k, v in totals.items()}
         grad_norm = self.acc.clip_grad_norm_(self.policy.params, c.train.max_grad_norm)
+        cause = self.guard.nonfinite(totals["loss"], float(grad_norm))
+        if cause:  # skipped: parameters, EMAs, optimizer moments and step counters stay as they were
+            self.opt.zero_grad(set_to_none=True)
+            return {**totals, "grad_norm": float(grad_norm), "bad_cause": cause}
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.ema_old.update(self.step)
@@ -190,13 +217,14 @@ class Trainer:
     # ----------------------------------------------------------------- bookkeeping
     def _log(self, epoch: int, rewards: torch.Tensor, zero: torch.Tensor, stats: dict, times: dict,
              parts: dict | None = None) -> None:
-        per = {f"reward_{k}_{s}": float(getattr(v, s)()) for k, v in (parts or {}).items() for s in ("mean", "std")}
+        stat = lambda v, s: float(getattr(v, s)()) if len(v) else None  # noqa: E731 - every group dropped
+        per = {f"reward_{k}_{s}": stat(v, s) for k, v in (parts or {}).items() for s in ("mean", "std")}
         row = {"step": self.step, "epoch": epoch, "wall_time": time.time(),
-               "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **per,
-               "zero_spread_share": float(zero.float().mean()), **stats,
+               "reward_mean": stat(rewards, "mean"), "reward_std": stat(rewards, "std"), **per,
+               "zero_spread_share": stat(zero.float(), "mean"), **stats,
                "lr": self.opt.param_groups[0]["lr"], **{f"time_{k}": v for k, v in times.items()}}
         if self.acc.is_main_process:
-            self.metrics.write(row)
+            self.metrics.write(finite_row(row))
 
     def _periodic(self, epoch: int) -> bool:
         """Evals, grids, checkpoints after an epoch; True when the time budget says stop."""
@@ -212,6 +240,14 @@ class Trainer:
         if (r.save_every and done % r.save_every == 0) or last:
             self._save(done)
         return last
+
+    def _halt(self, why: str, epoch: int, epochs_done: int) -> None:
+        """Stop the run (every process alike): save the last good state, end the trackers, raise."""
+        self._save(epochs_done)  # a skipped step changed nothing: the state is that of the last good step
+        self.acc.end_training()
+        raise RunHalted(f"{why}. The run stopped in epoch {epoch}; its last good state (step {self.step}) is saved "
+                        f"in {self.run_dir / 'checkpoints' / f'step_{self.step:06d}'} (--resume continues from it); "
+                        f"{self.run_dir / 'metrics.jsonl'} logs each skipped step's cause")
 
     def _record_eval(self, row: dict) -> None:
         self.evals.append(row)
