@@ -18,10 +18,22 @@ from _results import write_result
 HOUR = 3600.0
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file; a line cut short (being written, or by a killed writer) is skipped."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
+def _finite(x):
+    """NaN (a statistic without enough samples yet) as null: the result stays strict JSON."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    return None if isinstance(x, float) and x != x else x
 
 
 def epoch_rows(run_dir: Path) -> list[dict]:
@@ -30,7 +42,7 @@ def epoch_rows(run_dir: Path) -> list[dict]:
     Epochs redone after a resume replace the ones logged before the restart."""
     by_epoch: dict[int, dict] = {}
     last = -1
-    for r in _jsonl(run_dir / "metrics.jsonl"):
+    for r in read_jsonl(run_dir / "metrics.jsonl"):
         e = r["epoch"]
         if e < last:  # a rewind: the trainer restarted from an earlier checkpoint
             by_epoch = {k: v for k, v in by_epoch.items() if k < e}
@@ -144,7 +156,7 @@ def epoch_stats(epochs: list[dict], segs: list[dict], t0: float, drift_bound: fl
 
 
 def report(out: Path, run_dir: Path, a) -> dict:
-    rows = _jsonl(out / "samples.jsonl")
+    rows = read_jsonl(out / "samples.jsonl")
     segs = [s for s in _segments(rows, a.warmup_min * 60) if len(s["t"])]
     if not segs:
         raise SystemExit(f"{out / 'samples.jsonl'} holds no samples yet")
@@ -163,7 +175,7 @@ def report(out: Path, run_dir: Path, a) -> dict:
         "command": next((r["cmd"] for r in rows if r.get("event") == "start"), None),
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
     }
-    write_result(result, a.json)
+    write_result(_finite(result), a.json)
     plot(segs, t0, result, arrays, a, Path(a.png))
     print(f"wrote {a.json} and {a.png}")
     return result

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from _long_run_report import report  # benchmarks/ is on sys.path when a script runs
+from _long_run_report import read_jsonl, report  # benchmarks/ is on sys.path when a script runs
 
 try:
     import psutil
@@ -110,12 +110,6 @@ def is_trainer(pid: int) -> bool:
 
 
 # ----------------------------------------------------------------- the run
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def append(path: Path, row: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")

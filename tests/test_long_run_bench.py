@@ -55,6 +55,7 @@ def test_epoch_rows_replace_epochs_redone_after_resume(tmp_path):
         for e, wall in rows:
             f.write(json.dumps({"epoch": e, "wall_time": wall, "time_rollout": 1.0, "time_reward": 0.5,
                                 "time_train": e + 1.0}) + "\n")
+        f.write('{"epoch": 4, "wall_ti')  # a row being written by the live trainer
     got = rep.epoch_rows(tmp_path)
     assert [(r["epoch"], r["end"]) for r in got] == [(0, 10.0), (1, 100.0), (2, 110.0), (3, 120.0)]
     assert got[3]["epoch_s"] == 1.0 + 0.5 + 4.0
@@ -73,3 +74,17 @@ def test_trainer_command_resumes_with_the_same_overrides():
     again = long_run.trainer_command(a, Path("/x/run"), True)
     assert again == fresh + ["--resume"]
     assert "run.time_budget_s=7200" in fresh and "run.seed=3" in fresh and "run.out_dir=/x/run" in fresh
+
+
+def test_report_on_a_live_run_is_strict_json(tmp_path):
+    """Right after launch: no post-warm-up samples, no epochs; the slope is null, not NaN."""
+    start = {"event": "start", "t": 0.0, "segment": 0, "pid": 1, "cmd": ["dgpo"]}
+    rows = [start] + [{"t": float(t), "segment": 0, "pid": 1, "rss_mb": 500.0 + t, "cpu_s": t / 2,
+                       "procs": 1, "load1": 1.0} for t in range(0, 60, 5)]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"t": 6')
+    a = SimpleNamespace(warmup_min=10.0, rss_bound_mb=50.0, drift_bound=0.1,
+                        json=str(tmp_path / "r.json"), png=str(tmp_path / "r.png"))
+    rep.report(tmp_path, tmp_path / "run", a)
+    res = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: 1 / 0)  # NaN raises
+    assert res["samples"] == 12 and res["rss"]["max_mb"] == 555.0 and res["rss"]["slope_mb_per_hour"] is None
+    assert (tmp_path / "r.png").stat().st_size > 10_000
