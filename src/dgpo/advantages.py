@@ -47,6 +47,7 @@ def refill_zero_advantage(
     world: int,
     batches: int,
     generator: torch.Generator,
+    equal: bool = False,
 ) -> torch.Tensor:
     """Flow-GRPO's zero-advantage filter (official ``train_sd3.py``): [N] bool, which samples train.
 
@@ -55,7 +56,9 @@ def refill_zero_advantage(
     random dropped samples of that process are re-added until its count divides by ``batches`` (if
     it has enough of them). With several processes, one left with nothing while another trains gets
     ``batches`` of them, so that every process takes part in each optimizer step (the official code
-    would stop with an error there).
+    would stop with an error there). ``equal`` (FSDP, where every forward is a collective): then
+    processes with fewer kept samples re-add dropped ones up to the largest count, so that all run
+    the same micro-batches (always possible: each process holds the same number of samples).
     """
     keep = adv != 0
     anyone = bool(keep.any())
@@ -66,6 +69,11 @@ def refill_zero_advantage(
         dropped = torch.nonzero(mine & ~keep).squeeze(1)
         if need and len(dropped) >= need:
             keep[dropped[torch.randperm(len(dropped), generator=generator)[:need]]] = True
+    if equal:
+        counts = [int((keep & (owner == r)).sum()) for r in range(world)]
+        for r in range(world):
+            dropped = torch.nonzero((owner == r) & ~keep).squeeze(1)
+            keep[dropped[torch.randperm(len(dropped), generator=generator)[: max(counts) - counts[r]]]] = True
     return keep
 
 

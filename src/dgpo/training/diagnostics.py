@@ -35,22 +35,28 @@ def group_correct_shares(correct: torch.Tensor, group_ids: torch.Tensor) -> dict
 class TravelMeter:
     """How far the trainable parameters move: ``update_norm`` = ||theta_t - theta_{t-1}|| (this step)
     and ``dist_from_start`` = ||theta_t - theta_0|| (the run's start; for LoRA the adapter's own
-    parameters, whose B starts at zero, so this measures the adapter's size)."""
+    parameters, whose B starts at zero, so this measures the adapter's size). Sharded parameters
+    (FSDP) keep only their local shards; ``all_sum`` adds the squared norms over processes."""
 
-    def __init__(self, params: list[torch.nn.Parameter]):
+    def __init__(self, params: list[torch.nn.Parameter], all_sum=None):
         self.params = params
-        self.start = [p.detach().float().cpu().clone() for p in params]
+        self.all_sum = all_sum or (lambda x: x)
+        self.start = self._now()
         self.prev = [s.clone() for s in self.start]
+
+    def _now(self) -> list[torch.Tensor]:
+        local = (getattr(p, "to_local", lambda p=p: p)() for p in self.params)  # a DTensor's own shard
+        return [t.detach().float().cpu().clone() for t in local]
 
     @torch.no_grad()
     def measure(self) -> dict[str, float]:
-        now = [p.detach().float().cpu() for p in self.params]
-        upd = sum(float((a - b).pow(2).sum()) for a, b in zip(now, self.prev)) ** 0.5
-        dist = sum(float((a - b).pow(2).sum()) for a, b in zip(now, self.start)) ** 0.5
-        self.prev = [a.clone() for a in now]
+        now = self._now()
+        upd = self.all_sum(sum(float((a - b).pow(2).sum()) for a, b in zip(now, self.prev))) ** 0.5
+        dist = self.all_sum(sum(float((a - b).pow(2).sum()) for a, b in zip(now, self.start))) ** 0.5
+        self.prev = now
         return {"update_norm": upd, "dist_from_start": dist}
 
     def resumed(self) -> None:
         """After a checkpoint load: theta_0 is rebuilt from the seed at construction; the previous
         step's parameters are the loaded ones."""
-        self.prev = [p.detach().float().cpu().clone() for p in self.params]
+        self.prev = self._now()

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 
 import torch
 
+from dgpo.training.fsdp import copy_full_
+
 
 class ParamEMA:
     def __init__(self, params: list[torch.nn.Parameter]):
@@ -44,13 +46,14 @@ class ParamEMA:
                     p.copy_(v)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Shadows by position (shards under FSDP: ``Sharding.gather`` makes them whole)."""
         return {str(i): s for i, s in enumerate(self.shadow)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if len(state) != len(self.shadow):
             raise ValueError(f"EMA state has {len(state)} tensors, expected {len(self.shadow)}")
         for i, s in enumerate(self.shadow):
-            s.copy_(state[str(i)])
+            copy_full_(s, state[str(i)])  # a shard takes its part (FSDP)
 
 
 class OldModelEMA(ParamEMA):
