@@ -36,6 +36,7 @@ Design (docs/distributed.md has the long form):
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 
@@ -45,6 +46,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 PEFT_PREFIX = "base_model.model."
+log = logging.getLogger(__name__)
 
 
 def fsdp_plugin(acc):
@@ -63,6 +65,12 @@ def fsdp_plugin(acc):
     if plugin.fsdp_version != 2:
         raise ValueError(f"FSDP version {plugin.fsdp_version} is not supported: set fsdp_version: 2 in the accelerate "
                          "config (FSDP_VERSION=2); dgpo shards with FSDP2 (torch.distributed.fsdp.fully_shard)")
+    unused = {"fsdp_activation_checkpointing": (plugin.activation_checkpointing, "use model.gradient_checkpointing"),
+              "fsdp_cpu_ram_efficient_loading": (plugin.cpu_ram_efficient_loading, "every process loads the model"),
+              "fsdp_ignored_modules": (plugin.ignored_modules, "the model's frozen_prefixes stay whole")}
+    for key, (value, instead) in unused.items():
+        if value:
+            raise ValueError(f"accelerate's {key} is not applied by dgpo's FSDP ({instead}): set it off")
     return plugin
 
 
@@ -119,11 +127,17 @@ class Sharding:
             if p not in ignored and not p.is_contiguous():
                 p.data = p.data.contiguous()
         wrap = fsdp2_prepare_auto_wrap_policy(self.plugin, module)
+        units, name = 1, type(module).__name__
         for sub in reversed(list(module.modules())[1:]):  # children before their parents
             own = set(sub.parameters())
             if wrap is not None and wrap(sub) and not isinstance(sub, FSDPModule) and own - ignored:
                 fully_shard(sub, **self.kwargs, ignored_params=own & ignored)
+                units += 1
         fully_shard(module, **self.kwargs, ignored_params=ignored)
+        if self.main:
+            n = sum(isinstance(p, DTensor) for p in module.parameters())
+            log.info("FSDP2: %s sharded over %d processes in %d units (%d parameters sharded, %d kept whole)",
+                     name, self.mesh.size(), units, n, len(ignored))
         return module
 
     # ----------------------------------------------------------------- state
