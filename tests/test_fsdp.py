@@ -81,6 +81,15 @@ def test_fsdp_full_fine_tuning_equals_one_process_and_resumes_bit_exactly(tiny_t
              for run in (tmp_path / "one", tmp_path / "fsdp")]
     assert [e["overall"] for e in evals[0]] == pytest.approx([e["overall"] for e in evals[1]], rel=1e-6)
 
+    # the FSDP checkpoint resumes in one process too (the same files): step 2 as the 1-process run's
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "cross")
+    shutil.rmtree(tmp_path / "cross/checkpoints/step_000002")
+    Trainer(load_config(None, _overrides(tiny_toy, tmp_path / "cross")), resume=True).fit()
+    cross = _ckpt(tmp_path / "cross")
+    for part in PARTS:
+        for k in one[part]:
+            assert torch.allclose(one[part][k], cross[part][k], atol=ATOL, rtol=0), (part, k)
+
     # resume under FSDP from the step-1 checkpoint: the step-2 checkpoint is the uninterrupted one's
     shutil.copytree(tmp_path / "fsdp", tmp_path / "resumed")
     shutil.rmtree(tmp_path / "resumed/checkpoints/step_000002")
@@ -158,16 +167,16 @@ def test_lockstep_eval_runs_the_same_batches_on_every_shard_and_keeps_the_rows()
     metas = [{"prompt": f"p{i}", "tag": "reward"} for i in range(5)]
     calls: dict[tuple, int] = {}
 
-    def image_fn(batch, seeds):
-        return torch.full((len(batch), 3, 4, 4), 0.5)
-
     def score(images, batch):
         return [(1.0, float(int(m["prompt"][1:]) ** 2)) for m in batch]
 
     for lockstep in (False, True):
         for rank in (0, 1):
-            counted = lambda b, s, key=(lockstep, rank): calls.__setitem__(key, calls.get(key, 0) + 1) or image_fn(b, s)  # noqa: E731
-            res = evaluate(counted, metas, 1, 0, 2, shard=(rank, 2), score_fn=score, lockstep=lockstep)
+            def image_fn(batch, seeds, key=(lockstep, rank)):
+                calls[key] = calls.get(key, 0) + 1
+                return torch.full((len(batch), 3, 4, 4), 0.5)
+
+            res = evaluate(image_fn, metas, 1, 0, 2, shard=(rank, 2), score_fn=score, lockstep=lockstep)
             assert res["reward"] == pytest.approx([20 / 3, 5.0][rank])  # rank 0: p0 p2 p4, rank 1: p1 p3
     assert calls[(False, 0)] == 2 and calls[(False, 1)] == 1  # 3 and 2 jobs in batches of 2
     assert calls[(True, 0)] == calls[(True, 1)] == 2

@@ -29,13 +29,17 @@ Design (docs/distributed.md has the long form):
   (``DTensor.full_tensor``), the main process keeps a CPU copy and writes. On resume every process
   reads the full tensors and keeps its own shard (``distribute_tensor(src_data_rank=None)``, no
   communication): a run resumed under FSDP continues bit-exactly.
+* Mixed precision: accelerate's policy (the gathered weights in bf16, so every forward, rollouts
+  and references too, computes in bf16), except that gradients are reduced in fp32, as DDP
+  reduces them.
 * Gradients are reduce-scattered at every backward (no ``no_sync``: accumulating unsharded
-  gradients would hold a whole model's gradients per process); accelerate's ``clip_grad_norm_``
-  computes the norm over all shards.
+  gradients would hold a whole model's gradients on every process); accelerate's
+  ``clip_grad_norm_`` takes the norm over all shards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable
@@ -84,7 +88,8 @@ def copy_full_(dst: torch.Tensor, src: torch.Tensor) -> None:
     """``dst.copy_(src)`` for a whole tensor ``src``; a sharded ``dst`` takes its own shard of it
     (every process holds ``src``: no communication)."""
     if isinstance(dst, DTensor):
-        src = distribute_tensor(src.to(dst.device, dst.dtype), dst.device_mesh, dst.placements, src_data_rank=None)
+        src = distribute_tensor(src.to(dst.device, dst.dtype), dst.device_mesh, dst.placements,
+                                src_data_rank=None)
     dst.copy_(src)
 
 
@@ -98,10 +103,11 @@ class Sharding:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import MixedPrecisionPolicy
 
+            mp = plugin.mixed_precision_policy  # accelerate's: bf16 compute and bf16 gradient reduction
+            mp = MixedPrecisionPolicy() if mp is None else dataclasses.replace(mp, reduce_dtype=torch.float32)
             self.mesh = init_device_mesh(device.type, (world,))
             self.kwargs = {"mesh": self.mesh, "reshard_after_forward": plugin.reshard_after_forward,
-                           "offload_policy": plugin.cpu_offload,
-                           "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy()}
+                           "offload_policy": plugin.cpu_offload, "mp_policy": mp}
 
     @classmethod
     def from_accelerator(cls, acc) -> Sharding:
@@ -122,8 +128,8 @@ class Sharding:
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
         ignored = {p for n, p in module.named_parameters()
-                   if keep_whole and (n.startswith(keep_whole) or n.removeprefix(PEFT_PREFIX).startswith(keep_whole))}
-        for p in module.parameters():  # FSDP2 shards contiguous tensors only (the toy's convs are channels-last)
+                   if keep_whole and n.removeprefix(PEFT_PREFIX).startswith(keep_whole)}
+        for p in module.parameters():  # FSDP2 shards contiguous tensors only (the toy's channels-last convs)
             if p not in ignored and not p.is_contiguous():
                 p.data = p.data.contiguous()
         wrap = fsdp2_prepare_auto_wrap_policy(self.plugin, module)
