@@ -19,8 +19,6 @@ from safetensors.torch import load_file
 
 from dgpo.advantages import refill_zero_advantage
 from dgpo.config import load_config
-from dgpo.evaluation import evaluate
-from dgpo.training.trainer import Trainer
 
 FSDP2_CONFIG = Path(__file__).parents[1] / "configs/accelerate/fsdp2_8gpu.yaml"
 PARTS = ("policy", "ema_old", "ema_slow", "optimizer")
@@ -63,6 +61,8 @@ def _metric(run, key):
 
 
 def test_fsdp_full_fine_tuning_equals_one_process_and_resumes_bit_exactly(tiny_toy, tmp_path):
+    from dgpo.training.trainer import Trainer  # here: the spawned workers below import this module
+
     Trainer(load_config(None, _overrides(tiny_toy, tmp_path / "one"))).fit()
     proc = _launch(_overrides(tiny_toy, tmp_path / "fsdp"))
     assert "FSDP2: ToyUNet sharded over 2 processes in 8 units" in proc.stderr  # 7 Stages + the root
@@ -101,21 +101,30 @@ def test_fsdp_full_fine_tuning_equals_one_process_and_resumes_bit_exactly(tiny_t
 
 
 def _sharding_worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    from accelerate import FullyShardedDataParallelPlugin
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
+    from accelerate import Accelerator
     from torch.distributed.tensor import DTensor
 
     from dgpo.training.distributed import Layout
-    from dgpo.training.fsdp import Sharding, copy_full_
+    from dgpo.training.fsdp import Sharding, copy_full_, fsdp_plugin
 
+    acc = Accelerator(cpu=True)  # MULTI_CPU (gloo): accelerate itself leaves FSDP off here
+    res = {"type": acc.distributed_type.name}
+    for key, value in (("FSDP_VERSION", "1"), ("FSDP_ACTIVATION_CHECKPOINTING", "true")):
+        os.environ[key] = value
+        try:
+            fsdp_plugin(acc)
+        except ValueError as e:
+            res[key] = str(e)
+        os.environ[key] = {"FSDP_VERSION": "2"}.get(key, "false")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
     whole = {k: v.clone() for k, v in net.state_dict().items()}
-    sh = Sharding(FullyShardedDataParallelPlugin(), torch.device("cpu"), 2, rank == 0)
+    sh = Sharding.from_accelerator(acc)
     sh.shard(net, keep_whole=("2.",))  # the last layer stays whole (a frozen encoder's place)
-    res = {"sharded": [k for k, p in net.named_parameters() if isinstance(p, DTensor)],
-           "local_rows": net[0].weight.to_local().shape[0]}
+    res.update(sharded=[k for k, p in net.named_parameters() if isinstance(p, DTensor)],
+               local_rows=net[0].weight.to_local().shape[0])
     opt = torch.optim.AdamW(net.parameters(), lr=0.1)
     net(torch.randn(4, 3, generator=torch.Generator().manual_seed(rank))).square().sum().backward()
     opt.step()
@@ -136,14 +145,17 @@ def _sharding_worker(rank: int, port: int, out: dict) -> None:
     except RuntimeError as e:
         res["mismatch"] = str(e)
     out[rank] = res
-    dist.destroy_process_group()
+    acc.end_training()  # destroys the process group
 
 
-def test_sharding_gathers_whole_tensors_and_loads_them_back_into_shards():
+def test_sharding_gathers_whole_tensors_and_loads_them_back_into_shards_and_refuses_what_it_does_not_apply():
     out = mp.Manager().dict()
     mp.spawn(_sharding_worker, args=(_free_port(), out), nprocs=2, join=True)
     for rank in (0, 1):
         r = out[rank]
+        assert r["type"] == "MULTI_CPU"
+        assert "FSDP version 1 is not supported: set fsdp_version: 2" in r["FSDP_VERSION"]
+        assert "fsdp_activation_checkpointing is not applied" in r["FSDP_ACTIVATION_CHECKPOINTING"]
         assert r["sharded"] == ["0.weight", "0.bias"] and r["local_rows"] in (2, 3)  # 5 rows over 2 processes
         assert r["restored"] and r["moment_back"]
         assert "disagree on the number of micro-batches (from 3 to 4)" in r["mismatch"]
@@ -164,6 +176,8 @@ def test_equal_refill_gives_every_process_the_same_count():
 
 
 def test_lockstep_eval_runs_the_same_batches_on_every_shard_and_keeps_the_rows():
+    from dgpo.evaluation import evaluate
+
     metas = [{"prompt": f"p{i}", "tag": "reward"} for i in range(5)]
     calls: dict[tuple, int] = {}
 

@@ -75,6 +75,9 @@ def fsdp_plugin(acc):
     for key, (value, instead) in unused.items():
         if value:
             raise ValueError(f"accelerate's {key} is not applied by dgpo's FSDP ({instead}): set it off")
+    if not plugin.reshard_after_forward:  # unsharded weights kept after a no-grad forward would go stale
+        raise ValueError("fsdp_reshard_after_forward must be true: dgpo swaps EMA and reference weights into the "
+                         "shards between forwards (rollouts, evals)")
     return plugin
 
 
