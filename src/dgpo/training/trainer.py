@@ -151,7 +151,7 @@ class Trainer:
         c = self.cfg
         micro = self.algo.micro_batches(batch["group_ids"], idx)
         items = self.layout.all_sum(self.algo.items(signal, idx))
-        scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP averages over processes
+        scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP and FSDP average over processes
         totals: dict[str, float] = {"loss": 0.0}
         n_back = len(units) * len(micro)
         if self.shards.enabled:  # every forward is a collective: unequal counts would hang
