@@ -48,6 +48,7 @@ def refill_zero_advantage(
     batches: int,
     generator: torch.Generator,
     eligible: torch.Tensor | None = None,
+    equal: bool = False,
 ) -> torch.Tensor:
     """Flow-GRPO's zero-advantage filter (official ``train_sd3.py``): [N] bool, which samples train.
 
@@ -57,7 +58,9 @@ def refill_zero_advantage(
     it has enough of them). With several processes, one left with nothing while another trains gets
     ``batches`` of them, so that every process takes part in each optimizer step (the official code
     would stop with an error there). ``eligible`` [N] bool: only these may be re-added (not the
-    samples of groups dropped for a failed or non-finite reward).
+    samples of groups dropped for a failed or non-finite reward). ``equal`` (FSDP, where every forward
+    is a collective): then processes with fewer kept samples re-add eligible dropped ones up to the
+    largest count, so that all run the same micro-batches.
     """
     keep = adv != 0
     candidates = ~keep if eligible is None else ~keep & eligible
@@ -69,6 +72,11 @@ def refill_zero_advantage(
         dropped = torch.nonzero(mine & candidates).squeeze(1)
         if need and len(dropped) >= need:
             keep[dropped[torch.randperm(len(dropped), generator=generator)[:need]]] = True
+    if equal:
+        counts = [int((keep & (owner == r)).sum()) for r in range(world)]
+        for r in range(world):
+            dropped = torch.nonzero((owner == r) & ~keep & candidates).squeeze(1)
+            keep[dropped[torch.randperm(len(dropped), generator=generator)[: max(counts) - counts[r]]]] = True
     return keep
 
 

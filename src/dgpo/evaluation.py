@@ -67,6 +67,7 @@ def evaluate(
     shard: tuple[int, int] = (0, 1),
     gather: Callable[[list[dict]], list[dict]] | None = None,
     score_fn: Callable[[torch.Tensor, list[dict]], list[tuple[float, float]]] | None = None,
+    lockstep: bool = False,
 ) -> dict:
     """Strict GenEval accuracy per category, ``overall`` (mean of categories), partial reward, rows.
 
@@ -76,13 +77,18 @@ def evaluate(
     ``score_fn(images, metas) -> [(correct, reward)]`` replaces the toy GenEval scorer (e.g. a
     training reward for prompts without GenEval metadata; "correct" is then the reward itself); a
     third element, a dict (a multi-reward's ``{"reward_<name>": value}``), joins the row and its mean
-    the summary.
+    the summary. ``lockstep``: every process runs the same number of batches (FSDP: each forward is a
+    collective); shorter shards repeat a job and drop its rows.
     """
     sizes: dict[str, int] = defaultdict(int)
     for m in metas:
         sizes[m.get("tag", "")] += 1
     per = {t: max(images_per_prompt, -(-min_per_category // n)) for t, n in sizes.items()}
-    jobs = [(i, k) for i, m in enumerate(metas) for k in range(per[m.get("tag", "")])][shard[0] :: shard[1]]
+    every = [(i, k) for i, m in enumerate(metas) for k in range(per[m.get("tag", "")])]
+    jobs = every[shard[0] :: shard[1]]
+    real = len(jobs)
+    if lockstep and every:
+        jobs += [(jobs or every)[-1]] * (-(-len(every) // shard[1]) - real)
     score = score_fn or (lambda imgs, ms: [scorer.score(img, m) for img, m in zip(imgs.float().cpu().numpy(), ms)])
     rows = []
     for start in tqdm(range(0, len(jobs), batch_size), desc=desc, unit="batch", leave=False):
@@ -91,7 +97,9 @@ def evaluate(
         seeds = [seed * 1_000_003 + i * 97 + k for i, k in chunk]
         images = image_fn(batch, seeds)
         arrays = images.float().cpu().numpy()
-        for (i, k), img, meta, (ok, part, *extra) in zip(chunk, arrays, batch, score(images, batch)):
+        for n, ((i, k), img, meta, (ok, part, *extra)) in enumerate(zip(chunk, arrays, batch, score(images, batch))):
+            if start + n >= real:  # lockstep padding
+                break
             rows.append({"index": i, "sample": k, "tag": meta.get("tag", "reward"), "prompt": meta["prompt"],
                          "correct": ok, "reward": part, **(extra[0] if extra else {}), **image_quality(img[None])})
     if gather is not None:

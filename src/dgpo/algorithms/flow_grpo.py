@@ -81,8 +81,9 @@ class FlowGRPO(Algorithm):
             return ~zero[group_ids], adv
         gen = torch.Generator().manual_seed(derive_seed(c.run.seed, batch["epoch"], 7))
         owner = self.tr.layout.rank_of(torch.arange(len(adv)), c.train.group_size)
-        return refill_zero_advantage(adv, owner, self.tr.layout.world, c.train.sampling_batches, gen,
-                                     batch.get("alive")), adv
+        keep = refill_zero_advantage(adv, owner, self.tr.layout.world, c.train.sampling_batches, gen,
+                                     batch.get("alive"), equal=self.tr.shards.enabled)  # FSDP: same forwards
+        return keep, adv
 
     def optimizer_chunks(self, group_ids, pos, epoch):
         """Official: each optimizer step takes an equal share of a random shuffle of this process's

@@ -143,6 +143,8 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class ToyUNet(nn.Module):
     """Velocity network v(x_t, t, text) on [B, 3, S, S] pixels in [-1, 1]."""
 
+    _no_split_modules = ["Stage"]  # FSDP's units under accelerate's TRANSFORMER_BASED_WRAP (as in diffusers)
+
     def __init__(self, cfg: ToyModelConfig):
         super().__init__()
         c1, c2, c3 = cfg.channels

@@ -35,26 +35,33 @@ def group_correct_shares(correct: torch.Tensor, group_ids: torch.Tensor) -> dict
 class TravelMeter:
     """How far the trainable parameters move: ``update_norm`` = ||theta_t - theta_{t-1}|| (this step)
     and ``dist_from_start`` = ||theta_t - theta_0|| (the run's start; for LoRA the adapter's own
-    parameters, whose B starts at zero, so this measures the adapter's size).
+    parameters, whose B starts at zero, so this measures the adapter's size). Sharded parameters
+    (FSDP) keep only their local shards; ``all_sum`` adds the squared norms over processes.
 
-    Two float32 copies of the trainable parameters stay on their device (for LoRA a few hundred MB
-    on a GPU; for full fine-tuning of a large model as much as two optimizer moments); the norms are
-    computed there and read with one synchronisation per step."""
+    Two float32 copies of the (local) trainable parameters stay on their device (for LoRA a few
+    hundred MB on a GPU; for full fine-tuning of a large model as much as two optimizer moments); the
+    norms are computed there and read with one synchronisation per step."""
 
-    def __init__(self, params: list[torch.nn.Parameter]):
+    def __init__(self, params: list[torch.nn.Parameter], all_sum=None):
         self.params = params
-        self.start = [p.detach().float().clone() for p in params]
+        self.all_sum = all_sum or (lambda x: x)
+        self.start = self._now()
         self.prev = [s.clone() for s in self.start]
+
+    def _now(self) -> list[torch.Tensor]:
+        local = (getattr(p, "to_local", lambda p=p: p)() for p in self.params)  # a DTensor's own shard
+        return [t.detach().float().clone() for t in local]
 
     @torch.no_grad()
     def measure(self) -> dict[str, float]:
-        now = [p.detach().float() for p in self.params]
+        now = self._now()
         sq = lambda a, b: torch.stack([(x - y).pow(2).sum() for x, y in zip(a, b)]).sum()  # noqa: E731
-        upd, dist = torch.stack([sq(now, self.prev), sq(now, self.start)]).sqrt().tolist()
-        torch._foreach_copy_(self.prev, now)
+        upd, dist = torch.stack([sq(now, self.prev), sq(now, self.start)]).tolist()
+        upd, dist = self.all_sum(upd) ** 0.5, self.all_sum(dist) ** 0.5
+        self.prev = now
         return {"update_norm": upd, "dist_from_start": dist}
 
     def resumed(self) -> None:
         """After a checkpoint load: theta_0 is rebuilt from the seed at construction; the previous
         step's parameters are the loaded ones."""
-        self.prev = [p.detach().float().clone() for p in self.params]
+        self.prev = self._now()

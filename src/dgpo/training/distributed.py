@@ -68,6 +68,16 @@ class Layout:
 
         return group_sum
 
+    def check_same(self, n: int, what: str) -> None:
+        """Stop with an error (not a hang) unless every process counts the same ``n``."""
+        if not self.distributed:
+            return
+        t = torch.tensor([n, -n], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if int(t[0]) != -int(t[1]):
+            raise RuntimeError(f"processes disagree on the number of {what} (from {-int(t[1])} to {int(t[0])}); "
+                               "FSDP needs every process to run the same forwards")
+
     def all_sum(self, x: float) -> float:
         if not self.distributed:
             return x

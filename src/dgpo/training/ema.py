@@ -15,6 +15,13 @@ from contextlib import contextmanager
 
 import torch
 
+from dgpo.training.fsdp import copy_full_
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's own shard (FSDP), else the tensor: the multi-tensor ops below have no DTensor rule."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
 
 class ParamEMA:
     def __init__(self, params: list[torch.nn.Parameter]):
@@ -23,32 +30,33 @@ class ParamEMA:
 
     @torch.no_grad()
     def _blend(self, decay: float) -> None:
-        live = [p.detach() for p in self.params]
+        live, shadow = [_local(p.detach()) for p in self.params], [_local(s) for s in self.shadow]
         if decay == 0.0:
-            torch._foreach_copy_(self.shadow, live)  # exact (lerp with weight 1 can be an ulp off)
+            torch._foreach_copy_(shadow, live)  # exact (lerp with weight 1 can be an ulp off)
         else:
-            torch._foreach_lerp_(self.shadow, live, 1 - decay)
+            torch._foreach_lerp_(shadow, live, 1 - decay)
 
     @contextmanager
     def applied(self) -> Iterator[None]:
         """Temporarily load the EMA values into the live parameters (multi-tensor copies: hundreds of
         LoRA tensors in a few kernels)."""
-        live = [p.detach() for p in self.params]
+        live = [_local(p.detach()) for p in self.params]
         saved = [t.clone() for t in live]
-        torch._foreach_copy_(live, self.shadow)
+        torch._foreach_copy_(live, [_local(s) for s in self.shadow])
         try:
             yield
         finally:
             torch._foreach_copy_(live, saved)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Shadows by position (shards under FSDP: ``Sharding.gather`` makes them whole)."""
         return {str(i): s for i, s in enumerate(self.shadow)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if len(state) != len(self.shadow):
             raise ValueError(f"EMA state has {len(state)} tensors, expected {len(self.shadow)}")
         for i, s in enumerate(self.shadow):
-            s.copy_(state[str(i)])
+            copy_full_(s, state[str(i)])  # a shard takes its part (FSDP)
 
 
 class OldModelEMA(ParamEMA):

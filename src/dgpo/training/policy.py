@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from dgpo.models.base import FlowModel
+from dgpo.training.fsdp import copy_full_
 
 
 def parse_targets(spec: str) -> list[str]:
@@ -35,8 +36,21 @@ class Policy:
             self._frozen = copy.deepcopy(model.denoiser).requires_grad_(False)
             for name, p in model.denoiser.named_parameters():
                 p.requires_grad_(not name.startswith(model.frozen_prefixes))
-        self.params = [p for p in model.denoiser.parameters() if p.requires_grad]
-        self.names = [n for n, p in model.denoiser.named_parameters() if p.requires_grad]
+        self.collect()
+
+    def collect(self) -> None:
+        """(Re)read the trainable parameters (after sharding replaced them with shards)."""
+        named = [(n, p) for n, p in self.model.denoiser.named_parameters() if p.requires_grad]
+        self.names, self.params = [n for n, _ in named], [p for _, p in named]
+
+    def shard(self, sharding) -> None:
+        """FSDP: shard the live network and full fine-tuning's frozen copy alike (``Sharding.shard``);
+        the model's ``frozen_prefixes`` (encoders called on their own) stay whole."""
+        keep = tuple(self.model.frozen_prefixes)
+        sharding.shard(self.model.denoiser, keep)
+        if self._frozen is not None:
+            sharding.shard(self._frozen, keep)
+        self.collect()
 
     @contextmanager
     def reference(self) -> Iterator[None]:
@@ -53,6 +67,7 @@ class Policy:
                 self.model.denoiser = live
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors by name (shards under FSDP: ``Sharding.gather`` makes them whole)."""
         return {n: p.detach().contiguous() for n, p in zip(self.names, self.params)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -61,4 +76,4 @@ class Policy:
             raise ValueError(f"checkpoint lacks trainable tensors, e.g. {sorted(missing)[:3]}")
         with torch.no_grad():
             for n, p in zip(self.names, self.params):
-                p.copy_(state[n])
+                copy_full_(p, state[n])

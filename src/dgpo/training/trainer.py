@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from tqdm import tqdm
 
 from dgpo.algorithms import ALGORITHMS
@@ -36,6 +35,7 @@ from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_
 from dgpo.training.distributed import Layout
 from dgpo.training.ema import OldModelEMA, SlowEMA
 from dgpo.training.guards import FaultGuard, RunHalted, finite_row, masked_advantages, screen_rewards
+from dgpo.training.fsdp import Sharding
 from dgpo.training.policy import Policy, parse_targets
 from dgpo.training.scoring import ChunkScorer
 
@@ -56,14 +56,14 @@ class Trainer:
         self.model = (model or load_model(c.model)).to(self.acc.device)
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
+        # DDP wraps the network for the forwards that train; rollouts, references and evals use the
+        # bare module (no collectives outside backward). FSDP (accelerate's FSDP2 config) shards the
+        # module itself: every forward gathers its shards (dgpo/training/fsdp.py)
+        self.shards = Sharding.from_accelerator(self.acc)
+        self.policy.shard(self.shards)
+        multi = self.acc.num_processes > 1 and not self.shards.enabled
         speed.set_tf32(c.train.tf32)
         self.compile_info = speed.compile_model(self.model, self.policy) if c.train.compile else None
-        # DDP (or FSDP, from accelerate's config) wraps the network for the forwards that train;
-        # rollouts, references and evals use the bare module (no collectives outside backward)
-        multi = self.acc.num_processes > 1
-        if self.acc.distributed_type == DistributedType.FSDP:
-            raise ValueError("FSDP is not supported yet: checkpoints and EMAs would hold only this process's shard; "
-                             "use DDP (distributed_type: MULTI_GPU), with LoRA for large models")
         self.train_net = self.acc.prepare(self.model.denoiser) if multi else self.model.denoiser
         # fused (one kernel for all tensors) on CUDA; PyTorch's default elsewhere
         self.opt = torch.optim.AdamW(self.policy.params, lr=c.train.lr, betas=(0.9, 0.999),
@@ -72,7 +72,8 @@ class Trainer:
         self.ema_old = OldModelEMA(self.policy.params)
         self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every, c.train.ema_cadence,
                                 max(1, c.train.sampling_batches // c.train.steps_per_epoch))
-        self.travel = TravelMeter(self.policy.params)
+        self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
+        self.travel = TravelMeter(self.policy.params, self.layout.all_sum if self.shards.enabled else None)
         self.reward_fn = build_reward_from_config(c.reward, self.acc.device)
         r = c.reward  # every reward call is retried, timed out, and its failure survived (rewards/retry.py)
         self.reward_call = GuardedCall(Backoff(r.retries, r.backoff_s, r.max_backoff_s), r.call_timeout_s)
@@ -86,7 +87,6 @@ class Trainer:
         self.shift = c.sampler.shift or self.model.default_shift()
         rollout_method = ALGORITHMS[c.train.algorithm].rollout_method(c)  # the grid comes from diffusers
         self.grid = self.model.rollout_grid(rollout_method, c.sampler.steps, self.shift)
-        self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
         self.layout.check_group_size(c.train.group_size)
         self.group_sum = self.layout.group_sum_fn(c.train.prompts_per_epoch)
         self.guard = FaultGuard(c.train.max_bad_steps, c.reward.max_failures, self.layout)
@@ -179,16 +179,19 @@ class Trainer:
         c = self.cfg
         micro = self.algo.micro_batches(batch["group_ids"], idx)
         items = self.layout.all_sum(self.algo.items(signal, idx))
-        scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP averages over processes
+        scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP and FSDP average over processes
         totals: dict[str, torch.Tensor | float] = {"loss": 0.0}  # kept on the device: no sync per micro-batch
         n_back = len(units) * len(micro)
+        if self.shards.enabled:  # every forward is a collective: unequal counts would hang
+            self.layout.check_same(len(micro), "micro-batches in this optimizer step")
         for slot, unit in enumerate(units):
             for m, mb in enumerate(micro):
-                last = slot * len(micro) + m == n_back - 1  # DDP syncs gradients on the last backward only
+                # DDP syncs gradients on the last backward only; FSDP reduce-scatters every backward
+                last = slot * len(micro) + m == n_back - 1 or self.shards.enabled
                 with self._training_forward(), (nullcontext() if last else self.acc.no_sync(self.train_net)):
                     out = self.algo.micro_loss(batch, signal, mb, unit, slot, epoch)
                     self.acc.backward(out.loss_sum * scale)
-                totals["loss"] = totals["loss"] + out.loss_sum.detach().float() * scale / self.layout.world
+                totals["loss"] = totals["loss"] + out.loss_sum.detach().float() * scale  # all_sum / world averages
                 for k, v in out.stats.items():
                     totals[k] = totals.get(k, 0.0) + torch.as_tensor(v).detach().float() / (len(micro) * len(units))
         totals = {k: self.layout.all_sum(float(v)) / self.layout.world for k, v in totals.items()}
@@ -263,6 +266,7 @@ class Trainer:
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
                            shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
+                           lockstep=self.shards.enabled,
                            score_fn=reward_scorer(self.reward_fn))
         return {"step": self.step, "train_time_s": self.train_time, "images": self.images,
                 **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
@@ -296,19 +300,22 @@ class Trainer:
             io.log_image(self.acc.trackers, "samples/compare", out / "compare.png", self.step)
 
     def _save(self, epochs_done: int) -> None:
+        gather = self.shards.gather  # FSDP: every process gathers whole tensors, the main one keeps them
+        parts = {"policy": gather(self.policy.state_dict()), "ema_old": gather(self.ema_old.state_dict()),
+                 "ema_slow": gather(self.ema_slow.state_dict())}
+        opt = self.shards.optimizer_state(self.opt)
         if not self.acc.is_main_process:
             return
-        parts = {"policy": self.policy.state_dict(), "ema_old": self.ema_old.state_dict(),
-                 "ema_slow": self.ema_slow.state_dict()}
         state = {"step": self.step, "epoch": epochs_done, "evals": self.evals, "train_time": self.train_time,
                  "images": self.images, "next_eval_s": self._next_eval_s}
-        io.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, self.opt, state)
+        io.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, opt, state)
 
     def _resume(self) -> None:
         ckpt = io.latest_checkpoint(self.run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
-        parts, state = io.load_checkpoint(ckpt, ["policy", "ema_old", "ema_slow"], self.opt)
+        parts, state = io.load_checkpoint(ckpt, ["policy", "ema_old", "ema_slow"],
+                                          self.shards.optimizer_state(self.opt))
         self.policy.load_state_dict(parts["policy"])
         self.ema_old.load_state_dict(parts["ema_old"])
         self.ema_slow.load_state_dict(parts["ema_slow"])
