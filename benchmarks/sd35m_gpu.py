@@ -15,7 +15,7 @@ Loop overhead = 1 - (the arm's model calls timed alone, composed as its loop cal
 measured iteration: everything outside model calls (sampler, VAE, reward, loss, optimizer, EMAs).
 
 Usage: python benchmarks/sd35m_gpu.py [--tiny] [--arms a,b] [--budget-s 480] [--out PATH]
-``--tiny`` shrinks the transformer to 2 layers at 128 px for a CPU smoke run.
+``--tiny`` is a CPU smoke run (CI runs it): a 2-layer transformer, small text encoders, 64 px, 4 samples.
 """
 
 from __future__ import annotations
@@ -43,26 +43,30 @@ SD35M = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 2
          "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 384,
          "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm"}
 ARMS = ("official_dgpo", "dgpo_bf16", "official_flow_grpo", "dgpo_bf16_compile", "dgpo_fp32")
-PROMPTS, GROUP = 2, 8
+TINY_SD3 = {"sample_size": 8, "patch_size": 2, "in_channels": 16, "num_layers": 2, "attention_head_dim": 16,
+            "num_attention_heads": 2, "joint_attention_dim": 64, "caption_projection_dim": 32,
+            "pooled_projection_dim": 64, "out_channels": 16, "pos_embed_max_size": 32, "dual_attention_layers": [0],
+            "qk_norm": "rms_norm"}
+FULL = {"res": 512, "group": 8, "transformer": SD35M, "clip": (768, 1280), "t5": 4096, "tokens": 128}
+TINY = {"res": 64, "group": 2, "transformer": TINY_SD3, "clip": (32, 32), "t5": 64, "tokens": 16}
+S = FULL  # main() picks
+PROMPTS = 2
 STEPS, TRAIN_T = 10, 4
 
 
-def build_pipeline(tiny: bool, device: str):
+def build_pipeline(device: str):
     """The pipeline with the template transformer (fp32, kept on the CPU; arms copy it)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    cfg = dict(SD35M)
-    if tiny:
-        cfg.update(num_layers=2, dual_attention_layers=[0], num_attention_heads=4, caption_projection_dim=256)
     torch.manual_seed(0)
     with torch.device(device):  # random init on the GPU is seconds; on the CPU minutes
-        tr = SD3Transformer2DModel(**cfg)
+        tr = SD3Transformer2DModel(**S["transformer"])
     tok, tok3 = clip_tokenizer(), t5_tokenizer()
     pipe = StableDiffusion3Pipeline(
         transformer=tr.to("cpu"), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=kl_vae(16, 1),
-        text_encoder=clip_encoder(tok, True, 2, hidden=768, layers=1), tokenizer=tok,
-        text_encoder_2=clip_encoder(tok, True, 3, hidden=1280, layers=1), tokenizer_2=clip_tokenizer(),
-        text_encoder_3=t5_encoder(tok3, 4096, 4, layers=1), tokenizer_3=tok3)
+        text_encoder=clip_encoder(tok, True, 2, hidden=S["clip"][0], layers=1), tokenizer=tok,
+        text_encoder_2=clip_encoder(tok, True, 3, hidden=S["clip"][1], layers=1), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=t5_encoder(tok3, S["t5"], 4, layers=1), tokenizer_3=tok3)
     return pipe, sum(p.numel() for p in tr.parameters())
 
 
@@ -115,11 +119,12 @@ def run_official(algorithm, pipe, template, device, tiny, iters) -> dict:
     from peft import LoraConfig, get_peft_model
 
     pipe.transformer = copy.deepcopy(template).to(device).requires_grad_(False)
-    res = 128 if tiny else 512
-    model = SD3FlowModel(pipe, load_config(None, ["model.kind=sd3", f"model.resolution={res}"]).model).to(device)
+    res = S["res"]
+    model = SD3FlowModel(pipe, load_config(None, ["model.kind=sd3", f"model.resolution={res}",
+                                                  f"model.max_sequence_length={S['tokens']}"]).model).to(device)
     tr = get_peft_model(pipe.transformer, LoraConfig(r=64, lora_alpha=128, init_lora_weights="gaussian",
                                                      target_modules=SD3_LORA_TARGETS))
-    B = PROMPTS * GROUP
+    B = PROMPTS * S["group"]
     cond = model.encode_prompts(["a photo of a cat", "two dogs"] * (B // 2))
     null = model.encode_prompts([""] * B)
     loop = OfficialLoop(tr, cond, null, (16, res // 8, res // 8), model.decode, device=device)
@@ -150,13 +155,13 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda) -> dict:
     bf16 = "bf16" in arm
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [
-            "model.kind=sd3", f"model.resolution={128 if tiny else 512}", "model.max_sequence_length=128",
+            "model.kind=sd3", f"model.resolution={S['res']}", f"model.max_sequence_length={S['tokens']}",
             f"train.mixed_precision={'bf16' if cuda else 'no'}", f"train.compile={'compile' in arm}",
             f"run.out_dir={tmp}", f"run.epochs={epochs}", "run.sample_every=0", "run.save_every=0",
             "run.eval_at_ends=false", "run.log_with=none", "sampler.shift=3.0", "sampler.method=dpm",
             f"sampler.steps={STEPS}", "sampler.cfg_scale=4.5", "reward.name=colorfulness", "train.lora_rank=64",
-            "train.lora_alpha=128", "train.lr=3e-4", f"train.prompts_per_epoch={PROMPTS}", f"train.group_size={GROUP}",
-            f"train.batch_size={PROMPTS * GROUP}", "train.sampling_batches=1", f"dgpo.num_train_timesteps={TRAIN_T}",
+            "train.lora_alpha=128", "train.lr=3e-4", f"train.prompts_per_epoch={PROMPTS}", f"train.group_size={S['group']}",
+            f"train.batch_size={PROMPTS * S['group']}", "train.sampling_batches=1", f"dgpo.num_train_timesteps={TRAIN_T}",
             "dgpo.kl_beta=0.02", "dgpo.kl_cfg=1.0", "dgpo.clip_range=0.01", "dgpo.switch_ema_ref=500"])
         model = fresh_model(pipe, template, torch.bfloat16 if bf16 and cuda else torch.float32, device, cfg.model)
         t0 = time.perf_counter()
@@ -166,7 +171,7 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda) -> dict:
         phases = ("rollout", "reward", "train")
         first = sum(rows[0][f"time_{k}"] for k in phases)
         timed_rows = rows[1:] or rows
-        B = PROMPTS * GROUP
+        B = PROMPTS * S["group"]
         per = {k: sum(r[f"time_{k}"] for r in timed_rows) / len(timed_rows) / B for k in phases}
         steady = sum(per.values()) * B
         out = {"seconds_per_sample": {**per, "total": sum(per.values())}, "first_iteration_s": first,
@@ -182,7 +187,7 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda) -> dict:
     return out
 
 
-def iteration_flops(tiny: bool) -> dict:
+def iteration_flops() -> dict:
     """FLOPs of one DGPO iteration per sample, counted by PyTorch's FlopCounterMode on the meta device
     (no memory, no GPU time): 10 rollout steps x 2 forwards (CFG) + 4 timesteps x (reference + old
     forwards + the policy's forward and backward)."""
@@ -190,16 +195,13 @@ def iteration_flops(tiny: bool) -> dict:
     from peft import LoraConfig, get_peft_model
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = dict(SD35M)
-    if tiny:
-        cfg.update(num_layers=2, dual_attention_layers=[0], num_attention_heads=4, caption_projection_dim=256)
     with torch.device("meta"):
-        tr = SD3Transformer2DModel(**cfg).requires_grad_(False)
+        tr = SD3Transformer2DModel(**S["transformer"]).requires_grad_(False)
         tr = get_peft_model(tr, LoraConfig(r=64, lora_alpha=128, target_modules=SD3_LORA_TARGETS))
-        hw = (128 if tiny else 512) // 8
+        hw, pooled = S["res"] // 8, S["transformer"]["pooled_projection_dim"]
         kw = dict(hidden_states=torch.randn(1, 16, hw, hw), timestep=torch.full((1,), 500.0),
-                  encoder_hidden_states=torch.randn(1, 205, 4096), pooled_projections=torch.randn(1, 2048),
-                  return_dict=False)
+                  encoder_hidden_states=torch.randn(1, 77 + S["tokens"], S["t5"]),
+                  pooled_projections=torch.randn(1, pooled), return_dict=False)
         with FlopCounterMode(display=False) as fc, torch.no_grad():
             tr(**kw)
         fwd = fc.get_total_flops()
@@ -224,16 +226,18 @@ def main() -> None:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     t_start = time.perf_counter()
-    pipe, n_params = build_pipeline(a.tiny, device)
+    global S
+    S = TINY if a.tiny else FULL
+    pipe, n_params = build_pipeline(device)
     template = pipe.transformer
     import diffusers
     import peft
 
     result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": a.tiny,
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__},
-              "transformer_params": n_params, "resolution": 128 if a.tiny else 512, "samples_per_iteration":
-              PROMPTS * GROUP, "rollout_steps": STEPS, "train_timesteps": TRAIN_T, "arms": {}, "skipped": [],
-              "flops": iteration_flops(a.tiny)}
+              "transformer_params": n_params, "resolution": S["res"], "samples_per_iteration":
+              PROMPTS * S["group"], "rollout_steps": STEPS, "train_timesteps": TRAIN_T, "arms": {}, "skipped": [],
+              "flops": iteration_flops()}
     for arm in a.arms.split(","):
         if arm not in ARMS:
             raise SystemExit(f"unknown arm {arm!r}; allowed: {', '.join(ARMS)}")

@@ -1,0 +1,30 @@
+"""benchmarks/sd35m_gpu.py --tiny: the GPU benchmark's every non-compiled arm runs on the CPU and
+writes a complete result (the compiled path is tested in test_speed.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sd35m_benchmark_tiny_smoke_run(tmp_path):
+    out = tmp_path / "r.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    arms = "official_dgpo,dgpo_bf16,official_flow_grpo,dgpo_fp32"
+    proc = subprocess.run([sys.executable, "sd35m_gpu.py", "--tiny", "--arms", arms, "--epochs", "2", "--iters", "1",
+                           "--out", str(out)], cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["tiny"] and list(r["arms"]) == arms.split(",") and not r["skipped"]
+    assert 0 < r["flops"]["forward"] < r["flops"]["forward_backward"] < r["flops"]["iteration_per_sample"]
+    for name, arm in r["arms"].items():
+        assert "error" not in arm, (name, arm.get("error"))
+        assert arm["seconds_per_sample"]["total"] > 0 and arm["achieved_tflops"] > 0
+        if name != "official_flow_grpo":  # DGPO arms time their model calls alone for the loop overhead
+            assert arm["calls"]["composed_per_sample"] > 0 and arm["loop_overhead"] < 1
+    assert r["arms"]["dgpo_bf16"]["trainable_dtype"] == "torch.float32"
+    assert {"official_dgpo/dgpo_bf16", "official_flow_grpo/official_dgpo"} <= set(r["speedups"])
