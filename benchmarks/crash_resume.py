@@ -292,6 +292,25 @@ def epochs_done(run_dir: Path) -> int:
     return max(done, default=0)
 
 
+def rows_past_checkpoint(run_dir: Path) -> int:
+    """metrics.jsonl and evals.jsonl lines a killed run left past its newest checkpoint (torn ones too):
+    what the resume has to drop."""
+    last = [json.loads((p / "state.json").read_text()) for p in run_dir.glob("checkpoints/step_*[0-9]")
+            if (p / "manifest.json").is_file()]
+    step = max((st["step"] for st in last), default=0)
+    n_evals = len(max(last, key=lambda st: st["step"])["evals"]) if last else 0
+    n = 0
+    for name, keep in (("metrics.jsonl", None), ("evals.jsonl", n_evals)):
+        path = run_dir / name
+        lines = path.read_text().splitlines() if path.is_file() else []
+        for i, line in enumerate(lines):
+            try:
+                n += (json.loads(line)["step"] > step) if keep is None else (i >= keep)
+            except ValueError:
+                n += 1
+    return n
+
+
 def make_trigger(kind: str, rng: random.Random, done: int, epochs: int, run_s: float) -> Trigger:
     """A trigger of ``kind`` that can fire in a launch that starts after ``done`` of ``epochs`` epochs
     (``run_s``: the uninterrupted run's seconds); kinds with nothing left to aim at become ``finish``."""
@@ -324,7 +343,7 @@ def episode(model: Path, ref: Path, run: Path, epochs: int, plan: list, rng: ran
         res = launch([*overrides(model, run, epochs), *(["--resume"] if resume else [])], run, log, trigger)
         launches += 1
         if res["killed"]:
-            kills.append({**res, "resumed": resume})
+            kills.append({**res, "resumed": resume, "rows_past_checkpoint": rows_past_checkpoint(run)})
             continue
         if res["rc"] != 0:
             return {"kills": kills, "corruptions": corruptions, "launches": launches,
@@ -364,6 +383,7 @@ def summarize(episodes: list[dict], ref_s: float, total_s: float, epochs: int, s
         "kills_by_phase": dict(Counter(k["phase"] for k in kills).most_common()),
         "kills_by_trigger": dict(Counter(k["trigger"].split("(")[0] for k in kills).most_common()),
         "kills_before_first_checkpoint": sum(not k["resumed"] for k in kills),
+        "kills_leaving_log_rows_to_drop": sum(k["rows_past_checkpoint"] > 0 for k in kills),
         "corrupted_checkpoints": sum(len(ep["corruptions"]) for ep in episodes),
         "corruptions_detected_at_resume": sum(ep.get("detected", 0) for ep in episodes),
         "episodes": len(episodes), "launches": sum(ep["launches"] for ep in episodes),
