@@ -385,7 +385,7 @@ def summarize(episodes: list[dict], ref_s: float, total_s: float, epochs: int, s
         "kills_before_first_checkpoint": sum(not k["resumed"] for k in kills),
         "kills_leaving_log_rows_to_drop": sum(k["rows_past_checkpoint"] > 0 for k in kills),
         "corrupted_checkpoints": sum(len(ep["corruptions"]) for ep in episodes),
-        "corruptions_detected_at_resume": sum(ep.get("detected", 0) for ep in episodes),
+        "resumes_that_skipped_a_corrupted_checkpoint": sum(ep.get("detected", 0) for ep in episodes),
         "episodes": len(episodes), "launches": sum(ep["launches"] for ep in episodes),
         "uninterrupted_run_s": ref_s, "harness_s": round(total_s, 1),
         "epochs": epochs, "optimizer_steps": 2 * epochs, "omp_threads": 1, "seed": seed,

@@ -170,12 +170,17 @@ def writing(path: Path, step: int, keep: int) -> Iterator[Path]:
         log.warning("checkpoint retention: could not delete an old checkpoint (%s)", e)
 
 
-def prune(ckpt_dir: Path, current: Path, keep: int) -> None:
-    """Delete stale ``.tmp``/``.trash`` folders and all checkpoints older than ``current`` except the
-    newest ``keep - 1`` complete ones (``keep`` 0: keep all). Newer folders (a resumed run's future,
-    skipped at resume) are left for the run to overwrite."""
+def remove_leftovers(ckpt_dir: Path) -> None:
+    """The ``.tmp`` and ``.trash`` folders of saves and deletions that a kill cut short."""
     for p in [*ckpt_dir.glob("step_*.tmp"), *ckpt_dir.glob("step_*.trash")]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def prune(ckpt_dir: Path, current: Path, keep: int) -> None:
+    """Delete leftovers and all checkpoints older than ``current`` except the newest ``keep - 1``
+    complete ones (``keep`` 0: keep all). Newer folders (a resumed run's future, skipped at resume) are
+    left for the run to overwrite."""
+    remove_leftovers(ckpt_dir)
     if keep <= 0:
         return
     older = [c for c in candidates(ckpt_dir) if _step(c) < _step(current)]

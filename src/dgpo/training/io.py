@@ -75,6 +75,21 @@ def repair_logs(run_dir: Path, step: int, evals: list[dict]) -> None:
                  step, len(rows) - len(kept), torn)
 
 
+def relog_step(acc, run_dir: Path, step: int, evals: list[dict]) -> None:
+    """After a resume from the checkpoint of ``step``, whose tracker hides what was logged from ``step`` on
+    (a killed process may have logged the final eval there after the checkpoint): that step's metrics,
+    evals and sample grid again, from the run's files."""
+    for row in MetricsLog(run_dir).read():
+        if row["step"] == step:
+            acc.log(scalars(row), step=step)
+    for row in evals:
+        if row["step"] == step:
+            acc.log(scalars(row, "eval/"), step=step)
+    grid = run_dir / "samples" / f"step_{step:05d}.png"
+    if grid.is_file():
+        log_image(acc.trackers, f"samples/{grid.stem}", grid, step)
+
+
 FRESH_START_REMOVES = ("metrics.jsonl", "evals.jsonl", "summary.json", "checkpoints", "samples/before.safetensors")
 
 
@@ -97,15 +112,15 @@ def scalars(row: dict, prefix: str = "") -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
 
 
-def tracker_setup(log_with: str, project: str, run_dir: Path, first_step: int = 0) -> tuple[str | None, str, dict]:
+def tracker_setup(log_with: str, project: str, run_dir: Path, purge_step: int = 0) -> tuple[str | None, str, dict]:
     """``Accelerator(log_with=...)``, then ``init_trackers``' project name and init_kwargs for
-    ``run.log_with``: TensorBoard writes ``<run_dir>/tb`` (``first_step``: the step a resumed run logs
-    next; TensorBoard hides what an earlier, killed process logged from that step on); W&B names the run
+    ``run.log_with``: TensorBoard writes ``<run_dir>/tb`` and hides what earlier processes logged at
+    ``purge_step`` and later (a resumed run's checkpoint step: see :func:`relog_step`); W&B names the run
     after the run folder and keeps its files there unless ``WANDB_DIR`` says otherwise."""
     if log_with == "none":
         return None, "", {}
     if log_with == "tensorboard":
-        return "tensorboard", "tb", {"tensorboard": {"purge_step": first_step}}
+        return "tensorboard", "tb", {"tensorboard": {"purge_step": purge_step}}
     require("wandb", "run.log_with=wandb (or set run.log_with=none)")
     kwargs = {"name": run_dir.name}
     if not os.environ.get("WANDB_DIR"):

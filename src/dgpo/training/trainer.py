@@ -88,10 +88,11 @@ class Trainer:
             self._resume()
         elif self.acc.is_main_process:
             io.clear_run(self.run_dir)
-        log_with, project, tracker_kwargs = io.tracker_setup(c.run.log_with, c.run.project, self.run_dir,
-                                                             self.step + 1 if resume else 0)
+        log_with, project, tracker_kwargs = io.tracker_setup(c.run.log_with, c.run.project, self.run_dir, self.step)
         if log_with:
             self.acc.init_trackers(project, io.flat_config(to_dict(c)), tracker_kwargs)
+            if resume and self.acc.is_main_process:
+                io.relog_step(self.acc, self.run_dir, self.step, self.evals)
         self.metrics = io.MetricsLog(self.run_dir, self.acc.log)
         (self.run_dir / "config.yaml").write_text(dump_yaml(c))
 
@@ -285,6 +286,7 @@ class Trainer:
             self._before = checkpoints.read_tensors(before)["images"]
         if self.acc.is_main_process:  # what the killed process logged after the checkpoint goes
             io.repair_logs(self.run_dir, self.step, self.evals)
+            checkpoints.remove_leftovers(ckpt.parent)
         log.info("resumed from %s (step %d, epoch %d)", ckpt, self.step, self.start_epoch)
 
     def _finish(self) -> dict:
