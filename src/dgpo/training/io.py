@@ -112,20 +112,25 @@ def scalars(row: dict, prefix: str = "") -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
 
 
-def tracker_setup(log_with: str, project: str, run_dir: Path, purge_step: int = 0) -> tuple[str | None, str, dict]:
+def tracker_setup(log_with: str, project: str, run_dir: Path) -> tuple[str | None, str, dict]:
     """``Accelerator(log_with=...)``, then ``init_trackers``' project name and init_kwargs for
-    ``run.log_with``: TensorBoard writes ``<run_dir>/tb`` and hides what earlier processes logged at
-    ``purge_step`` and later (a resumed run's checkpoint step: see :func:`relog_step`); W&B names the run
-    after the run folder and keeps its files there unless ``WANDB_DIR`` says otherwise."""
+    ``run.log_with``: TensorBoard writes ``<run_dir>/tb``; W&B names the run after the run folder and
+    keeps its files there unless ``WANDB_DIR`` says otherwise."""
     if log_with == "none":
         return None, "", {}
     if log_with == "tensorboard":
-        return "tensorboard", "tb", {"tensorboard": {"purge_step": purge_step}}
+        return "tensorboard", "tb", {}
     require("wandb", "run.log_with=wandb (or set run.log_with=none)")
     kwargs = {"name": run_dir.name}
     if not os.environ.get("WANDB_DIR"):
         kwargs["dir"] = str(run_dir)
     return "wandb", project, {"wandb": kwargs}
+
+
+def purge_from(init_kwargs: dict, step: int) -> dict:
+    """``init_trackers`` kwargs with TensorBoard's ``purge_step``: TensorBoard hides what earlier processes
+    of the run logged at ``step`` and later (a resumed run logs that step again: :func:`relog_step`)."""
+    return {**init_kwargs, "tensorboard": {**init_kwargs.get("tensorboard", {}), "purge_step": step}}
 
 
 def flat_config(data: dict, prefix: str = "") -> dict:

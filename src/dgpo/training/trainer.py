@@ -46,9 +46,9 @@ class Trainer:
         loading ``cfg.model``."""
         self.cfg, c = cfg, cfg
         self.run_dir = Path(c.run.out_dir)
+        log_with, project, tracker_kwargs = io.tracker_setup(c.run.log_with, c.run.project, self.run_dir)
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision,
-                               log_with=io.tracker_setup(c.run.log_with, "", self.run_dir)[0],
-                               project_dir=str(self.run_dir))
+                               log_with=log_with, project_dir=str(self.run_dir))
         self.model = (model or load_model(c.model)).to(self.acc.device)
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
@@ -88,9 +88,8 @@ class Trainer:
             self._resume()
         elif self.acc.is_main_process:
             io.clear_run(self.run_dir)
-        log_with, project, tracker_kwargs = io.tracker_setup(c.run.log_with, c.run.project, self.run_dir, self.step)
         if log_with:
-            self.acc.init_trackers(project, io.flat_config(to_dict(c)), tracker_kwargs)
+            self.acc.init_trackers(project, io.flat_config(to_dict(c)), io.purge_from(tracker_kwargs, self.step))
             if resume and self.acc.is_main_process:
                 io.relog_step(self.acc, self.run_dir, self.step, self.evals)
         self.metrics = io.MetricsLog(self.run_dir, self.acc.log)
