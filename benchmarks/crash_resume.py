@@ -4,17 +4,14 @@ result with an uninterrupted run, bit for bit.
 Usage: OMP_NUM_THREADS=1 python benchmarks/crash_resume.py [--kills 24] [--seed 0]
        [--out bench_results/crash_resume.json] [--work DIR]
 
-Every launch is ``python -m dgpo.cli train ...`` (``--resume`` once a checkpoint exists) and is killed
-with SIGKILL by one trigger: a random delay after launch, the n-th checkpoint write (its ``.tmp`` folder
-appears), the n-th periodic eval (its progress bar appears, plus a random delay) or the final eval
-(plus a random delay: the after-grid, summary.json, plots). Where each kill landed is read afterwards
-from what the killed process left: a ``.tmp`` / ``.trash`` checkpoint folder, else its last progress
-line. Before some resumes the newest checkpoint is corrupted on purpose (a flipped byte): the resume
-must skip it. When a launch ends on its own the episode is compared with the uninterrupted run: every
-retained checkpoint's tensors (policy, ema_old, ema_slow, optimizer) with ``torch.equal``, its
-optimizer.json and state.json, the metrics.jsonl and evals.jsonl rows, summary.json, the TensorBoard
-scalars (one value per tag and step), the grids (PNG bytes), all without wall-clock fields; and no
-torn line or leftover temporary folder may remain.
+Each launch is ``python -m dgpo.cli train`` (``--resume`` once a checkpoint exists), SIGKILLed after a
+random delay, as soon as its n-th checkpoint write starts, or a random moment into its n-th periodic or
+its final eval; where the kill landed is read from what the process left (a ``.tmp``/``.trash``
+checkpoint folder, else its last progress line). After some kills the newest checkpoint gets a flipped
+byte: the resume must skip it. A finished run is compared with the uninterrupted one: the retained
+checkpoints (tensors with ``torch.equal``, optimizer.json, state.json), metrics.jsonl, evals.jsonl,
+summary.json, TensorBoard scalars (one value per tag and step), grids and plots (PNG bytes), wall-clock
+fields aside; no torn line or leftover folder may remain.
 """
 
 from __future__ import annotations
@@ -121,15 +118,13 @@ class Tail:
     """A growing log file's text, read incrementally."""
 
     def __init__(self, path: Path):
-        self.path, self.pos, self.text = path, 0, ""
+        self.path, self.data = path, b""
 
     def read(self) -> str:
         with self.path.open("rb") as f:
-            f.seek(self.pos)
-            data = f.read()
-        self.pos += len(data)
-        self.text += data.decode(errors="replace")
-        return self.text
+            f.seek(len(self.data))
+            self.data += f.read()
+        return self.data.decode(errors="replace")
 
 
 class Trigger:
@@ -211,8 +206,13 @@ def corrupt_newest(run_dir: Path, rng: random.Random) -> str | None:
 
 
 # ----------------------------------------------------------------------------- compare with the reference
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+def _rows(path: Path) -> list:
+    """A JSONL file's rows (a torn line as the string "torn")."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    try:
+        return [json.loads(line) for line in lines]
+    except ValueError:
+        return ["torn"]
 
 
 def _strip(obj):
@@ -265,8 +265,8 @@ def compare(ref: Path, run: Path) -> list[str]:
     for f in ("metrics.jsonl", "evals.jsonl"):
         ra, rb = _strip(_rows(ref / f)), _strip(_rows(run / f))
         if ra != rb:
-            diffs.append(f"{f}: steps {[r['step'] for r in rb]} vs {[r['step'] for r in ra]}"
-                         if len(ra) != len(rb) else f"{f}: values differ")
+            diffs.append(f"{f}: {[r['step'] if isinstance(r, dict) else r for r in rb]} vs "
+                         f"{[r['step'] for r in ra]}" if len(ra) != len(rb) else f"{f}: values differ")
     if _strip(json.loads((ref / "summary.json").read_text())) != _strip(json.loads((run / "summary.json").read_text())):
         diffs.append("summary.json")
     pngs = sorted(p.relative_to(ref).as_posix() for p in [*ref.glob("samples/*.png"), *ref.glob("plots/*.png")])
@@ -285,27 +285,22 @@ def compare(ref: Path, run: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the harness
-def epochs_done(run_dir: Path) -> int:
-    """Epochs of the newest checkpoint with a manifest (what a resume continues from, unless corrupted)."""
-    done = [json.loads((p / "state.json").read_text())["epoch"]
-            for p in run_dir.glob("checkpoints/step_*[0-9]") if (p / "manifest.json").is_file()]
-    return max(done, default=0)
+def newest_state(run_dir: Path) -> dict:
+    """state.json of the newest checkpoint with a manifest (what a resume continues from, unless corrupted)."""
+    states = [json.loads((p / "state.json").read_text()) for p in run_dir.glob("checkpoints/step_*[0-9]")
+              if (p / "manifest.json").is_file()]
+    return max(states, key=lambda st: st["step"], default={"step": 0, "epoch": 0, "evals": []})
 
 
 def rows_past_checkpoint(run_dir: Path) -> int:
     """metrics.jsonl and evals.jsonl lines a killed run left past its newest checkpoint (torn ones too):
     what the resume has to drop."""
-    last = [json.loads((p / "state.json").read_text()) for p in run_dir.glob("checkpoints/step_*[0-9]")
-            if (p / "manifest.json").is_file()]
-    step = max((st["step"] for st in last), default=0)
-    n_evals = len(max(last, key=lambda st: st["step"])["evals"]) if last else 0
-    n = 0
-    for name, keep in (("metrics.jsonl", None), ("evals.jsonl", n_evals)):
-        path = run_dir / name
-        lines = path.read_text().splitlines() if path.is_file() else []
+    st, n = newest_state(run_dir), 0
+    for name in ("metrics.jsonl", "evals.jsonl"):
+        lines = (run_dir / name).read_text().splitlines() if (run_dir / name).is_file() else []
         for i, line in enumerate(lines):
             try:
-                n += (json.loads(line)["step"] > step) if keep is None else (i >= keep)
+                n += json.loads(line)["step"] > st["step"] if name == "metrics.jsonl" else i >= len(st["evals"])
             except ValueError:
                 n += 1
     return n
@@ -337,7 +332,7 @@ def episode(model: Path, ref: Path, run: Path, epochs: int, plan: list, rng: ran
         if corrupt_every and kills and len(kills) % corrupt_every == 0 and "corrupted_after" not in kills[-1]:
             kills[-1]["corrupted_after"] = what = corrupt_newest(run, rng)
             corruptions += [what] if what else []
-        trigger = make_trigger(item, rng, epochs_done(run), epochs, run_s) if isinstance(item, str) else item
+        trigger = make_trigger(item, rng, newest_state(run)["epoch"], epochs, run_s) if isinstance(item, str) else item
         resume = has_checkpoint(run)
         log = run.parent / f"{run.name}.launch{launches:02d}.log"
         res = launch([*overrides(model, run, epochs), *(["--resume"] if resume else [])], run, log, trigger)
