@@ -314,7 +314,7 @@ def make_trigger(kind: str, rng: random.Random, done: int, epochs: int, run_s: f
     if kind == "random":
         return Trigger("random", delay=rng.uniform(0.0, run_s * (0.35 + 0.65 * left / epochs)))
     if kind == "checkpoint" and left:
-        return Trigger("checkpoint", n=rng.randint(1, min(3, left)))
+        return Trigger("checkpoint", n=rng.randint(1, min(2, left)))
     if kind == "eval" and evals_left:
         return Trigger("eval", n=rng.randint(1, min(2, evals_left)), delay=rng.uniform(0.0, 0.3))
     return Trigger("finish", delay=rng.uniform(0.0, 1.5))
@@ -394,8 +394,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=24, help="kill points to try (default 24)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=6, help="epochs of the toy run (2 optimizer steps each)")
-    ap.add_argument("--per-episode", type=int, default=6, help="kills before a run may finish (default 6)")
+    ap.add_argument("--epochs", type=int, default=8, help="epochs of the toy run (2 optimizer steps each)")
+    ap.add_argument("--per-episode", type=int, default=4, help="kills before a run may finish (default 4)")
     ap.add_argument("--corrupt-every", type=int, default=5, help="corrupt the newest checkpoint after every "
                     "n-th kill (0: never)")
     ap.add_argument("--out", default="bench_results/crash_resume.json")
