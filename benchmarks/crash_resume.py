@@ -7,8 +7,8 @@ Usage: OMP_NUM_THREADS=1 python benchmarks/crash_resume.py [--kills 24] [--seed 
 Each launch is ``python -m dgpo.cli train`` (``--resume`` once a checkpoint exists), SIGKILLed after a
 random delay, as soon as its n-th checkpoint write starts, or a random moment into its n-th periodic or
 its final eval; where the kill landed is read from what the process left (a ``.tmp``/``.trash``
-checkpoint folder, else its last progress line). After some kills the newest checkpoint gets a flipped
-byte: the resume must skip it. A finished run is compared with the uninterrupted one: the retained
+checkpoint folder, else its last progress line). After the second kill of each run the newest checkpoint
+gets a flipped byte (if there are two): the resume must skip it. A finished run is compared with the uninterrupted one: the retained
 checkpoints (tensors with ``torch.equal``, optimizer.json, state.json), metrics.jsonl, evals.jsonl,
 summary.json, TensorBoard scalars (one value per tag and step), grids and plots (PNG bytes), wall-clock
 fields aside; no torn line or leftover folder may remain.
@@ -324,12 +324,13 @@ KINDS = ("random", "checkpoint", "eval", "random", "checkpoint", "finish")
 
 
 def episode(model: Path, ref: Path, run: Path, epochs: int, plan: list, rng: random.Random, run_s: float,
-            corrupt_every: int = 0) -> dict:
+            corrupt_at: int = 0) -> dict:
     """One run: a launch per item of ``plan`` (a Trigger, or a kind for make_trigger), each resumed from
-    the last, then one launch left to finish; -> its kills, corruptions and differences."""
+    the last, then one launch left to finish; after kill number ``corrupt_at`` the newest checkpoint is
+    corrupted. -> its kills, corruptions and differences."""
     kills, corruptions, launches = [], [], 0
     for item in [*plan, None]:
-        if corrupt_every and kills and len(kills) % corrupt_every == 0 and "corrupted_after" not in kills[-1]:
+        if corrupt_at and len(kills) == corrupt_at and "corrupted_after" not in kills[-1]:
             kills[-1]["corrupted_after"] = what = corrupt_newest(run, rng)
             corruptions += [what] if what else []
         trigger = make_trigger(item, rng, newest_state(run)["epoch"], epochs, run_s) if isinstance(item, str) else item
@@ -351,7 +352,7 @@ def episode(model: Path, ref: Path, run: Path, epochs: int, plan: list, rng: ran
 
 
 def run_harness(work: Path, n_kills: int, seed: int, epochs: int, kills_per_episode: int,
-                corrupt_every: int = 0) -> dict:
+                corrupt_at: int = 0) -> dict:
     rng = random.Random(seed)
     model = make_tiny_model(work / "tiny")
     t0 = time.monotonic()
@@ -366,7 +367,7 @@ def run_harness(work: Path, n_kills: int, seed: int, epochs: int, kills_per_epis
         todo = min(kills_per_episode, n_kills - sum(len(ep["kills"]) for ep in episodes))
         plan, kinds = kinds[:todo], kinds[todo:]
         run = work / f"crash{len(episodes):02d}"
-        episodes.append(episode(model, ref, run, epochs, plan, rng, ref_res["seconds"], corrupt_every))
+        episodes.append(episode(model, ref, run, epochs, plan, rng, ref_res["seconds"], corrupt_at))
     return summarize(episodes, ref_res["seconds"], time.monotonic() - t0, epochs, seed)
 
 
@@ -377,7 +378,7 @@ def summarize(episodes: list[dict], ref_s: float, total_s: float, epochs: int, s
         "divergence_details": [d for ep in episodes for d in ep["diffs"]],
         "kills_by_phase": dict(Counter(k["phase"] for k in kills).most_common()),
         "kills_by_trigger": dict(Counter(k["trigger"].split("(")[0] for k in kills).most_common()),
-        "kills_before_first_checkpoint": sum(not k["resumed"] for k in kills),
+        "kills_in_fresh_starts": sum(not k["resumed"] for k in kills),
         "kills_leaving_log_rows_to_drop": sum(k["rows_past_checkpoint"] > 0 for k in kills),
         "corrupted_checkpoints": sum(len(ep["corruptions"]) for ep in episodes),
         "resumes_that_skipped_a_corrupted_checkpoint": sum(ep.get("detected", 0) for ep in episodes),
@@ -396,15 +397,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the toy run (2 optimizer steps each)")
     ap.add_argument("--per-episode", type=int, default=4, help="kills before a run may finish (default 4)")
-    ap.add_argument("--corrupt-every", type=int, default=5, help="corrupt the newest checkpoint after every "
-                    "n-th kill (0: never)")
+    ap.add_argument("--corrupt-at", type=int, default=2, help="in each run, corrupt the newest checkpoint after "
+                    "this kill (default 2; 0: never)")
     ap.add_argument("--out", default="bench_results/crash_resume.json")
     ap.add_argument("--work", default="", help="work folder (default: a temporary one, deleted afterwards)")
     a = ap.parse_args()
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="dgpo-crash-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        result = run_harness(work, a.kills, a.seed, a.epochs, a.per_episode, a.corrupt_every)
+        result = run_harness(work, a.kills, a.seed, a.epochs, a.per_episode, a.corrupt_at)
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
