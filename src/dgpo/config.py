@@ -37,6 +37,8 @@ class RunConfig:
     epochs: int = opt(40, 1, help="epochs; one epoch = rollouts for P prompts x G samples")
     sample_every: int = opt(10, 0, help="epochs between sample grids (0: only before/after)")
     save_every: int = opt(10, 0, help="epochs between checkpoints (0: only at the end)")
+    keep_checkpoints: int = opt(3, 0, help="checkpoints kept: after each save all but the newest this many are "
+                                "deleted (0: keep all)")
     eval_every: int = opt(0, 0, help="epochs between held-out evals (0: only before/after)")
     eval_at_ends: bool = opt(True, help="held-out eval and sample grid before and after training")
     log_with: Literal["tensorboard", "wandb", "none"] = opt(

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from dgpo.config import load_config
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
+from dgpo.training import checkpoints
+from dgpo.training.checkpoints import CheckpointError
 from dgpo.training.io import latest_checkpoint
 from dgpo.training.policy import Policy, parse_targets
 
@@ -30,11 +30,13 @@ def load_run(run_dir: str | Path, weights: str = "ema_slow", checkpoint: str | P
     cfg = load_config(run / "config.yaml")
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
     if ckpt is None or not (ckpt / f"{weights}.safetensors").is_file():
-        raise FileNotFoundError(f"run {run} has no checkpoint with {weights}.safetensors")
+        raise FileNotFoundError(f"run {run} has no complete checkpoint with {weights}.safetensors")
+    if checkpoint and (reason := checkpoints.problem(ckpt)):
+        raise CheckpointError(f"checkpoint {ckpt}: {reason}")
     model = load_model(cfg.model)
     policy = Policy(model, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.run.seed,
                     parse_targets(cfg.train.lora_targets))
-    tensors = load_file(str(ckpt / f"{weights}.safetensors"))
+    tensors = checkpoints.read_tensors(ckpt / f"{weights}.safetensors")
     if weights == "policy":
         policy.load_state_dict(tensors)
     else:

@@ -4,6 +4,7 @@ checkpoints."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 
 from dgpo.extras import require
+from dgpo.training import checkpoints
+from dgpo.training.checkpoints import CheckpointError
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -30,9 +35,75 @@ class MetricsLog:
             self.log(scalars(row), step=row["step"])
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)[0]
+
+
+def read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """(the rows of a JSONL file, the number of unreadable lines: a last line torn by a kill)."""
+    if not path.exists():
+        return [], 0
+    rows, torn = [], 0
+    for line in filter(str.strip, path.read_text().splitlines()):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            torn += 1
+    return rows, torn
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """The file whole or not at all: a temporary file, renamed over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def repair_logs(run_dir: Path, step: int, evals: list[dict]) -> None:
+    """At a resume from the checkpoint of ``step``: ``metrics.jsonl`` keeps its rows up to ``step`` (the
+    killed run's later rows are recomputed; a torn line goes) and ``evals.jsonl`` is rewritten from the
+    checkpoint's evals, so no step appears twice or goes missing."""
+    rows, torn = read_jsonl(run_dir / "metrics.jsonl")
+    kept = [r for r in rows if r["step"] <= step]
+    write_text_atomic(run_dir / "metrics.jsonl", _jsonl(kept))
+    write_text_atomic(run_dir / "evals.jsonl", _jsonl(evals))
+    if torn or len(kept) < len(rows):
+        log.info("resume at step %d: dropped %d metrics rows of later steps and %d torn lines",
+                 step, len(rows) - len(kept), torn)
+
+
+def relog_step(acc, run_dir: Path, step: int, evals: list[dict]) -> None:
+    """After a resume from the checkpoint of ``step``, whose tracker hides what was logged from ``step`` on
+    (a killed process may have logged the final eval there after the checkpoint): that step's metrics,
+    evals and sample grid again, from the run's files."""
+    for row in MetricsLog(run_dir).read():
+        if row["step"] == step:
+            acc.log(scalars(row), step=step)
+    for row in evals:
+        if row["step"] == step:
+            acc.log(scalars(row, "eval/"), step=step)
+    grid = run_dir / "samples" / f"step_{step:05d}.png"
+    if grid.is_file():
+        log_image(acc.trackers, f"samples/{grid.stem}", grid, step)
+
+
+FRESH_START_REMOVES = ("metrics.jsonl", "evals.jsonl", "summary.json", "checkpoints", "samples/before.safetensors")
+
+
+def clear_run(run_dir: Path) -> None:
+    """A fresh start (no ``--resume``) in a folder that holds an earlier run: that run's logs, summary
+    and checkpoints go, so rows and checkpoints of two runs never mix."""
+    import shutil
+
+    old = [run_dir / n for n in FRESH_START_REMOVES if (run_dir / n).exists()]
+    if old:
+        log.warning("fresh start in %s (no --resume): removing the earlier run's %s", run_dir,
+                    ", ".join(p.name for p in old))
+    for p in old:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def scalars(row: dict, prefix: str = "") -> dict:
@@ -54,6 +125,12 @@ def tracker_setup(log_with: str, project: str, run_dir: Path) -> tuple[str | Non
     if not os.environ.get("WANDB_DIR"):
         kwargs["dir"] = str(run_dir)
     return "wandb", project, {"wandb": kwargs}
+
+
+def purge_from(init_kwargs: dict, step: int) -> dict:
+    """``init_trackers`` kwargs with TensorBoard's ``purge_step``: TensorBoard hides what earlier processes
+    of the run logged at ``step`` and later (a resumed run logs that step again: :func:`relog_step`)."""
+    return {**init_kwargs, "tensorboard": {**init_kwargs.get("tensorboard", {}), "purge_step": step}}
 
 
 def flat_config(data: dict, prefix: str = "") -> dict:
@@ -212,38 +289,39 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def save_checkpoint(path: Path, parts: dict[str, dict[str, torch.Tensor]], opt, state: dict) -> None:
-    """Tensors in safetensors (one file per part), optimizer in safetensors + JSON, state in JSON."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name, tensors in parts.items():
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
+def save_checkpoint(path: Path, parts: dict[str, dict[str, torch.Tensor]], opt, state: dict, keep: int = 0) -> None:
+    """Tensors in safetensors (one file per part), optimizer in safetensors + JSON, state in JSON; written
+    to a temporary folder, with a manifest last, then renamed (see :mod:`dgpo.training.checkpoints`);
+    afterwards only the newest ``keep`` checkpoints stay (0: all)."""
     tensors, meta = _flatten_optimizer(opt)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(meta))
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    if path.exists():
-        import shutil
-
-        shutil.rmtree(path)
-    tmp.rename(path)  # a crash mid-save never leaves a half checkpoint under the final name
+    with checkpoints.writing(path, state["step"], keep) as tmp:
+        for name, part in parts.items():
+            save_file({k: v.detach().contiguous() for k, v in part.items()}, str(tmp / f"{name}.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
 
 
 def load_checkpoint(path: Path, names: list[str], opt) -> tuple[dict, dict]:
-    for f in [*(f"{n}.safetensors" for n in names), "optimizer.safetensors", "optimizer.json", "state.json"]:
-        if not (path / f).is_file():
-            raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {f}")
-    parts = {n: load_file(str(path / f"{n}.safetensors")) for n in names}
-    meta = json.loads((path / "optimizer.json").read_text())
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    """(parts, state) of a checkpoint, the optimizer state loaded into ``opt``; a missing, truncated or
+    corrupted file is a CheckpointError naming it."""
+    parts = {n: checkpoints.read_tensors(path / f"{n}.safetensors") for n in names}
+    meta = checkpoints.read_json(path / "optimizer.json")
+    tensors = checkpoints.read_tensors(path / "optimizer.safetensors")
     state: dict = {}
-    for key, v in [*tensors.items(), *meta["scalars"].items()]:
-        idx, k = key.split(".", 1)
-        state.setdefault(int(idx), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return parts, json.loads((path / "state.json").read_text())
+    try:
+        for key, v in [*tensors.items(), *meta["scalars"].items()]:
+            idx, k = key.split(".", 1)
+            state.setdefault(int(idx), {})[k] = v
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: the optimizer state does not fit this run ({e!r})") from None
+    return parts, checkpoints.read_json(path / "state.json")
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*[0-9]"))
-    return ckpts[-1] if ckpts else None
+    """The newest checkpoint of a run whose files match their manifest (newer broken ones are logged)."""
+    ckpt, skipped = checkpoints.pick(run_dir)
+    for line in skipped:
+        log.warning("skipped checkpoint %s", line)
+    return ckpt

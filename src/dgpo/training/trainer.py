@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dgpo.algorithms import ALGORITHMS
@@ -30,7 +31,7 @@ from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward_from_config
 from dgpo.rewards.retry import Backoff, GuardedCall
-from dgpo.training import io, speed
+from dgpo.training import checkpoints, io, speed
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
 from dgpo.training.ema import OldModelEMA, SlowEMA
@@ -93,14 +94,18 @@ class Trainer:
         self.algo = ALGORITHMS[c.train.algorithm](self)
         self.step, self.start_epoch, self.evals = 0, 0, []
         self.train_time, self.images, self._next_eval_s = 0.0, 0, c.run.eval_every_s
+        self._before: torch.Tensor | None = None  # the "before" grid's images, for samples/compare.png
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if log_with:
-            self.acc.init_trackers(project, io.flat_config(to_dict(c)), tracker_kwargs)
-        self.metrics = io.MetricsLog(self.run_dir, self.acc.log)
         if resume:
             self._resume()
+        elif self.acc.is_main_process:
+            io.clear_run(self.run_dir)
+        if log_with:
+            self.acc.init_trackers(project, io.flat_config(to_dict(c)), io.purge_from(tracker_kwargs, self.step))
+            if resume and self.acc.is_main_process:
+                io.relog_step(self.acc, self.run_dir, self.step, self.evals)
+        self.metrics = io.MetricsLog(self.run_dir, self.acc.log)
         (self.run_dir / "config.yaml").write_text(dump_yaml(c))
-        self._before: torch.Tensor | None = None  # the "before" grid's images, for samples/compare.png
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict:
@@ -294,7 +299,8 @@ class Trainer:
         io.save_grid(images, captions, out / f"{name}.png")
         io.log_image(self.acc.trackers, f"samples/{name}", out / f"{name}.png", self.step)
         if name == "before":
-            self._before = images.cpu()
+            self._before = images.cpu()  # kept on disk too: a resumed run still draws compare.png
+            save_file({"images": self._before.contiguous()}, str(out / "before.safetensors"))
         elif name == "after" and self._before is not None:  # same prompts, same seeds, side by side
             io.save_compare(self._before, images.cpu(), captions, out / "compare.png")
             io.log_image(self.acc.trackers, "samples/compare", out / "compare.png", self.step)
@@ -308,12 +314,11 @@ class Trainer:
             return
         state = {"step": self.step, "epoch": epochs_done, "evals": self.evals, "train_time": self.train_time,
                  "images": self.images, "next_eval_s": self._next_eval_s}
-        io.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, opt, state)
+        io.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, opt, state,
+                           self.cfg.run.keep_checkpoints)
 
     def _resume(self) -> None:
-        ckpt = io.latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+        ckpt = checkpoints.for_resume(self.run_dir)  # the newest whose files match its manifest
         parts, state = io.load_checkpoint(ckpt, ["policy", "ema_old", "ema_slow"],
                                           self.shards.optimizer_state(self.opt))
         self.policy.load_state_dict(parts["policy"])
@@ -323,6 +328,12 @@ class Trainer:
         self.step, self.start_epoch, self.evals = state["step"], state["epoch"], state["evals"]
         self.train_time, self.images = state.get("train_time", 0.0), state.get("images", 0)
         self._next_eval_s = state.get("next_eval_s", self.cfg.run.eval_every_s)
+        before = self.run_dir / "samples" / "before.safetensors"
+        if before.is_file():
+            self._before = checkpoints.read_tensors(before)["images"]
+        if self.acc.is_main_process:  # what the killed process logged after the checkpoint goes
+            io.repair_logs(self.run_dir, self.step, self.evals)
+            checkpoints.remove_leftovers(ckpt.parent)
         log.info("resumed from %s (step %d, epoch %d)", ckpt, self.step, self.start_epoch)
 
     def _finish(self) -> dict:
@@ -334,7 +345,7 @@ class Trainer:
             self._grid("after")
             summary.update(eval_before=self.evals[0], eval_after=after, evals=self.evals)
         if self.acc.is_main_process:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+            io.write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
             io.plot_curves(self.metrics.read(), self.evals, self.run_dir / "plots")
         self.acc.end_training()
         return summary
