@@ -80,11 +80,13 @@ def test_options_doc_is_current():
     ("train.lr=.nan", r"train\.lr: nan is not a finite number"),
     ("run.eval_every_s=1e999", r"run\.eval_every_s: inf is not a finite number"),
     ("run.seed=" + "9" * 5000, r"run\.seed: .*digits"),
+    ("run.seed=" + "7" * 400, r"run\.seed: 7777.*\.\.\..* is too large"),
+    ("train.prompts_per_epoch=" + "7" * 30, r"train\.prompts_per_epoch: .* is too large \(at most 2\*\*63 - 1\)"),
 ])
 def test_huge_and_non_finite_numbers_get_a_config_error(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("", [override])
-    assert load_config("", ["run.seed=" + "7" * 400]).run.seed == int("7" * 400)  # ints stay exact
+    assert load_config("", [f"run.seed={2**32 - 1}"]).run.seed == 2**32 - 1  # ints stay exact, not via float
 
 
 def test_non_utf8_config_file_is_named(tmp_path):

@@ -1,15 +1,34 @@
 """`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts, geneval prompts, reward
-serve. No logic lives here."""
+serve. No logic lives here.
+
+A mistake in the input (a :class:`~dgpo.errors.UserError`, or a bad command line) ends with one line on
+stderr, ``dgpo CMD: error: ...``, and exit status 2; ``--debug`` adds the traceback. Any other exception
+is a bug in dgpo and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from dgpo import __version__
-from dgpo.config import ConfigError
+from dgpo.errors import InputError, MissingPathError, UserError, one_line, user_path
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (what is wrong, where the help is) and exit 2."""
+
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def _debug_flag(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show the Python traceback of an input error too")
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
@@ -91,8 +110,9 @@ def _reward_args(sub) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dgpo", description=__doc__)
+    ap = _Parser(prog="dgpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"dgpo {__version__}")
+    _debug_flag(ap, default=False)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     tr = sub.add_parser("train", help="DGPO training (no config: the toy-world default)")
@@ -154,7 +174,15 @@ def _parser() -> argparse.ArgumentParser:
     gp.add_argument("--seed", type=int, default=None, help="generator seed (default: the shipped file's)")
     gp.add_argument("--size", type=int, default=None, help="number of prompts (default: the shipped file's)")
     _reward_args(sub)
+    for p in _leaf_parsers(ap):
+        if p is not ap:
+            _debug_flag(p)  # `dgpo train ... --debug` as well as `dgpo --debug train ...`
     return ap
+
+
+def _leaf_parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    return [p, *(q for a in subs for child in dict.fromkeys(a.choices.values()) for q in _leaf_parsers(child))]
 
 
 def _split_cfg_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -171,6 +199,22 @@ def _load_flow_model(spec: str):
     return load_any(spec)
 
 
+def _check_run_dir(run: Path, resume: bool) -> None:
+    """run.out_dir must be a folder we can write (or create), and hold a checkpoint for --resume."""
+    import os
+
+    from dgpo.training.io import latest_checkpoint
+
+    if run.exists() and not run.is_dir():
+        raise InputError(f"run.out_dir={str(run)!r} is a file, not a folder; choose another run.out_dir")
+    parent = next((p for p in [run, *run.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"run.out_dir={str(run)!r}: cannot write in {str(parent)!r}; choose a writable run.out_dir")
+    if resume and latest_checkpoint(run) is None:
+        raise MissingPathError(f"--resume: no checkpoint under {run / 'checkpoints'}; train without --resume, or "
+                               "set run.out_dir to the run to continue")
+
+
 def cmd_train(a) -> None:
     from dgpo.config import load_config
     from dgpo.evaluation import markdown_table
@@ -178,6 +222,7 @@ def cmd_train(a) -> None:
 
     path, overrides = _split_cfg_args(a.args)
     cfg = load_config(path, overrides)
+    _check_run_dir(Path(cfg.run.out_dir), a.resume)
     summary = Trainer(cfg, resume=a.resume).fit()
     if "eval_after" not in summary:
         print(f"DGPO: {summary['steps']} optimizer steps; run directory: {cfg.run.out_dir}")
@@ -300,9 +345,14 @@ def cmd_toy(a) -> None:
     weights = {}
     for item in filter(None, a.weights.split(",")):
         cat, _, w = item.partition("=")
-        if cat not in CATEGORIES or not w:
-            raise ValueError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in {list(CATEGORIES)}")
-        weights[cat] = float(w)
+        try:
+            value = float(w)
+        except ValueError:
+            value = -1.0
+        if cat not in CATEGORIES or not (math.isfinite(value) and value >= 0):
+            raise InputError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in {list(CATEGORIES)} "
+                             "and a weight >= 0")
+        weights[cat] = value
     last = pretrain(a.out, a.minutes, a.batch_size, a.lr, a.ema_decay, seed=a.seed, max_steps=a.max_steps,
                     init=a.init, weights=weights or None, pos_embed=a.pos_embed,
                     t_mean=a.t_mean)
@@ -317,6 +367,15 @@ def cmd_geneval(a) -> None:
     print(f"wrote {len(rows)} prompts to {a.out}")
 
 
+def _read_token(path: str) -> str:
+    from dgpo.toy.grammar import read_utf8
+
+    p = user_path(path, "--token-file")
+    if not p.is_file():
+        raise MissingPathError(f"--token-file {path!r}: no such file; write the token into it or set $DGPO_REWARD_TOKEN")
+    return read_utf8(p).strip()
+
+
 def cmd_reward(a) -> None:
     import os
 
@@ -327,15 +386,12 @@ def cmd_reward(a) -> None:
     from dgpo.rewards.wire import Limits
 
     if a.reward == "remote":
-        raise ValueError("--reward remote: a server cannot serve another server; name the scorer")
-    token = Path(a.token_file).read_text().strip() if a.token_file else os.environ.get("DGPO_REWARD_TOKEN", "")
+        raise InputError("--reward remote: a server cannot serve another server; name the scorer")
+    token = _read_token(a.token_file) if a.token_file else os.environ.get("DGPO_REWARD_TOKEN", "")
     check_bind(a.host, token)  # before the scorer spends minutes loading
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        fn = build_reward(a.reward, a.model_path, a.processor_path, device, clip_path=a.clip_path,
-                          partial=a.partial, aesthetic_path=a.aesthetic_path, hps_path=a.hps_path)
-    except ImportError as e:
-        raise ValueError(str(e)) from None
+    fn = build_reward(a.reward, a.model_path, a.processor_path, device, clip_path=a.clip_path,
+                      partial=a.partial, aesthetic_path=a.aesthetic_path, hps_path=a.hps_path)
     limits = Limits(int(a.max_body_mb * (1 << 20)), a.max_items, a.max_pixels)
     server = RewardServer(fn, a.reward, a.host, a.port, token, limits, a.batch_size, a.queue, a.timeout_s,
                           a.read_timeout_s, device=device)
@@ -348,6 +404,7 @@ def cmd_reward(a) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; 0 on success, 2 (one line on stderr) for a mistake in the input. Our bugs raise."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "config": cmd_config, "sample": cmd_sample, "eval": cmd_eval,
@@ -355,8 +412,13 @@ def main(argv: list[str] | None = None) -> int:
                 "geneval": cmd_geneval, "reward": cmd_reward}
     try:
         handlers[a.cmd](a)
-    except (ConfigError, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"dgpo {a.cmd}: error: {e}", file=sys.stderr)
+    except UserError as e:
+        if a.debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stdout.flush()
+        print(f"dgpo {a.cmd}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     return 0
 
