@@ -343,14 +343,14 @@ def _set_override(data: dict, item: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {_key(key)}: {short(p)} is not a section")
+    if _flow_depth(raw) > MAX_DEPTH:
+        raise ConfigError(f"{_key(key)}: the value is nested more than {MAX_DEPTH} levels deep")
     try:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
         node[parts[-1]] = raw
-    except (ValueError, OverflowError) as e:  # e.g. an integer past Python's digit limit for str -> int
-        raise ConfigError(f"{_key(key)}: cannot read the value ({str(e).split('; use sys')[0]})") from None
-    except RecursionError:
-        raise ConfigError(f"{_key(key)}: the value is nested too deeply") from None
+    except YAML_FAILURES as e:  # e.g. an integer past Python's digit limit for str -> int, `!!bool maybe`
+        raise ConfigError(f"{_key(key)}: cannot read the value ({_failure(e)})") from None
 
 
 def _key(key: str) -> str:
@@ -361,18 +361,45 @@ def _key(key: str) -> str:
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "toy_demo.yaml"
 
 
+MAX_DEPTH = 64  # PyYAML's pure-Python scanner takes quadratic time in the nesting depth of [ and {
+# what PyYAML's safe constructors raise on a value they match but cannot build (5000 digits, `!!bool maybe`,
+# `!!timestamp 2001-13-45`) or on deep nesting, besides its own YAMLError: the file's fault, never ours
+YAML_FAILURES = (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError, RecursionError)
+
+
+def _flow_depth(text: str | bytes) -> int:
+    """The deepest nesting of [ and { (an upper bound: brackets in quoted strings count too)."""
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}" and depth:
+            depth -= 1
+    return deepest
+
+
+def _failure(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return f"{type(e).__name__}: {short(str(e).split('; use sys')[0])}"
+
+
 def _read_yaml(p: Path) -> dict:
     """A config file's top-level mapping (YAML's safe loader: plain data, no tags that build objects)."""
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist (or is not a file); give the path of a YAML config")
+    text = p.read_bytes()
+    if _flow_depth(text) > MAX_DEPTH:
+        raise ConfigError(f"config file {p}: nested more than {MAX_DEPTH} levels deep")
     try:
-        data = yaml.safe_load(p.read_bytes())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
-    except (ValueError, OverflowError) as e:  # a value YAML matches but Python cannot build, e.g. 5000 digits
-        raise ConfigError(f"config file {p}: cannot read a value ({str(e).split('; use sys')[0]})") from None
-    except RecursionError:
-        raise ConfigError(f"config file {p}: nested too deeply") from None
+    except YAML_FAILURES as e:
+        raise ConfigError(f"config file {p}: cannot read a value ({_failure(e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -98,8 +98,7 @@ def apply_lora(model: FlowModel, lora: str) -> None:
     try:
         pipe.load_lora_weights(str(folder), weight_name=name, adapter_name="dgpo_lora")
     except (ValueError, KeyError, RuntimeError, TypeError, IndexError, OSError, SafetensorError) as e:
-        if "dgpo_lora" in getattr(pipe.transformer, "peft_config", {}):
-            pipe.delete_adapters("dgpo_lora")  # a half-loaded adapter
+        pipe.unload_lora_weights()  # a half-loaded adapter: the pipeline as it was
         raise InputError(f"--lora {lora!r}: cannot load it into {type(pipe).__name__} "
                          f"({type(e).__name__}: {short(str(e))}); is it a LoRA of this model?") from None
     pipe.fuse_lora(adapter_names=["dgpo_lora"])

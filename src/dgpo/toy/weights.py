@@ -46,9 +46,9 @@ def load_toy(folder: str | Path = BUILTIN_BASE) -> ToyUNet:
         raise InputError(f"toy checkpoint {folder}: weights do not match config.json (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}, other shape {wrong[:3]}); save it with `dgpo toy pretrain` "
                          "or `dgpo export --merge`")
-    not_float = [k for k, (_, dt) in shapes.items() if not dt.is_floating_point]
+    not_float = [k for k, (_, dt) in shapes.items() if dt not in FLOAT_DTYPES]
     if not_float:
-        raise InputError(f"toy checkpoint {folder}: {not_float[0]} holds {shapes[not_float[0]][1]}, not floats")
+        raise InputError(f"toy checkpoint {folder}: {not_float[0]} holds {shapes[not_float[0]][1]} values, not floats")
     model = ToyUNet(cfg)
     model.load_state_dict(_load_tensors(w_path))
     return model.eval()
@@ -91,14 +91,14 @@ def _read_arch(cfg_path: Path) -> ToyModelConfig:
     return cfg
 
 
-def _file_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """(shape, dtype) of every tensor in a safetensors file, from its header (nothing is loaded)."""
+def _file_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """(shape, safetensors dtype name) of every tensor in a file, from its header (nothing is loaded)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             out = {}
             for k in f.keys():
                 sl = f.get_slice(k)
-                out[k] = (tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), torch.uint8))
+                out[k] = (tuple(sl.get_shape()), sl.get_dtype())
             return out
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise InputError(f"{path}: not a readable safetensors file ({short(str(e))})") from None
@@ -111,8 +111,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: not a readable safetensors file ({short(str(e))})") from None
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 def with_pos_embed(model: ToyUNet) -> ToyUNet:
