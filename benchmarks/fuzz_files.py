@@ -86,7 +86,7 @@ def apply_damage(folder: Path, op) -> None:
         return
     if op[0] == "folder":
         path.unlink(missing_ok=True) if path.is_file() else None
-        path.mkdir(exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         return
     if not path.is_file():
         return
@@ -97,7 +97,11 @@ def apply_damage(folder: Path, op) -> None:
             doc = json.loads(path.read_bytes())
         except (ValueError, RecursionError):
             doc = {}
-        path.write_text(mutate_json(doc, op[2]), encoding="utf-8", errors="surrogatepass")
+        try:
+            text = mutate_json(doc, op[2])
+        except RecursionError:  # an earlier damage nested it too deeply to copy: keep it so
+            return
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
     elif op[0] == "tensors":
         try:
             damage_tensors(path, op[2])
@@ -180,8 +184,9 @@ def _layout(run: Path, ckpt: Path, kind: str) -> None:
         checkpoints.write_bytes(b"")
     elif kind == "no_checkpoints":
         shutil.rmtree(checkpoints)
-    elif kind == "tmp_dir":
-        shutil.copytree(ckpt, checkpoints / "step_000002.tmp", dirs_exist_ok=True)
+    elif kind == "tmp_dir":  # a save that crashed half-way
+        shutil.rmtree(checkpoints / "step_000002.tmp", ignore_errors=True)
+        shutil.copytree(ckpt, checkpoints / "step_000002.tmp")
 
 
 def _run_checkpoints(state, ops) -> str:

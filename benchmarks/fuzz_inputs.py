@@ -8,7 +8,11 @@ a **crash** (any other exception, a wrong result, a 500 or a dropped connection 
 **hang** (longer than ``--case-timeout-s``). Code execution is probed too: YAML tags and pickled LoRA
 files carry payloads that would create a marker file, and a case that creates it is a crash.
 
-Usage: python benchmarks/fuzz_inputs.py [--cases 10000] [--seed 0] [--targets config,prompts,...]
+The targets live in fuzz_targets.py (configs, overrides, prompt files), fuzz_server.py (the reward
+server), fuzz_files.py (checkpoints, toy model folders) and fuzz_exports.py (run directories, LoRA
+folders); fuzz_strategies.py holds the shared strategies. tests/test_fuzz.py runs a few cases of each.
+
+Usage: python benchmarks/fuzz_inputs.py [--cases 10000] [--seed 0] [--targets config_yaml,prompts,...]
 Writes bench_results/fuzz_inputs.json (docs/bench/fuzz_inputs.json holds the committed run).
 """
 

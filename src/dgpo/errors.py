@@ -35,6 +35,10 @@ class MissingExtraError(UserError, ImportError):
     """An optional part whose packages are not installed (the message has the ``pip install`` line)."""
 
 
+class ConfigError(InputError):
+    """A config problem, with the offending key in the message (also importable from dgpo.config)."""
+
+
 class CheckpointError(InputError):
     """A checkpoint that cannot be read back: truncated, corrupt, or made for another model."""
 

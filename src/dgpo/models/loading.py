@@ -125,12 +125,12 @@ def _apply_peft_lora(model: FlowModel, p, lora: str) -> None:
     except (ValueError, RecursionError) as e:
         raise InputError(f"--lora {lora!r}: adapter_config.json is not JSON ({type(e).__name__})") from None
     _check_lora_config(cfg, lora)
-    try:
-        net = PeftModel.from_pretrained(model.denoiser, str(p))
-    except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError, OSError, SafetensorError) as e:
+    try:  # peft reads the user's folder: what it raises here is the folder's fault
+        model.denoiser = PeftModel.from_pretrained(model.denoiser, str(p)).merge_and_unload()
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError, OSError, SafetensorError,
+            NotImplementedError, ImportError) as e:  # a variant peft cannot merge (aLoRA) or needs a package for
         raise InputError(f"--lora {lora!r}: cannot load it into the toy model ({type(e).__name__}: "
-                         f"{short(str(e))}); is it a LoRA of this model?") from None
-    model.denoiser = net.merge_and_unload()
+                         f"{short(str(e))}); is it a LoRA of this model, as `dgpo export` writes it?") from None
 
 
 def _check_lora_config(cfg, lora: str) -> None:
@@ -147,6 +147,8 @@ def _check_lora_config(cfg, lora: str) -> None:
         raise InputError(f"{bad}: r (and rank_pattern) must be integers in [1, {LORA_MAX_RANK}], got {short(ranks)}")
     if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in alphas):
         raise InputError(f"{bad}: lora_alpha (and alpha_pattern) must be finite numbers, got {short(alphas)}")
+    if cfg.get("megatron_config") is not None:  # peft would import the module named by megatron_core
+        raise InputError(f"{bad}: megatron_config must be null (dgpo's LoRAs are plain peft LoRAs)")
     targets = cfg.get("target_modules")
     if not (isinstance(targets, str) or isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
         raise InputError(f"{bad}: target_modules must be a module name pattern or a list of names")

@@ -101,17 +101,21 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict, opt: torch.opt
 
 
 def _check_hyper(saved: dict, live: dict, bad: str) -> None:
-    """Each hyperparameter the live group has keeps its kind: a bool, a finite number, a pair of them."""
+    """Each hyperparameter the live group has keeps its kind: a bool, a finite number >= 0, a pair of numbers
+    in [0, 1); one the checkpoint lacks (e.g. written by an older torch) takes the live group's value."""
     for key, ref in live.items():
-        if key == "params" or key not in saved:
+        if key == "params":
+            continue
+        if key not in saved:
+            saved[key] = list(ref) if isinstance(ref, tuple) else ref
             continue
         v = saved[key]
         if isinstance(ref, bool) or ref is None:
             ok = v is None or isinstance(v, bool)
         elif isinstance(ref, (int, float)):
             ok = _is_number(v) and v >= 0
-        elif isinstance(ref, (tuple, list)):
-            ok = isinstance(v, list) and len(v) == len(ref) and all(_is_number(x) for x in v)
+        elif isinstance(ref, (tuple, list)):  # Adam's betas, each in [0, 1) as torch's constructor demands
+            ok = isinstance(v, list) and len(v) == len(ref) and all(_is_number(x) and 0 <= x < 1 for x in v)
         else:
             ok = isinstance(v, type(ref))
         if not ok:
