@@ -192,3 +192,9 @@ def test_error_helpers():
         user_path("a\x00b", "--model")
     assert issubclass(CheckpointError, ValueError) and issubclass(MissingPathError, FileNotFoundError)
     assert all(issubclass(c, UserError) for c in (CheckpointError, InputError, MissingPathError))
+
+
+def test_the_file_system_refusing_a_path_is_one_line(capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    line = _one_line_error(capsys, ["toy", "prompts", "test", "--out", str(tmp_path / "afile" / "p.jsonl")], "toy")
+    assert "afile" in line and "check the path and its permissions" in line

@@ -1,9 +1,9 @@
 """`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts, geneval prompts, reward
 serve. No logic lives here.
 
-A mistake in the input (a :class:`~dgpo.errors.UserError`, or a bad command line) ends with one line on
-stderr, ``dgpo CMD: error: ...``, and exit status 2; ``--debug`` adds the traceback. Any other exception
-is a bug in dgpo and keeps its traceback.
+A mistake in the input (a :class:`~dgpo.errors.UserError`, a bad command line, or the file system refusing
+a path: an ``OSError`` that names a file) ends with one line on stderr, ``dgpo CMD: error: ...``, and exit
+status 2; ``--debug`` adds the traceback. Any other exception is a bug in dgpo and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -395,15 +395,26 @@ def main(argv: list[str] | None = None) -> int:
                 "geneval": cmd_geneval, "reward": cmd_reward}
     try:
         handlers[a.cmd](a)
-    except UserError as e:
+    except (UserError, OSError) as e:
+        if isinstance(e, OSError) and not isinstance(e, UserError) and e.filename is None:
+            raise  # an OSError on no path (a socket, a library's internals) is not the user's to fix
         if a.debug:
             import traceback
 
             traceback.print_exc()
         sys.stdout.flush()
-        print(f"dgpo {a.cmd}: error: {one_line(str(e))}", file=sys.stderr)
+        print(f"dgpo {a.cmd}: error: {one_line(_message(e))}", file=sys.stderr)
         return 2
     return 0
+
+
+def _message(e: Exception) -> str:
+    """A UserError's message; for the file system's refusal on a path (permission denied, no such folder,
+    disk full), what it refused and where."""
+    if isinstance(e, UserError) or not isinstance(e, OSError):
+        return str(e)
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    return f"{where}: {e.strerror or e}; check the path and its permissions"
 
 
 if __name__ == "__main__":

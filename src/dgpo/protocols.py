@@ -244,8 +244,11 @@ def compare_official(out: str | Path, official: str | Path) -> dict:
     pairs = []
     for n, line in enumerate(official.read_text().splitlines(), 1):
         if line.strip():
-            row = json.loads(line)
-            if not {"filename", "tag", "correct"} <= set(row):
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
+                row = None
+            if not isinstance(row, dict) or not {"filename", "tag", "correct"} <= set(row):
                 raise InputError(f"{official}:{n}: not a row of GenEval's results.jsonl")
             mine = by_file.get("/".join(Path(row["filename"]).parts[-3:]))  # <index>/samples/<k>.png
             if mine is not None:

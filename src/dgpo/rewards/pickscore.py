@@ -23,7 +23,7 @@ class PickScoreReward:
         try:
             self.processor = CLIPProcessor.from_pretrained(processor_path)
             self.model = CLIPModel.from_pretrained(model_path).eval().requires_grad_(False).to(device)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: huggingface_hub's "not a repo id" for a missing folder
             raise InputError(f"PickScore reward: cannot load {model_path!r} (reward.model_path): {e}") from None
         self.device = torch.device(device)
 

@@ -4,7 +4,8 @@ Request  ``POST /score``: ``{"protocol": 1, "mode": "reward" | "eval", "images":
 "metas": [{"prompt": ...}, ...]}`` (all images one size).
 Response: ``{"protocol": 1, "scorer": NAME, "rewards": [float, ...]}``, plus ``"correct"`` in eval mode;
 errors ``{"error": MESSAGE}`` with 400 (malformed, or metadata the scorer refuses), 401 (token),
-413 (too large), 503 (busy), 504 (timed out), 500 (the scorer failed). NaN and infinities are refused in both directions.
+413 (too large), 503 (busy), 504 (timed out), 500 (the scorer failed). NaN and infinities are refused
+in both directions.
 """
 
 from __future__ import annotations

@@ -223,4 +223,5 @@ def read_jsonl(path: str | Path, check=None) -> list[dict]:
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -197,5 +197,6 @@ def train_prompts(names: list[str], test: list[dict], seed: int = DEFAULT_SEED, 
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
