@@ -80,11 +80,13 @@ def test_options_doc_is_current():
     ("train.lr=.nan", r"train\.lr: nan is not a finite number"),
     ("run.eval_every_s=1e999", r"run\.eval_every_s: inf is not a finite number"),
     ("run.seed=" + "9" * 5000, r"run\.seed: .*digits"),
+    ("run.seed=" + "7" * 400, r"run\.seed: 7777.*\.\.\..* is too large"),
+    ("train.prompts_per_epoch=" + "7" * 30, r"train\.prompts_per_epoch: .* is too large \(at most 2\*\*63 - 1\)"),
 ])
 def test_huge_and_non_finite_numbers_get_a_config_error(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("", [override])
-    assert load_config("", ["run.seed=" + "7" * 400]).run.seed == int("7" * 400)  # ints stay exact
+    assert load_config("", [f"run.seed={2**32 - 1}"]).run.seed == 2**32 - 1  # ints stay exact, not via float
 
 
 def test_non_utf8_config_file_is_named(tmp_path):
@@ -92,3 +94,32 @@ def test_non_utf8_config_file_is_named(tmp_path):
     bad.write_bytes(b"run:\n  out_dir: caf\xe9\n")
     with pytest.raises(ConfigError, match=r"config file .*latin1\.yaml is not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("train: {lr: !!python/object/apply:os.system ['touch {marker}']}\n", "not valid YAML: could not determine a constructor"),
+    ("train: {lr: " + "[" * 5000 + "]" * 5000 + "}\n", "nested more than 64 levels deep"),
+    ("reward: {weights: [&a [x], &b [*a, *a, *a], &c [*b, *b, *b], *c]}\n", r"reward\.weights\[0\]: expected float"),
+    ("train: {lr: !!bool maybe}\n", r"cannot read a value \(KeyError"),
+    ("train: {lr: !!timestamp 2001-13-45}\n", "cannot read a value"),
+    ("- run\n- train\n", "expected a mapping of sections"),
+    ("{1: 2, a: 3}\n", "unknown key '1'"),
+    ("run: {out_dir: !!binary aGVsbG8=}\n", "run.out_dir: expected str, got bytes"),
+])
+def test_hostile_yaml_is_a_config_error_and_runs_nothing(tmp_path, text, match):
+    marker = tmp_path / "EXECUTED"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("{marker}", str(marker)))
+    with pytest.raises(ConfigError, match=match):
+        load_config(bad, ["train.lr=1e-4"])
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("override, match", [
+    ("run.out_dir=a\x00b", "contains a NUL character"), ("run.out_dir=\udcff", "not valid Unicode text"),
+    ("train.lr=!!python/name:os.system", r"train\.lr: expected float, got str"),
+    ("train.lr=" + "[" * 100 + "]" * 100, "nested more than 64 levels deep"),
+])
+def test_hostile_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("", [override])

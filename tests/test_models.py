@@ -61,8 +61,11 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_toy, tmp_path):
     again = load_toy(tmp_path / "copy")
     for (k, a), (_, b) in zip(net.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
-    with pytest.raises(FileNotFoundError, match="missing config.json"):
+    with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
         load_toy(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="missing config.json"):
+        load_toy(tmp_path / "empty")
     (tmp_path / "copy" / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad config.json"):
         load_toy(tmp_path / "copy")

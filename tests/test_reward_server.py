@@ -117,7 +117,7 @@ def _bad_requests():
         (json.dumps({"images": [one], "metas": [{}, {}]}).encode(), 400, "'metas' must be a list of 1"),
         (json.dumps({"images": [one], "metas": [{}], "mode": "train"}).encode(), 400, "mode 'train'"),
         (json.dumps([1, 2]).encode(), 400, "must be a JSON object"),
-        (json.dumps({"images": [one], "metas": [{}]}).encode(), 500, "needs a 'prompt'"),
+        (json.dumps({"images": [one], "metas": [{}]}).encode(), 400, "needs a 'prompt'"),  # the scorer refuses it
     ]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dgpo.config import load_config
+from dgpo.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def run_suite(spec: BenchSpec) -> dict:
     raw.mkdir(parents=True, exist_ok=True)
     for arm in spec.arms:
         if arm not in ARMS:
-            raise ValueError(f"unknown bench arm {arm!r}; allowed: {sorted(ARMS)}")
+            raise InputError(f"unknown bench arm {arm!r}; allowed: {sorted(ARMS)}")
     for seed in spec.seeds:
         for arm in spec.arms:
             path = raw / f"{arm}__s{seed}.json"

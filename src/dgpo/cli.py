@@ -1,22 +1,29 @@
 """`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts, geneval prompts, reward
-serve. No logic lives here."""
+serve. No logic lives here.
+
+A mistake in the input (a :class:`~dgpo.errors.UserError`, a bad command line, or the file system refusing
+a path: an ``OSError`` that names a file) ends with one line on stderr, ``dgpo CMD: error: ...``, and exit
+status 2; ``--debug`` adds the traceback. Any other exception is a bug in dgpo and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from dgpo import __version__
-from dgpo.config import ConfigError
+from dgpo.cli_types import SEED_MAX, Parser, debug_flag, integer, leaf_parsers, number
+from dgpo.errors import InputError, MissingPathError, UserError, one_line, user_path
 from dgpo.training import RunHalted
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=10, help="ODE steps (default 10)")
-    p.add_argument("--cfg-scale", type=float, default=4.5, help="CFG scale (default 4.5)")
-    p.add_argument("--shift", type=float, default=0.0, help="time shift (default 0: the model's own; toy 1, SD3 3)")
+    p.add_argument("--steps", type=integer(1, 1000), default=10, help="ODE steps (default 10)")
+    p.add_argument("--cfg-scale", type=number(0, 100), default=4.5, help="CFG scale (default 4.5)")
+    p.add_argument("--shift", type=number(0, 100), default=0.0, help="time shift (default 0: the model's own; toy 1, SD3 3)")
     p.add_argument("--method", choices=["dpm", "euler"], default="dpm")
 
 
@@ -33,10 +40,10 @@ def _export_and_bench_args(sub) -> None:
     be.add_argument("--quick", action="store_true", help="smoke suite: DGPO, Flow-GRPO, DPO; 1 seed; 60 s each")
     be.add_argument("--out", default="runs/bench", help="output folder (rerun to resume: finished runs are kept)")
     be.add_argument("--arms", default="", help="comma-separated arms (default: all; see --list)")
-    be.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; quick 1)")
-    be.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default 120; quick 60)")
-    be.add_argument("--eval-every-s", type=float, default=None, help="eval interval in training seconds (default 40; quick 30)")
-    be.add_argument("--eval-per-category", type=int, default=None, help="eval prompts per category (20; quick 6)")
+    be.add_argument("--seeds", type=integer(1, 1000), default=None, help="seeds per arm (default 3; quick 1)")
+    be.add_argument("--budget-s", type=number(0, above=True), default=None, help="training seconds per run (default 120; quick 60)")
+    be.add_argument("--eval-every-s", type=number(0, above=True), default=None, help="eval interval in training seconds (default 40; quick 30)")
+    be.add_argument("--eval-per-category", type=integer(1), default=None, help="eval prompts per category (20; quick 6)")
     be.add_argument("--report-only", action="store_true", help="rewrite the report from raw/ without running")
     be.add_argument("--list", action="store_true", help="list the arms and their overrides")
 
@@ -50,8 +57,8 @@ def _protocol_args(ev: argparse.ArgumentParser) -> None:
     g.add_argument("--kind", choices=["", "toy", "sd3", "flux", "sana"], default="",
                    help="model family (default: read from model_index.json)")
     g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="diffusers weights' dtype")
-    g.add_argument("--resolution", type=int, default=512, help="diffusers models: image size (0: native)")
-    g.add_argument("--max-prompts", type=int, default=0, help="only the first N prompts (0: all)")
+    g.add_argument("--resolution", type=integer(0, 16384), default=512, help="diffusers models: image size (0: native)")
+    g.add_argument("--max-prompts", type=integer(0), default=0, help="only the first N prompts (0: all)")
     g.add_argument("--device", default="", help="default: cuda if available, else cpu")
     g.add_argument("--detector", default="", help="geneval: Mask2Former folder or hub id")
     g.add_argument("--clip", default="", help="geneval: CLIP folder or hub id (colours)")
@@ -75,25 +82,26 @@ def _reward_args(sub) -> None:
                            "one only a loopback address is served.")
     sv.add_argument("--reward", required=True, help="reward name, e.g. aesthetic, clipscore, hpsv2, pickscore, geneval")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)")
-    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--port", type=integer(0, 65535), default=8765)
     sv.add_argument("--token-file", default="", help="file holding the bearer token (else $DGPO_REWARD_TOKEN)")
     sv.add_argument("--device", default="", help="default: cuda if available, else cpu")
     for flag, key in (("--model-path", "model_path"), ("--processor-path", "processor_path"),
                       ("--clip-path", "clip_path"), ("--aesthetic-path", "aesthetic_path"), ("--hps-path", "hps_path")):
         sv.add_argument(flag, default="", help=f"as reward.{key}")
     sv.add_argument("--partial", choices=["corrected", "official"], default="corrected", help="as reward.partial")
-    sv.add_argument("--batch-size", type=int, default=32, help="images per scorer call (default 32)")
-    sv.add_argument("--queue", type=int, default=8, help="requests waiting for the GPU before 503 (default 8)")
-    sv.add_argument("--timeout-s", type=float, default=600.0, help="longest wait for the GPU before 504")
-    sv.add_argument("--read-timeout-s", type=float, default=120.0, help="longest wait for a request's body (408)")
-    sv.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body (413)")
-    sv.add_argument("--max-items", type=int, default=512, help="most images per request (413)")
-    sv.add_argument("--max-pixels", type=int, default=4096 * 4096, help="most pixels per image (400)")
+    sv.add_argument("--batch-size", type=integer(1), default=32, help="images per scorer call (default 32)")
+    sv.add_argument("--queue", type=integer(1), default=8, help="requests waiting for the GPU before 503 (default 8)")
+    sv.add_argument("--timeout-s", type=number(0, above=True), default=600.0, help="longest wait for the GPU before 504")
+    sv.add_argument("--read-timeout-s", type=number(0, above=True), default=120.0, help="longest wait for a request's body (408)")
+    sv.add_argument("--max-body-mb", type=number(0, 1 << 20, above=True), default=256.0, help="largest request body (413)")
+    sv.add_argument("--max-items", type=integer(1), default=512, help="most images per request (413)")
+    sv.add_argument("--max-pixels", type=integer(1), default=4096 * 4096, help="most pixels per image (400)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dgpo", description=__doc__)
+    ap = Parser(prog="dgpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"dgpo {__version__}")
+    debug_flag(ap, default=False)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     tr = sub.add_parser("train", help="DGPO training (no config: the toy-world default)")
@@ -108,20 +116,20 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("prompts", nargs="*", help="prompts (default: 16 held-out toy prompts)")
     sa.add_argument("--model", default="", help="toy checkpoint folder or run dir (default: built-in base)")
     sa.add_argument("--out", default="samples.png")
-    sa.add_argument("--n", type=int, default=4, help="images per prompt")
-    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--n", type=integer(1, 4096), default=4, help="images per prompt")
+    sa.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
     _sampler_args(sa)
 
     ev = sub.add_parser("eval", help="GenEval-style eval (toy), or a paper protocol: eval.json + eval.md")
     ev.add_argument("--model", default="",
                     help="run dir, toy checkpoint folder, diffusers folder or hub id, or 'oracle' (the toy renderer)")
     ev.add_argument("--split", default="toy:test", help="toy:test, toy:train or a GenEval .jsonl (no --protocol)")
-    ev.add_argument("--images-per-prompt", type=int, default=None, help="default 1; with --protocol the protocol's")
-    ev.add_argument("--min-per-category", type=int, default=40,
+    ev.add_argument("--images-per-prompt", type=integer(1, 4096), default=None, help="default 1; with --protocol the protocol's")
+    ev.add_argument("--min-per-category", type=integer(0), default=40,
                     help="small categories get more images per prompt, to at least this many images (no --protocol)")
     ev.add_argument("--out", default="eval")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--batch-size", type=int, default=None, help="default 64; with --protocol 8")
+    ev.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
+    ev.add_argument("--batch-size", type=integer(1), default=None, help="default 64; with --protocol 8")
     _sampler_args(ev)
     ev.set_defaults(steps=None, shift=None, method=None)
     _protocol_args(ev)
@@ -132,17 +140,17 @@ def _parser() -> argparse.ArgumentParser:
     toy_sub = toy.add_subparsers(dest="toy_cmd", required=True)
     pt = toy_sub.add_parser("pretrain", help="train the toy base model from scratch")
     pt.add_argument("--out", default="runs/toy-pretrain")
-    pt.add_argument("--minutes", type=float, default=60.0)
-    pt.add_argument("--max-steps", type=int, default=None)
-    pt.add_argument("--batch-size", type=int, default=64)
-    pt.add_argument("--lr", type=float, default=1e-3)
-    pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--ema-decay", type=float, default=0.999)
+    pt.add_argument("--minutes", type=number(0, above=True), default=60.0)
+    pt.add_argument("--max-steps", type=integer(1), default=None)
+    pt.add_argument("--batch-size", type=integer(1), default=64)
+    pt.add_argument("--lr", type=number(0, 1, above=True), default=1e-3)
+    pt.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
+    pt.add_argument("--ema-decay", type=number(0, 1), default=0.999)
     pt.add_argument("--init", default=None, help="continue from a toy checkpoint folder")
     pt.add_argument("--weights", default="", help="category weights, e.g. single_object=4,colors=3")
     pt.add_argument("--pos-embed", action="store_true",
                     help="position embeddings on the attention tokens (added, zero-initialised, to an --init model)")
-    pt.add_argument("--t-mean", type=float, default=0.0,
+    pt.add_argument("--t-mean", type=number(-20, 20), default=0.0,
                     help="location of the logit-normal timestep density (positive: more high-noise samples)")
     pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
     pp.add_argument("split", choices=["train", "test"])
@@ -152,9 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     ge_sub = ge.add_subparsers(dest="geneval_cmd", required=True)
     gp = ge_sub.add_parser("prompts", help="write GenEval-style training prompts (default: the shipped file)")
     gp.add_argument("--out", required=True)
-    gp.add_argument("--seed", type=int, default=None, help="generator seed (default: the shipped file's)")
-    gp.add_argument("--size", type=int, default=None, help="number of prompts (default: the shipped file's)")
+    gp.add_argument("--seed", type=integer(0, SEED_MAX), default=None, help="generator seed (default: the shipped file's)")
+    gp.add_argument("--size", type=integer(1, 10_000_000), default=None, help="number of prompts (default: the shipped file's)")
     _reward_args(sub)
+    for p in leaf_parsers(ap):
+        if p is not ap:
+            debug_flag(p)  # `dgpo train ... --debug` as well as `dgpo --debug train ...`
     return ap
 
 
@@ -172,6 +183,24 @@ def _load_flow_model(spec: str):
     return load_any(spec)
 
 
+def _check_run_dir(run: Path, resume: bool) -> None:
+    """run.out_dir must be a folder we can write (or create), and hold a checkpoint for --resume."""
+    import os
+
+    from dgpo.training import checkpoints
+
+    if run.exists() and not run.is_dir():
+        raise InputError(f"run.out_dir={str(run)!r} is a file, not a folder; choose another run.out_dir")
+    parent = next((p for p in [run, *run.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"run.out_dir={str(run)!r}: cannot write in {str(parent)!r}; choose a writable run.out_dir")
+    if resume and not checkpoints.candidates(run / "checkpoints"):
+        raise MissingPathError(f"--resume: no checkpoint under {run / 'checkpoints'}; train without --resume, or "
+                               "set run.out_dir to the run to continue")
+    if resume and checkpoints.pick(run, hashes=False)[0] is None:  # sizes only; the trainer checks the hashes
+        checkpoints.for_resume(run)  # raises, naming each checkpoint and what is wrong with it
+
+
 def cmd_train(a) -> None:
     from dgpo.config import load_config
     from dgpo.evaluation import markdown_table
@@ -179,6 +208,7 @@ def cmd_train(a) -> None:
 
     path, overrides = _split_cfg_args(a.args)
     cfg = load_config(path, overrides)
+    _check_run_dir(Path(cfg.run.out_dir), a.resume)
     summary = Trainer(cfg, resume=a.resume).fit()
     if "eval_after" not in summary:
         print(f"DGPO: {summary['steps']} optimizer steps; run directory: {cfg.run.out_dir}")
@@ -301,9 +331,14 @@ def cmd_toy(a) -> None:
     weights = {}
     for item in filter(None, a.weights.split(",")):
         cat, _, w = item.partition("=")
-        if cat not in CATEGORIES or not w:
-            raise ValueError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in {list(CATEGORIES)}")
-        weights[cat] = float(w)
+        try:
+            value = float(w)
+        except ValueError:
+            value = -1.0
+        if cat not in CATEGORIES or not (math.isfinite(value) and value >= 0):
+            raise InputError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in {list(CATEGORIES)} "
+                             "and a weight >= 0")
+        weights[cat] = value
     last = pretrain(a.out, a.minutes, a.batch_size, a.lr, a.ema_decay, seed=a.seed, max_steps=a.max_steps,
                     init=a.init, weights=weights or None, pos_embed=a.pos_embed,
                     t_mean=a.t_mean)
@@ -318,6 +353,15 @@ def cmd_geneval(a) -> None:
     print(f"wrote {len(rows)} prompts to {a.out}")
 
 
+def _read_token(path: str) -> str:
+    from dgpo.toy.grammar import read_utf8
+
+    p = user_path(path, "--token-file")
+    if not p.is_file():
+        raise MissingPathError(f"--token-file {path!r}: no such file; write the token into it or set $DGPO_REWARD_TOKEN")
+    return read_utf8(p).strip()
+
+
 def cmd_reward(a) -> None:
     import os
 
@@ -328,15 +372,12 @@ def cmd_reward(a) -> None:
     from dgpo.rewards.wire import Limits
 
     if a.reward == "remote":
-        raise ValueError("--reward remote: a server cannot serve another server; name the scorer")
-    token = Path(a.token_file).read_text().strip() if a.token_file else os.environ.get("DGPO_REWARD_TOKEN", "")
+        raise InputError("--reward remote: a server cannot serve another server; name the scorer")
+    token = _read_token(a.token_file) if a.token_file else os.environ.get("DGPO_REWARD_TOKEN", "")
     check_bind(a.host, token)  # before the scorer spends minutes loading
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        fn = build_reward(a.reward, a.model_path, a.processor_path, device, clip_path=a.clip_path,
-                          partial=a.partial, aesthetic_path=a.aesthetic_path, hps_path=a.hps_path)
-    except ImportError as e:
-        raise ValueError(str(e)) from None
+    fn = build_reward(a.reward, a.model_path, a.processor_path, device, clip_path=a.clip_path,
+                      partial=a.partial, aesthetic_path=a.aesthetic_path, hps_path=a.hps_path)
     limits = Limits(int(a.max_body_mb * (1 << 20)), a.max_items, a.max_pixels)
     server = RewardServer(fn, a.reward, a.host, a.port, token, limits, a.batch_size, a.queue, a.timeout_s,
                           a.read_timeout_s, device=device)
@@ -349,6 +390,7 @@ def cmd_reward(a) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; 0 on success, 2 (one line on stderr) for a mistake in the input. Our bugs raise."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "config": cmd_config, "sample": cmd_sample, "eval": cmd_eval,
@@ -356,10 +398,26 @@ def main(argv: list[str] | None = None) -> int:
                 "geneval": cmd_geneval, "reward": cmd_reward}
     try:
         handlers[a.cmd](a)
-    except (ConfigError, FileNotFoundError, ValueError, ImportError, RunHalted) as e:
-        print(f"dgpo {a.cmd}: error: {e}", file=sys.stderr)
+    except (UserError, OSError, RunHalted) as e:
+        if isinstance(e, OSError) and not isinstance(e, UserError) and e.filename is None:
+            raise  # an OSError on no path (a socket, a library's internals) is not the user's to fix
+        if a.debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stdout.flush()
+        print(f"dgpo {a.cmd}: error: {one_line(_message(e))}", file=sys.stderr)
         return 2
     return 0
+
+
+def _message(e: Exception) -> str:
+    """A UserError's message; for the file system's refusal on a path (permission denied, no such folder,
+    disk full), what it refused and where."""
+    if isinstance(e, UserError) or not isinstance(e, OSError):
+        return str(e)
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    return f"{where}: {e.strerror or e}; check the path and its permissions"
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ from typing import Any, Literal
 
 import yaml
 
+from dgpo.config_yaml import read_yaml, set_override
+from dgpo.errors import ConfigError, short, user_path
 
-class ConfigError(ValueError):
-    """A config problem, with the offending key in the message."""
+INT_MAX = 2**63 - 1  # torch's seeds, sizes and counts are 64-bit
+
+
 
 
 def opt(default: Any, lo: float | None = None, hi: float | None = None, help: str = "") -> Any:
@@ -33,7 +36,7 @@ def opt(default: Any, lo: float | None = None, hi: float | None = None, help: st
 @dataclass
 class RunConfig:
     out_dir: str = opt("runs/dgpo-toy", help="run directory (config, metrics, checkpoints, plots)")
-    seed: int = opt(0, 0, help="run seed: rollouts, noise, timesteps all derive from it")
+    seed: int = opt(0, 0, 2**32 - 1, help="run seed: rollouts, noise, timesteps all derive from it")
     epochs: int = opt(40, 1, help="epochs; one epoch = rollouts for P prompts x G samples")
     sample_every: int = opt(10, 0, help="epochs between sample grids (0: only before/after)")
     save_every: int = opt(10, 0, help="epochs between checkpoints (0: only at the end)")
@@ -278,11 +281,11 @@ def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:
         if isinstance(value, bool) and all(isinstance(a, str) for a in typing.get_args(tp)):
             value = "yes" if value else "no"  # YAML 1.1 reads a bare no/yes as a boolean
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+            raise ConfigError(f"{key}: {short(value)} is not one of {list(typing.get_args(tp))}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {short(value)}")
         inner = typing.get_args(tp)[0]
         return [_check_value(f"{key}[{i}]", inner, v, meta) for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
@@ -308,11 +311,25 @@ def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:
     if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (
         tp is int and isinstance(value, bool)
     ):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {short(value)}")
+    if tp is int and abs(value) > INT_MAX:
+        raise ConfigError(f"{key}: {short(value)} is too large (at most 2**63 - 1)")
+    if tp is str:
+        _check_text(key, value)
     lo, hi = meta.get("lo"), meta.get("hi")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{key}: {value!r} is out of range [{lo}, {'inf' if hi is None else hi}]")
     return value
+
+
+def _check_text(key: str, value: str) -> None:
+    """A string option must be text that a file, a log and a YAML dump can hold."""
+    if "\x00" in value:
+        raise ConfigError(f"{key}: {short(value)} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"{key}: {short(value)} is not valid Unicode text ({e.reason} at {e.start})") from None
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -320,10 +337,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = [k for k in data if k not in fields]
     if unknown:
-        key = f"{prefix}{unknown[0]}"
-        raise ConfigError(f"unknown key {key!r}; allowed under {prefix or 'top level'}: {sorted(fields)}")
+        key = f"{prefix}{unknown[0]}" if isinstance(unknown[0], str) else f"{prefix}{short(unknown[0])}"
+        raise ConfigError(f"unknown key {short(key)}; allowed under {prefix or 'top level'}: {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -332,24 +349,6 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         else:
             kwargs[name] = _check_value(f"{prefix}{name}", tp, value, dict(fields[name].metadata))
     return cls(**kwargs)
-
-
-def _set_override(data: dict, item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
-    key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key!r}: {p!r} is not a section")
-    try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError:
-        node[parts[-1]] = raw
-    except ValueError as e:  # e.g. an integer past Python's digit limit for str -> int
-        raise ConfigError(f"{key.strip()}: {e}") from None
 
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "toy_demo.yaml"
@@ -363,15 +362,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     path = DEFAULT_CONFIG if path is None else (path or None)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_bytes()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        data = read_yaml(user_path(path, "config file"))
     for item in overrides or []:
-        _set_override(data, item)
+        set_override(data, item)
     return _build(Config, data, "").validate()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from dgpo.errors import MissingExtraError
+
 # extra -> the modules its packages provide (see pyproject.toml's optional-dependencies)
 EXTRAS = {
     "ocr": ("rapidocr", "onnxruntime", "cv2"),
@@ -20,5 +22,5 @@ def require(extra: str, what: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError as e:
-            raise ImportError(f"{what} needs the {module!r} module ({e}): pip install 'dgpo[{extra}]'"
+            raise MissingExtraError(f"{what} needs the {module!r} module ({e}): pip install 'dgpo[{extra}]'"
                               f"{NOTES.get(extra, '')}", name=module) from None

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from dgpo.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # general-purpose rewards (no per-prompt metadata) that score DrawBench
@@ -82,7 +84,7 @@ class EvalSettings:
 def protocol_prompts(name: str, max_prompts: int = 0) -> list[dict]:
     """The prompt set of a protocol as metadata rows (GenEval's metadata, or {"prompt": ...})."""
     if name not in PROTOCOLS:
-        raise ValueError(f"--protocol {name!r}: allowed {sorted(PROTOCOLS)}")
+        raise InputError(f"--protocol {name!r}: allowed {sorted(PROTOCOLS)}")
     spec = PROTOCOLS[name].prompts
     if spec.startswith("geneval:"):
         from dgpo.data.geneval import load_split
@@ -110,12 +112,12 @@ def build_scorers(name: str, rewards: tuple[str, ...], paths: RewardPaths) -> tu
         except (ValueError, OSError, ImportError) as e:
             if not optional:
                 if isinstance(e, ImportError):
-                    raise ValueError(f"reward {r!r}: {e}") from None  # names the pip extra
+                    raise InputError(f"reward {r!r}: {e}") from None  # names the pip extra
                 raise
             skipped[r] = str(e).splitlines()[0][:300]
             log.warning("drawbench: reward %s skipped: %s", r, skipped[r])
     if not scorers:
-        raise ValueError(f"--protocol {name}: no reward could be loaded ({skipped})")
+        raise InputError(f"--protocol {name}: no reward could be loaded ({skipped})")
     return scorers, skipped
 
 
@@ -237,19 +239,22 @@ def compare_official(out: str | Path, official: str | Path) -> dict:
     out, official = Path(out), Path(official)
     ours = json.loads((out / "eval.json").read_text()) if (out / "eval.json").is_file() else {}
     if ours.get("protocol") != "geneval":
-        raise ValueError(f"{out / 'eval.json'}: not the output of `dgpo eval --protocol geneval`")
+        raise InputError(f"{out / 'eval.json'}: not the output of `dgpo eval --protocol geneval`")
     by_file = {r["file"]: r for r in ours["rows"]}
     pairs = []
     for n, line in enumerate(official.read_text().splitlines(), 1):
         if line.strip():
-            row = json.loads(line)
-            if not {"filename", "tag", "correct"} <= set(row):
-                raise ValueError(f"{official}:{n}: not a row of GenEval's results.jsonl")
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
+                row = None
+            if not isinstance(row, dict) or not {"filename", "tag", "correct"} <= set(row):
+                raise InputError(f"{official}:{n}: not a row of GenEval's results.jsonl")
             mine = by_file.get("/".join(Path(row["filename"]).parts[-3:]))  # <index>/samples/<k>.png
             if mine is not None:
                 pairs.append((mine, row))
     if not pairs:
-        raise ValueError(f"{official}: no image in common with {out} (run the evaluator on that folder)")
+        raise InputError(f"{official}: no image in common with {out} (run the evaluator on that folder)")
     tags = list(dict.fromkeys(r["tag"] for r, _ in pairs))
     agree = {t: float(np.mean([a["correct"] == bool(b["correct"]) for a, b in pairs if a["tag"] == t])) for t in tags}
     result = {"n_images": len(pairs), "dgpo": geneval_summary([a for a, _ in pairs]),

@@ -6,30 +6,49 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from dgpo.errors import InputError, MissingPathError, short, user_path
 from dgpo.toy import grammar
 
 
 def load_prompts(spec: str) -> list[dict]:
     """``toy:train`` / ``toy:test``, ``geneval:train`` / ``geneval:test`` (GenEval's 553 prompts and
-    the shipped training prompts), a GenEval-format ``.jsonl`` (metadata per prompt) or a ``.txt``
-    with one prompt per line (metadata = {"prompt": ...}, for rewards that need no metadata)."""
+    the shipped training prompts), a GenEval-format ``.jsonl`` (metadata per prompt, checked as the
+    GenEval rules read it) or a ``.txt`` with one prompt per line (metadata = {"prompt": ...}, for
+    rewards that need no metadata)."""
     if spec.startswith("toy:"):
         return grammar.split(spec[4:])
     if spec.startswith("geneval:"):
         from dgpo.data.geneval import load_split
 
         return load_split(spec[8:])
-    path = Path(spec)
+    path = user_path(spec, "prompt file")
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file {spec!r} does not exist (or use toy:train / toy:test / "
-                                f"geneval:train / geneval:test)")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise MissingPathError(f"prompt file {spec!r} {what} (or use toy:train / toy:test / "
+                               f"geneval:train / geneval:test)")
     if path.suffix == ".jsonl":
-        return grammar.read_jsonl(path)
+        return grammar.read_jsonl(path, check=check_row)
+    if path.suffix != ".txt":
+        raise InputError(f"prompt file {spec!r}: name it .jsonl (GenEval metadata, one JSON object per line) "
+                         "or .txt (one prompt per line)")
     lines = grammar.read_utf8(path).splitlines()
     rows = [{"prompt": line.strip(), "include": []} for line in lines if line.strip()]
     if not rows:
-        raise ValueError(f"prompt file {spec!r} has no prompts")
+        raise InputError(f"prompt file {spec!r} has no prompts; write one prompt per line")
     return rows
+
+
+def check_row(row: dict) -> None:
+    """A GenEval metadata row as every consumer reads it: a non-empty ``prompt`` string, an optional
+    ``tag`` string, and ``include`` / ``exclude`` clauses as GenEval's rules take them."""
+    from dgpo.rewards.geneval.rules import check_meta
+
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError(f"'prompt' must be a non-empty string, got {short(prompt)}")
+    if "tag" in row and not isinstance(row["tag"], str):
+        raise InputError(f"'tag' must be a string (GenEval's category), got {short(row['tag'])}")
+    check_meta(row)
 
 
 def epoch_prompts(prompts: list[dict], n: int, seed: int, epoch: int, balance: bool = False) -> list[dict]:

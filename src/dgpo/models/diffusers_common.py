@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import torch
 
+from dgpo.errors import InputError, MissingPathError
 from dgpo.models.base import Cond
 from dgpo.schedules import Grid, rollout_grid
 
@@ -20,18 +21,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def load_pipeline(pipeline_cls, path: str, dtype: str):
     """``pipeline_cls.from_pretrained`` on a local folder or a hub id, with errors naming the problem."""
     if not path:
-        raise ValueError(f"model.path is required for {pipeline_cls.__name__} (a diffusers folder or hub id)")
+        raise InputError(f"model.path is required for {pipeline_cls.__name__} (a diffusers folder or hub id)")
     p = Path(path).expanduser()
     local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
     if local:
         if not p.is_dir():
-            raise FileNotFoundError(f"model.path {path!r}: no such folder (expected a diffusers pipeline folder)")
+            raise MissingPathError(f"model.path {path!r}: no such folder (expected a diffusers pipeline folder)")
         if not (p / "model_index.json").is_file():
-            raise ValueError(f"model.path {path!r} is not a diffusers pipeline folder: no model_index.json")
+            raise InputError(f"model.path {path!r} is not a diffusers pipeline folder: no model_index.json")
     try:
         return pipeline_cls.from_pretrained(str(p) if local else path, dtype=DTYPES[dtype])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"model.path {path!r}: cannot load it as {pipeline_cls.__name__}: {e}") from None
+        raise InputError(f"model.path {path!r}: cannot load it as {pipeline_cls.__name__}: {e}") from None
 
 
 class DiffusersFlowModel:

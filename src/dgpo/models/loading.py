@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from dgpo.config import ModelConfig
+from dgpo.errors import InputError, MissingPathError, short, user_path
 from dgpo.models.base import FlowModel
 
 
@@ -37,14 +40,14 @@ def pipeline_kind(path: str) -> str:
 
     if Path(path).expanduser().exists() or path.startswith((".", "/", "~")) or path.count("/") != 1:
         if not (Path(path).expanduser() / "model_index.json").is_file():
-            raise FileNotFoundError(f"--model {path!r}: not a run directory, toy checkpoint folder or diffusers "
+            raise MissingPathError(f"--model {path!r}: not a run directory, toy checkpoint folder or diffusers "
                                     "folder (no config.yaml, config.json or model_index.json)")
     try:
         name = DiffusionPipeline.load_config(path).get("_class_name", "")
     except (OSError, ValueError) as e:
-        raise ValueError(f"--model {path!r}: not a diffusers pipeline folder or hub id ({e})") from None
+        raise InputError(f"--model {path!r}: not a diffusers pipeline folder or hub id ({e})") from None
     if name not in PIPELINE_KINDS:
-        raise ValueError(f"--model {path!r}: pipeline {name!r} has no adapter; supported: {sorted(PIPELINE_KINDS)}")
+        raise InputError(f"--model {path!r}: pipeline {name!r} has no adapter; supported: {sorted(PIPELINE_KINDS)}")
     return PIPELINE_KINDS[name]
 
 
@@ -54,7 +57,7 @@ def load_any(spec: str = "", lora: str = "", kind: str = "", dtype: str = "fp32"
     from ``model_index.json``); ``lora``: an exported LoRA applied on top (merged)."""
     from pathlib import Path
 
-    path = Path(spec) if spec else None
+    path = user_path(spec, "--model") if spec else None
     if path is not None and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
         from dgpo.training.export import load_run_model
 
@@ -73,28 +76,79 @@ def load_any(spec: str = "", lora: str = "", kind: str = "", dtype: str = "fp32"
 
 def apply_lora(model: FlowModel, lora: str) -> None:
     """Merge an exported LoRA into ``model``: diffusers' ``pytorch_lora_weights.safetensors`` (a file or
-    its folder) for pipelines, a peft adapter folder for the toy model."""
+    its folder) for pipelines, a peft adapter folder for the toy model. Weights are read from
+    safetensors only (a pickled ``.bin`` is refused: loading never runs code from a file)."""
     from pathlib import Path
 
-    p = Path(lora)
+    p = user_path(lora, "--lora")
     if not p.exists():
-        raise FileNotFoundError(f"--lora {lora!r}: no such file or folder")
+        raise MissingPathError(f"--lora {lora!r}: no such file or folder")
     pipe = getattr(model, "pipe", None)
     if pipe is None:
-        from peft import PeftModel
-
-        if not (p / "adapter_config.json").is_file():
-            raise ValueError(f"--lora {lora!r}: a toy LoRA is a peft folder with adapter_config.json "
-                             "(as `dgpo export` writes for toy runs)")
-        model.denoiser = PeftModel.from_pretrained(model.denoiser, str(p)).merge_and_unload()
+        _apply_peft_lora(model, p, lora)
         return
     folder, name = (p.parent, p.name) if p.is_file() else (p, "pytorch_lora_weights.safetensors")
+    if not name.endswith(".safetensors"):
+        raise InputError(f"--lora {lora!r}: only .safetensors LoRA files are read (no pickle); export the run "
+                         "again with `dgpo export RUN`")
     if not (folder / name).is_file():
-        raise FileNotFoundError(f"--lora {lora!r}: no {name} (export a run with `dgpo export RUN`)")
+        raise MissingPathError(f"--lora {lora!r}: no {name} (export a run with `dgpo export RUN`)")
+    from safetensors import SafetensorError
+
     try:
         pipe.load_lora_weights(str(folder), weight_name=name, adapter_name="dgpo_lora")
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise ValueError(f"--lora {lora!r}: cannot load it into {type(pipe).__name__}: {e}") from None
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError, OSError, SafetensorError) as e:
+        pipe.unload_lora_weights()  # a half-loaded adapter: the pipeline as it was
+        raise InputError(f"--lora {lora!r}: cannot load it into {type(pipe).__name__} "
+                         f"({type(e).__name__}: {short(str(e))}); is it a LoRA of this model?") from None
     pipe.fuse_lora(adapter_names=["dgpo_lora"])
     pipe.unload_lora_weights()
     model.denoiser = pipe.transformer
+
+
+LORA_MAX_RANK = 4096
+
+
+def _apply_peft_lora(model: FlowModel, p, lora: str) -> None:
+    """A peft adapter folder (adapter_config.json + adapter_model.safetensors), merged into the denoiser."""
+    import json
+
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    cfg_file, weights = p / "adapter_config.json", p / "adapter_model.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise InputError(f"--lora {lora!r}: a toy LoRA is a peft folder with adapter_config.json and "
+                         "adapter_model.safetensors (as `dgpo export` writes for toy runs)")
+    try:
+        cfg = json.loads(cfg_file.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"--lora {lora!r}: adapter_config.json is not JSON ({type(e).__name__})") from None
+    _check_lora_config(cfg, lora)
+    try:  # peft reads the user's folder: what it raises here is the folder's fault
+        model.denoiser = PeftModel.from_pretrained(model.denoiser, str(p)).merge_and_unload()
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError, OSError, SafetensorError,
+            NotImplementedError, ImportError) as e:  # a variant peft cannot merge (aLoRA) or needs a package for
+        raise InputError(f"--lora {lora!r}: cannot load it into the toy model ({type(e).__name__}: "
+                         f"{short(str(e))}); is it a LoRA of this model, as `dgpo export` writes it?") from None
+
+
+def _check_lora_config(cfg, lora: str) -> None:
+    """The adapter_config.json fields that size the adapter, checked before peft allocates it."""
+    bad = f"--lora {lora!r}: adapter_config.json"
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+        raise InputError(f"{bad} is not a peft LoRA config (peft_type LORA)")
+    patterns = {k: cfg.get(k) or {} for k in ("rank_pattern", "alpha_pattern")}
+    if not all(isinstance(v, dict) for v in patterns.values()):
+        raise InputError(f"{bad}: rank_pattern and alpha_pattern must be objects (module pattern -> value)")
+    ranks = [cfg.get("r", 8), *patterns["rank_pattern"].values()]
+    alphas = [cfg.get("lora_alpha", 8), *patterns["alpha_pattern"].values()]
+    if not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= LORA_MAX_RANK for r in ranks):
+        raise InputError(f"{bad}: r (and rank_pattern) must be integers in [1, {LORA_MAX_RANK}], got {short(ranks)}")
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in alphas):
+        raise InputError(f"{bad}: lora_alpha (and alpha_pattern) must be finite numbers, got {short(alphas)}")
+    if cfg.get("megatron_config") is not None:  # peft would import the module named by megatron_core
+        raise InputError(f"{bad}: megatron_config must be null (dgpo's LoRAs are plain peft LoRAs)")
+    targets = cfg.get("target_modules")
+    if not (isinstance(targets, str) or isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
+        raise InputError(f"{bad}: target_modules must be a module name pattern or a list of names")

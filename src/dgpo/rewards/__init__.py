@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dgpo.errors import InputError
+
 if TYPE_CHECKING:
     from dgpo.config import RewardConfig
 
@@ -35,7 +37,7 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
         "remote": lambda: _remote(remote or {}),
     }
     if name not in table:
-        raise ValueError(f"unknown reward {name!r}; allowed: {sorted(table)}")
+        raise InputError(f"unknown reward {name!r}; allowed: {sorted(table)}")
     return table[name]()
 
 
@@ -97,5 +99,5 @@ def _remote(kwargs: dict) -> RewardFn:
     from dgpo.rewards.remote import RemoteReward
 
     if not kwargs.get("url"):
-        raise ValueError("reward.url: the remote reward needs the server's URL (e.g. http://127.0.0.1:8765)")
+        raise InputError("reward.url: the remote reward needs the server's URL (e.g. http://127.0.0.1:8765)")
     return RemoteReward(**kwargs)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dgpo.errors import InputError, MissingPathError
 from dgpo.rewards.clip import shared_clip
 
 LINEARS = (0, 2, 4, 6, 7)  # indices of the Linear layers in the official nn.Sequential
@@ -26,7 +27,7 @@ def load_state(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors or torch file, never unpickling code."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{key}: {p} is not a file")
+        raise MissingPathError(f"{key}: {p} is not a file")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -34,9 +35,9 @@ def load_state(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file: one clear message
-        raise ValueError(f"{key}: cannot read {p} as a torch state dict (weights only): {e}") from None
+        raise InputError(f"{key}: cannot read {p} as a torch state dict (weights only): {e}") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{key}: {p} holds a {type(state).__name__}, not a state dict")
+        raise InputError(f"{key}: {p} holds a {type(state).__name__}, not a state dict")
     return state.get("state_dict", state)
 
 
@@ -45,10 +46,10 @@ def aesthetic_mlp(state: dict[str, torch.Tensor], source: str) -> nn.Sequential:
     try:
         shapes = [tuple(state[f"layers.{i}.weight"].shape) for i in LINEARS]
     except KeyError as e:
-        raise ValueError(f"{source}: not a LAION aesthetic MLP (missing {e.args[0]!r}; "
+        raise InputError(f"{source}: not a LAION aesthetic MLP (missing {e.args[0]!r}; "
                          f"expected layers.{{0,2,4,6,7}}.weight/bias)") from None
     if shapes[-1][0] != 1 or any(shapes[i][0] != shapes[i + 1][1] for i in range(len(shapes) - 1)):
-        raise ValueError(f"{source}: layer shapes {shapes} do not chain to one output")
+        raise InputError(f"{source}: layer shapes {shapes} do not chain to one output")
     layers: list[nn.Module] = []
     for i in range(LINEARS[-1] + 1):
         if i in LINEARS:
@@ -60,21 +61,21 @@ def aesthetic_mlp(state: dict[str, torch.Tensor], source: str) -> nn.Sequential:
     try:
         mlp.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()}, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise InputError(f"{source}: {e}") from None
     return mlp.eval().requires_grad_(False)
 
 
 class AestheticReward:
     def __init__(self, weights_path: str, clip_path: str = "", device: str | torch.device = "cpu"):
         if not weights_path:
-            raise ValueError("reward.aesthetic_path: the aesthetic reward needs the LAION MLP weights "
+            raise InputError("reward.aesthetic_path: the aesthetic reward needs the LAION MLP weights "
                              "(sac+logos+ava1-l14-linearMSE.pth from "
                              "christophschuhmann/improved-aesthetic-predictor)")
         state = load_state(weights_path, "reward.aesthetic_path")
         self.mlp = aesthetic_mlp(state, f"reward.aesthetic_path {weights_path}")
         self.clip = shared_clip(clip_path, device)
         if self.mlp[0].in_features != self.clip.dim:
-            raise ValueError(f"reward.aesthetic_path: the MLP takes {self.mlp[0].in_features}-d embeddings "
+            raise InputError(f"reward.aesthetic_path: the MLP takes {self.mlp[0].in_features}-d embeddings "
                              f"but the CLIP of reward.clip_path gives {self.clip.dim}-d "
                              "(the MLP needs CLIP ViT-L/14)")
         self.mlp.to(self.clip.device)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dgpo.errors import InputError
 from dgpo.rewards.geneval.colors import DEFAULT_CLIP, clip_preprocess
 
 
@@ -43,7 +44,7 @@ class CLIPEncoder:
             self.tokenizer = CLIPTokenizer.from_pretrained(path)
             self.model = CLIPModel.from_pretrained(path).eval().requires_grad_(False).to(device)
         except (OSError, ValueError) as e:
-            raise ValueError(f"cannot load CLIP {path!r} (reward.clip_path): {e}") from None
+            raise InputError(f"cannot load CLIP {path!r} (reward.clip_path): {e}") from None
         self.device, self.batch_size = torch.device(device), batch_size
         self.size = int(self.model.config.vision_config.image_size)
         self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
@@ -83,7 +84,7 @@ def prompts_of(metas: list[dict], who: str) -> list[str]:
     try:
         return [str(m["prompt"]) for m in metas]
     except (KeyError, TypeError):
-        raise ValueError(f"{who} reward: every metadata row needs a 'prompt'") from None
+        raise InputError(f"{who} reward: every metadata row needs a 'prompt'") from None
 
 
 class CLIPScoreReward:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dgpo.errors import InputError
 from dgpo.extras import require
 from dgpo.rewards.clip import prompts_of
 from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD
@@ -47,7 +48,7 @@ class HPSv2Reward:
         try:
             open_clip.load_checkpoint(self.model, path, strict=True, weights_only=True)
         except (OSError, RuntimeError, KeyError, ValueError) as e:
-            raise ValueError(f"reward.hps_path: cannot load {path} into open_clip {HPS_ARCH}: {e}") from None
+            raise InputError(f"reward.hps_path: cannot load {path} into open_clip {HPS_ARCH}: {e}") from None
         self.model = self.model.eval().requires_grad_(False).to(device)
         self.tokenizer = open_clip.get_tokenizer(HPS_ARCH)
         self.device, self.batch_size = torch.device(device), batch_size
@@ -60,7 +61,7 @@ class HPSv2Reward:
         try:
             return hf_hub_download(HPS_REPO, HPS_FILE)
         except Exception as e:  # noqa: BLE001 - offline, no such file...: one clear message
-            raise ValueError(f"reward.hps_path is empty and {HPS_REPO}/{HPS_FILE} cannot be fetched ({e}); "
+            raise InputError(f"reward.hps_path is empty and {HPS_REPO}/{HPS_FILE} cannot be fetched ({e}); "
                              "download it and set reward.hps_path") from None
 
     @torch.no_grad()

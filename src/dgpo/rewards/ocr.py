@@ -12,6 +12,7 @@ import re
 import numpy as np
 import torch
 
+from dgpo.errors import InputError
 from dgpo.extras import require
 
 QUOTED = re.compile(r'"([^"]+)"')
@@ -30,7 +31,7 @@ def levenshtein(a: str, b: str) -> int:
 def target_text(prompt: str) -> str:
     m = QUOTED.search(prompt)
     if m is None:
-        raise ValueError(f"OCR reward: prompt {prompt!r} has no text in double quotes to render")
+        raise InputError(f"OCR reward: prompt {prompt!r} has no text in double quotes to render")
     return m.group(1)
 
 

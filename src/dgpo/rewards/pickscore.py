@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from dgpo.errors import InputError
+
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
@@ -21,8 +23,8 @@ class PickScoreReward:
         try:
             self.processor = CLIPProcessor.from_pretrained(processor_path)
             self.model = CLIPModel.from_pretrained(model_path).eval().requires_grad_(False).to(device)
-        except OSError as e:
-            raise ValueError(f"PickScore reward: cannot load {model_path!r} (reward.model_path): {e}") from None
+        except (OSError, ValueError) as e:  # ValueError: huggingface_hub's "not a repo id" for a missing folder
+            raise InputError(f"PickScore reward: cannot load {model_path!r} (reward.model_path): {e}") from None
         self.device = torch.device(device)
 
     @torch.no_grad()

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import torch
 
 from dgpo.rewards.retry import Backoff
+from dgpo.errors import InputError
 from dgpo.rewards.wire import PROTOCOL, Limits, WireError, check_scores, dumps, encode_images, loads
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class RemoteReward:
                  backoff_s: float = 0.5, max_backoff_s: float = 30.0):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"reward.url: {url!r} must look like http://HOST:PORT")
+            raise InputError(f"reward.url: {url!r} must look like http://HOST:PORT")
         self.url, self.scheme, self.host = url.rstrip("/"), parts.scheme, parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base = parts.path.rstrip("/")

@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 from dgpo import __version__
+from dgpo.errors import InputError, UserError, one_line
 from dgpo.rewards.wire import PROTOCOL, Limits, ScoreRequest, WireError, dumps, parse_score_request
 
 log = logging.getLogger("dgpo.reward_server")
@@ -49,10 +50,10 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str) -> None:
     """Refuse a weak token, and any non-loopback address without a token, before anything binds."""
     if token and len(token) < MIN_TOKEN_CHARS:
-        raise ValueError(f"the reward server's token has {len(token)} characters; use at least "
+        raise InputError(f"the reward server's token has {len(token)} characters; use at least "
                          f"{MIN_TOKEN_CHARS} (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     if not token and not is_loopback(host):
-        raise ValueError(f"refusing to listen on {host or 'all interfaces'!r} without a token: anyone who "
+        raise InputError(f"refusing to listen on {host or 'all interfaces'!r} without a token: anyone who "
                          "reaches it could use the GPU; set DGPO_REWARD_TOKEN or --token-file, "
                          "or bind 127.0.0.1")
 
@@ -87,6 +88,8 @@ class RewardApp:
                 return 504, {"error": f"timed out: the GPU stayed busy for {self.timeout_s:g} s"}
             try:
                 return 200, self._run(req)
+            except UserError as e:  # the request's metadata is not what the scorer reads
+                return 400, {"error": f"the scorer {self.name!r} refused the request: {one_line(str(e))}"}
             except Exception as e:  # noqa: BLE001 - the scorer's failure is the client's answer, not a crash
                 log.exception("scorer %s failed", self.name)
                 return 500, {"error": f"the scorer {self.name!r} failed: {type(e).__name__}: {e}"}

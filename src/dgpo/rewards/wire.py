@@ -3,8 +3,9 @@
 Request  ``POST /score``: ``{"protocol": 1, "mode": "reward" | "eval", "images": [PNG base64, ...],
 "metas": [{"prompt": ...}, ...]}`` (all images one size).
 Response: ``{"protocol": 1, "scorer": NAME, "rewards": [float, ...]}``, plus ``"correct"`` in eval mode;
-errors ``{"error": MESSAGE}`` with 400 (malformed), 401 (token), 413 (too large), 503 (busy),
-504 (timed out), 500 (the scorer failed). NaN and infinities are refused in both directions.
+errors ``{"error": MESSAGE}`` with 400 (malformed, or metadata the scorer refuses), 401 (token),
+413 (too large), 503 (busy), 504 (timed out), 500 (the scorer failed). NaN and infinities are refused
+in both directions.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def parse_score_request(body: bytes, limits: Limits) -> ScoreRequest:
     dicts = isinstance(metas, list) and all(isinstance(m, dict) for m in metas)
     if not dicts or len(metas) != len(images):
         raise WireError(f"'metas' must be a list of {len(images)} JSON objects, one per image")
+    for i, m in enumerate(metas):
+        if not isinstance(m.get("prompt", ""), str):
+            raise WireError(f"metas[{i}].prompt must be a string")
     arrays = [decode_image(d, i, limits) for i, d in enumerate(images)]
     for i, a in enumerate(arrays):
         if a.shape != arrays[0].shape:

@@ -19,6 +19,8 @@ import json
 import random
 from pathlib import Path
 
+from dgpo.errors import InputError
+
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = ("red", "green", "blue", "yellow", "purple", "white")
 RELATIONS = ("left of", "right of", "above", "below")
@@ -158,7 +160,7 @@ def split(name: str) -> list[dict]:
             for m in all_prompts()[cat]
             if m["prompt"] not in test and not has_heldout(m)
         ]
-    raise ValueError(f"unknown split {name!r}; allowed: 'train', 'test'")
+    raise InputError(f"unknown split {name!r}; allowed: 'train', 'test'")
 
 
 def pretrain_pool() -> list[dict]:
@@ -188,12 +190,13 @@ def read_utf8(path: str | Path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+        raise InputError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
                          f"save the file as UTF-8") from None
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a GenEval-format metadata file, with a clear error naming the bad line."""
+def read_jsonl(path: str | Path, check=None) -> list[dict]:
+    """Read a GenEval-format metadata file, with a clear error naming the bad line; ``check(row)``
+    validates each row further (raising an InputError, which gets the line number)."""
     rows = []
     for i, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
@@ -201,14 +204,24 @@ def read_jsonl(path: str | Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            raise InputError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}); write one JSON "
+                             "object per line") from None
+        except (ValueError, RecursionError) as e:  # a number past Python's digit limit, deep nesting
+            raise InputError(f"{path}:{i}: not valid JSON ({type(e).__name__}); write one JSON object per "
+                             "line") from None
         if not isinstance(row, dict) or "prompt" not in row or "include" not in row:
-            raise ValueError(f"{path}:{i}: a row needs 'prompt' and 'include' keys")
+            raise InputError(f"{path}:{i}: a row needs 'prompt' and 'include' keys (GenEval's metadata format)")
+        if check is not None:
+            try:
+                check(row)
+            except InputError as e:
+                raise InputError(f"{path}:{i}: {e}") from None
         rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no prompts")
+        raise InputError(f"{path}: no prompts; write one GenEval metadata object per line")
     return rows
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))

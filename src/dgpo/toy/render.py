@@ -10,7 +10,8 @@ import random
 
 import numpy as np
 
-from dgpo.toy.grammar import COLORS
+from dgpo.errors import InputError, short
+from dgpo.toy.grammar import COLORS, SHAPES
 
 CANVAS = 32
 MIN_SIZE, MAX_SIZE = 7, 11
@@ -88,17 +89,36 @@ def _plan(meta: dict, rng: random.Random) -> list[tuple[str, str, tuple[int, int
     return placed
 
 
+MAX_OBJECTS = 12
+
+
+def _check_drawable(meta: dict) -> None:
+    """The oracle (``--model oracle``) draws toy-world metadata only: its shapes and colours, few objects."""
+    from dgpo.data.prompts import check_row
+
+    check_row(meta)
+    where = f"the toy renderer (--model oracle) cannot draw {short(meta['prompt'])}"
+    for req in meta["include"]:
+        if req["class"] not in SHAPES or req.get("color", "red") not in PALETTE:
+            raise InputError(f"{where}: {short(req['class'])} / {short(req.get('color'))} is not a toy shape / "
+                             f"colour ({list(SHAPES)}, {list(PALETTE)}); evaluate a model on such prompts instead")
+    if sum(req["count"] for req in meta["include"]) > MAX_OBJECTS:
+        raise InputError(f"{where}: more than {MAX_OBJECTS} objects")
+
+
 def render(meta: dict, rng: random.Random) -> np.ndarray:
     """Float32 image [3, CANVAS, CANVAS] in [0, 1] satisfying ``meta``'s include clauses.
 
     Exclude clauses hold by construction: exactly ``count`` objects are drawn per include clause.
     """
+    _check_drawable(meta)
     for _ in range(200):
         plan = _plan(meta, rng)
         if plan is not None:
             break
     else:
-        raise RuntimeError(f"could not place objects for {meta['prompt']!r}")
+        raise InputError(f"the toy renderer could not place the objects of {short(meta['prompt'])}; "
+                         "the oracle draws at most a few objects per image")
     img = np.zeros((3, CANVAS, CANVAS), np.float32)
     for shape, color, (x, y, s) in plan:
         m = shape_mask(shape, s)

@@ -23,13 +23,11 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from dgpo.errors import CheckpointError, MissingPathError
+
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "dgpo-checkpoint-1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be written or read; the message names the file."""
 
 
 def sha256(path: Path) -> str:
@@ -110,7 +108,7 @@ def for_resume(run_dir: Path) -> Path:
         log.warning("--resume: skipped %s", line)
     if ckpt is None:
         why = f" (skipped {'; '.join(skipped)})" if skipped else ""
-        raise FileNotFoundError(f"--resume: no checkpoint under {run_dir / 'checkpoints'} is complete{why}; "
+        raise MissingPathError(f"--resume: no checkpoint under {run_dir / 'checkpoints'} is complete{why}; "
                                 "start the run again without --resume")
     log.info("--resume: continuing from %s", ckpt)
     return ckpt

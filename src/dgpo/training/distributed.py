@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from dgpo.errors import InputError
+
 
 class Layout:
     def __init__(self, world: int = 1, rank: int = 0, device: str | torch.device = "cpu"):
@@ -27,7 +29,7 @@ class Layout:
 
     def check_group_size(self, group_size: int) -> None:
         if group_size % self.world:
-            raise ValueError(f"train.group_size={group_size} must be a multiple of the {self.world} processes "
+            raise InputError(f"train.group_size={group_size} must be a multiple of the {self.world} processes "
                              "(each process holds the same share of every group)")
 
     def rank_of(self, idx: torch.Tensor, group_size: int) -> torch.Tensor:

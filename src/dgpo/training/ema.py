@@ -53,8 +53,10 @@ class ParamEMA:
         return {str(i): s for i, s in enumerate(self.shadow)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if len(state) != len(self.shadow):
-            raise ValueError(f"EMA state has {len(state)} tensors, expected {len(self.shadow)}")
+        """Tensors "0".."n-1" of the shadow's shapes (float); anything else raises a CheckpointError."""
+        from dgpo.training.checkpoint_checks import match_tensors
+
+        match_tensors(state, [(str(i), s) for i, s in enumerate(self.shadow)], f"checkpoint {type(self).__name__}")
         for i, s in enumerate(self.shadow):
             copy_full_(s, state[str(i)])  # a shard takes its part (FSDP)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgpo.config import load_config
+from dgpo.errors import CheckpointError, InputError, MissingPathError, user_path
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.training import checkpoints
-from dgpo.training.checkpoints import CheckpointError
+from dgpo.training.checkpoint_checks import match_tensors, read_tensors
 from dgpo.training.io import latest_checkpoint
 from dgpo.training.policy import Policy, parse_targets
 
@@ -24,23 +25,24 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 
 def load_run(run_dir: str | Path, weights: str = "ema_slow", checkpoint: str | Path | None = None):
     """(model, policy, config) with the trained weights of a checkpoint (default: the latest)."""
-    run = Path(run_dir)
+    run = user_path(run_dir, "run directory")
     if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run} is not a run directory (no config.yaml)")
+        raise MissingPathError(f"{run} is not a run directory (no config.yaml)")
     cfg = load_config(run / "config.yaml")
-    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
+    ckpt = user_path(checkpoint, "--checkpoint") if checkpoint else latest_checkpoint(run)
     if ckpt is None or not (ckpt / f"{weights}.safetensors").is_file():
-        raise FileNotFoundError(f"run {run} has no complete checkpoint with {weights}.safetensors")
+        raise MissingPathError(f"run {run} has no complete checkpoint with {weights}.safetensors (train it until a "
+                               "checkpoint is saved, or name one with --checkpoint)")
     if checkpoint and (reason := checkpoints.problem(ckpt)):
         raise CheckpointError(f"checkpoint {ckpt}: {reason}")
     model = load_model(cfg.model)
     policy = Policy(model, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.run.seed,
                     parse_targets(cfg.train.lora_targets))
-    tensors = checkpoints.read_tensors(ckpt / f"{weights}.safetensors")
-    if weights == "policy":
-        policy.load_state_dict(tensors)
-    else:
-        policy.load_state_dict({n: tensors[str(i)] for i, n in enumerate(policy.names)})
+    tensors = read_tensors(ckpt / f"{weights}.safetensors", "name another checkpoint of the run with --checkpoint")
+    if weights != "policy":  # the EMAs' tensors are "0".."n-1" in the policy's order
+        match_tensors(tensors, [(str(i), p) for i, p in enumerate(policy.params)], f"{ckpt / weights}.safetensors")
+        tensors = {n: tensors[str(i)] for i, n in enumerate(policy.names)}
+    policy.load_state_dict(tensors)
     model.denoiser.eval()
     return model, policy, cfg
 
@@ -76,7 +78,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False, weight
             pipe.save_pretrained(out)
         return out
     if not policy.lora:
-        raise ValueError(f"run {run_dir} fine-tuned all weights (train.lora_rank=0): export it with --merge")
+        raise InputError(f"run {run_dir} fine-tuned all weights (train.lora_rank=0): export it with --merge")
     sd, meta = lora_state_dict(policy)
     if pipe is None:
         policy.peft.save_pretrained(out)  # the toy model is not a diffusers pipeline: peft's own format

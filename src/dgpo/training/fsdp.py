@@ -179,6 +179,11 @@ class FullOptimizerState:
         state = {i: sharding.gather(st) for i, st in sd["state"].items()}  # tensors and scalars alike
         self._sd = {"state": state, "param_groups": sd["param_groups"]}
 
+    @property
+    def param_groups(self) -> list[dict]:
+        """The live groups (checked against a checkpoint before loading; DTensors report whole shapes)."""
+        return self.opt.param_groups
+
     def state_dict(self) -> dict:
         return self._sd
 

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from dgpo.errors import CheckpointError
 from dgpo.extras import require
+from dgpo.errors import CheckpointError
+from dgpo.training import checkpoint_checks as checks
 from dgpo.training import checkpoints
-from dgpo.training.checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -303,20 +305,19 @@ def save_checkpoint(path: Path, parts: dict[str, dict[str, torch.Tensor]], opt, 
 
 
 def load_checkpoint(path: Path, names: list[str], opt) -> tuple[dict, dict]:
-    """(parts, state) of a checkpoint, the optimizer state loaded into ``opt``; a missing, truncated or
-    corrupted file is a CheckpointError naming it."""
-    parts = {n: checkpoints.read_tensors(path / f"{n}.safetensors") for n in names}
-    meta = checkpoints.read_json(path / "optimizer.json")
-    tensors = checkpoints.read_tensors(path / "optimizer.safetensors")
-    state: dict = {}
-    try:
-        for key, v in [*tensors.items(), *meta["scalars"].items()]:
-            idx, k = key.split(".", 1)
-            state.setdefault(int(idx), {})[k] = v
-        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path}: the optimizer state does not fit this run ({e!r})") from None
-    return parts, checkpoints.read_json(path / "state.json")
+    """(parts, trainer state) of a checkpoint written by :func:`save_checkpoint`; the optimizer state
+    goes into ``opt``. A checkpoint that cannot be read back (a file missing, truncated or corrupt, the
+    optimizer of another model) raises a CheckpointError naming the file, before ``opt`` is touched."""
+    for f in [*(f"{n}.safetensors" for n in names), "optimizer.safetensors", "optimizer.json", "state.json"]:
+        if not (path / f).is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: missing {f}; {checks.FIX}")
+    parts = {n: checks.read_tensors(path / f"{n}.safetensors") for n in names}
+    opt_state = checks.optimizer_state(checks.read_tensors(path / "optimizer.safetensors"),
+                                       checks.read_json(path / "optimizer.json"), opt, path)
+    state = checks.read_json(path / "state.json")
+    checks.check_trainer_state(state, path / "state.json")
+    opt.load_state_dict(opt_state)
+    return parts, state
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -71,9 +71,11 @@ class Policy:
         return {n: p.detach().contiguous() for n, p in zip(self.names, self.params)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self.names) - set(state)
-        if missing:
-            raise ValueError(f"checkpoint lacks trainable tensors, e.g. {sorted(missing)[:3]}")
+        """The trainable tensors of :meth:`state_dict`; other names, shapes or non-float dtypes raise a
+        CheckpointError before any weight changes."""
+        from dgpo.training.checkpoint_checks import match_tensors
+
+        match_tensors(state, list(zip(self.names, self.params)), "checkpoint policy weights")
         with torch.no_grad():
             for n, p in zip(self.names, self.params):
                 copy_full_(p, state[n])

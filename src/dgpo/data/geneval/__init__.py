@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgpo.data.geneval.generate import DEFAULT_SEED, DEFAULT_SIZE, train_prompts, write_jsonl
+from dgpo.errors import InputError
 
 DATA_DIR = Path(__file__).resolve().parent
 TEST_FILE = DATA_DIR / "evaluation_metadata.jsonl"
@@ -34,7 +35,7 @@ def load_split(name: str) -> list[dict]:
     from dgpo.toy.grammar import read_jsonl
 
     if name not in SPLITS:
-        raise ValueError(f"unknown GenEval split {name!r}; allowed: {sorted(SPLITS)}")
+        raise InputError(f"unknown GenEval split {name!r}; allowed: {sorted(SPLITS)}")
     return read_jsonl(SPLITS[name])
 
 

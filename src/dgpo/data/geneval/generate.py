@@ -24,6 +24,8 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dgpo.errors import InputError
+
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS = ("left of", "right of", "above", "below")
@@ -182,7 +184,7 @@ def train_prompts(names: list[str], test: list[dict], seed: int = DEFAULT_SEED, 
     ratio = FLOW_GRPO_RATIO if ratio is None else ratio
     bad = set(ratio) - set(TAGS)
     if bad or size < 1 or any(w < 0 for w in ratio.values()) or not sum(ratio.values()):
-        raise ValueError(f"bad prompt mix: size {size}, ratio {ratio} (tags in {TAGS}, weights >= 0)")
+        raise InputError(f"bad prompt mix: size {size}, ratio {ratio} (tags in {TAGS}, weights >= 0)")
     rng = _Rng(seed)
     taken = {key(r) for r in test}
     rows: list[dict] = []
@@ -195,5 +197,6 @@ def train_prompts(names: list[str], test: list[dict], seed: int = DEFAULT_SEED, 
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
 

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dgpo.errors import InputError
+
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -47,14 +49,14 @@ def class_names(id2label: dict, names: list[str] | None = None) -> list[str]:
     names = names or object_names()
     labels = [str(id2label[i]) for i in range(len(id2label))]
     if len(labels) != len(names):
-        raise ValueError(f"GenEval detector: the model has {len(labels)} classes, expected the {len(names)} "
+        raise InputError(f"GenEval detector: the model has {len(labels)} classes, expected the {len(names)} "
                          "COCO classes (reward.model_path must be a COCO instance-segmentation Mask2Former)")
     if all(lab == f"LABEL_{i}" for i, lab in enumerate(labels)):
         return list(names)
     mapped = [ALIASES.get(lab.strip().lower(), lab.strip().lower()) for lab in labels]
     unknown = [lab for lab, m in zip(labels, mapped) if m not in names]
     if unknown or len(set(mapped)) != len(names):
-        raise ValueError(f"GenEval detector: labels {unknown or sorted(labels)} do not map one-to-one onto "
+        raise InputError(f"GenEval detector: labels {unknown or sorted(labels)} do not map one-to-one onto "
                          "GenEval's 80 COCO object names")
     return mapped
 
@@ -166,7 +168,7 @@ class GenEvalDetector:
         try:
             model = Mask2FormerForUniversalSegmentation.from_pretrained(path)
         except (OSError, ValueError) as e:
-            raise ValueError(f"GenEval detector: cannot load {path!r} (reward.model_path) as a Mask2Former "
+            raise InputError(f"GenEval detector: cannot load {path!r} (reward.model_path) as a Mask2Former "
                              f"instance-segmentation model: {e}") from None
         self.model = model.eval().requires_grad_(False).to(device)
         self.names = class_names(model.config.id2label)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from dgpo.errors import InputError
 from dgpo.rewards.geneval.colors import ColorClassifier
 from dgpo.rewards.geneval.detector import GenEvalDetector, to_uint8_values
 from dgpo.rewards.geneval.rules import PARTIAL, Verdict, score_image
@@ -34,7 +35,7 @@ class GenEvalReward:
             raise ValueError(f"GenEval reward: {len(images)} images but {len(metas)} metadata rows")
         for m in metas:
             if not isinstance(m.get("include"), list) or not m["include"]:
-                raise ValueError(f"GenEval reward: prompt {m.get('prompt')!r} has no GenEval metadata "
+                raise InputError(f"GenEval reward: prompt {m.get('prompt')!r} has no GenEval metadata "
                                  "('include' clauses); use GenEval-format .jsonl prompts")
         detections = self.detector.detect(images, mask_min_score=min(self.thresholds.values()))
         pixels = to_uint8_values(images).permute(0, 2, 3, 1).byte().cpu().numpy()

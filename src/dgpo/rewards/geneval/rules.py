@@ -53,6 +53,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dgpo.errors import InputError, short
+
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS = ("left of", "right of", "above", "below")
 PARTIAL = ("corrected", "official")
@@ -119,25 +121,28 @@ class _Colours:
         return [d.color if d.color is not None else self.known[id(d)] for d in dets]
 
 
-def _check_meta(meta: dict) -> None:
-    where = f"GenEval metadata {meta.get('prompt', meta)!r}" if isinstance(meta, dict) else repr(meta)
+def check_meta(meta: dict) -> None:
+    """GenEval metadata as the rules read it; an InputError naming the prompt and the clause."""
+    where = f"GenEval metadata {short(meta.get('prompt', meta) if isinstance(meta, dict) else meta)}"
     if not isinstance(meta, dict) or not isinstance(meta.get("include"), list):
-        raise ValueError(f"{where}: needs an 'include' list of clauses")
+        raise InputError(f"{where}: needs an 'include' list of clauses")
     if not isinstance(meta.get("exclude", []), list):
-        raise ValueError(f"{where}: 'exclude' must be a list of clauses")
+        raise InputError(f"{where}: 'exclude' must be a list of clauses")
     for key in ("include", "exclude"):
         for i, req in enumerate(meta.get(key, [])):
             if not isinstance(req, dict) or not isinstance(req.get("class"), str):
-                raise ValueError(f"{where}: {key}[{i}] needs a 'class' name")
-            if not isinstance(req.get("count"), int) or req["count"] < 1:
-                raise ValueError(f"{where}: {key}[{i}] needs an integer 'count' >= 1")
+                raise InputError(f"{where}: {key}[{i}] needs a 'class' name")
+            if not isinstance(req.get("count"), int) or isinstance(req["count"], bool) or req["count"] < 1:
+                raise InputError(f"{where}: {key}[{i}] needs an integer 'count' >= 1")
+            if "color" in req and not isinstance(req["color"], str):
+                raise InputError(f"{where}: {key}[{i}].color must be a colour name")
             pos = req.get("position")
             if pos is None:
                 continue
             if key == "exclude" or not (isinstance(pos, (list, tuple)) and len(pos) == 2):
-                raise ValueError(f"{where}: {key}[{i}].position must be [relation, clause index] in include")
+                raise InputError(f"{where}: {key}[{i}].position must be [relation, clause index] in include")
             if pos[0] not in RELATIONS or not isinstance(pos[1], int) or not 0 <= pos[1] < i:
-                raise ValueError(f"{where}: include[{i}].position {pos!r}: relation in {RELATIONS}, "
+                raise InputError(f"{where}: include[{i}].position {short(pos)}: relation in {RELATIONS}, "
                                  f"index of an earlier include clause")
 
 
@@ -267,7 +272,7 @@ def score_image(
     """GenEval's verdict on one image from all its detections (any class, any score)."""
     if partial not in PARTIAL:
         raise ValueError(f"unknown partial-credit variant {partial!r}; allowed: {PARTIAL}")
-    _check_meta(meta)
+    check_meta(meta)
     thr = counting_threshold if meta.get("tag") == "counting" else threshold
     kept = keep_detections(detections, thr, max_objects)
     colours = _Colours(color_fn)
