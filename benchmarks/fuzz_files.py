@@ -201,10 +201,10 @@ def _run_checkpoints(state, ops) -> str:
                 _layout(state.run, ckpt, op[1])
         elif ckpt.is_dir():
             apply_damage(ckpt, op)
-    from dgpo.cli import _check_run_dir
+    from dgpo.training.checkpoints import check_run_dir
 
     tr = state.trainer
-    _check_run_dir(state.run, resume=True)  # what `dgpo train --resume` checks before building the trainer
+    check_run_dir(state.run, resume=True)  # what `dgpo train --resume` checks before building the trainer
     tr._resume()  # then Trainer(cfg, resume=True) runs exactly this
     for p, shape in zip(tr.policy.params, state.shapes):
         assert tuple(p.shape) == shape

@@ -98,6 +98,35 @@ def _reward_args(sub) -> None:
     sv.add_argument("--max-pixels", type=integer(1), default=4096 * 4096, help="most pixels per image (400)")
 
 
+def _toy_and_geneval_args(sub) -> None:
+    toy = sub.add_parser("toy", help="the shapes toy world")
+    toy_sub = toy.add_subparsers(dest="toy_cmd", required=True)
+    pt = toy_sub.add_parser("pretrain", help="train the toy base model from scratch")
+    pt.add_argument("--out", default="runs/toy-pretrain")
+    pt.add_argument("--minutes", type=number(0, above=True), default=60.0)
+    pt.add_argument("--max-steps", type=integer(1), default=None)
+    pt.add_argument("--batch-size", type=integer(1), default=64)
+    pt.add_argument("--lr", type=number(0, 1, above=True), default=1e-3)
+    pt.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
+    pt.add_argument("--ema-decay", type=number(0, 1), default=0.999)
+    pt.add_argument("--init", default=None, help="continue from a toy checkpoint folder")
+    pt.add_argument("--weights", default="", help="category weights, e.g. single_object=4,colors=3")
+    pt.add_argument("--pos-embed", action="store_true",
+                    help="position embeddings on the attention tokens (added, zero-initialised, to an --init model)")
+    pt.add_argument("--t-mean", type=number(-20, 20), default=0.0,
+                    help="location of the logit-normal timestep density (positive: more high-noise samples)")
+    pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
+    pp.add_argument("split", choices=["train", "test"])
+    pp.add_argument("--out", required=True)
+
+    ge = sub.add_parser("geneval", help="GenEval's prompt sets")
+    ge_sub = ge.add_subparsers(dest="geneval_cmd", required=True)
+    gp = ge_sub.add_parser("prompts", help="write GenEval-style training prompts (default: the shipped file)")
+    gp.add_argument("--out", required=True)
+    gp.add_argument("--seed", type=integer(0, SEED_MAX), default=None, help="generator seed (default: the shipped file's)")
+    gp.add_argument("--size", type=integer(1, 10_000_000), default=None, help="number of prompts (default: the shipped file's)")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = Parser(prog="dgpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"dgpo {__version__}")
@@ -136,32 +165,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _export_and_bench_args(sub)
 
-    toy = sub.add_parser("toy", help="the shapes toy world")
-    toy_sub = toy.add_subparsers(dest="toy_cmd", required=True)
-    pt = toy_sub.add_parser("pretrain", help="train the toy base model from scratch")
-    pt.add_argument("--out", default="runs/toy-pretrain")
-    pt.add_argument("--minutes", type=number(0, above=True), default=60.0)
-    pt.add_argument("--max-steps", type=integer(1), default=None)
-    pt.add_argument("--batch-size", type=integer(1), default=64)
-    pt.add_argument("--lr", type=number(0, 1, above=True), default=1e-3)
-    pt.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
-    pt.add_argument("--ema-decay", type=number(0, 1), default=0.999)
-    pt.add_argument("--init", default=None, help="continue from a toy checkpoint folder")
-    pt.add_argument("--weights", default="", help="category weights, e.g. single_object=4,colors=3")
-    pt.add_argument("--pos-embed", action="store_true",
-                    help="position embeddings on the attention tokens (added, zero-initialised, to an --init model)")
-    pt.add_argument("--t-mean", type=number(-20, 20), default=0.0,
-                    help="location of the logit-normal timestep density (positive: more high-noise samples)")
-    pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
-    pp.add_argument("split", choices=["train", "test"])
-    pp.add_argument("--out", required=True)
-
-    ge = sub.add_parser("geneval", help="GenEval's prompt sets")
-    ge_sub = ge.add_subparsers(dest="geneval_cmd", required=True)
-    gp = ge_sub.add_parser("prompts", help="write GenEval-style training prompts (default: the shipped file)")
-    gp.add_argument("--out", required=True)
-    gp.add_argument("--seed", type=integer(0, SEED_MAX), default=None, help="generator seed (default: the shipped file's)")
-    gp.add_argument("--size", type=integer(1, 10_000_000), default=None, help="number of prompts (default: the shipped file's)")
+    _toy_and_geneval_args(sub)
     _reward_args(sub)
     for p in leaf_parsers(ap):
         if p is not ap:
@@ -183,32 +187,15 @@ def _load_flow_model(spec: str):
     return load_any(spec)
 
 
-def _check_run_dir(run: Path, resume: bool) -> None:
-    """run.out_dir must be a folder we can write (or create), and hold a checkpoint for --resume."""
-    import os
-
-    from dgpo.training import checkpoints
-
-    if run.exists() and not run.is_dir():
-        raise InputError(f"run.out_dir={str(run)!r} is a file, not a folder; choose another run.out_dir")
-    parent = next((p for p in [run, *run.parents] if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"run.out_dir={str(run)!r}: cannot write in {str(parent)!r}; choose a writable run.out_dir")
-    if resume and not checkpoints.candidates(run / "checkpoints"):
-        raise MissingPathError(f"--resume: no checkpoint under {run / 'checkpoints'}; train without --resume, or "
-                               "set run.out_dir to the run to continue")
-    if resume and checkpoints.pick(run, hashes=False)[0] is None:  # sizes only; the trainer checks the hashes
-        checkpoints.for_resume(run)  # raises, naming each checkpoint and what is wrong with it
-
-
 def cmd_train(a) -> None:
     from dgpo.config import load_config
     from dgpo.evaluation import markdown_table
+    from dgpo.training import checkpoints
     from dgpo.training.trainer import Trainer
 
     path, overrides = _split_cfg_args(a.args)
     cfg = load_config(path, overrides)
-    _check_run_dir(Path(cfg.run.out_dir), a.resume)
+    checkpoints.check_run_dir(Path(cfg.run.out_dir), a.resume)
     summary = Trainer(cfg, resume=a.resume).fit()
     if "eval_after" not in summary:
         print(f"DGPO: {summary['steps']} optimizer steps; run directory: {cfg.run.out_dir}")

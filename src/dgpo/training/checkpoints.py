@@ -23,7 +23,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from dgpo.errors import CheckpointError, MissingPathError
+from dgpo.errors import CheckpointError, InputError, MissingPathError
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -189,3 +189,18 @@ def prune(ckpt_dir: Path, current: Path, keep: int) -> None:
             c.rename(doomed)
             shutil.rmtree(doomed)
             log.info("checkpoint retention: deleted %s (run.keep_checkpoints=%d)", c.name, keep)
+
+
+def check_run_dir(run: Path, resume: bool) -> None:
+    """Before a run is built: run.out_dir must be a folder we can write (or create), and hold a
+    usable checkpoint for --resume (a UserError otherwise)."""
+    if run.exists() and not run.is_dir():
+        raise InputError(f"run.out_dir={str(run)!r} is a file, not a folder; choose another run.out_dir")
+    parent = next((p for p in [run, *run.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"run.out_dir={str(run)!r}: cannot write in {str(parent)!r}; choose a writable run.out_dir")
+    if resume and not candidates(run / "checkpoints"):
+        raise MissingPathError(f"--resume: no checkpoint under {run / 'checkpoints'}; train without --resume, or "
+                               "set run.out_dir to the run to continue")
+    if resume and pick(run, hashes=False)[0] is None:  # sizes only; the trainer checks the hashes
+        for_resume(run)  # raises, naming each checkpoint and what is wrong with it
