@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from dgpo import __version__
-from dgpo.cli_types import SEED_MAX, Parser, debug_flag, integer, leaf_parsers, number
+from dgpo.cli_types import SEED_MAX, Parser, channel_list, debug_flag, integer, leaf_parsers, number
 from dgpo.errors import InputError, MissingPathError, UserError, one_line, user_path
 from dgpo.training import RunHalted
 
@@ -113,6 +113,10 @@ def _toy_and_geneval_args(sub) -> None:
     pt.add_argument("--weights", default="", help="category weights, e.g. single_object=4,colors=3")
     pt.add_argument("--pos-embed", action="store_true",
                     help="position embeddings on the attention tokens (added, zero-initialised, to an --init model)")
+    pt.add_argument("--coords", action="store_true", help="coordinate input channels (a new model only)")
+    pt.add_argument("--channels", type=channel_list, default=None, help="UNet widths of a new model, e.g. 16,32,64")
+    pt.add_argument("--save-every", type=integer(1), default=250, help="snapshot and resumable state every N steps")
+    pt.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     pt.add_argument("--t-mean", type=number(-20, 20), default=0.0,
                     help="location of the logit-normal timestep density (positive: more high-noise samples)")
     pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
@@ -313,6 +317,7 @@ def cmd_toy(a) -> None:
         print(f"wrote {len(rows)} prompts to {a.out}")
         return
     from dgpo.toy.grammar import CATEGORIES
+    from dgpo.toy.model import ToyModelConfig
     from dgpo.toy.pretrain import pretrain
 
     weights = {}
@@ -326,9 +331,12 @@ def cmd_toy(a) -> None:
             raise InputError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in {list(CATEGORIES)} "
                              "and a weight >= 0")
         weights[cat] = value
-    last = pretrain(a.out, a.minutes, a.batch_size, a.lr, a.ema_decay, seed=a.seed, max_steps=a.max_steps,
-                    init=a.init, weights=weights or None, pos_embed=a.pos_embed,
-                    t_mean=a.t_mean)
+    if a.init and (a.coords or a.channels):
+        raise InputError("--coords and --channels shape a new model; an --init model keeps its architecture")
+    cfg = ToyModelConfig(channels=a.channels or ToyModelConfig.channels, coords=a.coords)
+    last = pretrain(a.out, a.minutes, a.batch_size, a.lr, a.ema_decay, save_every=a.save_every, seed=a.seed,
+                    cfg=cfg, max_steps=a.max_steps, init=a.init, weights=weights or None,
+                    pos_embed=a.pos_embed, t_mean=a.t_mean, resume=a.resume)
     print(f"final EMA weights: {last}")
 
 

@@ -46,6 +46,18 @@ def number(lo: float, hi: float = math.inf, above: bool = False):
     return parse
 
 
+def channel_list(text: str) -> tuple[int, int, int]:
+    """An argparse type: three UNet widths, multiples of 8 in [8, 4096], e.g. ``16,32,64``."""
+    parts = text.split(",")
+    try:
+        widths = tuple(int(p) for p in parts)
+    except ValueError:
+        widths = ()
+    if len(widths) != 3 or any(not 8 <= w <= 4096 or w % 8 for w in widths):
+        raise argparse.ArgumentTypeError(f"expected three multiples of 8 in [8, 4096] such as 16,32,64, got {text[:40]!r}")
+    return widths
+
+
 def debug_flag(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
     p.add_argument("--debug", action="store_true", default=default,
                    help="show the Python traceback of an input error too")

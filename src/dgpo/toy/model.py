@@ -38,6 +38,9 @@ class ToyModelConfig:
     # learned 2D position embeddings on the attention tokens (zero-initialised), so that attention can
     # tell left from right; 1,500 steps with them did not teach relations (docs/toy_demo_tuning.md)
     pos_embed: bool = False
+    # two coordinate channels (x, y in [-1, 1]) appended to the input pixels (CoordConv), so that every
+    # layer can tell where it is: "left of" is representable from the first step (the 2026-11 base)
+    coords: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,6 +143,14 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], -1)
 
 
+def coord_grid(x: torch.Tensor) -> torch.Tensor:
+    """[B, 2, H, W] pixel-centre coordinates (x, y) in [-1, 1], in ``x``'s dtype and device."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0).expand(b, 2, h, w)
+
+
 class ToyUNet(nn.Module):
     """Velocity network v(x_t, t, text) on [B, 3, S, S] pixels in [-1, 1]."""
 
@@ -154,7 +165,7 @@ class ToyUNet(nn.Module):
         self.text_encoder = TextEncoder(cfg)
         self.t_mlp = nn.Sequential(nn.Linear(c1, e), nn.SiLU(), nn.Linear(e, e))
         self.pool_proj = nn.Linear(td, e)
-        self.stem = nn.Conv2d(3, c1, 3, padding=1)
+        self.stem = nn.Conv2d(5 if cfg.coords else 3, c1, 3, padding=1)
         self.down1 = Stage(c1, c1, e, td, hd, False, False)
         self.down2 = Stage(c1, c2, e, td, hd, False, True, n2)
         self.down3 = Stage(c2, c3, e, td, hd, True, True, n4)
@@ -168,6 +179,8 @@ class ToyUNet(nn.Module):
 
     def forward(self, x, t, text):
         emb = self.t_mlp(timestep_embedding(t, self.cfg.channels[0])) + self.pool_proj(text["pooled"])
+        if self.cfg.coords:
+            x = torch.cat([x, coord_grid(x)], 1)
         h1 = self.down1(self.stem(x), emb, text)  # S
         h2 = self.down2(F.avg_pool2d(h1, 2), emb, text)  # S/2
         h3 = self.down3(F.avg_pool2d(h2, 2), emb, text)  # S/4

@@ -11,12 +11,18 @@ import copy
 import json
 import logging
 import random
+import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
+
+from dgpo.errors import CheckpointError, InputError, short
 
 from dgpo.schedules import interpolate
 from dgpo.toy import grammar
@@ -56,9 +62,70 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 def _initial_model(init, cfg: ToyModelConfig | None, pos_embed: bool) -> ToyUNet:
     if init is None:
-        return ToyUNet(cfg or ToyModelConfig(pos_embed=pos_embed))
+        cfg = cfg or ToyModelConfig()
+        return ToyUNet(replace(cfg, pos_embed=cfg.pos_embed or pos_embed))
     model = load_toy(init).train()
     return with_pos_embed(model) if pos_embed else model
+
+
+STATE = "state"  # the folder under out_dir that --resume continues from
+
+
+def _save_state(out: Path, model, ema, opt, rng: random.Random, gen: torch.Generator, step: int,
+                minutes: float, recipe: dict) -> None:
+    """Everything a continued run needs to go on bit for bit: weights, EMA, AdamW moments, both RNGs.
+
+    Written to a temporary folder and renamed over the previous state, so a kill leaves one whole state."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        tensors |= {f"opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()}
+    tensors["gen"] = gen.get_state()
+    version, internal, gauss = rng.getstate()
+    meta = {"step": step, "minutes": minutes, "recipe": recipe,
+            "python_rng": [version, list(internal), gauss]}
+    tmp, final = out / f".{STATE}.tmp", out / STATE
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / "train.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(meta) + "\n")
+    old = out / f".{STATE}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(out: Path, model, ema, opt, rng: random.Random, gen: torch.Generator, recipe: dict):
+    """Restore :func:`_save_state`'s folder; returns (step, minutes). A different recipe is an error."""
+    folder = out / STATE
+    if not (folder / "state.json").is_file():
+        old = out / f".{STATE}.old"  # killed between the two renames
+        folder = old if (old / "state.json").is_file() else folder
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(folder / "train.safetensors"))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"{folder}: no readable pretraining state to resume ({short(str(e))}); start "
+                              "without --resume or give the --out of an earlier run") from None
+    changed = sorted(k for k in recipe if meta["recipe"].get(k) != recipe[k])
+    if changed:
+        raise InputError(f"--resume: {out} was pretrained with other settings ({', '.join(changed)}: "
+                         f"{[meta['recipe'].get(k) for k in changed]} there, {[recipe[k] for k in changed]} now)")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    sd = opt.state_dict()
+    sd["state"] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            sd["state"].setdefault(int(i), {})[name] = v
+    opt.load_state_dict(sd)
+    gen.set_state(tensors["gen"])
+    version, internal, gauss = meta["python_rng"]
+    rng.setstate((version, tuple(internal), gauss))
+    return meta["step"], meta["minutes"]
 
 
 def pretrain(
@@ -76,13 +143,17 @@ def pretrain(
     weights: dict | None = None,
     pos_embed: bool = False,
     t_mean: float = 0.0,
+    resume: bool = False,
 ) -> Path:
-    """Train until ``minutes`` of wall time (or ``max_steps``) pass; returns the final snapshot.
+    """Train until ``minutes`` of wall time (this call's) or ``max_steps`` (in all) pass; returns the
+    final snapshot.
 
     ``init``: start from a toy checkpoint (its EMA weights) instead of a random init;
     ``weights``: pretraining category weights (None: uniform); ``pos_embed``: add (zero-initialised)
     position embeddings to an ``init`` checkpoint that has none; ``t_mean``: location of the
-    logit-normal timestep density (positive: more high-noise samples).
+    logit-normal timestep density (positive: more high-noise samples). ``resume``: continue the run in
+    ``out_dir`` from its last saved state (every ``save_every`` steps) exactly where it stopped: the
+    same steps, batches and noise as an uninterrupted run.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,30 +162,60 @@ def pretrain(
     model = _initial_model(init, cfg, pos_embed)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    recipe = {"model": model.cfg.to_dict(), "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+              "p_drop": p_drop, "seed": seed, "init": None if init is None else str(init),
+              "weights": weights or None, "t_mean": t_mean}
+    recipe = json.loads(json.dumps(recipe))  # as state.json holds it (tuples become lists)
+    step, minutes_before = _load_state(out, model, ema, opt, rng, gen, recipe) if resume else (0, 0.0)
+    if resume:
+        log.info("resuming %s at step %d", out, step)
+        _truncate_log(out / "log.jsonl", step)
+    elif (out / STATE).exists():
+        raise InputError(f"{out} holds a pretraining run; continue it with --resume or choose another --out")
     pool = grammar.pretrain_pool()
     by_cat = grammar.by_category(pool)
-    t_start, step, last = time.time(), 0, out / "final"
-    bar = tqdm(desc="pretrain", unit="step")
+    t_start, last = time.time(), out / "final"
+    elapsed = lambda: minutes_before + (time.time() - t_start) / 60
+    bar = tqdm(desc="pretrain", unit="step", initial=step, total=max_steps)
     with (out / "log.jsonl").open("a") as logf:
         while (time.time() - t_start) < 60 * minutes and (max_steps is None or step < max_steps):
-            for g in opt.param_groups:
-                g["lr"] = lr * min(1.0, (step + 1) / 200)
-            x0, prompts = make_batch(rng, pool, by_cat, batch_size, p_drop, weights)
-            loss = flow_matching_loss(model, x0, prompts, gen, t_mean)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            loss = _train_step(model, opt, rng, gen, pool, by_cat, step, lr, batch_size, p_drop, weights, t_mean)
             step += 1
             warm = 1.0 if init is not None else (1 + step) / (10 + step)
             _ema_update(ema, model, min(ema_decay, warm))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            minutes_done = (time.time() - t_start) / 60
-            logf.write(json.dumps({"step": step, "loss": loss.item(), "minutes": minutes_done}) + "\n")
+            bar.set_postfix(loss=f"{loss:.4f}")
+            logf.write(json.dumps({"step": step, "loss": loss, "minutes": elapsed()}) + "\n")
             if step % save_every == 0:
-                save_toy(ema, out / f"step_{step:06d}", {"step": step, "minutes": minutes_done})
                 logf.flush()
+                save_toy(ema, out / f"step_{step:06d}", {"step": step, "minutes": elapsed()})
+                _save_state(out, model, ema, opt, rng, gen, step, elapsed(), recipe)
     bar.close()
-    save_toy(ema, last, {"step": step, "minutes": (time.time() - t_start) / 60})
+    save_toy(ema, last, {"step": step, "minutes": elapsed()})
     return last
+
+
+def _train_step(model, opt, rng, gen, pool, by_cat, step, lr, batch_size, p_drop, weights, t_mean) -> float:
+    for g in opt.param_groups:
+        g["lr"] = lr * min(1.0, (step + 1) / 200)
+    x0, prompts = make_batch(rng, pool, by_cat, batch_size, p_drop, weights)
+    loss = flow_matching_loss(model, x0, prompts, gen, t_mean)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows past the resumed step (written after the last saved state)."""
+    if not path.is_file():
+        return
+    keep = []
+    for row in path.read_text().splitlines():
+        try:
+            if json.loads(row)["step"] <= step:
+                keep.append(row)
+        except (ValueError, KeyError, TypeError):  # a row torn by the kill
+            pass
+    path.write_text("".join(r + "\n" for r in keep))

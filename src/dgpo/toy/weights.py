@@ -81,8 +81,9 @@ def _read_arch(cfg_path: Path) -> ToyModelConfig:
     if not (isinstance(ch, (list, tuple)) and len(ch) == 3 and all(
             isinstance(c, int) and not isinstance(c, bool) and 8 <= c <= 4096 and c % 8 == 0 for c in ch)):
         raise InputError(f"{where}: model.channels={short(ch)} must be 3 multiples of 8 in [8, 4096]")
-    if not isinstance(arch.get("pos_embed", False), bool):
-        raise InputError(f"{where}: model.pos_embed must be true or false")
+    for flag in ("pos_embed", "coords"):
+        if not isinstance(arch.get(flag, False), bool):
+            raise InputError(f"{where}: model.{flag} must be true or false")
     cfg = ToyModelConfig(**{**arch, "channels": tuple(ch)})
     if cfg.image_size % 4 or any(c % cfg.heads for c in (*cfg.channels, cfg.text_dim)):
         raise InputError(f"{where}: model.image_size must be a multiple of 4 and model.heads must divide "
