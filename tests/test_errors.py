@@ -198,3 +198,14 @@ def test_the_file_system_refusing_a_path_is_one_line(capsys, tmp_path):
     (tmp_path / "afile").write_text("")
     line = _one_line_error(capsys, ["toy", "prompts", "test", "--out", str(tmp_path / "afile" / "p.jsonl")], "toy")
     assert "afile" in line and "check the path and its permissions" in line
+
+
+def test_pretrain_command_line_mistakes_are_one_line(capsys, tiny_toy, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["toy", "pretrain", "--channels", "16,30,64"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--channels: expected three multiples of 8" in err
+    line = _one_line_error(capsys, ["toy", "pretrain", "--init", str(tiny_toy), "--coords"], "toy")
+    assert "--coords and --channels shape a new model" in line
+    line = _one_line_error(capsys, ["toy", "pretrain", "--out", str(tmp_path / "none"), "--resume"], "toy")
+    assert "no readable pretraining state to resume" in line

@@ -62,6 +62,7 @@ def test_resumed_pretraining_equals_an_uninterrupted_run(tmp_path):
     whole = pretrain(tmp_path / "whole", max_steps=6, **kw)
     pretrain(tmp_path / "parts", max_steps=4, **kw)  # stops after the state of step 3
     (tmp_path / "parts" / "log.jsonl").open("a").write('{"step": 5, "lo')  # a row torn by a kill
+    (tmp_path / "parts" / "state").rename(tmp_path / "parts" / ".state.old")  # killed between two renames
     parts = pretrain(tmp_path / "parts", max_steps=6, resume=True, **kw)
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(parts / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
