@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -316,21 +315,10 @@ def cmd_toy(a) -> None:
         write_jsonl(rows, a.out)
         print(f"wrote {len(rows)} prompts to {a.out}")
         return
-    from dgpo.toy.grammar import CATEGORIES
     from dgpo.toy.model import ToyModelConfig
-    from dgpo.toy.pretrain import pretrain
+    from dgpo.toy.pretrain import parse_category_weights, pretrain
 
-    weights = {}
-    for item in filter(None, a.weights.split(",")):
-        cat, _, w = item.partition("=")
-        try:
-            value = float(w)
-        except ValueError:
-            value = -1.0
-        if cat not in CATEGORIES or not (math.isfinite(value) and value >= 0):
-            raise InputError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in {list(CATEGORIES)} "
-                             "and a weight >= 0")
-        weights[cat] = value
+    weights = parse_category_weights(a.weights)
     if a.init and (a.coords or a.channels):
         raise InputError("--coords and --channels shape a new model; an --init model keeps its architecture")
     cfg = ToyModelConfig(channels=a.channels or ToyModelConfig.channels, coords=a.coords)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -31,6 +32,22 @@ from dgpo.toy.render import render
 from dgpo.toy.weights import load_toy, save_toy, with_pos_embed
 
 log = logging.getLogger(__name__)
+
+
+def parse_category_weights(text: str) -> dict[str, float]:
+    """``--weights`` ("single_object=3,colors=2") as a dict; a bad item is an InputError naming it."""
+    weights = {}
+    for item in filter(None, text.split(",")):
+        cat, _, w = item.partition("=")
+        try:
+            value = float(w)
+        except ValueError:
+            value = -1.0
+        if cat not in grammar.CATEGORIES or not (math.isfinite(value) and value >= 0):
+            raise InputError(f"--weights: {item!r} must be CATEGORY=WEIGHT with CATEGORY in "
+                             f"{list(grammar.CATEGORIES)} and a weight >= 0")
+        weights[cat] = value
+    return weights
 
 
 def make_batch(rng: random.Random, pool, by_cat, n: int, p_drop: float, weights: dict | None = None):
