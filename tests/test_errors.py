@@ -208,4 +208,4 @@ def test_pretrain_command_line_mistakes_are_one_line(capsys, tiny_toy, tmp_path)
     line = _one_line_error(capsys, ["toy", "pretrain", "--init", str(tiny_toy), "--coords"], "toy")
     assert "--coords and --channels shape a new model" in line
     line = _one_line_error(capsys, ["toy", "pretrain", "--out", str(tmp_path / "none"), "--resume"], "toy")
-    assert "no readable pretraining state to resume" in line
+    assert "--resume: no checkpoint under" in line and "without --resume" in line

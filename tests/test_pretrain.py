@@ -58,11 +58,14 @@ def test_resumed_pretraining_equals_an_uninterrupted_run(tmp_path):
     from dgpo.errors import InputError
 
     cfg = ToyModelConfig(channels=(8, 16, 16), text_dim=16, heads=2, coords=True)
-    kw = dict(minutes=5, batch_size=4, lr=1e-3, save_every=3, cfg=cfg, weights={"position": 2.0}, seed=3)
+    kw = dict(minutes=5, batch_size=4, lr=1e-3, save_every=2, cfg=cfg, weights={"position": 2.0}, seed=3)
     whole = pretrain(tmp_path / "whole", max_steps=6, **kw)
-    pretrain(tmp_path / "parts", max_steps=4, **kw)  # stops after the state of step 3
-    (tmp_path / "parts" / "log.jsonl").open("a").write('{"step": 5, "lo')  # a row torn by a kill
-    (tmp_path / "parts" / "state").rename(tmp_path / "parts" / ".state.old")  # killed between two renames
+    pretrain(tmp_path / "parts", max_steps=5, **kw)  # states of steps 2 and 4, then killed at 5
+    (tmp_path / "parts" / "log.jsonl").open("a").write('{"step": 6, "lo')  # a row torn by a kill
+    newest = tmp_path / "parts" / "checkpoints" / "step_000004" / "train.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0xFF
+    newest.write_bytes(bytes(data))  # corrupted: the resume falls back to step 2
     parts = pretrain(tmp_path / "parts", max_steps=6, resume=True, **kw)
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(parts / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

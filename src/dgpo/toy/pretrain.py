@@ -12,24 +12,22 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from dgpo.errors import CheckpointError, InputError, short
-
+from dgpo.errors import InputError
 from dgpo.schedules import interpolate
 from dgpo.toy import grammar
 from dgpo.toy.model import ToyModelConfig, ToyUNet, tokenize
 from dgpo.toy.render import render
 from dgpo.toy.weights import load_toy, save_toy, with_pos_embed
+from dgpo.training import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -85,47 +83,29 @@ def _initial_model(init, cfg: ToyModelConfig | None, pos_embed: bool) -> ToyUNet
     return with_pos_embed(model) if pos_embed else model
 
 
-STATE = "state"  # the folder under out_dir that --resume continues from
-
-
 def _save_state(out: Path, model, ema, opt, rng: random.Random, gen: torch.Generator, step: int,
                 minutes: float, recipe: dict) -> None:
-    """Everything a continued run needs to go on bit for bit: weights, EMA, AdamW moments, both RNGs.
-
-    Written to a temporary folder and renamed over the previous state, so a kill leaves one whole state."""
+    """Everything a continued run needs to go on bit for bit: weights, EMA, AdamW moments, both RNGs,
+    written as a training checkpoint (``out/checkpoints/step_N``: manifest, atomic rename, the newest
+    two kept; see :mod:`dgpo.training.checkpoints`)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
     for i, st in opt.state_dict()["state"].items():
         tensors |= {f"opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()}
     tensors["gen"] = gen.get_state()
     version, internal, gauss = rng.getstate()
-    meta = {"step": step, "minutes": minutes, "recipe": recipe,
-            "python_rng": [version, list(internal), gauss]}
-    tmp, final = out / f".{STATE}.tmp", out / STATE
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / "train.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(meta) + "\n")
-    old = out / f".{STATE}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    meta = {"step": step, "minutes": minutes, "recipe": recipe, "python_rng": [version, list(internal), gauss]}
+    with checkpoints.writing(out / "checkpoints" / f"step_{step:06d}", step, keep=2) as tmp:
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / "train.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta) + "\n")
 
 
 def _load_state(out: Path, model, ema, opt, rng: random.Random, gen: torch.Generator, recipe: dict):
-    """Restore :func:`_save_state`'s folder; returns (step, minutes). A different recipe is an error."""
-    folder = out / STATE
-    if not (folder / "state.json").is_file():
-        old = out / f".{STATE}.old"  # killed between the two renames
-        folder = old if (old / "state.json").is_file() else folder
-    try:
-        meta = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / "train.safetensors"))
-    except (OSError, ValueError, SafetensorError) as e:
-        raise CheckpointError(f"{folder}: no readable pretraining state to resume ({short(str(e))}); start "
-                              "without --resume or give the --out of an earlier run") from None
+    """Restore the newest complete :func:`_save_state` checkpoint; returns (step, minutes). A different
+    recipe is an error naming what differs."""
+    folder = checkpoints.for_resume(out)
+    meta = checkpoints.read_json(folder / "state.json")
+    tensors = checkpoints.read_tensors(folder / "train.safetensors")
     changed = sorted(k for k in recipe if meta["recipe"].get(k) != recipe[k])
     if changed:
         raise InputError(f"--resume: {out} was pretrained with other settings ({', '.join(changed)}: "
@@ -183,12 +163,7 @@ def pretrain(
               "p_drop": p_drop, "seed": seed, "init": None if init is None else str(init),
               "weights": weights or None, "t_mean": t_mean}
     recipe = json.loads(json.dumps(recipe))  # as state.json holds it (tuples become lists)
-    step, minutes_before = _load_state(out, model, ema, opt, rng, gen, recipe) if resume else (0, 0.0)
-    if resume:
-        log.info("resuming %s at step %d", out, step)
-        _truncate_log(out / "log.jsonl", step)
-    elif (out / STATE).exists():
-        raise InputError(f"{out} holds a pretraining run; continue it with --resume or choose another --out")
+    step, minutes_before = _begin(out, resume, model, ema, opt, rng, gen, recipe)
     pool = grammar.pretrain_pool()
     by_cat = grammar.by_category(pool)
     t_start, last = time.time(), out / "final"
@@ -210,6 +185,18 @@ def pretrain(
     bar.close()
     save_toy(ema, last, {"step": step, "minutes": elapsed()})
     return last
+
+
+def _begin(out: Path, resume: bool, model, ema, opt, rng, gen, recipe: dict) -> tuple[int, float]:
+    """(step, minutes so far): the saved state for ``resume``; else 0, refusing to start over a run."""
+    if not resume:
+        if checkpoints.candidates(out / "checkpoints"):
+            raise InputError(f"{out} holds a pretraining run; continue it with --resume or choose another --out")
+        return 0, 0.0
+    step, minutes = _load_state(out, model, ema, opt, rng, gen, recipe)
+    log.info("resuming %s at step %d", out, step)
+    _truncate_log(out / "log.jsonl", step)
+    return step, minutes
 
 
 def _train_step(model, opt, rng, gen, pool, by_cat, step, lr, batch_size, p_drop, weights, t_mean) -> float:
