@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dgpo.config import load_config
 from dgpo.errors import InputError
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 # bump when training or evaluation changes what a run measures; older raw results are rerun.
 # 2: the official sigma grids and integer timesteps (every arm, evals included), Flow-GRPO's
 #    official batching, uniform prompt sampling where not asked otherwise (the demo keeps balance)
-RESULTS_VERSION = 2
+# 3: the 2026-11 toy base (0.42 M parameters, coordinates) and the demo's full fine-tuning; evals of at
+#    least eval_per_category images per category, prompts spread over each category
+RESULTS_VERSION = 3
 
 # Flow-GRPO as its official code trains (configs/toy_flow_grpo_official.yaml holds the same values):
 # 2 optimizer steps per epoch over a random shuffle of the samples across groups, global advantage
@@ -84,7 +87,10 @@ def quick_spec(out: Path) -> BenchSpec:
 
 
 def default_spec(out: Path) -> BenchSpec:
-    return BenchSpec(out, list(ARMS), [0, 1, 2], 120.0, 40.0, 20)
+    # 360 s hold ~100 DGPO steps on one thread (where its gain is measured: docs/toy_demo_tuning.md);
+    # an eval every 30 s resolves the early rise; >= 40 images per category keep an eval's noise
+    # (about +-0.03 overall) under the differences between arms
+    return BenchSpec(out, list(ARMS), [0, 1, 2], 360.0, 30.0, 40)
 
 
 def run_config(spec: BenchSpec, arm: str, seed: int):
@@ -92,7 +98,7 @@ def run_config(spec: BenchSpec, arm: str, seed: int):
         *ARMS[arm], f"run.seed={seed}", f"run.out_dir={spec.out / 'runs' / f'{arm}__s{seed}'}",
         "run.epochs=100000", f"run.time_budget_s={spec.budget_s}", f"run.eval_every_s={spec.eval_every_s}",
         "run.sample_every=0", "run.save_every=0", f"eval.per_category={spec.eval_per_category}",
-        "eval.min_per_category=0", *spec.extra])
+        f"eval.min_per_category={spec.eval_per_category}", *spec.extra])
 
 
 def run_suite(spec: BenchSpec) -> dict:
@@ -112,7 +118,7 @@ def run_suite(spec: BenchSpec) -> dict:
             cfg = run_config(spec, arm, seed)
             summary = Trainer(cfg).fit()
             path.write_text(json.dumps({"arm": arm, "seed": seed, "version": RESULTS_VERSION,
-                                        "overrides": ARMS[arm],
+                                        "overrides": ARMS[arm], "threads": torch.get_num_threads(),
                                         "steps": summary["steps"], "evals": summary["evals"]}) + "\n")
     results = load_results(raw)
     write_report(spec, results)
@@ -137,16 +143,15 @@ def load_results(raw: Path) -> dict[str, list[dict]]:
 
 
 def curve_at(evals: list[dict], xs: np.ndarray, key: str = "train_time_s", metric: str = "overall") -> np.ndarray:
-    """Step function: the last eval at or before each x (NaN after the run's last eval)."""
-    t = np.array([e[key] for e in evals])
-    v = np.array([e[metric] for e in evals])
-    idx = np.searchsorted(t, xs, side="right") - 1
-    out = v[np.clip(idx, 0, None)]
+    """The eval curve, linearly interpolated between evals (NaN after the run's last eval)."""
+    t = np.array([e[key] for e in evals], dtype=float)
+    v = np.array([e[metric] for e in evals], dtype=float)
+    out = np.interp(xs, t, v)
     out[xs > t[-1] + 1e-9] = np.nan
     return out
 
 
-def mean_curve(runs: list[dict], key: str, n: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_curve(runs: list[dict], key: str, n: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     end = min(r["evals"][-1][key] for r in runs)
     xs = np.linspace(0, end, n)
     ys = np.stack([curve_at(r["evals"], xs, key) for r in runs])
@@ -158,20 +163,62 @@ def time_to_reach(xs: np.ndarray, ys: np.ndarray, target: float) -> float | None
     return float(xs[hit[0]]) if len(hit) else None
 
 
+def _ratio(slow: list[dict], fast: list[dict], key: str) -> tuple[float, float | None, float | None]:
+    """(target, t_slow, t_fast): the slow arm's best seed-mean score and when each seed-mean curve
+    first reaches it."""
+    xs_s, ys_s, _ = mean_curve(slow, key)
+    xs_f, ys_f, _ = mean_curve(fast, key)
+    best = float(np.nanmax(ys_s))
+    return best, time_to_reach(xs_s, ys_s, best), time_to_reach(xs_f, ys_f, best)
+
+
 def speed_ratio(results: dict[str, list[dict]], fast: str = "dgpo", slow: str = "flow_grpo",
-                key: str = "train_time_s") -> dict | None:
-    """Training time Flow-GRPO needs to reach its best (seed-mean curve) over the time DGPO needs
-    to reach that same score."""
+                key: str = "train_time_s", n_boot: int = 2000) -> dict | None:
+    """Training time Flow-GRPO needs to reach its best (seed-mean curve, linear between evals) over
+    the time DGPO needs to reach that same score, with its spread: the 10th-90th percentiles over
+    seed bootstraps (each arm's seeds resampled with replacement, the target recomputed each time;
+    a resample where DGPO never gets there counts as infinitely slow)."""
     if fast not in results or slow not in results:
         return None
-    xs_s, ys_s, _ = mean_curve(results[slow], key)
-    xs_f, ys_f, _ = mean_curve(results[fast], key)
-    best = float(np.nanmax(ys_s))
-    t_slow, t_fast = time_to_reach(xs_s, ys_s, best), time_to_reach(xs_f, ys_f, best)
+    target, t_slow, t_fast = _ratio(results[slow], results[fast], key)
     ratio = None if not t_fast or t_slow is None else t_slow / t_fast
-    first = max(r["evals"][1][key] for r in results[fast] if len(r["evals"]) > 1) if ratio else None
-    return {"target": best, "t_slow": t_slow, "t_fast": t_fast, "ratio": ratio, "key": key,
-            "zero_time": t_fast == 0.0, "lower_bound": bool(ratio and t_fast <= first + 1e-9)}
+    rng = np.random.default_rng(0)
+    boots = []
+    for _ in range(n_boot):
+        s = [results[slow][i] for i in rng.integers(0, len(results[slow]), len(results[slow]))]
+        f = [results[fast][i] for i in rng.integers(0, len(results[fast]), len(results[fast]))]
+        _, ts, tf = _ratio(s, f, key)
+        boots.append(0.0 if tf is None else np.inf if not tf else ts / tf)
+    first = min(r["evals"][1][key] for r in results[fast] if len(r["evals"]) > 1) if ratio else None
+    per_seed = {arm: [time_to_reach(*mean_curve([r], key)[:2], target) for r in results[arm]]
+                for arm in (fast, slow)}
+    return {"target": target, "t_slow": t_slow, "t_fast": t_fast, "ratio": ratio, "key": key,
+            "p10": float(np.percentile(boots, 10, method="lower")),
+            "p90": float(np.percentile(boots, 90, method="higher")),
+            "per_seed": per_seed, "zero_time": t_fast == 0.0,
+            "first_interval": bool(ratio and t_fast <= first + 1e-9)}
+
+
+def late_scores(runs: list[dict], frac: float = 1 / 3) -> np.ndarray:
+    """Per seed: the mean of the evals in the last ``frac`` of the run's training time (less noisy
+    than the final eval alone)."""
+    out = []
+    for r in runs:
+        t = np.array([e["train_time_s"] for e in r["evals"]])
+        v = np.array([e["overall"] for e in r["evals"]])
+        out.append(v[t >= (1 - frac) * t[-1] - 1e-9].mean())
+    return np.array(out)
+
+
+def compare(arm: str, ref: str, results: dict[str, list[dict]]) -> dict:
+    """``arm`` against ``ref`` on the late score: the difference of the seed means, its standard
+    error, and a verdict (a difference under 2 standard errors is "no difference at this budget")."""
+    a, b = late_scores(results[arm]), late_scores(results[ref])
+    diff = float(a.mean() - b.mean())
+    se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))) if min(len(a), len(b)) > 1 else float("nan")
+    verdict = "no difference at this budget" if not abs(diff) > 2 * se else ("higher" if diff > 0 else "lower")
+    return {"arm": arm, "ref": ref, "score": float(a.mean()), "score_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "ref_score": float(b.mean()), "diff": diff, "se": se, "verdict": verdict, "n": len(a), "n_ref": len(b)}
 
 
 def summary_row(arm: str, runs: list[dict]) -> dict:
@@ -180,6 +227,7 @@ def summary_row(arm: str, runs: list[dict]) -> dict:
     best = np.array([max(e["overall"] for e in r["evals"]) for r in runs])
     last = [r["evals"][-1] for r in runs]
     return {"arm": arm, "n": len(runs), "start": start.mean(), "final": final.mean(), "final_std": final.std(),
+            "late": late_scores(runs).mean(),
             "best": best.mean(), "steps": np.mean([r["steps"] for r in runs]),
             "images": np.mean([e["images"] for e in last]),
             "sharpness": np.mean([e.get("sharpness", np.nan) for e in last]),

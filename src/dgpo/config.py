@@ -223,7 +223,7 @@ class EvalConfig:
     images_per_prompt: int = opt(1, 1, help="images per prompt (GenEval: 4)")
     batch_size: int = opt(64, 1, help="generation batch size")
     max_prompts: int = opt(0, 0, help="evaluate only the first N prompts (0: all)")
-    per_category: int = opt(0, 0, help="evaluate only the first N prompts of each category (0: all)")
+    per_category: int = opt(0, 0, help="evaluate N prompts of each category, evenly spread over it (0: all)")
     min_per_category: int = opt(40, 0, help="small categories get more images per prompt, up to this")
 
 

@@ -121,14 +121,16 @@ def reward_scorer(reward_fn) -> Callable[[torch.Tensor, list[dict]], list[tuple]
 
 
 def per_category(metas: list[dict], k: int) -> list[dict]:
-    """The first ``k`` prompts of each category, in split order (a balanced, cheaper eval set)."""
-    seen: dict[str, int] = defaultdict(int)
-    out = []
-    for m in metas:
-        if seen[m.get("tag", "")] < k:
-            seen[m.get("tag", "")] += 1
-            out.append(m)
-    return out
+    """``k`` prompts of each category, evenly spread over its prompts in split order (a balanced,
+    cheaper eval set that still covers every part of the category)."""
+    by_tag: dict[str, list[int]] = defaultdict(list)
+    for i, m in enumerate(metas):
+        by_tag[m.get("tag", "")].append(i)
+    keep = set()
+    for idx in by_tag.values():
+        n = len(idx)
+        keep.update(idx if n <= k else [idx[(j * n) // k] for j in range(k)])
+    return [m for i, m in enumerate(metas) if i in keep]
 
 
 def _by_category(by_tag: dict[str, list]) -> dict[str, float]:
