@@ -219,6 +219,18 @@ def test_a_reward_failing_for_max_failures_epochs_stops_the_run(tiny_toy, tmp_pa
     assert tr.step == 1 and json.loads((out / "checkpoints/step_000001/state.json").read_text())["epoch"] == 3
 
 
+def test_an_eval_reward_failure_leaves_its_batch_unscored_and_the_run_goes_on(tiny_toy, tmp_path):
+    out = tmp_path / "run"
+    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=1", "run.eval_at_ends=true", "reward.retries=1",
+                      "eval.max_prompts=4", "eval.batch_size=2", "eval.min_per_category=0"))
+    tr.reward_fn = Flaky(lambda call: "raise" if call in (0, 1) else None)  # eval before: batch 0, both attempts
+    tr.fit()
+    before, after = [json.loads(x) for x in (out / "evals.jsonl").read_text().splitlines()]
+    assert before["step"] == 0 and before["unscored_images"] == 2 and math.isfinite(before["overall"])
+    assert after["step"] == 1 and "unscored_images" not in after and tr.step == 1
+    assert tr.reward_fn.calls == 3 + 2 + 2  # eval before (batch 0 twice, batch 1), 2 training chunks, eval after
+
+
 def test_a_fault_on_one_process_makes_every_process_skip_alike(tiny_toy, tmp_path):
     """Rank 1 alone sees a NaN forward (step 1) and a crashing reward (epoch 2): both processes skip the
     same steps and drop the same groups, and end where one process with those faults ends."""

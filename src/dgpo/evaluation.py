@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from dgpo.samplers.rollout import generate
 from dgpo.toy import scorer
 from dgpo.toy.grammar import CATEGORIES
 
+log = logging.getLogger(__name__)
 ImageFn = Callable[[list[dict], list[int]], torch.Tensor]
 
 
@@ -77,8 +79,10 @@ def evaluate(
     ``score_fn(images, metas) -> [(correct, reward)]`` replaces the toy GenEval scorer (e.g. a
     training reward for prompts without GenEval metadata; "correct" is then the reward itself); a
     third element, a dict (a multi-reward's ``{"reward_<name>": value}``), joins the row and its mean
-    the summary. ``lockstep``: every process runs the same number of batches (FSDP: each forward is a
-    collective); shorter shards repeat a job and drop its rows.
+    the summary; a ``score_fn`` that returns None for a batch (its reward failed after the caller's
+    retries) leaves that batch unscored: the summary is over the scored images and counts the others
+    in ``unscored_images``. ``lockstep``: every process runs the same number of batches (FSDP: each
+    forward is a collective); shorter shards repeat a job and drop its rows.
     """
     sizes: dict[str, int] = defaultdict(int)
     for m in metas:
@@ -90,34 +94,51 @@ def evaluate(
     if lockstep and every:
         jobs += [(jobs or every)[-1]] * (-(-len(every) // shard[1]) - real)
     score = score_fn or (lambda imgs, ms: [scorer.score(img, m) for img, m in zip(imgs.float().cpu().numpy(), ms)])
-    rows = []
+    rows, unscored = [], 0  # unscored: images whose reward failed
     for start in tqdm(range(0, len(jobs), batch_size), desc=desc, unit="batch", leave=False):
         chunk = jobs[start : start + batch_size]
         batch = [metas[i] for i, _ in chunk]
         seeds = [seed * 1_000_003 + i * 97 + k for i, k in chunk]
         images = image_fn(batch, seeds)
         arrays = images.float().cpu().numpy()
-        for n, ((i, k), img, meta, (ok, part, *extra)) in enumerate(zip(chunk, arrays, batch, score(images, batch))):
+        scores = score(images, batch)
+        if scores is None:  # the reward failed for this batch: its images stay unscored
+            unscored += max(0, min(len(chunk), real - start))
+            continue
+        for n, ((i, k), img, meta, (ok, part, *extra)) in enumerate(zip(chunk, arrays, batch, scores)):
             if start + n >= real:  # lockstep padding
                 break
             rows.append({"index": i, "sample": k, "tag": meta.get("tag", "reward"), "prompt": meta["prompt"],
                          "correct": ok, "reward": part, **(extra[0] if extra else {}), **image_quality(img[None])})
     if gather is not None:
         rows = gather(rows)
-    return summarize(rows, images_per_prompt)
+        unscored = len(every) - len(rows)  # every process's unscored images
+    return {**summarize(rows, images_per_prompt), **({"unscored_images": unscored} if unscored else {})}
 
 
-def reward_scorer(reward_fn) -> Callable[[torch.Tensor, list[dict]], list[tuple]]:
+def reward_scorer(reward_fn, guard=None) -> Callable[[torch.Tensor, list[dict]], list[tuple] | None]:
     """Score eval images with a training reward: its own ``eval_scores`` when it has one (GenEval's
-    strict correctness, a multi-reward's components), else (reward, reward): overall = the mean reward."""
+    strict correctness, a multi-reward's components), else (reward, reward): overall = the mean reward.
+    With ``guard`` (a :class:`~dgpo.rewards.retry.GuardedCall`) each batch's call is retried like a
+    training reward call, and a batch whose call still fails scores None (left unscored, logged)."""
     if hasattr(reward_fn, "eval_scores"):
-        return reward_fn.eval_scores
+        score = reward_fn.eval_scores
+    else:
+        def score(images: torch.Tensor, metas: list[dict]) -> list[tuple[float, float]]:
+            r = reward_fn(images, metas).float().cpu().tolist()
+            return [(v, v) for v in r]
 
-    def score(images: torch.Tensor, metas: list[dict]) -> list[tuple[float, float]]:
-        r = reward_fn(images, metas).float().cpu().tolist()
-        return [(v, v) for v in r]
+    if guard is None:
+        return score
 
-    return score
+    def guarded(images: torch.Tensor, metas: list[dict]) -> list[tuple] | None:
+        out, report = guard(score, images, metas)
+        if report.failed:
+            log.warning("eval: a batch of %d images left unscored: the reward failed after %d attempts (%s)",
+                        len(metas), report.attempts, report.error)
+        return out
+
+    return guarded
 
 
 def per_category(metas: list[dict], k: int) -> list[dict]:

@@ -272,7 +272,12 @@ class Trainer:
                            c.eval.batch_size, desc, c.eval.min_per_category,
                            shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
                            lockstep=self.shards.enabled,
-                           score_fn=reward_scorer(self.reward_fn))
+                           score_fn=reward_scorer(self.reward_fn, self.reward_call))
+        if res.get("unscored_images"):
+            log.warning("%s: %d of %d images left unscored (the reward failed after its retries); the scores are "
+                        "over the rest", desc, res["unscored_images"], res["unscored_images"] + res["n_images"])
+            if not res["n_images"]:
+                res["overall"] = float("nan")
         return {"step": self.step, "train_time_s": self.train_time, "images": self.images,
                 **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
 
