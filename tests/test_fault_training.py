@@ -219,6 +219,19 @@ def test_a_reward_failing_for_max_failures_epochs_stops_the_run(tiny_toy, tmp_pa
     assert tr.step == 1 and json.loads((out / "checkpoints/step_000001/state.json").read_text())["epoch"] == 3
 
 
+def test_a_resumed_run_continues_the_fault_streak(tiny_toy, tmp_path):
+    out = tmp_path / "run"
+    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=2", "reward.retries=0", "reward.max_failures=2"))
+    tr.reward_fn = Flaky(lambda call: "raise" if call >= 2 else None)  # epoch 1 fails: a streak of 1 is saved
+    tr.fit()
+    assert json.loads(sorted((out / "checkpoints").iterdir())[-1].joinpath("state.json").read_text())["guard"] == {
+        "bad_in_row": 0, "failed_epochs": 1}
+    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=3", "reward.retries=0", "reward.max_failures=2"), resume=True)
+    tr.reward_fn = Flaky(lambda call: "raise")
+    with pytest.raises(RunHalted, match="failed after its retries in 2 epochs in a row"):  # as without the stop
+        tr.fit()
+
+
 def test_an_eval_reward_failure_leaves_its_batch_unscored_and_the_run_goes_on(tiny_toy, tmp_path):
     out = tmp_path / "run"
     tr = Trainer(_cfg(tiny_toy, out, "run.epochs=1", "run.eval_at_ends=true", "reward.retries=1",

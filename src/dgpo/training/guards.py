@@ -93,6 +93,13 @@ class FaultGuard:
         self.max_bad_steps, self.max_failures, self.layout = max_bad_steps, max_failures, layout
         self.bad_in_row, self.failed_epochs = 0, 0
 
+    def state_dict(self) -> dict[str, int]:
+        """The counters a resumed run continues from (so that a resume does not reset a fault's streak)."""
+        return {"bad_in_row": self.bad_in_row, "failed_epochs": self.failed_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bad_in_row, self.failed_epochs = int(state.get("bad_in_row", 0)), int(state.get("failed_epochs", 0))
+
     def nonfinite(self, loss: float, grad_norm: float) -> str:
         """The cause that makes every process skip this step ("" for none): the loss, else the gradient."""
         if self.layout.all_sum(float(not math.isfinite(loss))):

@@ -318,7 +318,7 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         state = {"step": self.step, "epoch": epochs_done, "evals": self.evals, "train_time": self.train_time,
-                 "images": self.images, "next_eval_s": self._next_eval_s}
+                 "images": self.images, "next_eval_s": self._next_eval_s, "guard": self.guard.state_dict()}
         io.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, opt, state,
                            self.cfg.run.keep_checkpoints)
 
@@ -333,6 +333,7 @@ class Trainer:
         self.step, self.start_epoch, self.evals = state["step"], state["epoch"], state["evals"]
         self.train_time, self.images = state.get("train_time", 0.0), state.get("images", 0)
         self._next_eval_s = state.get("next_eval_s", self.cfg.run.eval_every_s)
+        self.guard.load_state_dict(state.get("guard", {}))
         before = self.run_dir / "samples" / "before.safetensors"
         if before.is_file():
             self._before = checkpoints.read_tensors(before)["images"]
