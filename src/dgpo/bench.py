@@ -87,7 +87,8 @@ def quick_spec(out: Path) -> BenchSpec:
 
 
 def default_spec(out: Path) -> BenchSpec:
-    # 360 s hold ~100 DGPO steps on one thread (where its gain is measured: docs/toy_demo_tuning.md);
+    # 360 s hold ~150 DGPO steps on 2 cores (where the demo recipe gains +0.06 to +0.10:
+    # docs/toy_demo_tuning.md);
     # an eval every 30 s resolves the early rise; >= 40 images per category keep an eval's noise
     # (about +-0.03 overall) under the differences between arms
     return BenchSpec(out, list(ARMS), [0, 1, 2], 360.0, 30.0, 40)
