@@ -217,7 +217,8 @@ def compare(arm: str, ref: str, results: dict[str, list[dict]]) -> dict:
     a, b = late_scores(results[arm]), late_scores(results[ref])
     diff = float(a.mean() - b.mean())
     se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))) if min(len(a), len(b)) > 1 else float("nan")
-    verdict = "no difference at this budget" if not abs(diff) > 2 * se else ("higher" if diff > 0 else "lower")
+    verdict = ("undecided: a single seed has no spread" if np.isnan(se) else "no difference at this budget"
+               if abs(diff) <= 2 * se else "higher" if diff > 0 else "lower")
     return {"arm": arm, "ref": ref, "score": float(a.mean()), "score_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
             "ref_score": float(b.mean()), "diff": diff, "se": se, "verdict": verdict, "n": len(a), "n_ref": len(b)}
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -69,11 +70,15 @@ def _conclusions(arms: list[str], results: dict) -> list[str]:
         if arm == ref:
             continue
         c = compare(arm, ref, results)
-        what = c["verdict"] if c["verdict"].startswith("no") else f"{c['verdict']} than {LABEL.get(ref, ref).split(' (')[0]}"
-        out.append(f"- **{arm}**: {what} (late score {c['score']:.3f} +- {c['score_std']:.3f} over {c['n']} "
-                   f"seeds vs {c['ref_score']:.3f} over {c['n_ref']}; difference {c['diff']:+.3f}, "
-                   f"standard error {c['se']:.3f}).")
+        what = c["verdict"] if c["verdict"] not in ("higher", "lower") else f"{c['verdict']} than {ref}"
+        se = "" if np.isnan(c["se"]) else f", standard error {c['se']:.3f}"
+        out.append(f"- **{arm}**: {what} (late score {c['score']:.3f} +- {c['score_std']:.3f} over {_seeds(c['n'])} "
+                   f"vs {c['ref_score']:.3f} over {_seeds(c['n_ref'])}; difference {c['diff']:+.3f}{se}).")
     return out
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
 
 
 def _threads(results: dict) -> str:
