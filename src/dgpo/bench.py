@@ -165,20 +165,21 @@ def time_to_reach(xs: np.ndarray, ys: np.ndarray, target: float) -> float | None
 
 
 def _ratio(slow: list[dict], fast: list[dict], key: str) -> tuple[float, float | None, float | None]:
-    """(target, t_slow, t_fast): the slow arm's best seed-mean score and when each seed-mean curve
-    first reaches it."""
+    """(target, t_slow, t_fast): the slow arm's late score (its seed mean; the best eval would be biased
+    upwards by eval noise) and when each arm's seed-mean curve first reaches it."""
+    target = float(late_scores(slow).mean())
     xs_s, ys_s, _ = mean_curve(slow, key)
     xs_f, ys_f, _ = mean_curve(fast, key)
-    best = float(np.nanmax(ys_s))
-    return best, time_to_reach(xs_s, ys_s, best), time_to_reach(xs_f, ys_f, best)
+    return target, time_to_reach(xs_s, ys_s, target), time_to_reach(xs_f, ys_f, target)
 
 
 def speed_ratio(results: dict[str, list[dict]], fast: str = "dgpo", slow: str = "flow_grpo",
                 key: str = "train_time_s", n_boot: int = 2000) -> dict | None:
-    """Training time Flow-GRPO needs to reach its best (seed-mean curve, linear between evals) over
-    the time DGPO needs to reach that same score, with its spread: the 10th-90th percentiles over
-    seed bootstraps (each arm's seeds resampled with replacement, the target recomputed each time;
-    a resample where DGPO never gets there counts as infinitely slow)."""
+    """Training time Flow-GRPO needs to reach the level it ends at (its late score, seed mean) over
+    the time DGPO needs to reach that same level (seed-mean curves, linear between evals), with its
+    spread: the 10th-90th percentiles over seed bootstraps (each arm's seeds resampled with
+    replacement, the target recomputed each time; a resample where DGPO never gets there counts as
+    infinitely slow)."""
     if fast not in results or slow not in results:
         return None
     target, t_slow, t_fast = _ratio(results[slow], results[fast], key)
@@ -189,13 +190,13 @@ def speed_ratio(results: dict[str, list[dict]], fast: str = "dgpo", slow: str = 
         s = [results[slow][i] for i in rng.integers(0, len(results[slow]), len(results[slow]))]
         f = [results[fast][i] for i in rng.integers(0, len(results[fast]), len(results[fast]))]
         _, ts, tf = _ratio(s, f, key)
-        boots.append(0.0 if tf is None else np.inf if not tf else ts / tf)
+        boots.append(np.inf if tf is None else np.inf if not tf else (ts or 0.0) / tf)
     first = min(r["evals"][1][key] for r in results[fast] if len(r["evals"]) > 1) if ratio else None
     per_seed = {arm: [time_to_reach(*mean_curve([r], key)[:2], target) for r in results[arm]]
                 for arm in (fast, slow)}
     return {"target": target, "t_slow": t_slow, "t_fast": t_fast, "ratio": ratio, "key": key,
-            "p10": float(np.percentile(boots, 10, method="lower")),
-            "p90": float(np.percentile(boots, 90, method="higher")),
+            "p10": float(np.percentile(boots, 10, method="lower")) if boots else None,
+            "p90": float(np.percentile(boots, 90, method="higher")) if boots else None,
             "per_seed": per_seed, "zero_time": t_fast == 0.0,
             "first_interval": bool(ratio and t_fast <= first + 1e-9)}
 
