@@ -35,6 +35,22 @@ def test_compare_calls_a_difference_only_beyond_two_standard_errors():
     assert abs(b["diff"]) < 1e-9 and b["verdict"] == "no difference at this budget"
 
 
+def test_flow_grpo_trains_longer_and_a_result_of_another_budget_is_rerun(tmp_path):
+    spec = bench.BenchSpec(tmp_path, ["dgpo", "flow_grpo"], [0], 100.0, 10.0, 4)
+    assert bench.run_config(spec, "flow_grpo", 0).run.time_budget_s == 100.0 * bench.BUDGET_SCALE["flow_grpo"]
+    assert bench.run_config(spec, "dgpo", 0).run.time_budget_s == 100.0
+    done = {"version": bench.RESULTS_VERSION, "budget_s": 100.0}
+    assert bench.is_current(done, 100.0) and not bench.is_current(done, 300.0)
+    # the slow arm's extra time counts for its time to target, not for the late score read at the budget
+    runs = {"dgpo": [{"evals": [{"train_time_s": 0, "overall": 0.5}, {"train_time_s": 50, "overall": 0.7},
+                                {"train_time_s": 100, "overall": 0.7}]}],
+            "flow_grpo": [{"evals": [{"train_time_s": t, "overall": 0.5 + t / 1000} for t in range(0, 301, 50)]}]}
+    r = bench.speed_ratio(runs, end=100.0, level="fast", n_boot=0)  # DGPO's late score: its 100 s eval, 0.7
+    assert abs(r["target"] - 0.7) < 1e-9 and abs(r["t_slow"] - 200) < 2 and abs(r["t_fast"] - 50) < 1
+    assert abs(r["ratio"] - 4.0) < 0.1 and r["slow_end"] == 300
+    assert abs(bench.compare("flow_grpo", "dgpo", runs, end=100.0)["score"] - 0.6) < 1e-9  # its 100 s eval only
+
+
 def test_per_category_spreads_over_each_category():
     from dgpo.evaluation import per_category
 

@@ -11,7 +11,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from dgpo.bench import COMPARISONS, LABEL, compare, mean_curve, speed_ratio, summary_row
+from dgpo.bench import BUDGET_SCALE, COMPARISONS, LABEL, compare, mean_curve, speed_ratio, summary_row
 
 
 def _slug(title: str) -> str:
@@ -39,49 +39,56 @@ def plot_comparison(title: str, arms: list[str], results: dict, path: Path) -> N
     plt.close(fig)
 
 
-def _ratio_text(results: dict) -> str:
+def _ratio_line(r: dict, unit: str, whose: str) -> str:
+    fmt = lambda t: "never" if t is None else f"{t:.0f}"  # noqa: E731
+    if r["t_slow"] == 0.0:
+        verdict = "undefined: Flow-GRPO's curve starts at or above it"
+    elif r["ratio"] is not None:
+        p90 = "inf" if r["p90"] == float("inf") else f"{r['p90']:.1f}x"
+        verdict = f"**{r['ratio']:.1f}x** (10th-90th percentile over seed bootstraps {r['p10']:.1f}x-{p90})"
+        if r["first_interval"]:
+            verdict += "; DGPO got there within its first eval interval, so the eval interval limits the estimate"
+    elif r["zero_time"]:
+        verdict = "unbounded: DGPO's first eval (before training) is already there"
+    elif r["t_slow"] is None:
+        bound = f" (more than {r['slow_end'] / r['t_fast']:.1f}x, its whole run)" if r["t_fast"] else ""
+        verdict = f"not measured: Flow-GRPO never gets there within its run{bound}"
+    else:
+        verdict = "DGPO never gets there within its run"
+    seeds = "; ".join(f"{arm}: " + ", ".join(map(fmt, ts)) for arm, ts in r["per_seed"].items())
+    return (f"- {whose} late score {r['target']:.3f}, by {unit}: Flow-GRPO first reaches it at {fmt(r['t_slow'])}, "
+            f"DGPO at {fmt(r['t_fast'])}; ratio {verdict}. Each seed alone: {seeds}.")
+
+
+def _ratio_text(results: dict, end: float) -> str:
     lines = []
-    for key, unit in (("train_time_s", "s of training"), ("images", "images")):
-        r = speed_ratio(results, key=key)
-        if r is None:
-            return "Flow-GRPO vs DGPO: both arms are needed for the ratio.\n"
-        spread = f"10th-90th percentile over seed bootstraps {r['p10']:.1f}x-{r['p90']:.1f}x"
-        if r["t_slow"] == 0.0:
-            verdict = "undefined: Flow-GRPO ends no higher than it starts"
-        elif r["ratio"] is not None:
-            verdict = f"**{r['ratio']:.1f}x** ({spread})"
-            if r["first_interval"]:
-                verdict += "; DGPO got there within its first eval interval, so the eval interval limits the estimate"
-        elif r["zero_time"]:
-            verdict = "unbounded: DGPO's first eval (before training) already matches Flow-GRPO's late score"
-        else:
-            verdict = "DGPO never reached it within the budget"
-        t_fast = "never" if r["t_fast"] is None else f"{r['t_fast']:.0f}"
-        seeds = "; ".join(f"{arm}: " + ", ".join("never" if t is None else f"{t:.0f}" for t in ts)
-                          for arm, ts in r["per_seed"].items())
-        t_slow = "never" if r["t_slow"] is None else f"{r['t_slow']:.0f}"
-        lines.append(f"- by {unit}: Flow-GRPO's late score {r['target']:.3f} first at "
-                     f"{t_slow}; DGPO reaches it at {t_fast}; ratio {verdict}. Each seed alone "
-                     f"reaches that score at ({seeds}).")
-        back = speed_ratio(results, fast="flow_grpo", slow="dgpo", key=key, n_boot=0)
-        got = "never within the budget" if back["t_fast"] is None else f"at {back['t_fast']:.0f}"
-        lines.append(f"  The other way round: DGPO's late score {back['target']:.3f} first at "
-                     f"{back['t_slow']:.0f}; Flow-GRPO reaches it {got}.")
+    for level, whose in (("fast", "DGPO's"), ("slow", "Flow-GRPO's")):
+        for key, unit in (("train_time_s", "s of training"), ("images", "images")):
+            r = speed_ratio(results, key=key, end=end, level=level)
+            if r is None:
+                return "Flow-GRPO vs DGPO: both arms are needed for the ratio.\n"
+            lines.append(_ratio_line(r, unit, whose))
     return "\n".join(lines) + "\n"
 
 
-def _conclusions(arms: list[str], results: dict) -> list[str]:
+def _conclusions(arms: list[str], results: dict, end: float) -> list[str]:
     ref = "dgpo" if "dgpo" in arms else arms[0]
     out = []
     for arm in arms:
         if arm == ref:
             continue
-        c = compare(arm, ref, results)
+        c = compare(arm, ref, results, end)
         what = c["verdict"] if c["verdict"] not in ("higher", "lower") else f"{c['verdict']} than {ref}"
         se = "" if np.isnan(c["se"]) else f", standard error {c['se']:.3f}"
         out.append(f"- **{arm}**: {what} (late score {c['score']:.3f} +- {c['score_std']:.3f} over {_seeds(c['n'])} "
                    f"vs {c['ref_score']:.3f} over {_seeds(c['n_ref'])}; difference {c['diff']:+.3f}{se}).")
     return out
+
+
+def _longer(spec) -> str:
+    arms = ", ".join(f"{a} {BUDGET_SCALE[a]:g}x ({spec.budget_s * BUDGET_SCALE[a]:.0f} s)" for a in BUDGET_SCALE)
+    return (f"Trained longer, so that the time they need to reach DGPO's level can be measured: {arms}; every "
+            "table column, curve statistic and conclusion reads all arms at the suite's budget. " if arms else "")
 
 
 def _seeds(n: int) -> str:
@@ -99,17 +106,17 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
              f"eval every {spec.eval_every_s:.0f} s on at least {spec.eval_per_category} images of "
              f"{spec.eval_per_category} held-out prompts per category (fewer prompts, several images each, "
              "where a category has fewer; strict toy-GenEval, slow-EMA weights, 10-step DPM-Solver++, CFG 4.5); "
-             f"{_threads(results)}. "
+             f"{_threads(results)}. {_longer(spec)}"
              "Columns: start/final/late/best overall (mean over seeds; final +- std; late: the mean of the evals in the last third of the budget), optimizer steps and images "
              "in the budget, sharpness (mean |Laplacian|, blur lowers it) and off-palette pixel share "
              "(artifacts) of the final eval images.")
-    how = ("Ratio = training time Flow-GRPO's seed-mean curve needs to reach the level it ends at (its late "
-           "score; its best eval would be biased upwards by eval noise) / time DGPO's seed-mean curve needs to "
-           "reach the same level (curves linear between evals). Conclusions "
+    how = ("Ratio = training time (or images) Flow-GRPO's seed-mean curve needs to reach a level / what DGPO's "
+           "needs (curves linear between evals), for two levels: the late score DGPO ends at, and the one "
+           "Flow-GRPO ends at (late scores, not best evals: a best eval is biased upwards by eval noise). Conclusions "
            "compare each arm's late score (the mean of its evals in the last third of the budget, then over "
            "seeds) with DGPO's: a difference under two standard errors is called no difference.")
     lines = ["# dgpo bench: the paper's comparisons on the toy world", "", intro, "",
-             "## Headline: DGPO vs Flow-GRPO speed", "", how, "", _ratio_text(results)]
+             "## Headline: DGPO vs Flow-GRPO speed", "", how, "", _ratio_text(results, spec.budget_s)]
     for title, arms in COMPARISONS.items():
         present = [a for a in arms if a in results]
         if len(present) < 2:
@@ -120,11 +127,11 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
                   "| arm | seeds | start | final | late | best | steps | images | sharpness | off-palette |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for arm in present:
-            r = summary_row(arm, results[arm])
+            r = summary_row(arm, results[arm], spec.budget_s)
             lines.append(f"| {LABEL.get(arm, arm)} | {r['n']} | {r['start']:.3f} | {r['final']:.3f} +- "
                          f"{r['final_std']:.3f} | {r['late']:.3f} | {r['best']:.3f} | {r['steps']:.0f} | {r['images']:.0f} | "
                          f"{r['sharpness']:.3f} | {r['off_palette']:.4f} |")
-        lines += ["", *_conclusions(present, results), ""]
+        lines += ["", *_conclusions(present, results, spec.budget_s), ""]
     (out / "report.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     return out / "report.md"
