@@ -115,6 +115,10 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
            "Flow-GRPO ends at (late scores, not best evals: a best eval is biased upwards by eval noise). Conclusions "
            "compare each arm's late score (the mean of its evals in the last third of the budget, then over "
            "seeds) with DGPO's: a difference under two standard errors is called no difference.")
+    todo = [f"{a} ({len(results.get(a, []))}/{len(spec.seeds)} seeds)" for a in spec.arms
+            if len(results.get(a, [])) < len(spec.seeds)]
+    if todo:
+        intro += f"\n\n**Not complete yet** (`dgpo bench` runs what is missing and keeps the rest): {', '.join(todo)}."
     lines = ["# dgpo bench: the paper's comparisons on the toy world", "", intro, "",
              "## Headline: DGPO vs Flow-GRPO speed", "", how, "", _ratio_text(results, spec.budget_s)]
     for title, arms in COMPARISONS.items():
