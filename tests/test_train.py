@@ -72,16 +72,28 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_toy, tmp_path):
         Trainer(_cfg(tiny_toy, tmp_path / "empty"), resume=True)
 
 
-@pytest.mark.parametrize("window", [0, 2])
-def test_flow_grpo_reevaluating_the_rollout_is_on_policy(tiny_toy, tmp_path, window):
+@pytest.mark.parametrize("window,precision", [(0, "no"), (2, "no"), (0, "bf16")])
+def test_flow_grpo_reevaluating_the_rollout_is_on_policy(tiny_toy, tmp_path, window, precision):
+    """Before any update the training forward reproduces the rollout's log-probs (ratio 1), in bf16
+    too: both CFG branches in one autocast forward, as the rollout and the official compute_log_prob
+    (with a clip of 1e-4, a bf16 mismatch alone would clip most samples)."""
+    from accelerate.state import AcceleratorState
+
     from dgpo.data.prompts import epoch_prompts
 
-    tr = Trainer(_cfg(tiny_toy, tmp_path / "run", "train.algorithm=flow_grpo", f"grpo.sde_window={window}",
-                      "grpo.sde_window_range=3", "sampler.steps=4"))
-    batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
-    units = tr.algo.units(batch, 0)
-    assert units == ([0, 1, 2] if window == 0 else batch["sde_steps"]) and len(units) == (window or 3)
-    adv = torch.linspace(-1, 1, len(batch["x0"]))
-    for j in units:
-        out = tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), j, 0, 0)
-        assert float(out.stats["ratio_dev"]) < 1e-5, j
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
+    try:
+        tr = Trainer(_cfg(tiny_toy, tmp_path / "run", "train.algorithm=flow_grpo", f"grpo.sde_window={window}",
+                          "grpo.sde_window_range=3", "sampler.steps=4", f"train.mixed_precision={precision}",
+                          "grpo.kl_beta=0.04"))
+        with tr.acc.autocast():  # as the trainer rolls out
+            batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
+        units = tr.algo.units(batch, 0)
+        assert units == ([0, 1, 2] if window == 0 else batch["sde_steps"]) and len(units) == (window or 3)
+        adv = torch.linspace(-1, 1, len(batch["x0"]))
+        for j in units:
+            out = tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), j, 0, 0)
+            assert float(out.stats["ratio_dev"]) < 1e-5, j
+            assert float(out.stats["kl"]) < 1e-10, j  # the reference (adapter off) is the policy before training
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

@@ -14,7 +14,7 @@ import torch
 from dgpo.advantages import refill_zero_advantage
 from dgpo.algorithms.base import Algorithm, StepLoss
 from dgpo.losses.flow_grpo import flow_grpo_loss, step_kl
-from dgpo.models.base import cfg_velocity, cond_index
+from dgpo.models.base import cfg_velocity, cond_cat, cond_index
 from dgpo.samplers.rollout import initial_noise
 from dgpo.samplers.sde import gaussian_logprob, sample_sde, sde_step
 from dgpo.timesteps import derive_seed
@@ -63,17 +63,19 @@ class FlowGRPO(Algorithm):
         return batch
 
     def velocity(self, x, t, cond, null, grad: bool):
-        """CFG velocity of the training forward: v_u (detached) + s (v_c - v_u), official train.cfg."""
+        """CFG velocity, v_u + s (v_c - v_u), official train.cfg: the rollout's and the training forward's
+        are one and the same computation (both branches in one batched call under the same autocast), so
+        that before an update the training forward reproduces the rollout's log-probs exactly, in bf16
+        too; in training v_u is detached (official compute_log_prob)."""
         model, scale = self.tr.model, self.cfg.sampler.cfg_scale
-        if not self.cfg.grpo.cfg_train or scale == 1.0:
-            return model.velocity(x, t, cond)
-        if not grad:
-            return cfg_velocity(model, x, t, cond, null, scale)
-        with torch.no_grad():
-            v_u = model.velocity(x, t, null)
         with self.tr.acc.autocast():
-            v_c = model.velocity(x, t, cond).float()
-        return v_u + scale * (v_c - v_u)
+            if not self.cfg.grpo.cfg_train or scale == 1.0:
+                return model.velocity(x, t, cond)
+            if not grad:
+                return cfg_velocity(model, x, t, cond, null, scale)
+            v_c, v_u = model.velocity(torch.cat([x, x]), torch.cat([t, t]), cond_cat([cond, null])).chunk(2)
+            v_u = v_u.detach()
+            return v_u + scale * (v_c - v_u)
 
     def select(self, batch, rewards, adv, zero, group_ids):
         c = self.cfg
