@@ -120,5 +120,7 @@ class FlowGRPO(Algorithm):
                 ref = sde_step(x, self.velocity(x, tt, cond, null, grad=False), s[j], s[j + 1], s[1], g.noise_level)
             kl = step_kl(step.mean, ref.mean, step.std if g.kl_paper else step.std_t)
         out = flow_grpo_loss(log_prob, batch["log_probs"][mb, j], signal[mb].to(x.device), g.clip_range, kl, g.kl_beta)
-        return StepLoss(out.loss * len(mb), {"policy": out.policy, "kl": out.kl, "clip": out.clipped.float().mean(),
-                                             "ratio_dev": (out.ratio - 1).abs().max()})
+        # clip: the official clipfrac (|ratio - 1| > clip_range, on either side); ratio_dev: the largest |ratio - 1|
+        dev = (out.ratio - 1).abs()
+        return StepLoss(out.loss * len(mb), {"policy": out.policy, "kl": out.kl,
+                                             "clip": (dev > g.clip_range).float().mean(), "ratio_dev": dev.max()})
