@@ -177,10 +177,17 @@ def time_to_reach(xs: np.ndarray, ys: np.ndarray, target: float) -> float | None
 
 
 def upto(runs: list[dict], end: float | None) -> list[dict]:
-    """The runs with their evals up to training time ``end`` (None: all): every arm read at one horizon."""
+    """The runs as they stood at training time ``end`` (None: all): their evals before ``end`` and the
+    first one at or after it (a run's budget ends at an epoch's end, just past the budget), so that
+    every arm is read at one horizon."""
     if end is None:
         return runs
-    return [{**r, "evals": [e for e in r["evals"] if e["train_time_s"] <= end + 1e-6]} for r in runs]
+    out = []
+    for r in runs:
+        before = [e for e in r["evals"] if e["train_time_s"] < end]
+        after = [e for e in r["evals"] if e["train_time_s"] >= end][:1]
+        out.append({**r, "evals": before + after})
+    return out
 
 
 def _ratio(slow: list[dict], fast: list[dict], key: str, end: float | None = None, level: str = "slow"):
@@ -255,7 +262,7 @@ def summary_row(arm: str, runs: list[dict], end: float | None = None) -> dict:
     last = [r["evals"][-1] for r in runs]
     return {"arm": arm, "n": len(runs), "start": start.mean(), "final": final.mean(), "final_std": final.std(),
             "late": late_scores(runs).mean(),
-            "best": best.mean(), "steps": np.mean([r["steps"] for r in runs]),
+            "best": best.mean(), "steps": np.mean([r["evals"][-1].get("step", r["steps"]) for r in runs]),
             "images": np.mean([e["images"] for e in last]),
             "sharpness": np.mean([e.get("sharpness", np.nan) for e in last]),
             "off_palette": np.mean([e.get("off_palette", np.nan) for e in last])}
