@@ -11,7 +11,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from dgpo.bench import BUDGET_SCALE, COMPARISONS, LABEL, compare, mean_curve, speed_ratio, summary_row
+from dgpo.bench import (BUDGET_SCALE, COMPARISONS, LABEL, compare, late_scores, mean_curve, speed_ratio,
+                        summary_row, upto)
 
 
 def _slug(title: str) -> str:
@@ -60,14 +61,24 @@ def _ratio_line(r: dict, unit: str, whose: str) -> str:
             f"DGPO at {fmt(r['t_fast'])}; ratio {verdict}. Each seed alone: {seeds}.")
 
 
+def _gain(runs: list[dict], end: float) -> tuple[float, float]:
+    """An arm's late score minus its start: mean over seeds and its standard error."""
+    g = late_scores(upto(runs, end)) - np.array([r["evals"][0]["overall"] for r in runs])
+    return float(g.mean()), float(g.std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 else float("nan")
+
+
 def _ratio_text(results: dict, end: float) -> str:
+    if "dgpo" not in results or "flow_grpo" not in results:
+        return "Flow-GRPO vs DGPO: both arms are needed for the ratio.\n"
     lines = []
     for level, whose in (("fast", "DGPO's"), ("slow", "Flow-GRPO's")):
+        gain, se = _gain(results["dgpo" if level == "fast" else "flow_grpo"], end)
+        if not gain > 2 * se:  # a level within the eval noise of the start: crossing it times noise
+            lines.append(f"- {whose} late score: no ratio, undefined as a target: it ends where it starts (gain "
+                         f"{gain:+.3f}, standard error {se:.3f} over seeds).")
+            continue
         for key, unit in (("train_time_s", "s of training"), ("images", "images")):
-            r = speed_ratio(results, key=key, end=end, level=level)
-            if r is None:
-                return "Flow-GRPO vs DGPO: both arms are needed for the ratio.\n"
-            lines.append(_ratio_line(r, unit, whose))
+            lines.append(_ratio_line(speed_ratio(results, key=key, end=end, level=level), unit, whose))
     return "\n".join(lines) + "\n"
 
 
