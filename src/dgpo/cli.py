@@ -40,9 +40,9 @@ def _export_and_bench_args(sub) -> None:
     be.add_argument("--out", default="runs/bench", help="output folder (rerun to resume: finished runs are kept)")
     be.add_argument("--arms", default="", help="comma-separated arms (default: all; see --list)")
     be.add_argument("--seeds", type=integer(1, 1000), default=None, help="seeds per arm (default 3; quick 1)")
-    be.add_argument("--budget-s", type=number(0, above=True), default=None, help="training seconds per run (default 120; quick 60)")
-    be.add_argument("--eval-every-s", type=number(0, above=True), default=None, help="eval interval in training seconds (default 40; quick 30)")
-    be.add_argument("--eval-per-category", type=integer(1), default=None, help="eval prompts per category (20; quick 6)")
+    be.add_argument("--budget-s", type=number(0, above=True), default=None, help="training seconds per run (default 360; quick 60; Flow-GRPO 3x)")
+    be.add_argument("--eval-every-s", type=number(0, above=True), default=None, help="eval interval in training seconds (default 30; quick 30)")
+    be.add_argument("--eval-per-category", type=integer(1), default=None, help="eval prompts and at least as many images per category (40; quick 6)")
     be.add_argument("--report-only", action="store_true", help="rewrite the report from raw/ without running")
     be.add_argument("--list", action="store_true", help="list the arms and their overrides")
 
