@@ -69,7 +69,7 @@ def test_cli_config_show_and_bad_key_exit_code():
 
 
 def test_options_doc_is_current():
-    from dgpo.config import options_markdown
+    from dgpo.config_docs import options_markdown
 
     doc = (ROOT / "docs" / "options.md").read_text()
     assert options_markdown() in doc, "regenerate docs/options.md with `dgpo config options`"
