@@ -73,6 +73,11 @@ COMPARISONS: dict[str, list[str]] = {
     "Group weightings": ["dgpo", "w_rank", "w_softmax", "w_sign"],
 }
 QUICK_ARMS = ["dgpo", "flow_grpo", "dpo"]
+# the default suite: the paper's comparisons and one variant per ablation, 3 seeds each (~6 h on 2 cores);
+# the other arms (a mid t_min, the annealed t_min, offline DPO, softmax weights) run with --arms and are
+# reported when present
+SUITE_ARMS = ["dgpo", "flow_grpo", "dgpo_sde", "dpo", "tmin_0", "tmin_0.6", "dgpo_offline", "g4", "g16",
+              "w_rank", "w_sign"]
 LABEL = {"dgpo": "dgpo (default: grid t, ODE, weights A, G 8)"}
 
 
@@ -96,7 +101,7 @@ def default_spec(out: Path) -> BenchSpec:
     # docs/toy_demo_tuning.md);
     # an eval every 30 s resolves the early rise; >= 40 images per category keep an eval's noise
     # (about +-0.03 overall) under the differences between arms
-    return BenchSpec(out, list(ARMS), [0, 1, 2], 360.0, 30.0, 40)
+    return BenchSpec(out, list(SUITE_ARMS), [0, 1, 2], 360.0, 30.0, 40)
 
 
 def arm_budget(spec: BenchSpec, arm: str) -> float:

@@ -129,7 +129,8 @@ def cmd_bench(a) -> None:
 
     if a.list:
         for name, ov in bench.ARMS.items():
-            print(f"{name:14s} {' '.join(ov) or '(the toy default)'}")
+            extra = "" if name in bench.SUITE_ARMS else "  [not in the default suite: --arms]"
+            print(f"{name:14s} {' '.join(ov) or '(the toy default)'}{extra}")
         return
     spec = bench.quick_spec(Path(a.out)) if a.quick else bench.default_spec(Path(a.out))
     if a.arms:

@@ -26,7 +26,7 @@ def _export_and_bench_args(sub) -> None:
     be = sub.add_parser("bench", help="the paper's comparisons on the toy world (report.md + PNG + JSON)")
     be.add_argument("--quick", action="store_true", help="smoke suite: DGPO, Flow-GRPO, DPO; 1 seed; 60 s each")
     be.add_argument("--out", default="runs/bench", help="output folder (rerun to resume: finished runs are kept)")
-    be.add_argument("--arms", default="", help="comma-separated arms (default: all; see --list)")
+    be.add_argument("--arms", default="", help="comma-separated arms (default: the suite; see --list for every arm)")
     be.add_argument("--seeds", type=integer(1, 1000), default=None, help="seeds per arm (default 3; quick 1)")
     be.add_argument("--budget-s", type=number(0, above=True), default=None, help="training seconds per run (default 360; quick 60; Flow-GRPO 3x)")
     be.add_argument("--eval-every-s", type=number(0, above=True), default=None, help="eval interval in training seconds (default 30; quick 30)")
