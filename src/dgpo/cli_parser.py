@@ -7,6 +7,7 @@ import argparse
 from dgpo import __version__
 from dgpo.cli_types import SEED_MAX, Parser, channel_list, debug_flag, integer, leaf_parsers, number
 
+
 def _sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=integer(1, 1000), default=10, help="ODE steps (default 10)")
     p.add_argument("--cfg-scale", type=number(0, 100), default=4.5, help="CFG scale (default 4.5)")
