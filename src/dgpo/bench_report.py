@@ -57,8 +57,9 @@ def _ratio_line(r: dict, unit: str, whose: str) -> str:
     else:
         verdict = "DGPO never gets there within its run"
     seeds = "; ".join(f"{arm}: " + ", ".join(map(fmt, ts)) for arm, ts in r["per_seed"].items())
-    return (f"- {whose} late score {r['target']:.3f}, by {unit}: Flow-GRPO first reaches it at {fmt(r['t_slow'])}, "
-            f"DGPO at {fmt(r['t_fast'])}; ratio {verdict}. Each seed alone: {seeds}.")
+    reach = lambda t: "never reaches it" if t is None else f"reaches it at {t:.0f}"  # noqa: E731
+    return (f"- {whose} late score {r['target']:.3f}, by {unit} (seed-mean curves): Flow-GRPO {reach(r['t_slow'])}, "
+            f"DGPO {reach(r['t_fast'])}; ratio {verdict}. Each seed alone: {seeds}.")
 
 
 def _gain(runs: list[dict], end: float) -> tuple[float, float]:
