@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from dgpo.evaluation import evaluate, markdown_table, pass_at_n
@@ -54,7 +55,8 @@ def test_travel_meter_measures_step_and_total_distance():
     assert m.measure() == {"update_norm": 4.0, "dist_from_start": 5.0}
 
 
-def test_training_logs_pass_at_g_of_the_rollouts_with_a_geneval_style_reward(tiny_toy, tmp_path):
+@pytest.mark.parametrize("travel", [True, False])
+def test_training_logs_pass_at_g_of_the_rollouts_with_a_geneval_style_reward(tiny_toy, tmp_path, travel):
     import json
 
     from dgpo.config import load_config
@@ -64,8 +66,13 @@ def test_training_logs_pass_at_g_of_the_rollouts_with_a_geneval_style_reward(tin
         f"model.path={tiny_toy}", f"run.out_dir={tmp_path}", "run.epochs=1", "run.sample_every=0",
         "run.eval_at_ends=false", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=8",
         "train.lora_rank=4", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=1",
-        "reward.name=toy_geneval"])
-    Trainer(cfg).fit()
+        "reward.name=toy_geneval", f"train.travel_metrics={str(travel).lower()}"])
+    trainer = Trainer(cfg)
+    trainer.fit()
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.0 <= row["correct_share"] <= row["best_correct_share"] <= 1.0
-    assert any(k.startswith("reward/") for k in row) and row["dist_from_start"] > 0
+    assert any(k.startswith("reward/") for k in row)
+    if travel:
+        assert row["dist_from_start"] > 0 and row["update_norm"] > 0
+    else:  # no copies of the weights kept, no travel logged
+        assert trainer.travel is None and "dist_from_start" not in row and "update_norm" not in row

@@ -211,6 +211,9 @@ class TrainConfig:
     prompts: str = opt("toy:train", help="prompt source: toy:train, geneval:train or a GenEval .jsonl")
     balance_categories: bool = opt(False, help="sample prompts category-first (by metadata tag); false: uniformly "
                                    "(official)")
+    travel_metrics: bool = opt(True, help="log update_norm and dist_from_start each step; keeps two float32 copies "
+                               "of the trainable weights (for full fine-tuning of a large model as much memory as "
+                               "Adam's moments: turn off there)")
     max_bad_steps: int = opt(5, 1, help="optimizer steps in a row skipped for a non-finite loss, gradient or "
                              "reward (nothing changes on a skipped step) before the run stops, its last good "
                              "state saved as a checkpoint")

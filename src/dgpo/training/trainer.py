@@ -74,7 +74,8 @@ class Trainer:
         self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every, c.train.ema_cadence,
                                 max(1, c.train.sampling_batches // c.train.steps_per_epoch))
         self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
-        self.travel = TravelMeter(self.policy.params, self.layout.all_sum if self.shards.enabled else None)
+        self.travel = (TravelMeter(self.policy.params, self.layout.all_sum if self.shards.enabled else None)
+                       if c.train.travel_metrics else None)
         self.reward_fn = build_reward_from_config(c.reward, self.acc.device)
         r = c.reward  # every reward call is retried, timed out, and its failure survived (rewards/retry.py)
         self.reward_call = GuardedCall(Backoff(r.retries, r.backoff_s, r.max_backoff_s), r.call_timeout_s)
@@ -174,7 +175,7 @@ class Trainer:
                      group_ids: torch.Tensor) -> dict:
         """Per-step instruments: reward per category, pass@G / pass@1 of the rollouts, travel."""
         per_sample = [metas[int(g)] for g in group_ids]
-        out = {**reward_by_category(rewards, per_sample), **self.travel.measure()}
+        out = {**reward_by_category(rewards, per_sample), **(self.travel.measure() if self.travel else {})}
         if correct is not None and len(correct):
             out.update(group_correct_shares(correct, group_ids))
         return out
@@ -329,7 +330,8 @@ class Trainer:
         self.policy.load_state_dict(parts["policy"])
         self.ema_old.load_state_dict(parts["ema_old"])
         self.ema_slow.load_state_dict(parts["ema_slow"])
-        self.travel.resumed()
+        if self.travel:
+            self.travel.resumed()
         self.step, self.start_epoch, self.evals = state["step"], state["epoch"], state["evals"]
         self.train_time, self.images = state.get("train_time", 0.0), state.get("images", 0)
         self._next_eval_s = state.get("next_eval_s", self.cfg.run.eval_every_s)
