@@ -77,7 +77,8 @@ def test_bench_runs_arms_writes_the_report_and_resumes(tiny_toy, tmp_path):
     before = raw.stat().st_mtime_ns
     bench.run_suite(spec)  # resumes: finished runs are not run again
     assert raw.stat().st_mtime_ns == before
-    assert json.loads(raw.read_text())["arm"] == "dgpo"
+    made = json.loads(raw.read_text())
+    assert made["arm"] == "dgpo" and made["extra"] == list(spec.extra) and made["device"] == "CPU"
 
 
 def test_results_of_older_training_code_are_stale(tmp_path):
@@ -87,8 +88,30 @@ def test_results_of_older_training_code_are_stale(tmp_path):
     (raw / "dgpo__s0.json").write_text(json.dumps(run))  # no version: before the official grids
     (raw / "dgpo__s1.json").write_text(json.dumps({**run, "seed": 1, "version": bench.RESULTS_VERSION}))
     assert not bench.is_current(run)
+    made = {**run, "version": bench.RESULTS_VERSION, "budget_s": 360.0, "extra": ["train.group_size=24"]}
+    assert bench.is_current(made, 360.0, ("train.group_size=24",))
+    assert not bench.is_current(made, 360.0, ())  # other overrides for every arm (dgpo bench --set): rerun
+    assert not bench.is_current({**made, "extra": []}, 360.0, ("train.group_size=24",))
     assert [r["seed"] for r in bench.load_results(raw)["dgpo"]] == [1]
     shipped = sorted((Path(__file__).resolve().parents[1] / "docs" / "bench" / "raw").glob("*.json"))
     spec = bench.default_spec(Path("unused"))  # the committed report's results are current, at its budgets
     assert shipped and all(bench.is_current(r := json.loads(p.read_text()), bench.arm_budget(spec, r["arm"]))
                            for p in shipped)
+
+
+def test_cli_bench_report_only_names_the_overrides_for_every_arm(tmp_path, capsys):
+    from dgpo.cli import main
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for arm in ("dgpo", "flow_grpo"):
+        evals = [{"train_time_s": t, "overall": 0.5 + 0.001 * t, "images": 10 * t, "sharpness": 0.1,
+                  "off_palette": 0.0, "step": t} for t in (0, 30, 60)]
+        run = {"arm": arm, "seed": 0, "version": bench.RESULTS_VERSION, "steps": 3, "evals": evals,
+               "extra": ["train.group_size=24"], "device": "NVIDIA H100 80GB HBM3", "threads": 16}
+        (raw / f"{arm}__s0.json").write_text(json.dumps(run))
+    assert main(["bench", "--out", str(tmp_path), "--report-only", "--seeds", "1", "--arms", "dgpo,flow_grpo",
+                 "--set", "train.group_size=24"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "Overrides for every arm: `train.group_size=24`" in report
+    assert "on NVIDIA H100 80GB HBM3 with 16 CPU thread(s) per run" in report

@@ -127,25 +127,31 @@ def run_suite(spec: BenchSpec) -> dict:
     for seed in spec.seeds:
         for arm in spec.arms:
             path = raw / f"{arm}__s{seed}.json"
-            if path.is_file() and is_current(json.loads(path.read_text()), arm_budget(spec, arm)):
+            if path.is_file() and is_current(json.loads(path.read_text()), arm_budget(spec, arm), spec.extra):
                 log.info("bench: %s seed %d already done, skipped", arm, seed)
                 continue
             cfg = run_config(spec, arm, seed)
             summary = Trainer(cfg).fit()
             path.write_text(json.dumps({"arm": arm, "seed": seed, "version": RESULTS_VERSION,
-                                        "overrides": ARMS[arm], "threads": torch.get_num_threads(),
-                                        "budget_s": arm_budget(spec, arm),
+                                        "overrides": ARMS[arm], "threads": torch.get_num_threads(), "device": _device(),
+                                        "budget_s": arm_budget(spec, arm), "extra": list(spec.extra),
                                         "steps": summary["steps"], "evals": summary["evals"]}) + "\n")
     results = load_results(raw)
     write_report(spec, results)
     return results
 
 
-def is_current(result: dict, budget_s: float | None = None) -> bool:
+def _device() -> str:
+    """What a run trained on: the GPU's name, else "CPU"."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+
+
+def is_current(result: dict, budget_s: float | None = None, extra: tuple[str, ...] | None = None) -> bool:
     """Whether a raw result was made by the current training code (else it needs a rerun), and with
-    ``budget_s`` where given (a result with another budget is rerun too)."""
+    ``budget_s`` and the overrides for every arm ``extra`` where given (else it is rerun too)."""
     same_budget = budget_s is None or abs(result.get("budget_s", budget_s) - budget_s) < 1e-6
-    return result.get("version", 1) == RESULTS_VERSION and same_budget
+    same_extra = extra is None or list(result.get("extra", [])) == list(extra)
+    return result.get("version", 1) == RESULTS_VERSION and same_budget and same_extra
 
 
 def load_results(raw: Path) -> dict[str, list[dict]]:

@@ -109,7 +109,9 @@ def _seeds(n: int) -> str:
 
 def _threads(results: dict) -> str:
     threads = sorted({r.get("threads") for runs in results.values() for r in runs} - {None})
-    return f"{'/'.join(map(str, threads)) or 'unknown'} CPU thread(s) per run"
+    gpus = sorted({r.get("device", "CPU") for runs in results.values() for r in runs} - {"CPU"})
+    where = f"on {' / '.join(gpus)} with " if gpus else ""
+    return f"{where}{'/'.join(map(str, threads)) or 'unknown'} CPU thread(s) per run"
 
 
 def render_report(spec, results: dict[str, list[dict]]) -> Path:
@@ -119,6 +121,7 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
              f"{spec.eval_per_category} held-out prompts per category (fewer prompts, several images each, "
              "where a category has fewer; strict toy-GenEval, slow-EMA weights, 10-step DPM-Solver++, CFG 4.5); "
              f"{_threads(results)}. {_longer(spec)}"
+             + (f"Overrides for every arm: `{' '.join(spec.extra)}`. " if spec.extra else "") +
              "Columns: start/final/late/best overall (mean over seeds; final +- std; late: the mean of the evals in the last third of the budget), optimizer steps and images "
              "in the budget, sharpness (mean |Laplacian|, blur lowers it) and off-palette pixel share "
              "(artifacts) of the final eval images.")

@@ -137,6 +137,8 @@ def cmd_bench(a) -> None:
         spec = replace(spec, arms=[x.strip() for x in a.arms.split(",") if x.strip()])
     if a.seeds is not None:
         spec = replace(spec, seeds=list(range(a.seeds)))
+    if a.set:
+        spec = replace(spec, extra=tuple(a.set))
     for field, value in (("budget_s", a.budget_s), ("eval_every_s", a.eval_every_s),
                          ("eval_per_category", a.eval_per_category)):
         if value is not None:
