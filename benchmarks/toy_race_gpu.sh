@@ -8,19 +8,20 @@
 # noisy; both arms see the same images per epoch, as in the CPU bench. The raw results record the GPU's
 # name; report.md, the curves and raw JSON land in $OUT/race.
 #
-# Usage: bash benchmarks/toy_race_gpu.sh            (about 9 minutes on one H100, machine start excluded)
+# Usage: bash benchmarks/toy_race_gpu.sh   (2 seeds x (30 + 90) s of training plus evals and start-up per run)
 #        BUDGET=2 SEEDS=1 EVAL_EVERY=1 PER_CAT=2 bash benchmarks/toy_race_gpu.sh   (CPU smoke run, ~2 min)
+# A killed run loses nothing finished: rerun the same command and `dgpo bench` resumes from $OUT/race/raw.
 set -euo pipefail
 OUT=${OUT:-runs/toy_race_gpu}
-BUDGET=${BUDGET:-40}          # DGPO's training seconds per run; Flow-GRPO trains 3x as long
+BUDGET=${BUDGET:-30}          # DGPO's training seconds per run; Flow-GRPO trains 3x as long
 SEEDS=${SEEDS:-2}
-EVAL_EVERY=${EVAL_EVERY:-5}
+EVAL_EVERY=${EVAL_EVERY:-4}
 PER_CAT=${PER_CAT:-24}        # eval prompts (and at least as many images) per category
-DGPO=${DGPO:-dgpo}            # the command (a venv's bin/dgpo, or "python -m dgpo.cli")
+PY=${PY:-python}              # the Python that has dgpo installed (e.g. .venv/bin/python)
 mkdir -p "$OUT"
-python -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU')" \
-  | tee "$OUT/device.txt"
-$DGPO bench --out "$OUT/race" --arms dgpo,flow_grpo --seeds "$SEEDS" --budget-s "$BUDGET" \
+# the full log (progress bars included) goes to $OUT/bench.log; the console gets everything but the bars
+"$PY" -m dgpo.cli bench --out "$OUT/race" --arms dgpo,flow_grpo --seeds "$SEEDS" --budget-s "$BUDGET" \
   --eval-every-s "$EVAL_EVERY" --eval-per-category "$PER_CAT" \
   --set train.prompts_per_epoch=16 --set train.group_size=16 --set train.batch_size=256 \
-  --set train.rollout_batch_size=256 2>&1 | grep -v "epoch \[" | tail -n 40
+  --set train.rollout_batch_size=256 2>&1 | tee "$OUT/bench.log" | tr '\r' '\n' | grep -v -e "epoch \[" -e "batch\]" || true
+test -f "$OUT/race/report.md"

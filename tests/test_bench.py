@@ -115,3 +115,35 @@ def test_cli_bench_report_only_names_the_overrides_for_every_arm(tmp_path, capsy
     report = (tmp_path / "report.md").read_text()
     assert "Overrides for every arm: `train.group_size=24`" in report
     assert "on NVIDIA H100 80GB HBM3 with 16 CPU thread(s) per run" in report
+
+
+def test_overrides_for_every_arm_are_checked_and_results_of_other_devices_rerun():
+    from dataclasses import replace
+
+    import pytest
+
+    from dgpo.errors import ConfigError, InputError
+
+    assert set(bench.SUITE_ARMS) <= set(bench.ARMS) and set(bench.QUICK_ARMS) <= set(bench.ARMS)
+    spec = bench.BenchSpec(Path("unused"), ["dgpo", "flow_grpo"], [0], 10.0, 5.0, 2)
+    bench.check_extra(replace(spec, extra=("train.batch_size=256", "reward.url=http://x/?a=b c")))
+    for extra, words in ((("run.seed=0",), "the bench sets it"), (("train.steps_per_epoch=1",), "flow_grpo"),
+                         (("train.batch_size",), "KEY=VALUE")):
+        with pytest.raises(InputError, match=words):
+            bench.check_extra(replace(spec, extra=extra))
+    with pytest.raises(ConfigError, match="train.no_such_key"):
+        bench.check_extra(replace(spec, extra=("train.no_such_key=1",)))
+    made = {"version": bench.RESULTS_VERSION, "budget_s": 10.0, "extra": [], "device": "NVIDIA H100 80GB HBM3"}
+    assert bench.is_current(made, 10.0, (), "NVIDIA H100 80GB HBM3") and not bench.is_current(made, 10.0, (), "CPU")
+    assert bench.is_current({k: v for k, v in made.items() if k != "device"}, 10.0, (), "CPU")  # older: CPU
+
+
+def test_report_says_when_runs_were_made_with_different_overrides(tmp_path):
+    from dgpo.bench_report import _overrides, _threads
+
+    run = lambda extra, device: {"extra": extra, "device": device, "threads": 2}  # noqa: E731
+    assert _overrides({"dgpo": [run([], "CPU")]}) == ""
+    assert "different overrides" in _overrides({"dgpo": [run(["train.batch_size=256"], "CPU")],
+                                                "flow_grpo": [run([], "CPU")]})
+    assert _threads({"dgpo": [run([], "CPU"), run([], "NVIDIA H200")]}).startswith("on CPU and NVIDIA H200 with")
+    assert _threads({"dgpo": [run([], "CPU")]}) == "2 CPU thread(s) per run"

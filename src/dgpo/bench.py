@@ -108,6 +108,28 @@ def arm_budget(spec: BenchSpec, arm: str) -> float:
     return spec.budget_s * BUDGET_SCALE.get(arm, 1.0)
 
 
+# what every run's config gets from the bench itself (seed, folder, budget, evals): not for --set
+BENCH_KEYS = ("run.seed", "run.out_dir", "run.epochs", "run.time_budget_s", "run.eval_every_s",
+              "run.sample_every", "run.save_every", "eval.per_category", "eval.min_per_category")
+
+
+def check_extra(spec: BenchSpec) -> None:
+    """The overrides for every arm (``dgpo bench --set``): KEY=VALUE pairs of valid config keys that neither
+    the bench nor one of the chosen arms sets (an arm's own value would be overwritten unseen)."""
+    for item in spec.extra:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=256")
+        if key in BENCH_KEYS:
+            raise InputError(f"--set {key}: the bench sets it for every run (seeds: --seeds; budget: "
+                             "--budget-s; evals: --eval-every-s, --eval-per-category)")
+        clash = [a for a in spec.arms if any(o.split("=", 1)[0] == key for o in ARMS.get(a, []))]
+        if clash:
+            raise InputError(f"--set {key}: the arm(s) {', '.join(clash)} set it themselves; choose the "
+                             "other arms with --arms")
+    load_config(None, list(spec.extra))  # an unknown key or a bad value: a ConfigError naming it
+
+
 def run_config(spec: BenchSpec, arm: str, seed: int):
     return load_config(None, [
         *ARMS[arm], f"run.seed={seed}", f"run.out_dir={spec.out / 'runs' / f'{arm}__s{seed}'}",
@@ -124,10 +146,13 @@ def run_suite(spec: BenchSpec) -> dict:
     for arm in spec.arms:
         if arm not in ARMS:
             raise InputError(f"unknown bench arm {arm!r}; allowed: {sorted(ARMS)}")
+    check_extra(spec)
     for seed in spec.seeds:
         for arm in spec.arms:
             path = raw / f"{arm}__s{seed}.json"
-            if path.is_file() and is_current(json.loads(path.read_text()), arm_budget(spec, arm), spec.extra):
+            done = path.is_file() and is_current(json.loads(path.read_text()), arm_budget(spec, arm),
+                                                 spec.extra, _device())
+            if done:
                 log.info("bench: %s seed %d already done, skipped", arm, seed)
                 continue
             cfg = run_config(spec, arm, seed)
@@ -146,12 +171,15 @@ def _device() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
 
 
-def is_current(result: dict, budget_s: float | None = None, extra: tuple[str, ...] | None = None) -> bool:
+def is_current(result: dict, budget_s: float | None = None, extra: tuple[str, ...] | None = None,
+               device: str | None = None) -> bool:
     """Whether a raw result was made by the current training code (else it needs a rerun), and with
-    ``budget_s`` and the overrides for every arm ``extra`` where given (else it is rerun too)."""
+    ``budget_s``, the overrides for every arm ``extra`` and on ``device`` where given (else it is rerun
+    too: a budget of seconds means another thing on another device)."""
     same_budget = budget_s is None or abs(result.get("budget_s", budget_s) - budget_s) < 1e-6
     same_extra = extra is None or list(result.get("extra", [])) == list(extra)
-    return result.get("version", 1) == RESULTS_VERSION and same_budget and same_extra
+    same_device = device is None or result.get("device", "CPU") == device
+    return result.get("version", 1) == RESULTS_VERSION and same_budget and same_extra and same_device
 
 
 def load_results(raw: Path) -> dict[str, list[dict]]:

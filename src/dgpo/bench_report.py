@@ -109,9 +109,18 @@ def _seeds(n: int) -> str:
 
 def _threads(results: dict) -> str:
     threads = sorted({r.get("threads") for runs in results.values() for r in runs} - {None})
-    gpus = sorted({r.get("device", "CPU") for runs in results.values() for r in runs} - {"CPU"})
-    where = f"on {' / '.join(gpus)} with " if gpus else ""
+    devices = sorted({r.get("device", "CPU") for runs in results.values() for r in runs})
+    where = f"on {' and '.join(devices)} with " if devices not in ([], ["CPU"]) else ""
     return f"{where}{'/'.join(map(str, threads)) or 'unknown'} CPU thread(s) per run"
+
+
+def _overrides(results: dict) -> str:
+    """The --set overrides the runs were made with, read from the results themselves."""
+    made = {tuple(r.get("extra", [])) for runs in results.values() for r in runs}
+    if len(made) > 1:
+        return ("**The runs were made with different overrides for every arm** (`dgpo bench --set`: "
+                f"{'; '.join(' '.join(m) or 'none' for m in sorted(made))}): they do not compare; rerun with one set. ")
+    return f"Overrides for every arm: `{' '.join(made.pop())}`. " if made and made != {()} else ""
 
 
 def render_report(spec, results: dict[str, list[dict]]) -> Path:
@@ -121,7 +130,7 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
              f"{spec.eval_per_category} held-out prompts per category (fewer prompts, several images each, "
              "where a category has fewer; strict toy-GenEval, slow-EMA weights, 10-step DPM-Solver++, CFG 4.5); "
              f"{_threads(results)}. {_longer(spec)}"
-             + (f"Overrides for every arm: `{' '.join(spec.extra)}`. " if spec.extra else "") +
+             + _overrides(results) +
              "Columns: start/final/late/best overall (mean over seeds; final +- std; late: the mean of the evals in the last third of the budget), optimizer steps and images "
              "in the budget, sharpness (mean |Laplacian|, blur lowers it) and off-palette pixel share "
              "(artifacts) of the final eval images.")
@@ -133,7 +142,8 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
     todo = [f"{a} ({len(results.get(a, []))}/{len(spec.seeds)} seeds)" for a in spec.arms
             if len(results.get(a, [])) < len(spec.seeds)]
     if todo:
-        intro += f"\n\n**Not complete yet** (`dgpo bench` runs what is missing and keeps the rest): {', '.join(todo)}."
+        intro += (f"\n\n**Not complete yet** (the same `dgpo bench` command, with its --out, --arms, --set and "
+                  f"budget, runs what is missing and keeps the rest): {', '.join(todo)}.")
     lines = ["# dgpo bench: the paper's comparisons on the toy world", "", intro, "",
              "## Headline: DGPO vs Flow-GRPO speed", "", how, "", _ratio_text(results, spec.budget_s)]
     for title, arms in COMPARISONS.items():

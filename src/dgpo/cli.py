@@ -144,6 +144,7 @@ def cmd_bench(a) -> None:
         if value is not None:
             spec = replace(spec, **{field: value})
     if a.report_only:
+        bench.check_extra(spec)
         path = bench.write_report(spec, bench.load_results(spec.out / "raw"))
     else:
         bench.run_suite(spec)

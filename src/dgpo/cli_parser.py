@@ -33,8 +33,8 @@ def _export_and_bench_args(sub) -> None:
     be.add_argument("--eval-every-s", type=number(0, above=True), default=None, help="eval interval in training seconds (default 30; quick 30)")
     be.add_argument("--eval-per-category", type=integer(1), default=None, help="eval prompts and at least as many images per category (40; quick 6)")
     be.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a config override for every arm (repeatable), e.g. --set train.group_size=24; runs made "
-                    "with other overrides are rerun")
+                    help="a config override for every arm (repeatable), e.g. --set train.batch_size=256 (not a key "
+                    "the bench or a chosen arm sets); runs made with other overrides or on another device are rerun")
     be.add_argument("--report-only", action="store_true", help="rewrite the report from raw/ without running")
     be.add_argument("--list", action="store_true", help="list the arms and their overrides")
 

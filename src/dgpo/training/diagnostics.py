@@ -48,17 +48,23 @@ class TravelMeter:
         self.start = self._now()
         self.prev = [s.clone() for s in self.start]
 
+    def _local(self) -> list[torch.Tensor]:
+        return [getattr(p, "to_local", lambda p=p: p)().detach() for p in self.params]  # a DTensor's own shard
+
     def _now(self) -> list[torch.Tensor]:
-        local = (getattr(p, "to_local", lambda p=p: p)() for p in self.params)  # a DTensor's own shard
-        return [t.detach().float().clone() for t in local]
+        return [t.float().clone() for t in self._local()]
 
     @torch.no_grad()
     def measure(self) -> dict[str, float]:
-        now = self._now()
-        sq = lambda a, b: torch.stack([(x - y).pow(2).sum() for x, y in zip(a, b)]).sum()  # noqa: E731
-        upd, dist = torch.stack([sq(now, self.prev), sq(now, self.start)]).tolist()
+        """Squared distances tensor by tensor (no third whole copy), then ``prev`` updated in place."""
+        upd, dist = [], []
+        for t, prev, start in zip(self._local(), self.prev, self.start):
+            cur = t.float()
+            upd.append((cur - prev).pow(2).sum())
+            dist.append((cur - start).pow(2).sum())
+            prev.copy_(cur)
+        upd, dist = torch.stack([torch.stack(upd).sum(), torch.stack(dist).sum()]).tolist() if upd else (0.0, 0.0)
         upd, dist = self.all_sum(upd) ** 0.5, self.all_sum(dist) ** 0.5
-        self.prev = now
         return {"update_norm": upd, "dist_from_start": dist}
 
     def resumed(self) -> None:

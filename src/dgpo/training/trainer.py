@@ -175,7 +175,8 @@ class Trainer:
                      group_ids: torch.Tensor) -> dict:
         """Per-step instruments: reward per category, pass@G / pass@1 of the rollouts, travel."""
         per_sample = [metas[int(g)] for g in group_ids]
-        out = {**reward_by_category(rewards, per_sample), **(self.travel.measure() if self.travel else {})}
+        travel = self.travel.measure() if self.travel is not None else {}
+        out = {**reward_by_category(rewards, per_sample), **travel}
         if correct is not None and len(correct):
             out.update(group_correct_shares(correct, group_ids))
         return out
@@ -330,7 +331,7 @@ class Trainer:
         self.policy.load_state_dict(parts["policy"])
         self.ema_old.load_state_dict(parts["ema_old"])
         self.ema_slow.load_state_dict(parts["ema_slow"])
-        if self.travel:
+        if self.travel is not None:
             self.travel.resumed()
         self.step, self.start_epoch, self.evals = state["step"], state["epoch"], state["evals"]
         self.train_time, self.images = state.get("train_time", 0.0), state.get("images", 0)
