@@ -74,9 +74,12 @@ def _ratio_text(results: dict, end: float) -> str:
     lines = []
     for level, whose in (("fast", "DGPO's"), ("slow", "Flow-GRPO's")):
         gain, se = _gain(results["dgpo" if level == "fast" else "flow_grpo"], end)
-        if not gain > 2 * se:  # a level within the eval noise of the start: crossing it times noise
+        # a level within the eval noise of the start (or below it): crossing it times noise; one seed has
+        # no spread, so there only a level above the start is a target
+        if not gain > (2 * se if se == se else 0.0):
+            spread = f"standard error {se:.3f} over seeds" if se == se else "one seed"
             lines.append(f"- {whose} late score: no ratio, undefined as a target: it ends where it starts (gain "
-                         f"{gain:+.3f}, standard error {se:.3f} over seeds).")
+                         f"{gain:+.3f}, {spread}).")
             continue
         for key, unit in (("train_time_s", "s of training"), ("images", "images")):
             lines.append(_ratio_line(speed_ratio(results, key=key, end=end, level=level), unit, whose))
