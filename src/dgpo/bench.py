@@ -73,7 +73,7 @@ COMPARISONS: dict[str, list[str]] = {
     "Group weightings": ["dgpo", "w_rank", "w_softmax", "w_sign"],
 }
 QUICK_ARMS = ["dgpo", "flow_grpo", "dpo"]
-# the default suite: the paper's comparisons and one variant per ablation, 3 seeds each (~6 h on 2 cores);
+# the default suite: the paper's comparisons and two variants per ablation at most, 3 seeds each (~6 h on 2 cores);
 # the other arms (a mid t_min, the annealed t_min, offline DPO, softmax weights) run with --arms and are
 # reported when present
 SUITE_ARMS = ["dgpo", "flow_grpo", "dgpo_sde", "dpo", "tmin_0", "tmin_0.6", "dgpo_offline", "g4", "g16",
