@@ -54,6 +54,29 @@ class Trainer:
         log_with, project, tracker_kwargs = io.tracker_setup(c.run.log_with, c.run.project, self.run_dir)
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision,
                                log_with=log_with, project_dir=str(self.run_dir))
+        self._build_model(model)
+        self._build_optimizer()
+        self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
+        self.travel = (TravelMeter(self.policy.params, self.layout.all_sum if self.shards.enabled else None)
+                       if c.train.travel_metrics else None)
+        self.reward_fn = build_reward_from_config(c.reward, self.acc.device)
+        r = c.reward  # every reward call is retried, timed out, and its failure survived (rewards/retry.py)
+        self.reward_call = GuardedCall(Backoff(r.retries, r.backoff_s, r.max_backoff_s), r.call_timeout_s)
+        self._load_prompts()
+        self.shift = c.sampler.shift or self.model.default_shift()
+        rollout_method = ALGORITHMS[c.train.algorithm].rollout_method(c)  # the grid comes from diffusers
+        self.grid = self.model.rollout_grid(rollout_method, c.sampler.steps, self.shift)
+        self.layout.check_group_size(c.train.group_size)
+        self.group_sum = self.layout.group_sum_fn(c.train.prompts_per_epoch)
+        self.guard = FaultGuard(c.train.max_bad_steps, c.reward.max_failures, self.layout)
+        self.algo = ALGORITHMS[c.train.algorithm](self)
+        self.step, self.start_epoch, self.evals = 0, 0, []
+        self.train_time, self.images, self._next_eval_s = 0.0, 0, c.run.eval_every_s
+        self._before: torch.Tensor | None = None  # the "before" grid's images, for samples/compare.png
+        self._open_run(resume, log_with, project, tracker_kwargs)
+
+    def _build_model(self, model: FlowModel | None) -> None:
+        c = self.cfg
         self.model = (model or load_model(c.model)).to(self.acc.device)
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
@@ -66,19 +89,19 @@ class Trainer:
         speed.set_tf32(c.train.tf32)
         self.compile_info = speed.compile_model(self.model, self.policy) if c.train.compile else None
         self.train_net = self.acc.prepare(self.model.denoiser) if multi else self.model.denoiser
+
+    def _build_optimizer(self) -> None:
+        t = self.cfg.train
         # fused (one kernel for all tensors) on CUDA; PyTorch's default elsewhere
-        self.opt = torch.optim.AdamW(self.policy.params, lr=c.train.lr, betas=(0.9, 0.999),
-                                     weight_decay=c.train.weight_decay, eps=1e-8,
+        self.opt = torch.optim.AdamW(self.policy.params, lr=t.lr, betas=(0.9, 0.999),
+                                     weight_decay=t.weight_decay, eps=1e-8,
                                      fused=True if self.acc.device.type == "cuda" else None)
         self.ema_old = OldModelEMA(self.policy.params)
-        self.ema_slow = SlowEMA(self.policy.params, c.train.ema_decay, c.train.ema_every, c.train.ema_cadence,
-                                max(1, c.train.sampling_batches // c.train.steps_per_epoch))
-        self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
-        self.travel = (TravelMeter(self.policy.params, self.layout.all_sum if self.shards.enabled else None)
-                       if c.train.travel_metrics else None)
-        self.reward_fn = build_reward_from_config(c.reward, self.acc.device)
-        r = c.reward  # every reward call is retried, timed out, and its failure survived (rewards/retry.py)
-        self.reward_call = GuardedCall(Backoff(r.retries, r.backoff_s, r.max_backoff_s), r.call_timeout_s)
+        self.ema_slow = SlowEMA(self.policy.params, t.ema_decay, t.ema_every, t.ema_cadence,
+                                max(1, t.sampling_batches // t.steps_per_epoch))
+
+    def _load_prompts(self) -> None:
+        c = self.cfg
         self.prompts = load_prompts(c.train.prompts)
         self.eval_prompts = load_prompts(c.eval.split)
         if c.eval.per_category:
@@ -86,27 +109,21 @@ class Trainer:
         if c.eval.max_prompts:
             self.eval_prompts = self.eval_prompts[: c.eval.max_prompts]
         self.grid_prompts = self.eval_prompts[:: max(1, len(self.eval_prompts) // GRID_PROMPTS)][:GRID_PROMPTS]
-        self.shift = c.sampler.shift or self.model.default_shift()
-        rollout_method = ALGORITHMS[c.train.algorithm].rollout_method(c)  # the grid comes from diffusers
-        self.grid = self.model.rollout_grid(rollout_method, c.sampler.steps, self.shift)
-        self.layout.check_group_size(c.train.group_size)
-        self.group_sum = self.layout.group_sum_fn(c.train.prompts_per_epoch)
-        self.guard = FaultGuard(c.train.max_bad_steps, c.reward.max_failures, self.layout)
-        self.algo = ALGORITHMS[c.train.algorithm](self)
-        self.step, self.start_epoch, self.evals = 0, 0, []
-        self.train_time, self.images, self._next_eval_s = 0.0, 0, c.run.eval_every_s
-        self._before: torch.Tensor | None = None  # the "before" grid's images, for samples/compare.png
+
+    def _open_run(self, resume: bool, log_with, project, tracker_kwargs) -> None:
+        """Resume from the run folder or clear it, start the trackers, write the config."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
         elif self.acc.is_main_process:
             io.clear_run(self.run_dir)
         if log_with:
-            self.acc.init_trackers(project, io.flat_config(to_dict(c)), io.purge_from(tracker_kwargs, self.step))
+            self.acc.init_trackers(project, io.flat_config(to_dict(self.cfg)),
+                                   io.purge_from(tracker_kwargs, self.step))
             if resume and self.acc.is_main_process:
                 io.relog_step(self.acc, self.run_dir, self.step, self.evals)
         self.metrics = io.MetricsLog(self.run_dir, self.acc.log)
-        (self.run_dir / "config.yaml").write_text(dump_yaml(c))
+        (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict:
