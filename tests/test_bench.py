@@ -147,3 +147,26 @@ def test_report_says_when_runs_were_made_with_different_overrides(tmp_path):
                                                 "flow_grpo": [run([], "CPU")]})
     assert _threads({"dgpo": [run([], "CPU"), run([], "NVIDIA H200")]}).startswith("on CPU and NVIDIA H200 with")
     assert _threads({"dgpo": [run([], "CPU")]}) == "2 CPU thread(s) per run"
+
+
+def test_report_reads_a_slow_arms_level_over_its_whole_longer_run(tmp_path):
+    from dgpo.bench_report import render_report
+
+    def runs(points, budget):
+        return [{"arm": "x", "seed": s, "steps": 10, "budget_s": budget,
+                 "evals": [{"train_time_s": t, "images": 10 * t, "overall": v + off, "step": t, "sharpness": 0.1,
+                            "off_palette": 0.0} for t, v in points]} for s, off in enumerate((-0.005, 0.0, 0.005))]
+
+    results = {"dgpo": runs([(0, 0.5), (30, 0.6), (60, 0.62)], 60.0),
+               "flow_grpo": runs([(0, 0.5), (60, 0.49), (120, 0.5), (180, 0.49)], 180.0),
+               "flow_grpo_lr1e-4": runs([(0, 0.5), (60, 0.5), (120, 0.53), (180, 0.55)], 180.0)}
+    spec = bench.BenchSpec(tmp_path, ["dgpo", "flow_grpo", "flow_grpo_lr1e-4"], [0, 1, 2], 60.0, 30.0, 2)
+    report = render_report(spec, results).read_text()
+    # flow_grpo_lr1e-4 is flat within the suite's 60 s but ends at 0.54 over its 180 s (the mean of its evals
+    # at >= 120 s); its seed-mean curve reaches 0.54 at 150 s, DGPO's (0.5 -> 0.6 over 30 s) at 12 s: 12.5x
+    line = next(ln for ln in report.splitlines() if ln.startswith("- Flow-GRPO (flow_grpo_lr1e-4)'s late score 0.540, by s"))
+    assert "reaches it at 150" in line and "DGPO reaches it at 12;" in line and "**12.5x**" in line
+    # plain Flow-GRPO ends below its start: no level to time
+    assert "- Flow-GRPO's late score: no ratio, undefined as a target: it ends where it starts or below" in report
+    # DGPO's level (0.61 at 60 s): neither Flow-GRPO arm gets there, a bound by its whole run
+    assert report.count("never gets there within its run (more than") == 4

@@ -11,8 +11,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from dgpo.bench import (BUDGET_SCALE, COMPARISONS, LABEL, compare, late_scores, mean_curve, speed_ratio,
-                        summary_row, upto)
+from dgpo.bench import (BUDGET_SCALE, COMPARISONS, LABEL, SLOW_ARMS, compare, late_scores, mean_curve,
+                        speed_ratio, summary_row, upto)
 
 
 def _slug(title: str) -> str:
@@ -40,10 +40,10 @@ def plot_comparison(title: str, arms: list[str], results: dict, path: Path) -> N
     plt.close(fig)
 
 
-def _ratio_line(r: dict, unit: str, whose: str) -> str:
+def _ratio_line(r: dict, unit: str, whose: str, slow_name: str) -> str:
     fmt = lambda t: "never" if t is None else f"{t:.0f}"  # noqa: E731
     if r["t_slow"] == 0.0:
-        verdict = "undefined: Flow-GRPO's curve starts at or above it"
+        verdict = f"undefined: {slow_name}'s curve starts at or above it"
     elif r["ratio"] is not None:
         p90 = "inf" if r["p90"] == float("inf") else f"{r['p90']:.1f}x"
         verdict = f"**{r['ratio']:.1f}x** (10th-90th percentile over seed bootstraps {r['p10']:.1f}x-{p90})"
@@ -53,12 +53,12 @@ def _ratio_line(r: dict, unit: str, whose: str) -> str:
         verdict = "unbounded: DGPO's first eval (before training) is already there"
     elif r["t_slow"] is None:
         bound = f" (more than {r['slow_end'] / r['t_fast']:.1f}x, its whole run)" if r["t_fast"] else ""
-        verdict = f"not measured: Flow-GRPO never gets there within its run{bound}"
+        verdict = f"not measured: {slow_name} never gets there within its run{bound}"
     else:
         verdict = "DGPO never gets there within its run"
     seeds = "; ".join(f"{arm}: " + ", ".join(map(fmt, ts)) for arm, ts in r["per_seed"].items())
     reach = lambda t: "never reaches it" if t is None else f"reaches it at {t:.0f}"  # noqa: E731
-    return (f"- {whose} late score {r['target']:.3f}, by {unit} (seed-mean curves): Flow-GRPO {reach(r['t_slow'])}, "
+    return (f"- {whose} late score {r['target']:.3f}, by {unit} (seed-mean curves): {slow_name} {reach(r['t_slow'])}, "
             f"DGPO {reach(r['t_fast'])}; ratio {verdict}. Each seed alone: {seeds}.")
 
 
@@ -69,20 +69,28 @@ def _gain(runs: list[dict], end: float) -> tuple[float, float]:
 
 
 def _ratio_text(results: dict, end: float) -> str:
-    if "dgpo" not in results or "flow_grpo" not in results:
+    """The headline ratios of DGPO against each slow arm present: at the level DGPO ends at (its late
+    score at the suite's budget) and at the one the slow arm ends at (its late score over its whole,
+    longer run: where it gets to with the time it was given)."""
+    slow_arms = [a for a in SLOW_ARMS if a in results]
+    if "dgpo" not in results or not slow_arms:
         return "Flow-GRPO vs DGPO: both arms are needed for the ratio.\n"
     lines = []
-    for level, whose in (("fast", "DGPO's"), ("slow", "Flow-GRPO's")):
-        gain, se = _gain(results["dgpo" if level == "fast" else "flow_grpo"], end)
-        # a level within the eval noise of the start (or below it): crossing it times noise; one seed has
-        # no spread, so there only a level above the start is a target
-        if not gain > (2 * se if se == se else 0.0):
-            spread = f"standard error {se:.3f} over seeds" if se == se else "one seed"
-            lines.append(f"- {whose} late score: no ratio, undefined as a target: it ends where it starts (gain "
-                         f"{gain:+.3f}, {spread}).")
-            continue
-        for key, unit in (("train_time_s", "s of training"), ("images", "images")):
-            lines.append(_ratio_line(speed_ratio(results, key=key, end=end, level=level), unit, whose))
+    for slow in slow_arms:
+        name = "Flow-GRPO" if slow == "flow_grpo" else f"Flow-GRPO ({slow})"
+        for level, whose in (("fast", "DGPO's"), ("slow", f"{name}'s")):
+            horizon = end if level == "fast" else None
+            gain, se = _gain(results["dgpo" if level == "fast" else slow], horizon)
+            # a level within the eval noise of the start (or below it): crossing it times noise; one seed has
+            # no spread, so there only a level above the start is a target
+            if not gain > (2 * se if se == se else 0.0):
+                spread = f"standard error {se:.3f} over seeds" if se == se else "one seed"
+                lines.append(f"- {whose} late score: no ratio, undefined as a target: it ends where it starts "
+                             f"or below (gain {gain:+.3f}, {spread}).")
+                continue
+            for key, unit in (("train_time_s", "s of training"), ("images", "images")):
+                r = speed_ratio(results, slow=slow, key=key, end=horizon, level=level)
+                lines.append(_ratio_line(r, unit, whose, name))
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +147,8 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
              "(artifacts) of the final eval images.")
     how = ("Ratio = training time (or images) Flow-GRPO's seed-mean curve needs to reach a level / what DGPO's "
            "needs (curves linear between evals), for two levels: the late score DGPO ends at, and the one "
-           "Flow-GRPO ends at (late scores, not best evals: a best eval is biased upwards by eval noise). Conclusions "
+           "Flow-GRPO ends at over its whole (longer) run (late scores, not best evals: a best eval is biased "
+           "upwards by eval noise); for each Flow-GRPO arm present. Conclusions "
            "compare each arm's late score (the mean of its evals in the last third of the budget, then over "
            "seeds) with DGPO's: a difference under two standard errors is called no difference.")
     todo = [f"{a} ({len(results.get(a, []))}/{len(spec.seeds)} seeds)" for a in spec.arms
