@@ -27,7 +27,7 @@ def test_sde_without_noise_is_the_euler_ode_and_seeds_fix_the_noise():
     assert torch.allclose(noisy(METAS[:1], [3])[0], a[0], atol=1e-4)  # nor on the batch it sits in
 
 
-def test_run_tabulates_every_model_split_and_sampler(tmp_path):
+def test_run_tabulates_every_model_split_and_sampler():
     out = tse.run({"base": ""}, per_cat=1, noise=0.7)
     res = out["results"]["base"]
     assert set(res) == {"toy:test", "toy:train"} and all(set(r) == {"ode", "sde"} for r in res.values())
