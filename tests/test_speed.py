@@ -142,3 +142,64 @@ def test_tf32_switch():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def _sd3_policy(sd3, tmp_path):
+    from dgpo.training.policy import Policy
+
+    m = load_model(_sd3_cfg(sd3, tmp_path).model)
+    pol = Policy(m, lora_rank=4, lora_alpha=8)
+    with torch.no_grad():
+        for n, p in zip(pol.names, pol.params):
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+    x, t = torch.randn(2, *m.latent_shape()), torch.tensor([300.0, 800.0])
+    return m, pol, (x, t, m.encode_prompts(["a red cube", "two dogs"]))
+
+
+def test_reference_switch_is_peft_disable_adapter_without_the_module_walk(sd3, tmp_path):
+    """Without grad, ``Policy.reference`` flips the LoRA layers' switch directly: the same outputs as
+    peft's ``disable_adapter()``, LoRA grads left on, the switch restored after an error; under grad
+    (and when the switch is not found) it is peft's context."""
+    m, pol, args = _sd3_policy(sd3, tmp_path)
+    assert len(pol._switches) == sum("lora_A" in n for n in pol.names) == 15  # 2 blocks; the last lacks to_add_out
+    with torch.no_grad(), pol.peft.disable_adapter():
+        want = m.velocity(*args)
+    with torch.no_grad():
+        live = m.velocity(*args)
+        with pol.reference():
+            got = m.velocity(*args)
+            assert all(p.requires_grad for p in pol.params)  # peft's context would have turned them off
+    assert not torch.equal(live, want)
+    assert torch.equal(got, want)
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), pol.reference():
+        raise RuntimeError("boom")
+    assert not any(layer.disable_adapters for layer in pol._switches)
+    with torch.no_grad():
+        assert torch.equal(m.velocity(*args), live)
+    with pol.reference():  # under grad: peft's own switch (LoRA grads off inside)
+        out = m.velocity(*args)
+        assert not any(p.requires_grad for p in pol.params)
+    assert torch.equal(out.detach(), want) and all(p.requires_grad for p in pol.params)
+    pol._switches = []  # the flag not found: peft's context without grad too
+    with torch.no_grad(), pol.reference():
+        assert torch.equal(m.velocity(*args), want)
+
+
+def test_compute_dtype_is_looked_up_once_per_network_and_after_a_cast(sd3, tmp_path, monkeypatch):
+    """diffusers' ``ModelMixin.dtype`` walks every module; the adapters look it up once per network
+    (the LoRA-wrapped one included) and again after the weights change dtype, not per forward."""
+    import diffusers.models.modeling_utils as mu
+
+    lookups, real = [], mu.get_parameter_dtype
+    monkeypatch.setattr(mu, "get_parameter_dtype", lambda module: lookups.append(1) or real(module))
+    m, pol, args = _sd3_policy(sd3, tmp_path)
+    with torch.no_grad():
+        outs = [m.velocity(*args) for _ in range(3)]
+        assert len(lookups) == 1 and outs[0].dtype == torch.float32
+        with pol.reference():
+            m.velocity(*args)
+        m.denoiser.to(torch.bfloat16)
+        out = m.velocity(*args)
+    assert len(lookups) == 2 and out.dtype == torch.float32  # computed in bf16, returned in x's dtype
+    assert not torch.equal(out, outs[0])

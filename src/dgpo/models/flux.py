@@ -62,7 +62,7 @@ class FluxFlowModel(DiffusersFlowModel):
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         b, c, h, w = x_t.shape
-        dtype = self.denoiser.dtype
+        dtype = self._compute_dtype()
         packed = self.pipe._pack_latents(x_t.to(dtype), b, c, h, w)
         img_ids = self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, dtype)
         txt_ids = torch.zeros(cond["embeds"].shape[1], 3, device=self.device, dtype=dtype)

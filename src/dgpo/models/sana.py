@@ -30,7 +30,7 @@ class SanaFlowModel(DiffusersFlowModel):
         return {"embeds": embeds, "mask": mask}
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        dtype = self.denoiser.dtype
+        dtype = self._compute_dtype()
         timestep = self._time(t, len(x_t)) * self.denoiser.config.timestep_scale
         out = self.denoiser(x_t.to(dtype), encoder_hidden_states=cond["embeds"].to(dtype),
                             encoder_attention_mask=cond["mask"], timestep=timestep, return_dict=False)[0]

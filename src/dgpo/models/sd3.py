@@ -33,7 +33,7 @@ class SD3FlowModel(DiffusersFlowModel):
         return {"embeds": embeds, "pooled": pooled}
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        dtype = self.denoiser.dtype
+        dtype = self._compute_dtype()
         out = self.denoiser(hidden_states=x_t.to(dtype), timestep=self._time(t, len(x_t)),
                             encoder_hidden_states=cond["embeds"].to(dtype),
                             pooled_projections=cond["pooled"].to(dtype), return_dict=False)[0]

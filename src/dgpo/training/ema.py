@@ -41,7 +41,8 @@ class ParamEMA:
         """Temporarily load the EMA values into the live parameters (multi-tensor copies: hundreds of
         LoRA tensors in a few kernels)."""
         live = [_local(p.detach()) for p in self.params]
-        saved = [t.clone() for t in live]
+        saved = [torch.empty_like(t) for t in live]  # filled by one multi-tensor copy, not a clone per tensor
+        torch._foreach_copy_(saved, live)
         torch._foreach_copy_(live, [_local(s) for s in self.shadow])
         try:
             yield
