@@ -10,7 +10,10 @@ Every arm gets a fresh copy of the same transformer; B = 16 samples per iteratio
 
 Arms: ``official_dgpo`` / ``official_flow_grpo`` (eager, fp32 weights under bf16 autocast),
 ``dgpo_fp32`` (dgpo, the same precision), ``dgpo_bf16`` (bf16 frozen weights, fp32 LoRA and AdamW
-state), ``dgpo_bf16_compile`` (and ``train.compile``: all options together).
+state), ``dgpo_bf16_compile`` (and ``train.compile``: all exact options together), ``dgpo_fp8_compile``
+(and ``train.fp8=rowwise``: FP8 matmuls in the blocks, needs torchao), ``dgpo_fp8tw_compile``
+(tensorwise scales), ``dgpo_fp8`` (FP8 eager). The default order puts the arms that matter first, for
+``--budget-s``.
 Loop overhead = 1 - (the arm's model calls timed alone, composed as its loop calls them) / its
 measured iteration: everything outside model calls (sampler, VAE, reward, loss, optimizer, EMAs).
 
@@ -42,7 +45,9 @@ SD35M = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 2
          "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
          "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 384,
          "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm"}
-ARMS = ("official_dgpo", "dgpo_bf16", "official_flow_grpo", "dgpo_bf16_compile", "dgpo_fp32")
+ARMS = ("official_dgpo", "dgpo_bf16_compile", "dgpo_fp8_compile", "dgpo_bf16", "official_flow_grpo", "dgpo_fp32",
+        "dgpo_fp8tw_compile", "dgpo_fp8")
+FP8_ARMS = {"dgpo_fp8_compile": "rowwise", "dgpo_fp8tw_compile": "tensorwise", "dgpo_fp8": "rowwise"}
 TINY_SD3 = {"sample_size": 8, "patch_size": 2, "in_channels": 16, "num_layers": 2, "attention_head_dim": 16,
             "num_attention_heads": 2, "joint_attention_dim": 64, "caption_projection_dim": 32,
             "pooled_projection_dim": 64, "out_channels": 16, "pos_embed_max_size": 32, "dual_attention_layers": [0],
@@ -152,11 +157,12 @@ def run_official(algorithm, pipe, template, device, tiny, iters) -> dict:
 
 
 def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda) -> dict:
-    bf16 = "bf16" in arm
+    fp8 = FP8_ARMS.get(arm, "none")
+    bf16 = "bf16" in arm or fp8 != "none"
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [
             "model.kind=sd3", f"model.resolution={S['res']}", f"model.max_sequence_length={S['tokens']}",
-            f"train.mixed_precision={'bf16' if cuda else 'no'}", f"train.compile={'compile' in arm}",
+            f"train.mixed_precision={'bf16' if cuda else 'no'}", f"train.compile={'compile' in arm}", f"train.fp8={fp8}",
             f"run.out_dir={tmp}", f"run.epochs={epochs}", "run.sample_every=0", "run.save_every=0",
             "run.eval_at_ends=false", "run.log_with=none", "sampler.shift=3.0", "sampler.method=dpm",
             f"sampler.steps={STEPS}", "sampler.cfg_scale=4.5", "reward.name=colorfulness", "train.lora_rank=64",
@@ -179,7 +185,7 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda) -> dict:
                "trainable_params": sum(p.numel() for p in trainer.policy.params),
                "trainable_dtype": str(trainer.policy.params[0].dtype),
                "frozen_dtype": str(next(p for p in trainer.model.denoiser.parameters() if not p.requires_grad).dtype),
-               "compile_info": trainer.compile_info}
+               "compile_info": trainer.compile_info, "fp8_info": trainer.fp8_info}
         out["calls"] = call_times(trainer.model, trainer.policy.reference, trainer.ema_old.applied,
                                   trainer.acc.autocast, B, 2 if tiny else 3)
         del trainer, model

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_sd35m_benchmark_tiny_smoke_run(tmp_path):
     out = tmp_path / "r.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    arms = "official_dgpo,dgpo_bf16,official_flow_grpo,dgpo_fp32"
+    arms = "official_dgpo,dgpo_bf16,official_flow_grpo,dgpo_fp32,dgpo_fp8"
     proc = subprocess.run([sys.executable, "sd35m_gpu.py", "--tiny", "--arms", arms, "--epochs", "2", "--iters", "1",
                            "--out", str(out)], cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True,
                           timeout=600)
@@ -27,4 +27,6 @@ def test_sd35m_benchmark_tiny_smoke_run(tmp_path):
         if name != "official_flow_grpo":  # DGPO arms time their model calls alone for the loop overhead
             assert arm["calls"]["composed_per_sample"] > 0 and arm["loop_overhead"] < 1
     assert r["arms"]["dgpo_bf16"]["trainable_dtype"] == "torch.float32"
+    assert r["arms"]["dgpo_fp8"]["fp8_info"] == {"recipe": "rowwise", "fp8_linears": 29}  # 2 blocks, one dual
+    assert r["arms"]["dgpo_bf16"]["fp8_info"] is None
     assert {"official_dgpo/dgpo_bf16", "official_flow_grpo/official_dgpo"} <= set(r["speedups"])

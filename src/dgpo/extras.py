@@ -11,6 +11,7 @@ EXTRAS = {
     "ocr": ("rapidocr", "onnxruntime", "cv2"),
     "hps": ("open_clip",),
     "wandb": ("wandb",),
+    "fp8": ("torchao.float8",),
 }
 NOTES = {"hps": "; open-clip-torch needs torchvision: install the one matching your torch first"}
 

@@ -1,5 +1,5 @@
-"""Speed options that leave the numbers alone (to float rounding): TF32 matmuls and regional
-``torch.compile`` of the denoiser.
+"""Speed options: TF32 matmuls and regional ``torch.compile`` of the denoiser, which leave the numbers
+alone (to float rounding), and FP8 matmuls (``train.fp8``), which do not.
 
 Regional compilation (diffusers' ``compile_repeated_blocks``, the PyTorch regional-compilation recipe)
 compiles the transformer block class once and reuses the code for every block, so compile time stays
@@ -15,6 +15,9 @@ import time
 
 import torch
 from torch import nn
+
+from dgpo.errors import ConfigError
+from dgpo.extras import require
 
 # each block variant (e.g. SD3.5's dual-attention and plain blocks, the last context-pre-only one) x
 # grad mode x adapter on/off x batch size is one cache entry of the block's code: torch's default
@@ -73,3 +76,50 @@ def compile_model(model, policy) -> dict:
     if frozen is not None:
         n += compile_regions(frozen, blocks)
     return {"compiled_modules": n, "blocks": blocks or ["<whole network>"], "setup_s": time.perf_counter() - t0}
+
+
+FP8_RECIPES = ("tensorwise", "rowwise")
+
+
+def fp8_filter(net: nn.Module, block_names: list[str]):
+    """Which ``nn.Linear`` layers run in FP8: those inside the repeated blocks (every one when the
+    model names none), never LoRA's own A/B, and only with both widths multiples of 16 (the FP8
+    matmul kernels' requirement)."""
+    blocks = [n + "." for n, m in net.named_modules() if type(m).__name__ in block_names]
+
+    def keep(mod: nn.Module, fqn: str) -> bool:
+        if any(f".{part}." in f".{fqn}." for part in ("lora_A", "lora_B")):
+            return False
+        if block_names and not any(fqn.startswith(b) for b in blocks):
+            return False
+        return mod.in_features % 16 == 0 and mod.out_features % 16 == 0
+
+    return keep
+
+
+def use_fp8(model, policy, recipe: str, sharded: bool = False) -> dict:
+    """FP8 matmuls (torchao's float8 training, dynamic scaling with ``recipe``) for the denoiser's
+    linear layers (:func:`fp8_filter`) in every forward and backward: rollouts, reference, EMA 'old',
+    training and evals. The frozen copy of full fine-tuning is converted alike. Weights keep their
+    dtype and names (checkpoints and export are unchanged); only the matmuls' inputs are cast.
+    Returns the number of converted layers and the recipe."""
+    if recipe not in FP8_RECIPES:
+        raise ConfigError(f"train.fp8={recipe!r}; allowed: 'none', {', '.join(map(repr, FP8_RECIPES))}")
+    if sharded:  # torchao has its own FSDP2 integration (FP8 all-gathers); not wired or tested here
+        raise ConfigError("train.fp8 is not supported with FSDP yet; use train.fp8=none")
+    require("fp8", "train.fp8")
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    from torchao.float8.float8_linear import Float8Linear
+
+    blocks = list(getattr(model, "repeated_blocks", []))
+    config = Float8LinearConfig.from_recipe_name(recipe)
+    nets = [_base(model.denoiser)] + ([policy._frozen] if getattr(policy, "_frozen", None) is not None else [])
+    n = 0
+    for net in nets:
+        convert_to_float8_training(net, module_filter_fn=fp8_filter(net, blocks), config=config)
+        n += sum(isinstance(m, Float8Linear) for m in net.modules())
+    if n == 0:
+        raise ConfigError(f"train.fp8: no linear layer of {type(nets[0]).__name__} qualifies (widths must be "
+                         "multiples of 16)")
+    policy.collect()  # full fine-tuning: the converted layers hold the trainable weights
+    return {"recipe": recipe, "fp8_linears": n}
