@@ -18,7 +18,13 @@ and 4 training timesteps x 3 forwards = 22 forwards; 4 reference and 4 EMA entri
 time is printed. On a GPU it shows where the host, not the GPU, is the bottleneck: at a sync, and
 while the queue of launched kernels is shorter than the host's work.
 
-Usage: python benchmarks/host_overhead.py [--reps 20] [--out bench_results/host_overhead.json]
+``--compiled`` adds the forwards themselves, compiled by region as ``train.compile`` does, on a
+24-layer SD3 of tiny widths (host-bound on a CPU, so the host's part shows): a plain no-grad forward,
+the EMA 'old' forward, and the reference forward entered through the switch and through peft's
+``disable_adapter()`` (whose ``requires_grad`` flips also change the guards the compiled blocks are
+looked up by). About 3 minutes, most of it compiling.
+
+Usage: python benchmarks/host_overhead.py [--reps 20] [--compiled] [--out bench_results/host_overhead.json]
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ def clone_swap(ema: OldModelEMA):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--compiled", action="store_true", help="also time compiled forwards (about 3 minutes)")
     ap.add_argument("--out", default="bench_results/host_overhead.json")
     a = ap.parse_args()
     from dgpo.models.diffusers_common import DiffusersFlowModel
@@ -111,7 +118,48 @@ def main() -> None:
         print(f"{name:14s} {b:8.3f} ms -> {n:7.3f} ms  ({b / n:6.1f}x), {per_iter} per iteration", flush=True)
     result["saved_ms_per_iteration"] = saved
     print(f"host time saved per DGPO iteration: {saved:.0f} ms")
+    if a.compiled:
+        result["compiled_forwards_ms"] = compiled_forwards(a.reps)
     write_result(result, a.out)
+
+
+def compiled_forwards(reps: int) -> dict:
+    """Milliseconds per no-grad forward (batch 4) of a compiled 24-layer SD3 of tiny widths after one
+    DGPO epoch of warm-up, each kind of call the best of two rounds."""
+    import tempfile
+
+    import sd35m_gpu as bench
+
+    from dgpo.config import load_config
+    from dgpo.training.trainer import Trainer
+
+    bench.S = {**bench.TINY, "transformer": {**bench.TINY_SD3, "num_layers": 24,
+                                             "dual_attention_layers": list(range(13))}}
+    pipe, _ = bench.build_pipeline("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(None, [
+            "model.kind=sd3", "model.resolution=64", "model.max_sequence_length=16", "train.compile=true",
+            f"run.out_dir={tmp}", "run.epochs=1", "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false",
+            "run.log_with=none", "sampler.steps=4", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2",
+            "reward.name=colorfulness", "train.lora_rank=64", "train.lora_alpha=128", "train.prompts_per_epoch=2",
+            "train.group_size=2", "train.batch_size=4", "dgpo.kl_beta=0.02", "dgpo.clip_range=0.01"])
+        tr = Trainer(cfg, model=bench.fresh_model(pipe, pipe.transformer, torch.float32, "cpu", cfg.model))
+        tr.fit()  # compiles every variant the loop uses
+    m = tr.model
+    cond, x, t = m.encode_prompts(["a photo of a cat"] * 4), torch.randn(4, *m.latent_shape()), torch.full((4,), 700.0)
+
+    def forward(ctx):
+        def f():
+            with torch.no_grad(), ctx():
+                m.velocity(x, t, cond)
+        return f
+
+    arms = {"plain": forward(contextmanager(lambda: (yield))), "ema_old": forward(tr.ema_old.applied),
+            "reference_switch": forward(tr.policy.reference), "reference_peft": forward(tr.policy.peft.disable_adapter)}
+    out = {k: min(per_call_ms(f, reps) for _ in range(2)) for k, f in arms.items()}
+    for k, v in out.items():
+        print(f"compiled forward, {k:17s} {v:7.1f} ms", flush=True)
+    return out
 
 
 if __name__ == "__main__":
