@@ -281,3 +281,23 @@ def test_fp8_errors_name_the_key(sd3, tmp_path, monkeypatch):
     m.repeated_blocks = ["NoSuchBlock"]
     with pytest.raises(ConfigError, match="no linear layer"):
         speed.use_fp8(m, pol, "rowwise")
+
+
+def test_fp8_full_fine_tuning_converts_the_frozen_copy_and_trains_the_converted_weights(sd3, tmp_path):
+    """lora_rank=0: the live network and the frozen reference copy both run FP8; the trainable
+    parameters are re-read (the converted layers' weights, same names) and one DGPO epoch moves them."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    tr = Trainer(_sd3_cfg(sd3, tmp_path, "train.lora_rank=0", "train.fp8=rowwise", "train.lr=1e-4"))
+    live, frozen = tr.model.denoiser, tr.policy._frozen
+    n_live = sum(isinstance(m, Float8Linear) for m in live.modules())
+    assert n_live == sum(isinstance(m, Float8Linear) for m in frozen.modules()) == 25  # 2 blocks' linears
+    assert tr.fp8_info["fp8_linears"] == 2 * n_live
+    fp8_weights = {id(m.weight) for m in live.modules() if isinstance(m, Float8Linear)}
+    assert fp8_weights <= {id(p) for p in tr.policy.params}  # the optimizer trains the converted layers
+    start = {k: v.clone() for k, v in tr.policy.state_dict().items()}
+    tr.fit()
+    moved = [k for k, v in tr.policy.state_dict().items() if not torch.equal(v, start[k])]
+    assert any(k.startswith("transformer_blocks.0.attn.to_q.") for k in moved)
+    base = frozen.state_dict()
+    assert all(torch.equal(base[k], start[k]) for k in start)  # the reference copy stays the base model
