@@ -12,13 +12,16 @@ Arms: ``official_dgpo`` / ``official_flow_grpo`` (eager, fp32 weights under bf16
 ``dgpo_fp32`` (dgpo, the same precision), ``dgpo_bf16`` (bf16 frozen weights, fp32 LoRA and AdamW
 state), ``dgpo_bf16_compile`` (and ``train.compile``: all exact options together), ``dgpo_fp8_compile``
 (and ``train.fp8=rowwise``: FP8 matmuls in the blocks, needs torchao), ``dgpo_fp8tw_compile``
-(tensorwise scales), ``dgpo_fp8`` (FP8 eager). The default order puts the arms that matter first, for
-``--budget-s``.
+(tensorwise scales), ``dgpo_fp32_compile`` (compile alone), ``dgpo_fp8`` (FP8 alone, eager, bf16
+weights). ``--compare`` runs them all, in an order that puts the ones that matter first (``--budget-s``
+skips the arms that would start after it).
 Loop overhead = 1 - (the arm's model calls timed alone, composed as its loop calls them) / its
 measured iteration: everything outside model calls (sampler, VAE, reward, loss, optimizer, EMAs).
 
-Usage: python benchmarks/sd35m_gpu.py [--tiny] [--arms a,b] [--budget-s 480] [--out PATH]
-``--tiny`` is a CPU smoke run (CI runs it): a 2-layer transformer, small text encoders, 64 px, 4 samples.
+Usage: python benchmarks/sd35m_gpu.py [--compare | --arms a,b] [--tiny] [--budget-s 480] [--out PATH]
+Without ``--compare`` or ``--arms`` only ``dgpo_bf16_compile`` runs (a quick check of dgpo's speed).
+``--tiny`` is a CPU smoke run (CI runs it): a 2-layer transformer, small text encoders, 64 px, 4 samples;
+by default its arms are the eager ones. ``benchmarks/sd35m_gpu.sh`` is a GPU session's whole check.
 """
 
 from __future__ import annotations
@@ -45,8 +48,11 @@ SD35M = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 2
          "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
          "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 384,
          "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm"}
-ARMS = ("official_dgpo", "dgpo_bf16_compile", "dgpo_fp8_compile", "dgpo_bf16", "official_flow_grpo", "dgpo_fp32",
-        "dgpo_fp8tw_compile", "dgpo_fp8")
+# --compare's arms, the ones that matter first (for --budget-s): the official structure, dgpo with all exact
+# options, + FP8, Flow-GRPO's structure, then each option alone
+ARMS = ("official_dgpo", "dgpo_bf16_compile", "dgpo_fp8_compile", "official_flow_grpo", "dgpo_bf16", "dgpo_fp32",
+        "dgpo_fp8tw_compile", "dgpo_fp32_compile", "dgpo_fp8")
+DEFAULT_ARMS = ("dgpo_bf16_compile",)  # without --compare: dgpo with every exact option
 FP8_ARMS = {"dgpo_fp8_compile": "rowwise", "dgpo_fp8tw_compile": "tensorwise", "dgpo_fp8": "rowwise"}
 TINY_SD3 = {"sample_size": 8, "patch_size": 2, "in_channels": 16, "num_layers": 2, "attention_head_dim": 16,
             "num_attention_heads": 2, "joint_attention_dim": 64, "caption_projection_dim": 32,
@@ -221,7 +227,8 @@ def iteration_flops() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--compare", action="store_true", help="every arm, the official structures first")
+    ap.add_argument("--arms", default="", help=f"comma-separated subset of {', '.join(ARMS)}")
     ap.add_argument("--epochs", type=int, default=3, help="dgpo arms: epochs (the first is warm-up)")
     ap.add_argument("--iters", type=int, default=2, help="official arms: timed iterations after one warm-up")
     ap.add_argument("--budget-s", type=float, default=480.0, help="skip the arms that start after this")
@@ -244,7 +251,9 @@ def main() -> None:
               "transformer_params": n_params, "resolution": S["res"], "samples_per_iteration":
               PROMPTS * S["group"], "rollout_steps": STEPS, "train_timesteps": TRAIN_T, "arms": {}, "skipped": [],
               "flops": iteration_flops()}
-    for arm in a.arms.split(","):
+    eager = [arm for arm in ARMS if "compile" not in arm]  # --tiny's default: compiling on a CPU takes minutes
+    arms = a.arms.split(",") if a.arms else list(ARMS) if a.compare else eager if a.tiny else list(DEFAULT_ARMS)
+    for arm in arms:
         if arm not in ARMS:
             raise SystemExit(f"unknown arm {arm!r}; allowed: {', '.join(ARMS)}")
         if time.perf_counter() - t_start > a.budget_s:
