@@ -278,6 +278,11 @@ def test_fp8_errors_name_the_key(sd3, tmp_path, monkeypatch):
     with pytest.raises(MissingExtraError, match=r"train.fp8 needs the 'torchao.float8' module.*dgpo\[fp8\]"):
         speed.use_fp8(m, pol, "rowwise")
     monkeypatch.undo()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    assert "A100-SXM4-80GB has 8.0" in speed.fp8_device_error(torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert speed.fp8_device_error(torch.device("cuda", 0)) is None and speed.fp8_device_error(torch.device("cpu")) is None
     m.repeated_blocks = ["NoSuchBlock"]
     with pytest.raises(ConfigError, match="no linear layer"):
         speed.use_fp8(m, pol, "rowwise")

@@ -97,6 +97,19 @@ def fp8_filter(net: nn.Module, block_names: list[str]):
     return keep
 
 
+def fp8_device_error(device: torch.device) -> str | None:
+    """Why FP8 matmuls cannot run on ``device`` (CUDA before compute capability 8.9: Ada / Hopper), or
+    None. The CPU runs them (slowly) through ``torch._scaled_mm``: that is how the tests check them."""
+    if device.type != "cuda":
+        return None
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        return (f"train.fp8 needs a GPU with FP8 matmuls (compute capability 8.9 or newer: Ada, Hopper, "
+                f"Blackwell); {name} has {cap[0]}.{cap[1]}: use train.fp8=none")
+    return None
+
+
 def use_fp8(model, policy, recipe: str, sharded: bool = False) -> dict:
     """FP8 matmuls (torchao's float8 training, dynamic scaling with ``recipe``) for the denoiser's
     linear layers (:func:`fp8_filter`) in every forward and backward: rollouts, reference, EMA 'old',
@@ -107,6 +120,9 @@ def use_fp8(model, policy, recipe: str, sharded: bool = False) -> dict:
         raise ConfigError(f"train.fp8={recipe!r}; allowed: 'none', {', '.join(map(repr, FP8_RECIPES))}")
     if sharded:  # torchao has its own FSDP2 integration (FP8 all-gathers); not wired or tested here
         raise ConfigError("train.fp8 is not supported with FSDP yet; use train.fp8=none")
+    device_error = fp8_device_error(next(model.denoiser.parameters()).device)
+    if device_error:
+        raise ConfigError(device_error)
     require("fp8", "train.fp8")
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     from torchao.float8.float8_linear import Float8Linear
