@@ -90,3 +90,37 @@ def test_two_processes_train_the_same_adapter_as_one(tiny_toy, tmp_path, algo):
     assert moved > 0  # training did something
     rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2  # one writer: the main process
+
+
+@pytest.fixture(scope="module")
+def tiny_pipes(tmp_path_factory):
+    from tiny_diffusers import build_flux, build_sana, build_sd3
+
+    root = tmp_path_factory.mktemp("ddp_pipes")
+    return {"sd3": build_sd3(root / "sd3"), "flux": build_flux(root / "flux"), "sana": build_sana(root / "sana")}
+
+
+def _pipe_overrides(kind, path, out):
+    return [f"model.kind={kind}", f"model.path={path}", "model.resolution=64", "model.max_sequence_length=16",
+            f"run.out_dir={out}", "run.epochs=1", "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false",
+            "run.log_with=none", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=8",
+            "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3", "dgpo.trunc_steps=1",
+            "dgpo.num_train_timesteps=1", "dgpo.kl_beta=0.1", "dgpo.clip_range=0.01", "reward.name=colorfulness"]
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux", "sana"])
+def test_two_processes_train_a_diffusers_model_like_one(tiny_pipes, tmp_path, kind):
+    """DDP with the diffusers adapters (the training forwards go through the DDP wrapper, which has no
+    .config or .dtype of its own): 2 processes end at the 1-process adapter."""
+    Trainer(load_config(None, _pipe_overrides(kind, tiny_pipes[kind], tmp_path / "one"))).fit()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "dgpo.cli", "train", *_pipe_overrides(kind, tiny_pipes[kind], tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = load_file(str(tmp_path / "one/checkpoints/step_000001/policy.safetensors"))
+    two = load_file(str(tmp_path / "two/checkpoints/step_000001/policy.safetensors"))
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5, rtol=0), (k, (one[k] - two[k]).abs().max())
+    assert any("lora_B" in k and bool(one[k].abs().sum() > 0) for k in one)  # training did something

@@ -52,6 +52,9 @@ class DiffusersFlowModel:
                 module.requires_grad_(False).eval()
         self.scheduler_config = dict(pipe.scheduler.config)  # the family's own, as loaded
         self.denoiser = pipe.transformer.requires_grad_(False)
+        # read from here, not through self.denoiser: training forwards swap in a DDP wrapper, which has
+        # neither .config nor .dtype
+        self.net_config = pipe.transformer.config
         if cfg.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
         self.max_sequence_length = cfg.max_sequence_length or self.default_max_sequence_length
@@ -111,7 +114,7 @@ class DiffusersFlowModel:
                 module.to(device)
 
     def _native_resolution(self) -> int:
-        return int(self.denoiser.config.sample_size) * int(self.pipe.vae_scale_factor)
+        return int(self.net_config.sample_size) * int(self.pipe.vae_scale_factor)
 
     def _latent_hw(self) -> int:
         return self.resolution // int(self.pipe.vae_scale_factor)
@@ -119,8 +122,12 @@ class DiffusersFlowModel:
     def _compute_dtype(self) -> torch.dtype:
         """The denoiser's dtype (diffusers' ``ModelMixin.dtype``), looked up once per network and first
         parameter dtype: diffusers walks every module for casting hooks on each lookup (~10 ms on
-        SD3.5-M's 3,000 modules with LoRA, host time in every forward)."""
+        SD3.5-M's 3,000 modules with LoRA, host time in every forward). dgpo casts whole networks (it
+        does not use diffusers' layerwise casting, which this key would not see). A DDP wrapper (the
+        training forwards) is looked through."""
         net = self.denoiser
+        if isinstance(net, torch.nn.parallel.DistributedDataParallel):
+            net = net.module
         first = next(net.parameters()).dtype
         known = self._dtypes.get(id(net))
         if known is None or known[0] != first:

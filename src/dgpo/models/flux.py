@@ -38,7 +38,7 @@ class FluxFlowModel(DiffusersFlowModel):
 
     def latent_shape(self) -> tuple[int, int, int]:
         hw = 2 * (self.resolution // (int(self.pipe.vae_scale_factor) * 2))
-        return (int(self.denoiser.config.in_channels) // 4, hw, hw)
+        return (int(self.net_config.in_channels) // 4, hw, hw)
 
     def default_shift(self) -> float:
         """exp(mu), mu = Flux's calculate_shift(image tokens): the same grid as its dynamic shifting."""
@@ -67,7 +67,7 @@ class FluxFlowModel(DiffusersFlowModel):
         img_ids = self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, dtype)
         txt_ids = torch.zeros(cond["embeds"].shape[1], 3, device=self.device, dtype=dtype)
         guidance = None
-        if self.denoiser.config.guidance_embeds:
+        if self.net_config.guidance_embeds:
             guidance = torch.full((b,), self.cfg.guidance_scale, device=self.device, dtype=torch.float32)
         out = self.denoiser(hidden_states=packed, timestep=self._time(t, b) / 1000, guidance=guidance,
                             pooled_projections=cond["pooled"].to(dtype), encoder_hidden_states=cond["embeds"].to(dtype),

@@ -31,11 +31,11 @@ class SanaFlowModel(DiffusersFlowModel):
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         dtype = self._compute_dtype()
-        timestep = self._time(t, len(x_t)) * self.denoiser.config.timestep_scale
+        timestep = self._time(t, len(x_t)) * self.net_config.timestep_scale
         out = self.denoiser(x_t.to(dtype), encoder_hidden_states=cond["embeds"].to(dtype),
                             encoder_attention_mask=cond["mask"], timestep=timestep, return_dict=False)[0]
         return out.to(x_t.dtype)
 
     def latent_shape(self) -> tuple[int, int, int]:
         hw = self._latent_hw()
-        return (int(self.denoiser.config.in_channels), hw, hw)
+        return (int(self.net_config.in_channels), hw, hw)

@@ -41,4 +41,4 @@ class SD3FlowModel(DiffusersFlowModel):
 
     def latent_shape(self) -> tuple[int, int, int]:
         hw = self._latent_hw()
-        return (int(self.denoiser.config.in_channels), hw, hw)
+        return (int(self.net_config.in_channels), hw, hw)
