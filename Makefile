@@ -13,9 +13,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# the tests also cover train.fp8 (the extra 'dgpo[fp8]'); torchao stays out of the default install because
-# transformers imports it whenever it is present, which costs every command 0.4 s and, without CUDA, logs
-# that its GPU kernels failed to load
+# the tests also cover train.fp8 (the extra 'dgpo[fp8]'), so `make test` adds torchao to the venv. `make demo`
+# alone does not: transformers imports torchao whenever it is installed, which costs every command 0.4 s and,
+# without CUDA, logs that its GPU kernels failed to load
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q torchao==0.18.0
 	touch $(TEST_STAMP)

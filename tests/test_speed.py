@@ -239,6 +239,8 @@ def test_fp8_runs_the_block_linears_in_fp8_close_to_exact(sd3, tmp_path, recipe)
     linears = {n: type(mod) for n, mod in m.denoiser.named_modules() if isinstance(mod, torch.nn.Linear)}
     fp8 = {n for n, kind in linears.items() if kind is Float8Linear}
     assert info == {"recipe": recipe, "fp8_linears": len(fp8)} and len(fp8) == 25
+    # padded inner widths: CUDA's FP8 matmul needs multiples of 16, and the weight gradient's is batch x tokens
+    assert all(mod.config.pad_inner_dim for mod in m.denoiser.modules() if isinstance(mod, Float8Linear))
     assert fp8 == {n for n in linears if ".transformer_blocks." in n and ".lora_" not in n}
     assert sum(n.endswith(".base_layer") for n in fp8) == len(pol._switches) == 15  # every LoRA'd layer's base
     assert all(linears[n] is torch.nn.Linear for n in linears if ".lora_" in n or n not in fp8)
@@ -250,7 +252,7 @@ def test_fp8_runs_the_block_linears_in_fp8_close_to_exact(sd3, tmp_path, recipe)
     assert torch.nn.functional.cosine_similarity(grads, exact[3], dim=0) > 0.99
 
 
-def test_fp8_dgpo_epoch_updates_like_the_exact_one(sd3, tmp_path):
+def test_fp8_dgpo_epoch_updates_like_the_exact_one(sd3, tmp_path, caplog):
     """One DGPO epoch with train.fp8=rowwise moves the LoRA weights in the exact run's direction
     (AdamW's first step, nearly a sign per weight, is the most sensitive case)."""
     runs = {}
@@ -262,6 +264,7 @@ def test_fp8_dgpo_epoch_updates_like_the_exact_one(sd3, tmp_path):
         runs[fp8] = (torch.cat([(end[k] - start[k]).flatten() for k in start]), tr.metrics.read()[-1], tr.fp8_info)
     (d_exact, row_e, info_e), (d_fp8, row_f, info) = runs["none"], runs["rowwise"]
     assert info_e is None and info["fp8_linears"] == 25
+    assert "train.fp8 without train.compile" in caplog.text  # eager FP8 is slower: said once at start-up
     assert torch.nn.functional.cosine_similarity(d_fp8, d_exact, dim=0) > 0.95  # measured 0.976
     assert row_f["loss"] == pytest.approx(row_e["loss"], rel=0.1)  # measured 4 % apart
 
@@ -284,7 +287,16 @@ def test_fp8_errors_name_the_key(sd3, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert speed.fp8_device_error(torch.device("cuda", 0)) is None and speed.fp8_device_error(torch.device("cpu")) is None
     m.repeated_blocks = ["NoSuchBlock"]
-    with pytest.raises(ConfigError, match="no linear layer"):
+    with pytest.raises(ConfigError, match=r"no module of class \['NoSuchBlock'\]"):
+        speed.use_fp8(m, pol, "rowwise")
+    m.repeated_blocks = ["JointTransformerBlock"]
+    keep, name = speed.fp8_filter(m.denoiser, m.repeated_blocks), "base_model.model.transformer_blocks.0."
+    assert keep(torch.nn.Linear(128, 32), name + "ff.net.2")
+    assert not keep(torch.nn.Linear(128, 20), name + "ff.net.2")  # a width that is no multiple of 16
+    assert not keep(torch.nn.Linear(32, 32), name + "attn.to_q.lora_A.default")
+    assert not keep(torch.nn.Linear(32, 32), "base_model.model.proj_out")  # outside the blocks
+    monkeypatch.setattr(speed, "fp8_filter", lambda net, blocks: lambda mod, fqn: False)
+    with pytest.raises(ConfigError, match="widths must be multiples of 16"):
         speed.use_fp8(m, pol, "rowwise")
 
 

@@ -98,9 +98,13 @@ def _adapter_switches(net) -> list:
     where that does not hold (another peft version: :meth:`Policy.reference` then uses peft's context)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
+    modules = list(net.modules())
+    layers = [m for m in modules if isinstance(m, BaseTunerLayer)]
     if not layers or not all(isinstance(getattr(m, "_disable_adapters", None), bool) for m in layers):
         return []
+    aux = ("AuxiliaryTrainingWrapper", "ModulesToSaveWrapper")  # modules_to_save, trainable tokens
+    if any(c.__name__ in aux for m in modules for c in type(m).__mro__):
+        return []  # peft's context switches those too (dgpo's LoRA config sets neither)
     probe, was = layers[0], layers[0]._disable_adapters
     try:
         probe._disable_adapters = not was

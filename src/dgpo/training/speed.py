@@ -11,6 +11,8 @@ copy in full fine-tuning), the EMA 'old' model, training forwards with backward,
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 
 import torch
@@ -18,6 +20,8 @@ from torch import nn
 
 from dgpo.errors import ConfigError
 from dgpo.extras import require
+
+log = logging.getLogger(__name__)
 
 # each block variant (e.g. SD3.5's dual-attention and plain blocks, the last context-pre-only one) x
 # grad mode x adapter on/off x batch size is one cache entry of the block's code: torch's default
@@ -110,11 +114,12 @@ def fp8_device_error(device: torch.device) -> str | None:
     return None
 
 
-def use_fp8(model, policy, recipe: str, sharded: bool = False) -> dict:
+def use_fp8(model, policy, recipe: str, sharded: bool = False, compiled: bool = True) -> dict:
     """FP8 matmuls (torchao's float8 training, dynamic scaling with ``recipe``) for the denoiser's
     linear layers (:func:`fp8_filter`) in every forward and backward: rollouts, reference, EMA 'old',
     training and evals. The frozen copy of full fine-tuning is converted alike. Weights keep their
-    dtype and names (checkpoints and export are unchanged); only the matmuls' inputs are cast.
+    dtype, names and identity (checkpoints, the optimizer and the EMAs see the same parameters); only
+    the matmuls' inputs are cast. ``dgpo eval`` / ``sample`` / ``export`` load runs without FP8.
     Returns the number of converted layers and the recipe."""
     if recipe not in FP8_RECIPES:
         raise ConfigError(f"train.fp8={recipe!r}; allowed: 'none', {', '.join(map(repr, FP8_RECIPES))}")
@@ -128,14 +133,20 @@ def use_fp8(model, policy, recipe: str, sharded: bool = False) -> dict:
     from torchao.float8.float8_linear import Float8Linear
 
     blocks = list(getattr(model, "repeated_blocks", []))
-    config = Float8LinearConfig.from_recipe_name(recipe)
+    # padding: the weight-gradient matmul's inner width is batch x tokens (SD3: 205 text tokens), which
+    # CUDA's FP8 kernels need as a multiple of 16
+    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), pad_inner_dim=True)
     nets = [_base(model.denoiser)] + ([policy._frozen] if getattr(policy, "_frozen", None) is not None else [])
+    if blocks and not any(type(m).__name__ in blocks for m in nets[0].modules()):
+        raise ConfigError(f"train.fp8: no module of class {blocks} in {type(nets[0]).__name__}")
     n = 0
     for net in nets:
         convert_to_float8_training(net, module_filter_fn=fp8_filter(net, blocks), config=config)
         n += sum(isinstance(m, Float8Linear) for m in net.modules())
     if n == 0:
-        raise ConfigError(f"train.fp8: no linear layer of {type(nets[0]).__name__} qualifies (widths must be "
-                         "multiples of 16)")
-    policy.collect()  # full fine-tuning: the converted layers hold the trainable weights
+        raise ConfigError(f"train.fp8: no linear layer of {type(nets[0]).__name__}'s blocks qualifies (widths must "
+                          "be multiples of 16)")
+    if not compiled:  # torchao's eager backward also computes the frozen weights' gradient; compile drops it
+        log.warning("train.fp8 without train.compile: the FP8 casts run unfused and the backward also computes "
+                    "the frozen weights' unused gradient; expect it slower than bf16")
     return {"recipe": recipe, "fp8_linears": n}

@@ -87,7 +87,7 @@ class Trainer:
         self.policy.shard(self.shards)
         multi = self.acc.num_processes > 1 and not self.shards.enabled
         speed.set_tf32(c.train.tf32)
-        self.fp8_info = (speed.use_fp8(self.model, self.policy, c.train.fp8, self.shards.enabled)
+        self.fp8_info = (speed.use_fp8(self.model, self.policy, c.train.fp8, self.shards.enabled, c.train.compile)
                          if c.train.fp8 != "none" else None)
         self.compile_info = speed.compile_model(self.model, self.policy) if c.train.compile else None
         self.train_net = self.acc.prepare(self.model.denoiser) if multi else self.model.denoiser
