@@ -100,6 +100,34 @@ def test_fsdp_full_fine_tuning_equals_one_process_and_resumes_bit_exactly(tiny_t
             assert torch.equal(again[part][k], two[part][k]), (part, k)
 
 
+def test_fsdp_with_fp8_equals_one_process_with_fp8(tiny_toy, tmp_path):
+    """train.fp8 under FSDP2 (the FP8 layers are made before sharding): 2 processes train like the
+    1-process FP8 run (full fine-tuning of the toy: its attention and embedding linears run in FP8,
+    its separately called text encoder does not)."""
+    from dgpo.training.trainer import Trainer
+
+    args = lambda run: [*_overrides(tiny_toy, run), "run.eval_at_ends=false", "train.fp8=rowwise"]  # noqa: E731
+    tr = Trainer(load_config(None, args(tmp_path / "one")))
+    from torchao.float8.float8_linear import Float8Linear
+
+    fp8 = [n for n, m in tr.model.denoiser.named_modules() if isinstance(m, Float8Linear)]
+    assert tr.fp8_info["fp8_linears"] == 2 * len(fp8) == 74  # the live network and the frozen reference copy
+    assert not any(n.startswith("text_encoder.") for n in fp8) and "mid.attn.to_q" in fp8
+    tr.fit()
+    proc = _launch(args(tmp_path / "fsdp"))
+    assert "FSDP2: ToyUNet sharded over 2 processes in 8 units" in proc.stderr
+    from dgpo.toy.weights import load_toy
+
+    one, two, base = _ckpt(tmp_path / "one")["policy"], _ckpt(tmp_path / "fsdp")["policy"], load_toy(tiny_toy).state_dict()
+    assert one.keys() == two.keys() and set(one) <= set(base)
+    update = lambda ckpt: torch.cat([(ckpt[k] - base[k]).flatten() for k in one])  # noqa: E731
+    # FP8's dynamic scales are taken over each process's own rows, so the runs are not equal to float
+    # rounding as without FP8: their 2-step updates agree to a cosine of 0.9999 (measured; FP8 against
+    # exact: 0.982)
+    assert torch.nn.functional.cosine_similarity(update(one), update(two), dim=0) > 0.999
+    assert _metric(tmp_path / "one", "loss") == pytest.approx(_metric(tmp_path / "fsdp", "loss"), rel=1e-3)
+
+
 def _sharding_worker(rank: int, port: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")

@@ -85,14 +85,15 @@ def compile_model(model, policy) -> dict:
 FP8_RECIPES = ("tensorwise", "rowwise")
 
 
-def fp8_filter(net: nn.Module, block_names: list[str]):
+def fp8_filter(net: nn.Module, block_names: list[str], skip: tuple[str, ...] = ()):
     """Which ``nn.Linear`` layers run in FP8: those inside the repeated blocks (every one when the
-    model names none), never LoRA's own A/B, and only with both widths multiples of 16 (the FP8
-    matmul kernels' requirement)."""
+    model names none), never LoRA's own A/B or the parts under ``skip`` (the model's separately called
+    ``frozen_prefixes``, e.g. the toy's text encoder), and only with both widths multiples of 16 (the
+    FP8 matmul kernels' requirement)."""
     blocks = [n + "." for n, m in net.named_modules() if type(m).__name__ in block_names]
 
     def keep(mod: nn.Module, fqn: str) -> bool:
-        if any(f".{part}." in f".{fqn}." for part in ("lora_A", "lora_B")):
+        if any(f".{part}." in f".{fqn}." for part in ("lora_A", "lora_B")) or fqn.startswith(skip):
             return False
         if block_names and not any(fqn.startswith(b) for b in blocks):
             return False
@@ -114,17 +115,17 @@ def fp8_device_error(device: torch.device) -> str | None:
     return None
 
 
-def use_fp8(model, policy, recipe: str, sharded: bool = False, compiled: bool = True) -> dict:
+def use_fp8(model, policy, recipe: str, compiled: bool = True) -> dict:
     """FP8 matmuls (torchao's float8 training, dynamic scaling with ``recipe``) for the denoiser's
     linear layers (:func:`fp8_filter`) in every forward and backward: rollouts, reference, EMA 'old',
-    training and evals. The frozen copy of full fine-tuning is converted alike. Weights keep their
+    training and evals. The frozen copy of full fine-tuning is converted alike; called before FSDP
+    shards the networks (the unsharded weights are gathered in the policy's dtype and cast per
+    matmul; torchao's FP8 all-gather is not used). Weights keep their
     dtype, names and identity (checkpoints, the optimizer and the EMAs see the same parameters); only
     the matmuls' inputs are cast. ``dgpo eval`` / ``sample`` / ``export`` load runs without FP8.
     Returns the number of converted layers and the recipe."""
     if recipe not in FP8_RECIPES:
         raise ConfigError(f"train.fp8={recipe!r}; allowed: 'none', {', '.join(map(repr, FP8_RECIPES))}")
-    if sharded:  # torchao has its own FSDP2 integration (FP8 all-gathers); not wired or tested here
-        raise ConfigError("train.fp8 is not supported with FSDP yet; use train.fp8=none")
     device_error = fp8_device_error(next(model.denoiser.parameters()).device)
     if device_error:
         raise ConfigError(device_error)
@@ -141,7 +142,8 @@ def use_fp8(model, policy, recipe: str, sharded: bool = False, compiled: bool = 
         raise ConfigError(f"train.fp8: no module of class {blocks} in {type(nets[0]).__name__}")
     n = 0
     for net in nets:
-        convert_to_float8_training(net, module_filter_fn=fp8_filter(net, blocks), config=config)
+        keep = fp8_filter(net, blocks, tuple(getattr(model, "frozen_prefixes", ())))
+        convert_to_float8_training(net, module_filter_fn=keep, config=config)
         n += sum(isinstance(m, Float8Linear) for m in net.modules())
     if n == 0:
         raise ConfigError(f"train.fp8: no linear layer of {type(nets[0]).__name__}'s blocks qualifies (widths must "

@@ -80,6 +80,9 @@ class Trainer:
         self.model = (model or load_model(c.model)).to(self.acc.device)
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
+        # FP8 layers replace linear layers, so before sharding (FSDP tracks its parameters' modules)
+        self.fp8_info = (speed.use_fp8(self.model, self.policy, c.train.fp8, c.train.compile)
+                         if c.train.fp8 != "none" else None)
         # DDP wraps the network for the forwards that train; rollouts, references and evals use the
         # bare module (no collectives outside backward). FSDP (accelerate's FSDP2 config) shards the
         # module itself: every forward gathers its shards (dgpo/training/fsdp.py)
@@ -87,8 +90,6 @@ class Trainer:
         self.policy.shard(self.shards)
         multi = self.acc.num_processes > 1 and not self.shards.enabled
         speed.set_tf32(c.train.tf32)
-        self.fp8_info = (speed.use_fp8(self.model, self.policy, c.train.fp8, self.shards.enabled, c.train.compile)
-                         if c.train.fp8 != "none" else None)
         self.compile_info = speed.compile_model(self.model, self.policy) if c.train.compile else None
         self.train_net = self.acc.prepare(self.model.denoiser) if multi else self.model.denoiser
 
