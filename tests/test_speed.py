@@ -294,7 +294,7 @@ def test_fp8_errors_name_the_key(sd3, tmp_path, monkeypatch):
     assert not keep(torch.nn.Linear(128, 20), name + "ff.net.2")  # a width that is no multiple of 16
     assert not keep(torch.nn.Linear(32, 32), name + "attn.to_q.lora_A.default")
     assert not keep(torch.nn.Linear(32, 32), "base_model.model.proj_out")  # outside the blocks
-    monkeypatch.setattr(speed, "fp8_filter", lambda net, blocks: lambda mod, fqn: False)
+    monkeypatch.setattr(speed, "fp8_filter", lambda *args: lambda mod, fqn: False)
     with pytest.raises(ConfigError, match="widths must be multiples of 16"):
         speed.use_fp8(m, pol, "rowwise")
 
