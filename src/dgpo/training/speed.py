@@ -118,12 +118,13 @@ def fp8_device_error(device: torch.device) -> str | None:
 def use_fp8(model, policy, recipe: str, compiled: bool = True) -> dict:
     """FP8 matmuls (torchao's float8 training, dynamic scaling with ``recipe``) for the denoiser's
     linear layers (:func:`fp8_filter`) in every forward and backward: rollouts, reference, EMA 'old',
-    training and evals. The frozen copy of full fine-tuning is converted alike; called before FSDP
-    shards the networks (the unsharded weights are gathered in the policy's dtype and cast per
-    matmul; torchao's FP8 all-gather is not used). Weights keep their
-    dtype, names and identity (checkpoints, the optimizer and the EMAs see the same parameters); only
-    the matmuls' inputs are cast. ``dgpo eval`` / ``sample`` / ``export`` load runs without FP8.
-    Returns the number of converted layers and the recipe."""
+    training and evals. The frozen copy of full fine-tuning is converted alike.
+
+    Weights keep their dtype, names and identity (checkpoints, the optimizer and the EMAs see the same
+    parameters); only the matmuls' operands are cast. Called before FSDP shards the networks: the
+    weights are gathered in the policy's dtype and cast per matmul (torchao's FP8 all-gather is not
+    used). ``dgpo eval`` / ``sample`` / ``export`` load runs without FP8. Returns the number of
+    converted layers and the recipe."""
     if recipe not in FP8_RECIPES:
         raise ConfigError(f"train.fp8={recipe!r}; allowed: 'none', {', '.join(map(repr, FP8_RECIPES))}")
     device_error = fp8_device_error(next(model.denoiser.parameters()).device)
