@@ -115,6 +115,10 @@ def fp8_device_error(device: torch.device) -> str | None:
     return None
 
 
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+
+
 def use_fp8(model, policy, recipe: str, compiled: bool = True) -> dict:
     """FP8 matmuls (torchao's float8 training, dynamic scaling with ``recipe``) for the denoiser's
     linear layers (:func:`fp8_filter`) in every forward and backward: rollouts, reference, EMA 'old',
@@ -145,7 +149,10 @@ def use_fp8(model, policy, recipe: str, compiled: bool = True) -> dict:
     for net in nets:
         keep = fp8_filter(net, blocks, tuple(getattr(model, "frozen_prefixes", ())))
         convert_to_float8_training(net, module_filter_fn=keep, config=config)
-        n += sum(isinstance(m, Float8Linear) for m in net.modules())
+        fp8 = [m for m in net.modules() if isinstance(m, Float8Linear)]
+        for m in fp8:  # torchao's rowwise casts refuse strided views (Sana's attention output is one)
+            m.register_forward_pre_hook(_contiguous_input)
+        n += len(fp8)
     if n == 0:
         raise ConfigError(f"train.fp8: no linear layer of {type(nets[0]).__name__}'s blocks qualifies (widths must "
                           "be multiples of 16)")
