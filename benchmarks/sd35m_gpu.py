@@ -19,6 +19,7 @@ Loop overhead = 1 - (the arm's model calls timed alone, composed as its loop cal
 measured iteration: everything outside model calls (sampler, VAE, reward, loss, optimizer, EMAs).
 
 Usage: python benchmarks/sd35m_gpu.py [--compare | --arms a,b] [--tiny] [--budget-s 480] [--out PATH]
+                                     [--profile dgpo_bf16_compile,...]
 Without ``--compare`` or ``--arms`` only ``dgpo_bf16_compile`` runs (a quick check of dgpo's speed).
 ``--tiny`` is a CPU smoke run (CI runs it): a 2-layer transformer, small text encoders, 64 px, 4 samples;
 by default its arms are the eager ones. ``benchmarks/sd35m_gpu.sh`` is a GPU session's whole check.
@@ -32,6 +33,7 @@ import gc
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from _official_loops import OfficialLoop, sync  # benchmarks/ is on sys.path when a script runs
@@ -162,7 +164,7 @@ def run_official(algorithm, pipe, template, device, tiny, iters) -> dict:
     return out
 
 
-def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda) -> dict:
+def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path | None = None, save=None) -> dict:
     fp8 = FP8_ARMS.get(arm, "none")
     bf16 = "bf16" in arm or fp8 != "none"
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,9 +196,39 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda) -> dict:
                "compile_info": trainer.compile_info, "fp8_info": trainer.fp8_info}
         out["calls"] = call_times(trainer.model, trainer.policy.reference, trainer.ema_old.applied,
                                   trainer.acc.autocast, B, 2 if tiny else 3)
+        if profile_to is not None:  # after every timing above: the profiler slows the host
+            if save is not None:
+                save({**out, "profile": "running"})  # the timings are on disk should the profiler crash
+            try:
+                out["profile"] = profile_epoch(trainer, profile_to)
+            except Exception as e:  # the timings stand without it
+                out["profile"] = {"error": f"{type(e).__name__}: {e}"}
         del trainer, model
     pipe.transformer = template
     return out
+
+
+def profile_epoch(trainer, table: Path) -> dict:
+    """One more epoch of a trained arm under torch.profiler: the GPU's kernel time against the epoch's
+    own wall time (rollout + reward + train, as logged) is the share of the iteration the GPU was busy;
+    the top operations by GPU (on a CPU run: CPU) time go to ``table``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    trainer.start_epoch, trainer.cfg.run.epochs = trainer.cfg.run.epochs, trainer.cfg.run.epochs + 1
+    with profile(activities=acts) as prof:
+        trainer.fit()  # the one extra epoch (the first fit ended the trackers: none are on here)
+        sync()
+    row = trainer.metrics.read()[-1]
+    epoch_s = row["time_rollout"] + row["time_reward"] + row["time_train"]
+    events = prof.key_averages()
+    device_us = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
+    kernels_s = sum(device_us(e) for e in events if not e.key.startswith(("Memcpy", "Memset"))) / 1e6
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(events.table(sort_by=sort, row_limit=40) + "\n")
+    return {"epoch": row["epoch"], "epoch_s": epoch_s, "gpu_kernels_s": kernels_s, "gpu_busy": kernels_s / epoch_s,
+            "table": str(table)}
 
 
 def iteration_flops() -> dict:
@@ -233,6 +265,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=2, help="official arms: timed iterations after one warm-up")
     ap.add_argument("--budget-s", type=float, default=480.0, help="skip the arms that start after this")
     ap.add_argument("--out", default="bench_results/sd35m_gpu.json")
+    ap.add_argument("--profile", default="", help="comma-separated dgpo arms to profile for one more epoch after "
+                    "their timings (GPU busy share; top ops to <out>.<arm>.profile.txt)")
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -268,7 +302,10 @@ def main() -> None:
             if arm.startswith("official"):
                 r = run_official(arm.removeprefix("official_"), pipe, template, device, a.tiny, a.iters)
             else:
-                r = run_dgpo(arm, pipe, template, device, a.tiny, a.epochs, cuda)
+                prof = Path(a.out).with_suffix(f".{arm}.profile.txt") if arm in a.profile.split(",") else None
+                save = lambda partial, arm=arm: (result["arms"].__setitem__(arm, partial),  # noqa: E731
+                                                 write_result(result, a.out))
+                r = run_dgpo(arm, pipe, template, device, a.tiny, a.epochs, cuda, prof, save)
         except Exception as e:  # one failing arm must not lose the others' figures
             r = {"error": f"{type(e).__name__}: {e}"}
         r["arm_wall_s"] = time.perf_counter() - t0

@@ -1,6 +1,8 @@
 #!/bin/bash
 # A GPU session's whole check in one call: `sd35m_gpu.py --compare` (official structures beside dgpo's
-# options, FP8 included) under a time budget, the JSON and log in $OUT.
+# options, FP8 included) under a time budget, the JSON and log in $OUT, and for the two compiled dgpo
+# arms one more epoch under torch.profiler (the GPU's busy share of an iteration; top kernels in
+# $OUT/sd35m_gpu.<arm>.profile.txt).
 #
 # GPU machines lent to this project have torch and transformers but not diffusers, peft or torchao: put
 # their wheels in .whl/ first (on a machine with a package index:
@@ -14,6 +16,7 @@ set -euo pipefail
 OUT=${OUT:-bench_results}
 SITE=${SITE:-/tmp/dgpo-site}
 BUDGET=${BUDGET:-420}     # seconds: arms that would start later are listed as skipped
+PROFILE=${PROFILE:-dgpo_bf16_compile,dgpo_fp8_compile}   # one more epoch each under torch.profiler
 PY=${PY:-python}
 mkdir -p "$OUT"
 if ! "$PY" -c "import diffusers, peft, torchao" 2>/dev/null; then
@@ -24,4 +27,4 @@ export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>/dev/null || true
 select=(--compare)
 [ -n "${ARMS:-}" ] && select=(--arms "$ARMS")
-"$PY" benchmarks/sd35m_gpu.py "${select[@]}" ${EXTRA:-} --budget-s "$BUDGET" --out "$OUT/sd35m_gpu.json" 2>&1 | tee "$OUT/sd35m_gpu.log"
+"$PY" benchmarks/sd35m_gpu.py "${select[@]}" ${EXTRA:-} --budget-s "$BUDGET" --profile "$PROFILE" --out "$OUT/sd35m_gpu.json" 2>&1 | tee "$OUT/sd35m_gpu.log"
