@@ -212,6 +212,7 @@ def profile_epoch(trainer, table: Path) -> dict:
     """One more epoch of a trained arm under torch.profiler: the GPU's kernel time against the epoch's
     own wall time (rollout + reward + train, as logged) is the share of the iteration the GPU was busy;
     the top operations by GPU (on a CPU run: CPU) time go to ``table``."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -222,8 +223,11 @@ def profile_epoch(trainer, table: Path) -> dict:
     row = trainer.metrics.read()[-1]
     epoch_s = row["time_rollout"] + row["time_reward"] + row["time_train"]
     events = prof.key_averages()
-    device_us = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
-    kernels_s = sum(device_us(e) for e in events if not e.key.startswith(("Memcpy", "Memset"))) / 1e6
+    # as the profiler's own table totals them: device-side events only (an op's row repeats its kernels'
+    # time, and annotations such as compiled regions span them), memory copies and sets left out
+    kernels_s = sum(e.self_device_time_total for e in events
+                    if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                    and not e.key.startswith(("Memcpy", "Memset"))) / 1e6
     sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(events.table(sort_by=sort, row_limit=40) + "\n")
@@ -259,7 +263,7 @@ def iteration_flops() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--compare", action="store_true", help="every arm, the official structures first")
+    ap.add_argument("--compare", action="store_true", help="every arm, in ARMS' order (the ones that matter first)")
     ap.add_argument("--arms", default="", help=f"comma-separated subset of {', '.join(ARMS)}")
     ap.add_argument("--epochs", type=int, default=3, help="dgpo arms: epochs (the first is warm-up)")
     ap.add_argument("--iters", type=int, default=2, help="official arms: timed iterations after one warm-up")
@@ -287,6 +291,9 @@ def main() -> None:
               "flops": iteration_flops()}
     eager = [arm for arm in ARMS if "compile" not in arm]  # --tiny's default: compiling on a CPU takes minutes
     arms = a.arms.split(",") if a.arms else list(ARMS) if a.compare else eager if a.tiny else list(DEFAULT_ARMS)
+    bad = [p for p in a.profile.split(",") if p and (p not in ARMS or p.startswith("official"))]
+    if bad:
+        raise SystemExit(f"--profile: {bad} are not dgpo arms; allowed: {', '.join(x for x in ARMS if x.startswith('dgpo'))}")
     for arm in arms:
         if arm not in ARMS:
             raise SystemExit(f"unknown arm {arm!r}; allowed: {', '.join(ARMS)}")

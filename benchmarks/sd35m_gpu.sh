@@ -9,14 +9,16 @@
 #   pip download --no-deps -d .whl diffusers==0.42.1 peft==0.21.2 torchao==0.18.0 importlib_metadata
 # ) and carry .whl along; they are installed into $SITE for this run only.
 #
-# Usage: OUT=/some/dir bash benchmarks/sd35m_gpu.sh      (about 7-9 minutes on an H200, most of it compiling)
+# Usage: OUT=/some/dir bash benchmarks/sd35m_gpu.sh      (about 7-9 minutes on an H200, most of it compiling;
+#        official_flow_grpo comes last and is usually skipped: its ratio to DGPO was measured in Nov 2026)
 #        ARMS=official_dgpo,dgpo_fp8_compile bash benchmarks/sd35m_gpu.sh
 #        PY=.venv/bin/python EXTRA=--tiny ARMS=official_dgpo,dgpo_fp8 bash benchmarks/sd35m_gpu.sh   (CPU smoke run)
 set -euo pipefail
 OUT=${OUT:-bench_results}
 SITE=${SITE:-/tmp/dgpo-site}
-BUDGET=${BUDGET:-420}     # seconds: arms that would start later are listed as skipped
-PROFILE=${PROFILE:-dgpo_bf16_compile,dgpo_fp8_compile}   # one more epoch each under torch.profiler
+BUDGET=${BUDGET:-360}     # seconds: arms that would start later are skipped (a compiled arm with its profile
+                          # takes about 4 minutes: keep BUDGET + 240 under the call's limit)
+PROFILE=${PROFILE-dgpo_bf16_compile,dgpo_fp8_compile}    # one more epoch each under torch.profiler ('' : none)
 PY=${PY:-python}
 mkdir -p "$OUT"
 if ! "$PY" -c "import diffusers, peft, torchao" 2>/dev/null; then
