@@ -310,8 +310,11 @@ def main() -> None:
                 r = run_official(arm.removeprefix("official_"), pipe, template, device, a.tiny, a.iters)
             else:
                 prof = Path(a.out).with_suffix(f".{arm}.profile.txt") if arm in a.profile.split(",") else None
-                save = lambda partial, arm=arm: (result["arms"].__setitem__(arm, partial),  # noqa: E731
-                                                 write_result(result, a.out))
+
+                def save(partial: dict, arm: str = arm) -> None:
+                    result["arms"][arm] = partial
+                    write_result(result, a.out)
+
                 r = run_dgpo(arm, pipe, template, device, a.tiny, a.epochs, cuda, prof, save)
         except Exception as e:  # one failing arm must not lose the others' figures
             r = {"error": f"{type(e).__name__}: {e}"}
