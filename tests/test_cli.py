@@ -20,5 +20,8 @@ def test_sample_and_eval_on_a_model(tiny_toy, tmp_path):
     assert main(["sample", "a photo of a red circle", "--model", str(tiny_toy), "--n", "2",
                  "--steps", "2", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
+    assert main(["sample", "a photo of a red circle", "--model", str(tiny_toy), "--n", "1", "--steps", "1",
+                 "--out", str(tmp_path)]) == 0  # an existing folder: FOLDER/samples.png
+    assert (tmp_path / "samples.png").stat().st_size > 0
     bad = main(["eval", "--model", str(tmp_path / "missing")])
     assert bad == 2

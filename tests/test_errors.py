@@ -36,7 +36,8 @@ def test_config_mistake_is_one_line_and_debug_adds_the_traceback(capsys):
 def test_bad_command_line_is_one_line(capsys):
     for argv, what in ((["sample", "--steps", "0"], "--steps: 0 is out of range [1, 1000]"),
                        (["eval", "--cfg-scale", "nan"], "--cfg-scale: 'nan' must be a finite number"),
-                       (["config", "show", "--bogus"], "unrecognized arguments: --bogus")):
+                       (["config", "show", "--bogus"], "unrecognized arguments: --bogus"),
+                       (["sample", "--out", "no_such_dir/grid"], "'no_such_dir/grid' is not an image file name")):
         with pytest.raises(SystemExit) as e:
             main(argv)
         err = capsys.readouterr().err.splitlines()

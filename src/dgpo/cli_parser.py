@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dgpo import __version__
-from dgpo.cli_types import SEED_MAX, Parser, channel_list, debug_flag, integer, leaf_parsers, number
+from dgpo.cli_types import SEED_MAX, Parser, channel_list, debug_flag, image_file, integer, leaf_parsers, number
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
@@ -138,8 +138,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
     sa = sub.add_parser("sample", help="write a PNG grid for prompts")
     sa.add_argument("prompts", nargs="*", help="prompts (default: 16 held-out toy prompts)")
-    sa.add_argument("--model", default="", help="toy checkpoint folder or run dir (default: built-in base)")
-    sa.add_argument("--out", default="samples.png")
+    sa.add_argument("--model", default="",
+                    help="run dir, toy checkpoint folder, diffusers folder or hub id (default: the built-in toy base)")
+    sa.add_argument("--out", type=image_file, default="samples.png",
+                    help="the grid's file (.png, .jpg, .webp), or an existing folder for FOLDER/samples.png")
     sa.add_argument("--n", type=integer(1, 4096), default=4, help="images per prompt")
     sa.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
     _sampler_args(sa)

@@ -58,6 +58,23 @@ def channel_list(text: str) -> tuple[int, int, int]:
     return widths
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def image_file(text: str) -> str:
+    """An argparse type: where to write an image, checked before any work is done. An existing folder
+    means ``FOLDER/samples.png``; otherwise the name must end in an image suffix PIL writes."""
+    from pathlib import Path
+
+    path = Path(text)
+    if path.is_dir():
+        return str(path / "samples.png")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an image file name: end it in "
+                                         f"{', '.join(IMAGE_SUFFIXES)}, or give an existing folder")
+    return text
+
+
 def debug_flag(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
     p.add_argument("--debug", action="store_true", default=default,
                    help="show the Python traceback of an input error too")
