@@ -172,6 +172,10 @@ def _sharding_worker(rank: int, port: int, out: dict) -> None:
         Layout(2, rank).check_same(3 + rank, "micro-batches")
     except RuntimeError as e:
         res["mismatch"] = str(e)
+    from dgpo.training.speed import compile_regions
+
+    res["class"] = type(net).__name__  # fully_shard subclasses the module's class
+    res["compiled"] = compile_regions(net, ["Sequential"])  # found through the MRO (never run here)
     out[rank] = res
     acc.end_training()  # destroys the process group
 
@@ -187,6 +191,7 @@ def test_sharding_gathers_whole_tensors_and_loads_them_back_into_shards_and_refu
         assert r["sharded"] == ["0.weight", "0.bias"] and r["local_rows"] in (2, 3)  # 5 rows over 2 processes
         assert r["restored"] and r["moment_back"]
         assert "disagree on the number of micro-batches (from 3 to 4)" in r["mismatch"]
+        assert r["class"] == "FSDPSequential" and r["compiled"] == 1  # train.compile finds sharded blocks
     assert out[1]["gathered"] == {} and out[0]["moment_shape"] == (5, 3)
     assert {k: tuple(v.shape) for k, v in out[0]["gathered"].items()} == {
         "0.weight": (5, 3), "0.bias": (5,), "2.weight": (2, 5), "2.bias": (2,)}

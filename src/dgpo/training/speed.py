@@ -61,7 +61,8 @@ def compile_regions(module: nn.Module, block_names: list[str], **kwargs) -> int:
         return 1
     n = 0
     for sub in net.modules():
-        if type(sub).__name__ in block_names:
+        # FSDP2's fully_shard swaps a block's class for a subclass named FSDP<name>: match the MRO
+        if any(c.__name__ in block_names for c in type(sub).__mro__):
             sub.compile(**kwargs)
             n += 1
     if n == 0:
