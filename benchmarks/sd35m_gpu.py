@@ -10,17 +10,19 @@ Every arm gets a fresh copy of the same transformer; B = 16 samples per iteratio
 
 Arms: ``official_dgpo`` / ``official_flow_grpo`` (eager, fp32 weights under bf16 autocast),
 ``dgpo_fp32`` (dgpo, the same precision), ``dgpo_bf16`` (bf16 frozen weights, fp32 LoRA and AdamW
-state), ``dgpo_bf16_compile`` (and ``train.compile``: all exact options together), ``dgpo_fp8_compile``
+state), ``dgpo_bf16_compile`` (and ``train.compile``), ``dgpo_fp8_compile``
 (and ``train.fp8=rowwise``: FP8 matmuls in the blocks, needs torchao), ``dgpo_fp8tw_compile``
 (tensorwise scales), ``dgpo_fp32_compile`` (compile alone), ``dgpo_fp8`` (FP8 alone, eager, bf16
-weights). ``--compare`` runs them all, in an order that puts the ones that matter first (``--budget-s``
+weights); ``_rb`` adds ``train.reference_batch_size`` = all 4 timesteps x B: one reference and one
+EMA-'old' forward of 64 samples per iteration instead of 4 of 16 (``dgpo_bf16_compile_rb``: every exact
+option; its ``calls`` time the reference forward at both sizes). ``--compare`` runs them all, in an order that puts the ones that matter first (``--budget-s``
 skips the arms that would start after it).
 Loop overhead = 1 - (the arm's model calls timed alone, composed as its loop calls them) / its
 measured iteration: everything outside model calls (sampler, VAE, reward, loss, optimizer, EMAs).
 
 Usage: python benchmarks/sd35m_gpu.py [--compare | --arms a,b] [--tiny] [--budget-s 480] [--out PATH]
                                      [--profile dgpo_bf16_compile,...]
-Without ``--compare`` or ``--arms`` only ``dgpo_bf16_compile`` runs (a quick check of dgpo's speed).
+Without ``--compare`` or ``--arms`` only ``dgpo_bf16_compile_rb`` runs (a quick check of dgpo's speed).
 ``--tiny`` is a CPU smoke run (CI runs it): a 2-layer transformer, small text encoders, 64 px, 4 samples;
 by default its arms are the eager ones. ``benchmarks/sd35m_gpu.sh`` is a GPU session's whole check.
 """
@@ -52,10 +54,12 @@ SD35M = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 2
          "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm"}
 # --compare's arms, the ones that matter first (for --budget-s): the official structure, dgpo with all exact
 # options, + FP8, then each option alone; Flow-GRPO's structure last (85 GiB on the H200: more than an H100 has)
-ARMS = ("official_dgpo", "dgpo_bf16_compile", "dgpo_fp8_compile", "dgpo_bf16", "dgpo_fp32", "dgpo_fp8tw_compile",
-        "dgpo_fp32_compile", "dgpo_fp8", "official_flow_grpo")
-DEFAULT_ARMS = ("dgpo_bf16_compile",)  # without --compare: dgpo with every exact option
-FP8_ARMS = {"dgpo_fp8_compile": "rowwise", "dgpo_fp8tw_compile": "tensorwise", "dgpo_fp8": "rowwise"}
+ARMS = ("official_dgpo", "dgpo_bf16_compile_rb", "dgpo_fp8_compile_rb", "dgpo_bf16_compile", "dgpo_fp8_compile",
+        "dgpo_bf16", "dgpo_fp32", "dgpo_fp8tw_compile", "dgpo_fp32_compile", "dgpo_fp8", "official_flow_grpo")
+EXTRA_ARMS = ("dgpo_bf16_rb",)  # --arms only (the tiny CPU test's eager check of the _rb path)
+DEFAULT_ARMS = ("dgpo_bf16_compile_rb",)  # without --compare: dgpo with every exact option
+FP8_ARMS = {"dgpo_fp8_compile_rb": "rowwise", "dgpo_fp8_compile": "rowwise", "dgpo_fp8tw_compile": "tensorwise",
+            "dgpo_fp8": "rowwise"}
 TINY_SD3 = {"sample_size": 8, "patch_size": 2, "in_channels": 16, "num_layers": 2, "attention_head_dim": 16,
             "num_attention_heads": 2, "joint_attention_dim": 64, "caption_projection_dim": 32,
             "pooled_projection_dim": 64, "out_channels": 16, "pos_embed_max_size": 32, "dual_attention_layers": [0],
@@ -98,17 +102,23 @@ def timed(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def call_times(model, reference, old, autocast, B: int, reps: int, need_old: bool = True) -> dict:
+def call_times(model, reference, old, autocast, B: int, reps: int, need_old: bool = True, frozen_B: int = 0) -> dict:
     """Each model call of a DGPO iteration alone: rollout step (CFG, batch 2B), reference / old
-    forwards and the policy forward + backward (batch B)."""
+    forwards (batch ``frozen_B``: train.reference_batch_size, else B) and the policy forward + backward
+    (batch B)."""
     c, d = model.latent_shape(), model.device
     cond, null = model.encode_prompts(["a photo of a cat"] * B), model.encode_prompts([""] * B)
     x, t = torch.randn(B, *c, device=d), torch.full((B,), 700.0, device=d)
+    fb = frozen_B or B
+    big = {"x": torch.randn(fb, *c, device=d), "t": torch.full((fb,), 700.0, device=d),
+           "cond": model.encode_prompts(["a photo of a cat"] * fb)}
 
-    def nograd(ctx):
+    def nograd(ctx, n=fb):
+        x_, t_, c_ = (big["x"], big["t"], big["cond"]) if n == fb else (x, t, cond)
+
         def f():
             with torch.no_grad(), ctx(), autocast():
-                model.velocity(x, t, cond)
+                model.velocity(x_, t_, c_)
         return f
 
     def rollout_step():
@@ -121,10 +131,14 @@ def call_times(model, reference, old, autocast, B: int, reps: int, need_old: boo
         loss.backward()
         model.denoiser.zero_grad(set_to_none=True)
 
-    out = {"rollout_step_cfg": timed(rollout_step, reps), "reference_fwd": timed(nograd(reference), reps),
+    out = {"rollout_step_cfg": timed(rollout_step, reps), "frozen_batch": fb, "reference_fwd": timed(nograd(reference), reps),
            "old_fwd": timed(nograd(old), reps) if need_old else 0.0, "policy_fwd_bwd": timed(fwd_bwd, reps)}
-    out["composed_per_sample"] = (STEPS * out["rollout_step_cfg"] + TRAIN_T * (
-        out["reference_fwd"] + out["old_fwd"] + out["policy_fwd_bwd"])) / B
+    if fb != B:  # the same forwards at the micro-batch's size, for the ratio
+        out["reference_fwd_at_B"] = timed(nograd(reference, B), reps)
+        out["old_fwd_at_B"] = timed(nograd(old, B), reps) if need_old else 0.0
+    frozen_calls = TRAIN_T * B / fb  # reference and 'old' forwards per iteration
+    out["composed_per_sample"] = (STEPS * out["rollout_step_cfg"] + frozen_calls * (out["reference_fwd"] + out["old_fwd"])
+                                  + TRAIN_T * out["policy_fwd_bwd"]) / B
     return out
 
 
@@ -167,10 +181,12 @@ def run_official(algorithm, pipe, template, device, tiny, iters) -> dict:
 def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path | None = None, save=None) -> dict:
     fp8 = FP8_ARMS.get(arm, "none")
     bf16 = "bf16" in arm or fp8 != "none"
+    frozen_B = TRAIN_T * PROMPTS * S["group"] if arm.endswith("_rb") else 0
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [
             "model.kind=sd3", f"model.resolution={S['res']}", f"model.max_sequence_length={S['tokens']}",
             f"train.mixed_precision={'bf16' if cuda else 'no'}", f"train.compile={'compile' in arm}", f"train.fp8={fp8}",
+            f"train.reference_batch_size={frozen_B}",
             f"run.out_dir={tmp}", f"run.epochs={epochs}", "run.sample_every=0", "run.save_every=0",
             "run.eval_at_ends=false", "run.log_with=none", "sampler.shift=3.0", "sampler.method=dpm",
             f"sampler.steps={STEPS}", "sampler.cfg_scale=4.5", "reward.name=colorfulness", "train.lora_rank=64",
@@ -195,7 +211,7 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path |
                "frozen_dtype": str(next(p for p in trainer.model.denoiser.parameters() if not p.requires_grad).dtype),
                "compile_info": trainer.compile_info, "fp8_info": trainer.fp8_info}
         out["calls"] = call_times(trainer.model, trainer.policy.reference, trainer.ema_old.applied,
-                                  trainer.acc.autocast, B, 2 if tiny else 3)
+                                  trainer.acc.autocast, B, 2 if tiny else 3, frozen_B=frozen_B)
         if profile_to is not None:  # after every timing above: the profiler slows the host
             if save is not None:
                 save({**out, "profile": "running"})  # the timings are on disk should the profiler crash
@@ -291,12 +307,12 @@ def main() -> None:
               "flops": iteration_flops()}
     eager = [arm for arm in ARMS if "compile" not in arm]  # --tiny's default: compiling on a CPU takes minutes
     arms = a.arms.split(",") if a.arms else list(ARMS) if a.compare else eager if a.tiny else list(DEFAULT_ARMS)
-    bad = [p for p in a.profile.split(",") if p and (p not in ARMS or p.startswith("official"))]
+    bad = [p for p in a.profile.split(",") if p and (p not in ARMS + EXTRA_ARMS or p.startswith("official"))]
     if bad:
         raise SystemExit(f"--profile: {bad} are not dgpo arms; allowed: {', '.join(x for x in ARMS if x.startswith('dgpo'))}")
     for arm in arms:
-        if arm not in ARMS:
-            raise SystemExit(f"unknown arm {arm!r}; allowed: {', '.join(ARMS)}")
+        if arm not in ARMS + EXTRA_ARMS:
+            raise SystemExit(f"unknown arm {arm!r}; allowed: {', '.join(ARMS + EXTRA_ARMS)}")
         if time.perf_counter() - t_start > a.budget_s:
             result["skipped"].append(arm)
             continue

@@ -1,6 +1,6 @@
 #!/bin/bash
 # A GPU session's whole check in one call: `sd35m_gpu.py --compare` (official structures beside dgpo's
-# options, FP8 included) under a time budget, the JSON and log in $OUT, and for the two compiled dgpo
+# options, FP8 included) under a time budget, the JSON and log in $OUT, and for the two first compiled dgpo
 # arms one more epoch under torch.profiler (the GPU's busy share of an iteration; top kernels in
 # $OUT/sd35m_gpu.<arm>.profile.txt).
 #
@@ -18,7 +18,7 @@ OUT=${OUT:-bench_results}
 SITE=${SITE:-/tmp/dgpo-site}
 BUDGET=${BUDGET:-360}     # seconds: arms that would start later are skipped (a compiled arm with its profile
                           # takes about 4 minutes: keep BUDGET + 240 under the call's limit)
-PROFILE=${PROFILE-dgpo_bf16_compile,dgpo_fp8_compile}    # one more epoch each under torch.profiler ('' : none)
+PROFILE=${PROFILE-dgpo_bf16_compile_rb,dgpo_fp8_compile_rb}    # one more epoch each under torch.profiler ('' : none)
 PY=${PY:-python}
 mkdir -p "$OUT"
 if ! "$PY" -c "import diffusers, peft, torchao" 2>/dev/null; then

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_sd35m_benchmark_tiny_smoke_run(tmp_path):
     out = tmp_path / "r.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    arms = "official_dgpo,dgpo_bf16,official_flow_grpo,dgpo_fp32,dgpo_fp8"
+    arms = "official_dgpo,dgpo_bf16,official_flow_grpo,dgpo_fp32,dgpo_fp8,dgpo_bf16_rb"
     proc = subprocess.run([sys.executable, "sd35m_gpu.py", "--tiny", "--arms", arms, "--epochs", "2", "--iters", "1",
                            "--profile", "dgpo_bf16", "--out", str(out)], cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True,
                           timeout=600)
@@ -29,6 +29,9 @@ def test_sd35m_benchmark_tiny_smoke_run(tmp_path):
     assert r["arms"]["dgpo_bf16"]["trainable_dtype"] == "torch.float32"
     assert r["arms"]["dgpo_fp8"]["fp8_info"] == {"recipe": "rowwise", "fp8_linears": 29}  # 2 blocks, one dual
     assert r["arms"]["dgpo_bf16"]["fp8_info"] is None
+    rb, plain = r["arms"]["dgpo_bf16_rb"]["calls"], r["arms"]["dgpo_bf16"]["calls"]
+    assert rb["frozen_batch"] == 16 and plain["frozen_batch"] == 4  # 4 timesteps x 4 samples in one forward
+    assert rb["reference_fwd_at_B"] > 0 and "reference_fwd_at_B" not in plain
     prof = r["arms"]["dgpo_bf16"]["profile"]  # one more epoch (index 2) under the profiler, after the timings
     assert prof["epoch"] == 2 and prof["epoch_s"] > 0 and prof["gpu_busy"] == 0.0  # no GPU here
     assert "aten::" in (tmp_path / "r.dgpo_bf16.profile.txt").read_text() and "profile" not in r["arms"]["dgpo_fp32"]

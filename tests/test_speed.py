@@ -9,6 +9,7 @@ import torch
 from tiny_diffusers import build_sd3
 
 from dgpo.config import load_config
+from dgpo.errors import ConfigError
 from dgpo.losses.dgpo import dgpo_velocity_loss
 from dgpo.models.loading import load_model
 from dgpo.training import speed
@@ -133,6 +134,63 @@ def test_reference_forward_is_skipped_only_when_nothing_reads_it(tmp_path):
     assert float(a) == float(b)
     with pytest.raises(ValueError, match="v_ref is needed"):
         dgpo_velocity_loss(v, None, target, adv, gids, **{**kw, "kl_beta": 0.1})
+
+
+def _counting(tr, calls):
+    """Count the reference and EMA-'old' forwards of a trainer's run (contexts entered)."""
+    ref, old = tr.policy.reference, tr.ema_old.applied
+
+    def reference():
+        calls["ref"] += 1
+        return ref()
+
+    def applied():
+        calls["old"] += 1
+        return old()
+
+    tr.policy.reference, tr.ema_old.applied = reference, applied
+
+
+@pytest.mark.parametrize("kind,algo", [("toy", "dgpo"), ("toy", "dpo"), ("sd3", "dgpo")])
+def test_batched_reference_forwards_train_like_per_micro_batch_ones(sd3, tmp_path, kind, algo):
+    """train.reference_batch_size runs the reference (CFG'd: kl_cfg 2) and EMA-'old' forwards of an
+    optimizer step's 2 timesteps x 2 micro-batches together before its backward passes: the same
+    weights and metrics as one forward per micro-batch and timestep, from fewer, bigger forwards (a
+    size of 6 needs several forwards per step)."""
+    common = ("run.epochs=2", "train.steps_per_epoch=1", f"train.algorithm={algo}", "dgpo.kl_cfg=2",
+              "dgpo.clip_range=0.01", "dgpo.kl_beta=0.1", "dgpo.text_dropout=0.5", "dgpo.switch_ema_ref=0")
+    runs = {}
+    for size in (0, 6, 64):
+        if kind == "toy":
+            cfg = _toy_cfg(tmp_path / str(size), *common, f"train.reference_batch_size={size}", "train.batch_size=4")
+        else:
+            cfg = _sd3_cfg(sd3, tmp_path / str(size), *common, f"train.reference_batch_size={size}",
+                           "train.batch_size=2", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2")
+        calls = {"ref": 0, "old": 0}
+        tr = Trainer(cfg)
+        _counting(tr, calls)
+        tr.fit()
+        runs[size] = tr.policy.state_dict(), tr.metrics.read(), calls
+    (base, rows, calls0), rollouts_old = runs[0], 1  # the 2nd epoch rolls out from the EMA (one context)
+    per_step_ref = 2 * 2  # timesteps x micro-batches, each epoch
+    assert calls0["ref"] == 2 * per_step_ref
+    assert 2 < runs[6][2]["ref"] <= calls0["ref"] and runs[64][2]["ref"] == 2  # 64: one forward per step
+    if algo == "dgpo":
+        assert calls0["old"] == 2 * per_step_ref + rollouts_old and runs[64][2]["old"] == 2 + rollouts_old
+    else:
+        assert calls0["old"] == runs[64][2]["old"] == rollouts_old  # DPO reads no 'old' model
+    for size in (6, 64):
+        state, rows_b, _ = runs[size]
+        for n in base:
+            torch.testing.assert_close(state[n], base[n], rtol=1e-5, atol=1e-6)
+        for r0, rb in zip(rows, rows_b):
+            for k in ("loss", "grad_norm", *(("dgpo", "kl", "clip") if algo == "dgpo" else ("dpo",))):
+                assert rb[k] == pytest.approx(r0[k], rel=1e-4, abs=1e-7), k
+
+
+def test_batched_reference_forwards_are_refused_for_flow_grpo():
+    with pytest.raises(ConfigError, match="train.reference_batch_size: Flow-GRPO"):
+        load_config(None, ["train.algorithm=flow_grpo", "train.reference_batch_size=64"])
 
 
 def test_tf32_switch():

@@ -187,6 +187,11 @@ class TrainConfig:
                           "train.rollout_batch_size is set")
     rollout_batch_size: int = opt(0, 0, help="samples per rollout chunk (CFG doubles the transformer's batch); "
                                   "0: train.batch_size")
+    reference_batch_size: int = opt(
+        0, 0, help="DGPO, DPO: samples per forward of the frozen reference and the EMA 'old' model, run for all "
+        "timesteps and micro-batches of an optimizer step before its backward passes (whole micro-batches; "
+        "bigger, faster forwards on a GPU; the same weights, so the numbers change only by the rounding of "
+        "another batch size); 0: one forward per micro-batch and timestep (the official order)")
     steps_per_epoch: int = opt(1, 1, help="optimizer steps per epoch (official DGPO 1, Flow-GRPO 2)")
     sampling_batches: int = opt(
         2, 1, help="the official num_batches_per_epoch, sampling batches per process and epoch (DGPO GenEval/OCR 2, "
@@ -262,6 +267,9 @@ class Config:
         if t.ema_cadence == "per_batch" and t.sampling_batches % t.steps_per_epoch:
             raise ConfigError(f"train.sampling_batches={t.sampling_batches} must be a multiple of "
                               f"train.steps_per_epoch={t.steps_per_epoch} (train.ema_cadence=per_batch)")
+        if t.reference_batch_size and t.algorithm == "flow_grpo":
+            raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
+                              "policy forward; set it to 0 (it applies to dgpo and dpo)")
         if self.grpo.sde_window > self.sampler.steps:
             raise ConfigError(f"grpo.sde_window={self.grpo.sde_window} exceeds sampler.steps={self.sampler.steps}")
         _validate_reward(self.reward)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from dgpo.losses.dgpo import dsm
-from dgpo.models.base import cfg_velocity, cond_index, cond_where
+from dgpo.models.base import cfg_velocity, cond_cat, cond_index, cond_where
 from dgpo.samplers.rollout import generate, initial_noise
 from dgpo.samplers.sde import sample_sde
 from dgpo.schedules import interpolate
@@ -133,12 +133,15 @@ class Algorithm:
         batch["x0"] = torch.cat(chunks)
         return batch
 
-    def denoising_losses(self, batch: dict, mb: torch.Tensor, t: TrainTime, slot: int, epoch: int,
-                         need_old: bool = False, need_ref: bool = True) -> dict:
-        """Policy, reference (and EMA-old) velocities and denoising losses at x_t re-noised at t.sigma
-        with noise shared by a group, the models receiving t.timestep; the paper's prompt dropout
-        applies to the policy and reference alike."""
-        c, d, tr = self.cfg, self.cfg.dgpo, self.tr
+    def frozen_needs(self) -> tuple[bool, bool]:
+        """Which no-grad forwards the loss reads: (the EMA 'old' model, the frozen reference)."""
+        return False, False
+
+    def noised(self, batch: dict, mb: torch.Tensor, t: TrainTime, slot: int, epoch: int) -> dict:
+        """The inputs of every forward at one training timestep: x_t re-noised at t.sigma with noise
+        shared by a group, the models receiving t.timestep; the paper's prompt dropout applies to the
+        policy and reference alike."""
+        c, d = self.cfg, self.cfg.dgpo
         x0, gids = batch["x0"][mb], batch["group_ids"][mb]
         cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
         if d.text_dropout > 0:
@@ -146,19 +149,63 @@ class Algorithm:
             drop = torch.rand(batch["n_total"], generator=g)[batch["index"][mb]] < d.text_dropout
             cond = cond_where(drop.to(x0.device), null, cond)
         eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot).to(x0.device, x0.dtype)
-        tt = t.timestep.expand(len(mb)).to(x0.device)
-        x_t, target = interpolate(x0, eps, t.sigma), eps - x0
-        out = {"target": target}
+        return {"x_t": interpolate(x0, eps, t.sigma), "t": t.timestep.expand(len(mb)).to(x0.device),
+                "cond": cond, "null": null, "target": eps - x0}
+
+    def prepare_step(self, batch: dict, micro: list[torch.Tensor], units: list, epoch: int) -> None:
+        """Before an optimizer step's backward passes: with ``train.reference_batch_size``, run the
+        reference and EMA-'old' forwards of all its timesteps and micro-batches together, in forwards
+        of up to that many samples (whole micro-batches). The weights they read do not change within
+        the step, so only the batch sizes differ from the per-micro-batch order."""
+        self._frozen = {}
+        need_old, need_ref = self.frozen_needs()
+        size = self.cfg.train.reference_batch_size
+        if size <= 0 or not (need_old or need_ref):
+            return
+        items = [((slot, int(mb[0])), self.noised(batch, mb, unit, slot, epoch))
+                 for slot, unit in enumerate(units) for mb in micro if len(mb)]
+        chunk: list = []
+        for n, item in enumerate(items):
+            chunk.append(item)
+            rows = sum(len(i[1]["t"]) for i in chunk)
+            if n + 1 == len(items) or rows + len(items[n + 1][1]["t"]) > size:
+                self._run_frozen(chunk, need_old, need_ref)
+                chunk = []
+
+    def _run_frozen(self, chunk: list, need_old: bool, need_ref: bool) -> None:
+        keys, ins = zip(*chunk)
+        x, t = torch.cat([i["x_t"] for i in ins]), torch.cat([i["t"] for i in ins])
+        cond, null = cond_cat([i["cond"] for i in ins]), cond_cat([i["null"] for i in ins])
+        out = self._frozen_velocities(x, t, cond, null, need_old, need_ref)
+        sizes = [len(i["t"]) for i in ins]
+        for key, *parts in zip(keys, *(v.split(sizes) for v in out.values())):
+            self._frozen[key] = dict(zip(out, parts))
+
+    def _frozen_velocities(self, x_t, t, cond, null, need_old: bool, need_ref: bool) -> dict:
+        """The reference (CFG'd with ``dgpo.kl_cfg``) and EMA-'old' velocities, without grad."""
+        tr, out = self.tr, {}
         with torch.no_grad(), tr.acc.autocast():  # train.mixed_precision covers every forward (official)
-            if need_ref:  # skipped only when nothing reads it (DGPO: use_ema_ref without KL)
+            if need_ref:
                 with tr.policy.reference():
-                    out["v_ref"] = cfg_velocity(tr.model, x_t, tt, cond, null, d.kl_cfg)
-                out["dsm_ref"] = dsm(out["v_ref"], target)  # official: the CFG'd reference when kl_cfg > 1
+                    out["v_ref"] = cfg_velocity(tr.model, x_t, t, cond, null, self.cfg.dgpo.kl_cfg)
             if need_old:
                 with tr.ema_old.applied():
-                    out["v_old"] = tr.model.velocity(x_t, tt, cond)
-                out["dsm_old"] = dsm(out["v_old"], target)
-        with tr.acc.autocast():
-            out["v"] = tr.model.velocity(x_t, tt, cond).float()
-        out["dsm"] = dsm(out["v"], target)
+                    out["v_old"] = tr.model.velocity(x_t, t, cond)
+        return out
+
+    def denoising_losses(self, batch: dict, mb: torch.Tensor, t: TrainTime, slot: int, epoch: int) -> dict:
+        """Policy, reference (and EMA-old) velocities and denoising losses at :meth:`noised` inputs.
+        The reference and 'old' forwards are those :meth:`frozen_needs` asks for, run here or taken
+        from :meth:`prepare_step`."""
+        i = self.noised(batch, mb, t, slot, epoch)
+        frozen = getattr(self, "_frozen", {}).get((slot, int(mb[0])))
+        if frozen is None:
+            frozen = self._frozen_velocities(i["x_t"], i["t"], i["cond"], i["null"], *self.frozen_needs())
+        out = {"target": i["target"], **frozen}
+        for name in ("ref", "old"):  # official: the CFG'd reference's loss when kl_cfg > 1
+            if f"v_{name}" in out:
+                out[f"dsm_{name}"] = dsm(out[f"v_{name}"], i["target"])
+        with self.tr.acc.autocast():
+            out["v"] = self.tr.model.velocity(i["x_t"], i["t"], i["cond"]).float()
+        out["dsm"] = dsm(out["v"], i["target"])
         return out

@@ -19,13 +19,18 @@ class DGPO(Algorithm):
         weights = group_weights(rewards, adv, group_ids, d.weighting, d.softmax_temperature)
         return torch.ones_like(adv, dtype=torch.bool), weights
 
-    def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
-        d, tr = self.cfg.dgpo, self.tr
+    def frozen_needs(self) -> tuple[bool, bool]:
+        d = self.cfg.dgpo
         # official: the 'old' forward runs when clip_dsm or clip_kl is set (here only if the clip is
         # on: clip_range 0 means off) and, unlike there, also for use_ema_ref alone
         need_old = d.use_ema_ref or (d.clip_range > 0 and (d.clip_dsm or d.clip_kl))
         need_ref = not d.use_ema_ref or d.kl_beta > 0  # the frozen reference feeds the DGPO term or the KL
-        o = self.denoising_losses(batch, mb, unit, slot, epoch, need_old, need_ref)
+        return need_old, need_ref
+
+    def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
+        d, tr = self.cfg.dgpo, self.tr
+        need_ref = self.frozen_needs()[1]
+        o = self.denoising_losses(batch, mb, unit, slot, epoch)
         a = signal[mb].to(o["dsm"].device)
         out = dgpo_velocity_loss(o["v"], o.get("v_ref"), o["target"], a, batch["group_ids"][mb].to(a.device),
                                  d.beta_dpo, self.cfg.train.group_size, tr.group_sum, v_old=o.get("v_old"),

@@ -34,6 +34,9 @@ class DPO(Algorithm):
         keep = torch.ones_like(label, dtype=torch.bool) if self.tr.layout.distributed else label != 0
         return keep, label
 
+    def frozen_needs(self) -> tuple[bool, bool]:
+        return False, True  # the reference's denoising losses
+
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
         o = self.denoising_losses(batch, mb, unit, slot, epoch)
         dev = o["dsm"].device

@@ -211,6 +211,7 @@ class Trainer:
         n_back = len(units) * len(micro)
         if self.shards.enabled:  # every forward is a collective: unequal counts would hang
             self.layout.check_same(len(micro), "micro-batches in this optimizer step")
+        self.algo.prepare_step(batch, micro, units, epoch)  # train.reference_batch_size: no-grad forwards first
         for slot, unit in enumerate(units):
             for m, mb in enumerate(micro):
                 # DDP syncs gradients on the last backward only; FSDP reduce-scatters every backward
