@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 
 from dgpo import __version__
-from dgpo.cli_types import SEED_MAX, Parser, channel_list, debug_flag, image_file, integer, leaf_parsers, number
+from dgpo.cli_types import (
+    SEED_MAX,
+    Parser,
+    channel_list,
+    debug_flag,
+    image_file,
+    integer,
+    leaf_parsers,
+    number,
+)
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:

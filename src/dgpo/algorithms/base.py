@@ -8,7 +8,8 @@ and the loss of one micro-batch at one unit (``micro_loss``). The trainer owns e
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ class Algorithm:
 
     def __init__(self, trainer: Trainer):
         self.tr, self.cfg = trainer, trainer.cfg
+        self._frozen: dict = {}  # (timestep slot, first position) -> reference / 'old' velocities
 
     @classmethod
     def rollout_method(cls, cfg) -> str:
@@ -152,25 +154,30 @@ class Algorithm:
         return {"x_t": interpolate(x0, eps, t.sigma), "t": t.timestep.expand(len(mb)).to(x0.device),
                 "cond": cond, "null": null, "target": eps - x0}
 
-    def prepare_step(self, batch: dict, micro: list[torch.Tensor], units: list, epoch: int) -> None:
-        """Before an optimizer step's backward passes: with ``train.reference_batch_size``, run the
-        reference and EMA-'old' forwards of all its timesteps and micro-batches together, in forwards
-        of up to that many samples (whole micro-batches). The weights they read do not change within
-        the step, so only the batch sizes differ from the per-micro-batch order."""
+    @contextmanager
+    def frozen_forwards(self, batch: dict, micro: list[torch.Tensor], units: list, epoch: int) -> Iterator[None]:
+        """Around an optimizer step's backward passes: with ``train.reference_batch_size``, the
+        reference and EMA-'old' forwards of all its timesteps and micro-batches run first, together, in
+        forwards of up to that many samples (whole micro-batches), and :meth:`denoising_losses` reads
+        them inside. The weights they read do not change within the step, so only the batch sizes
+        differ from the per-micro-batch order."""
         self._frozen = {}
         need_old, need_ref = self.frozen_needs()
         size = self.cfg.train.reference_batch_size
-        if size <= 0 or not (need_old or need_ref):
-            return
-        items = [((slot, int(mb[0])), self.noised(batch, mb, unit, slot, epoch))
-                 for slot, unit in enumerate(units) for mb in micro if len(mb)]
-        chunk: list = []
-        for n, item in enumerate(items):
-            chunk.append(item)
-            rows = sum(len(i[1]["t"]) for i in chunk)
-            if n + 1 == len(items) or rows + len(items[n + 1][1]["t"]) > size:
-                self._run_frozen(chunk, need_old, need_ref)
-                chunk = []
+        if size > 0 and (need_old or need_ref):
+            items = [((slot, int(mb[0])), self.noised(batch, mb, unit, slot, epoch))
+                     for slot, unit in enumerate(units) for mb in micro if len(mb)]
+            chunk: list = []
+            for n, item in enumerate(items):
+                chunk.append(item)
+                rows = sum(len(i[1]["t"]) for i in chunk)
+                if n + 1 == len(items) or rows + len(items[n + 1][1]["t"]) > size:
+                    self._run_frozen(chunk, need_old, need_ref)
+                    chunk = []
+        try:
+            yield
+        finally:
+            self._frozen = {}  # never read outside its step
 
     def _run_frozen(self, chunk: list, need_old: bool, need_ref: bool) -> None:
         keys, ins = zip(*chunk)
@@ -196,9 +203,9 @@ class Algorithm:
     def denoising_losses(self, batch: dict, mb: torch.Tensor, t: TrainTime, slot: int, epoch: int) -> dict:
         """Policy, reference (and EMA-old) velocities and denoising losses at :meth:`noised` inputs.
         The reference and 'old' forwards are those :meth:`frozen_needs` asks for, run here or taken
-        from :meth:`prepare_step`."""
+        from :meth:`frozen_forwards`."""
         i = self.noised(batch, mb, t, slot, epoch)
-        frozen = getattr(self, "_frozen", {}).get((slot, int(mb[0])))
+        frozen = self._frozen.get((slot, int(mb[0])))
         if frozen is None:
             frozen = self._frozen_velocities(i["x_t"], i["t"], i["cond"], i["null"], *self.frozen_needs())
         out = {"target": i["target"], **frozen}

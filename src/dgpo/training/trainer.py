@@ -35,8 +35,8 @@ from dgpo.training import checkpoints, io, speed
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
 from dgpo.training.ema import OldModelEMA, SlowEMA
-from dgpo.training.guards import FaultGuard, RunHalted, finite_row, masked_advantages, screen_rewards
 from dgpo.training.fsdp import Sharding
+from dgpo.training.guards import FaultGuard, RunHalted, finite_row, masked_advantages, screen_rewards
 from dgpo.training.policy import Policy, parse_targets
 from dgpo.training.scoring import ChunkScorer
 
@@ -211,17 +211,17 @@ class Trainer:
         n_back = len(units) * len(micro)
         if self.shards.enabled:  # every forward is a collective: unequal counts would hang
             self.layout.check_same(len(micro), "micro-batches in this optimizer step")
-        self.algo.prepare_step(batch, micro, units, epoch)  # train.reference_batch_size: no-grad forwards first
-        for slot, unit in enumerate(units):
-            for m, mb in enumerate(micro):
-                # DDP syncs gradients on the last backward only; FSDP reduce-scatters every backward
-                last = slot * len(micro) + m == n_back - 1 or self.shards.enabled
-                with self._training_forward(), (nullcontext() if last else self.acc.no_sync(self.train_net)):
-                    out = self.algo.micro_loss(batch, signal, mb, unit, slot, epoch)
-                    self.acc.backward(out.loss_sum * scale)
-                totals["loss"] = totals["loss"] + out.loss_sum.detach().float() * scale  # all_sum / world averages
-                for k, v in out.stats.items():
-                    totals[k] = totals.get(k, 0.0) + torch.as_tensor(v).detach().float() / (len(micro) * len(units))
+        with self.algo.frozen_forwards(batch, micro, units, epoch):  # train.reference_batch_size
+            for slot, unit in enumerate(units):
+                for m, mb in enumerate(micro):
+                    # DDP syncs gradients on the last backward only; FSDP reduce-scatters every backward
+                    last = slot * len(micro) + m == n_back - 1 or self.shards.enabled
+                    with self._training_forward(), (nullcontext() if last else self.acc.no_sync(self.train_net)):
+                        out = self.algo.micro_loss(batch, signal, mb, unit, slot, epoch)
+                        self.acc.backward(out.loss_sum * scale)
+                    totals["loss"] = totals["loss"] + out.loss_sum.detach().float() * scale  # all_sum / world averages
+                    for k, v in out.stats.items():
+                        totals[k] = totals.get(k, 0.0) + torch.as_tensor(v).detach().float() / (len(micro) * len(units))
         totals = {k: self.layout.all_sum(float(v)) / self.layout.world for k, v in totals.items()}
         grad_norm = self.acc.clip_grad_norm_(self.policy.params, c.train.max_grad_norm)
         cause = self.guard.nonfinite(totals["loss"], float(grad_norm))
