@@ -154,6 +154,36 @@ def test_an_epoch_of_nan_rewards_skips_its_step_and_counts_towards_max_bad_steps
     assert (out / "checkpoints" / "step_000001").is_dir()
 
 
+class Flat:
+    """The real reward, but the same number for every image on the calls ``flat(call)`` names."""
+
+    def __init__(self, flat):
+        self.fn, self.flat, self.calls = build_reward("jpeg_incompressibility"), flat, 0
+
+    def __call__(self, images, metas):
+        r = self.fn(images, metas)
+        self.calls += 1
+        return torch.full_like(r, 0.5) if self.flat(self.calls - 1) else r
+
+
+@pytest.mark.parametrize("algo", ["flow_grpo", "dpo"])
+def test_an_epoch_without_reward_spread_skips_its_step_and_changes_nothing(tiny_toy, tmp_path, algo):
+    """Every group without spread: Flow-GRPO's zero-advantage filter keeps no sample (the official loop
+    stops with an error on reshaping nothing) and DPO has no pair. The step is skipped, not counted
+    as a bad one, and the next epoch trains."""
+    out = tmp_path / "run"
+    tr = Trainer(_cfg(tiny_toy, out, f"train.algorithm={algo}", "grpo.clip_range=0.2"))
+    tr.reward_fn = Flat(lambda call: call in (2, 3))  # epoch 1 (2 chunks)
+    calls, _ = _spy(tr, lambda i: False)
+    tr.fit()
+    rows = _rows(out)
+    assert [(r["step"], r["bad_cause"], r["bad_steps_in_row"]) for r in rows] == [(1, "", 0), (1, "no_signal", 0),
+                                                                                 (2, "", 0)]
+    assert rows[1]["zero_spread_share"] == 1.0 and len(calls) == 2 and tr.step == 2  # epoch 1 took no step
+    before_epoch_2 = calls[1][0]
+    assert _same(calls[0][1], before_epoch_2)  # nothing changed in between: weights, EMAs, Adam, step
+
+
 class Flaky:
     """The real reward; ``fail(call)``: raise ("raise") or hang past the timeout ("hang") on that call."""
 

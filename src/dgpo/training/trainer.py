@@ -166,15 +166,17 @@ class Trainer:
             live_metas = [metas[g] for g in er.live_groups]
             t2 = time.time()
             bar.set_postfix_str("train")
-            train_pos = torch.nonzero(keep[batch["index"]]).squeeze(1)
+            train_pos, local_signal = torch.nonzero(keep[batch["index"]]).squeeze(1), signal[batch["index"]]
             for inner in range(c.train.inner_epochs):  # passes over the same rollouts
                 key = epoch + INNER_KEY * inner  # fresh timesteps and noise on every pass
                 units = self.algo.units(batch, key)
                 for part in self.algo.optimizer_chunks(batch["group_ids"], train_pos, key):
-                    if er.cause and not self.layout.all_sum(float(len(part))):  # all its groups were dropped
-                        stats = {"bad_cause": er.cause}
+                    # skipped when nothing trains: its groups were dropped, or none has a spread (Flow-GRPO's
+                    # zero-advantage filter keeps nothing, DPO has no pair; official Flow-GRPO stops with an error)
+                    if not self.layout.all_sum(self.algo.items(local_signal, part)):
+                        stats = {"bad_cause": er.cause or "no_signal"}
                     else:
-                        stats = self._optimizer_step(batch, signal[batch["index"]], part, units, key)
+                        stats = self._optimizer_step(batch, local_signal, part, units, key)
                     state, halt = self.guard.after_step(stats.pop("bad_cause", ""))
                     diag = self._diagnostics(live_metas, live_rewards, er.live(correct), er.live_ids(group_ids))
                     self._log(epoch, live_rewards, zero[er.live_groups], {**stats, **state, **faults, **diag},
