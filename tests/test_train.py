@@ -97,3 +97,20 @@ def test_flow_grpo_reevaluating_the_rollout_is_on_policy(tiny_toy, tmp_path, win
             assert float(out.stats["kl"]) < 1e-10, j  # the reference (adapter off) is the policy before training
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_flow_grpo_without_cfg_in_training_still_rolls_out_with_cfg(tiny_toy, tmp_path):
+    """grpo.cfg_train=false (official train.cfg=False) drops CFG from the training forwards only: the
+    rollouts are those of cfg_train=true, and the training forward is then off-policy (ratio != 1)."""
+    from dgpo.data.prompts import epoch_prompts
+
+    out = {}
+    for cfg_train in (True, False):
+        tr = Trainer(_cfg(tiny_toy, tmp_path / str(cfg_train), "train.algorithm=flow_grpo", "sampler.steps=4",
+                          f"grpo.cfg_train={cfg_train}"))
+        batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
+        adv = torch.linspace(-1, 1, len(batch["x0"]))
+        dev = tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), 0, 0, 0).stats["ratio_dev"]
+        out[cfg_train] = batch["x0"], batch["log_probs"], float(dev)
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+    assert out[True][2] < 1e-5 < out[False][2]

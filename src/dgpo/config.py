@@ -161,7 +161,8 @@ class GRPOConfig:
     kl_beta: float = opt(0.04, 0.0, help="KL weight (official 0.04 GenEval/OCR, 0.01 PickScore)")
     kl_paper: bool = opt(False, help="KL over the step std s_t sqrt(-dt) (paper) instead of s_t (code)")
     timestep_fraction: float = opt(0.99, 0.0, 1.0, help="train the first int(steps x fraction) steps (official 0.99)")
-    cfg_train: bool = opt(True, help="CFG in the training forward, unconditional branch detached (official)")
+    cfg_train: bool = opt(True, help="CFG in the training forwards (policy and KL reference), unconditional branch "
+                          "detached (official); rollouts use CFG either way")
     sde_window: int = opt(0, 0, help="Flow-GRPO-Fast: SDE (and training) on this many steps only; 0 = all")
     sde_window_range: int = opt(5, 1, help="Flow-GRPO-Fast: the window starts at a random step below this")
     zero_adv: Literal["samples", "groups"] = opt(

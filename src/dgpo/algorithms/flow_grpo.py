@@ -49,7 +49,7 @@ class FlowGRPO(Algorithm):
             for a in range(0, len(batch["seeds"]), bs):
                 sl = slice(a, a + bs)
                 cond, null = cond_index(batch["cond"], sl), cond_index(batch["null"], sl)
-                fn = lambda x, t, cond=cond, null=null: self.velocity(x, t, cond, null, grad=False)
+                fn = lambda x, t, cond=cond, null=null: self.velocity(x, t, cond, null, grad=False, rollout=True)
                 seeds = batch["seeds"][sl]
                 x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
                 step_seeds = [derive_seed(sd, 6) for sd in seeds]
@@ -62,14 +62,15 @@ class FlowGRPO(Algorithm):
         batch["sde_steps"] = steps
         return batch
 
-    def velocity(self, x, t, cond, null, grad: bool):
+    def velocity(self, x, t, cond, null, grad: bool, rollout: bool = False):
         """CFG velocity, v_u + s (v_c - v_u), official train.cfg: the rollout's and the training forward's
         are one and the same computation (both branches in one batched call under the same autocast), so
         that before an update the training forward reproduces the rollout's log-probs exactly, in bf16
-        too; in training v_u is detached (official compute_log_prob)."""
+        too; in training v_u is detached (official compute_log_prob). ``grpo.cfg_train=false`` drops CFG
+        from the training forwards (policy and reference) only: rollouts keep it, as official."""
         model, scale = self.tr.model, self.cfg.sampler.cfg_scale
         with self.tr.acc.autocast():
-            if not self.cfg.grpo.cfg_train or scale == 1.0:
+            if scale == 1.0 or not (rollout or self.cfg.grpo.cfg_train):
                 return model.velocity(x, t, cond)
             if not grad:
                 return cfg_velocity(model, x, t, cond, null, scale)
