@@ -90,6 +90,18 @@ def test_text_embeddings_are_cached_per_prompt(folders):
     assert torch.equal(b["embeds"][0], a["embeds"][1]) and len(m._cache) == 2
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_vae_decodes_in_fp32_whatever_the_model_dtype(folders, kind):
+    """Official (train_sd3_dgpo.py): text encoders and transformer in the inference dtype, the VAE in
+    fp32; a bf16 pipeline decodes the same images as an fp32 one from the same latents."""
+    bf16 = load_model(load_config(None, [*_model_overrides(kind, folders[kind]), "model.dtype=bf16"]).model)
+    fp32 = _adapter(kind, folders[kind])
+    assert bf16.pipe.vae.dtype == torch.float32 and bf16.pipe.transformer.dtype == torch.bfloat16
+    assert bf16.pipe.text_encoder.dtype == torch.bfloat16
+    z = torch.randn(2, *fp32.latent_shape(), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(bf16.decode(z), fp32.decode(z))
+
+
 def _velocity(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, *model.latent_shape(), generator=g)

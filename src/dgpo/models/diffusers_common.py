@@ -30,7 +30,9 @@ def load_pipeline(pipeline_cls, path: str, dtype: str):
         if not (p / "model_index.json").is_file():
             raise InputError(f"model.path {path!r} is not a diffusers pipeline folder: no model_index.json")
     try:
-        return pipeline_cls.from_pretrained(str(p) if local else path, dtype=DTYPES[dtype])
+        # official: the VAE in fp32 whatever the inference dtype (train_sd3_dgpo.py)
+        dtypes = {"default": DTYPES[dtype], "vae": torch.float32}
+        return pipeline_cls.from_pretrained(str(p) if local else path, dtype=dtypes)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"model.path {path!r}: cannot load it as {pipeline_cls.__name__}: {e}") from None
 
@@ -50,6 +52,8 @@ class DiffusersFlowModel:
             module = getattr(pipe, name, None)
             if module is not None:
                 module.requires_grad_(False).eval()
+        if getattr(pipe, "vae", None) is not None:  # official: the VAE decodes in fp32 whatever model.dtype
+            pipe.vae.to(torch.float32)
         self.scheduler_config = dict(pipe.scheduler.config)  # the family's own, as loaded
         self.denoiser = pipe.transformer.requires_grad_(False)
         # read from here, not through self.denoiser: training forwards swap in a DDP wrapper, which has

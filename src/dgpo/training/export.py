@@ -75,6 +75,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False, weight
             save_toy(net, out, {"exported_from": str(run_dir), "weights": weights})
         else:
             pipe.transformer = net
+            pipe.vae.to(net.dtype)  # decoded in fp32 in dgpo; saved in the dtype the pipeline was loaded in
             pipe.save_pretrained(out)
         return out
     if not policy.lora:
