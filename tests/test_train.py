@@ -114,3 +114,25 @@ def test_flow_grpo_without_cfg_in_training_still_rolls_out_with_cfg(tiny_toy, tm
         out[cfg_train] = batch["x0"], batch["log_probs"], float(dev)
     assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
     assert out[True][2] < 1e-5 < out[False][2]
+
+
+def test_evals_and_grids_denoise_under_autocast_but_decode_and_score_in_full_precision(tiny_toy, tmp_path):
+    """train.mixed_precision=bf16: the denoiser runs under autocast in evals and sample grids as in the
+    rollouts; the VAE decode and the reward do not (official: the VAE in fp32, outside autocast)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        tr = Trainer(_cfg(tiny_toy, tmp_path / "run", "train.mixed_precision=bf16", "run.sample_every=1",
+                          "run.eval_at_ends=true", "eval.max_prompts=2", "eval.min_per_category=0"))
+        seen = {"velocity": set(), "decode": set(), "reward": set()}
+        on = lambda: torch.is_autocast_enabled("cpu")  # noqa: E731
+        velocity, decode, reward = tr.model.velocity, tr.model.decode, tr.reward_fn
+        tr.model.velocity = lambda *a, **k: (seen["velocity"].add(on()), velocity(*a, **k))[1]
+        tr.model.decode = lambda *a, **k: (seen["decode"].add(on()), decode(*a, **k))[1]
+        tr.reward_fn = lambda *a, **k: (seen["reward"].add(on()), reward(*a, **k))[1]
+        tr._evaluate("eval")
+        tr._grid("grid")
+        assert seen == {"velocity": {True}, "decode": {False}, "reward": {False}}
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

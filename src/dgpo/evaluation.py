@@ -6,6 +6,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,16 @@ log = logging.getLogger(__name__)
 ImageFn = Callable[[list[dict], list[int]], torch.Tensor]
 
 
-def model_image_fn(model: FlowModel, steps=10, shift=1.0, cfg_scale=4.5, method="dpm") -> ImageFn:
-    """Images [B, 3, H, W] in [0, 1] for (metadata rows, seeds) from a model."""
+def model_image_fn(model: FlowModel, steps=10, shift=1.0, cfg_scale=4.5, method="dpm",
+                   autocast=nullcontext) -> ImageFn:
+    """Images [B, 3, H, W] in [0, 1] for (metadata rows, seeds) from a model; ``autocast`` covers the
+    text encoding and the denoising, not the VAE (as in training rollouts and the official loop)."""
 
     def fn(metas: list[dict], seeds: list[int]) -> torch.Tensor:
-        cond = model.encode_prompts([m["prompt"] for m in metas])
-        null = model.encode_prompts([""] * len(metas))
-        x0 = generate(model, cond, null, seeds, steps, shift, cfg_scale, method)
+        with autocast():
+            cond = model.encode_prompts([m["prompt"] for m in metas])
+            null = model.encode_prompts([""] * len(metas))
+            x0 = generate(model, cond, null, seeds, steps, shift, cfg_scale, method)
         return model.decode(x0)
 
     return fn

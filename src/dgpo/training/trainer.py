@@ -292,7 +292,7 @@ class Trainer:
     def _evaluate(self, desc: str) -> dict:
         c = self.cfg
         fn = self._image_fn()
-        with self.ema_slow.applied(), self.acc.autocast():
+        with self.ema_slow.applied():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
                            shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
@@ -309,7 +309,7 @@ class Trainer:
     def _image_fn(self):
         c = self.cfg
         return model_image_fn(self.model, c.eval.steps or c.sampler.steps, self.shift, c.sampler.cfg_scale,
-                              c.sampler.method)
+                              c.sampler.method, self.acc.autocast)  # the VAE and the reward in full precision
 
     def _gather_rows(self, rows: list[dict]) -> list[dict]:
         if not self.layout.distributed:
@@ -321,7 +321,7 @@ class Trainer:
     def _grid(self, name: str) -> None:
         metas = self.grid_prompts
         fn = self._image_fn()
-        with self.ema_slow.applied(), self.acc.autocast():
+        with self.ema_slow.applied():
             images = fn(metas, list(range(len(metas))))
         if not self.acc.is_main_process:
             return
