@@ -66,5 +66,7 @@ def test_pickscore_reward_is_scaled_cosine_of_clip_embeddings(tmp_path):
                   text=["a cat", "two dogs"], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model(**inputs)
-    assert torch.allclose(r, out.logits_per_image.diagonal(), atol=1e-4)
+    assert torch.allclose(r, out.logits_per_image.diagonal() / 26, atol=1e-5)  # the official reward's / 26
     assert torch.allclose(fn(images, prompts), r)  # deterministic
+    raw = build_reward("pickscore", str(tmp_path / "clip"), paper_units=True)(images, prompts)
+    assert torch.allclose(raw, out.logits_per_image.diagonal(), atol=1e-4)  # as papers report it

@@ -108,7 +108,7 @@ def build_scorers(name: str, rewards: tuple[str, ...], paths: RewardPaths) -> tu
         model, proc = (paths.detector, "") if r == "geneval" else (paths.pickscore_model, paths.pickscore_processor)
         try:
             scorers[r] = build_reward(r, model, proc, paths.device, clip_path=paths.clip, partial=paths.partial,
-                                      aesthetic_path=paths.aesthetic, hps_path=paths.hps)
+                                      aesthetic_path=paths.aesthetic, hps_path=paths.hps, paper_units=True)
         except (ValueError, OSError, ImportError) as e:
             if not optional:
                 if isinstance(e, ImportError):

@@ -17,8 +17,9 @@ RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
 
 def build_reward(name: str, model_path: str = "", processor_path: str = "", device="cpu", *,
                  clip_path: str = "", partial: str = "corrected", aesthetic_path: str = "",
-                 hps_path: str = "", remote: dict | None = None) -> RewardFn:
-    """The one name -> reward map, at the config boundary. ``remote``: RemoteReward's keyword arguments."""
+                 hps_path: str = "", remote: dict | None = None, paper_units: bool = False) -> RewardFn:
+    """The one name -> reward map, at the config boundary. ``remote``: RemoteReward's keyword arguments.
+    ``paper_units``: scores as paper tables report them (PickScore raw, not the training reward's / 26)."""
     from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
 
@@ -29,7 +30,7 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
         "jpeg_incompressibility": lambda: JpegCompressibility(1.0),
         "colorfulness": lambda: colorfulness,
         "ocr": _ocr,
-        "pickscore": lambda: _pickscore(model_path, processor_path, device),
+        "pickscore": lambda: _pickscore(model_path, processor_path, device, paper_units),
         "geneval": lambda: _geneval(model_path, clip_path, partial, device),
         "aesthetic": lambda: _aesthetic(aesthetic_path, clip_path, device),
         "clipscore": lambda: _clipscore(clip_path, device),
@@ -65,10 +66,10 @@ def _ocr() -> RewardFn:
     return OCRReward()
 
 
-def _pickscore(model_path: str, processor_path: str, device) -> RewardFn:
-    from dgpo.rewards.pickscore import PickScoreReward
+def _pickscore(model_path: str, processor_path: str, device, paper_units: bool) -> RewardFn:
+    from dgpo.rewards.pickscore import OFFICIAL_DIVISOR, PickScoreReward
 
-    return PickScoreReward(model_path, processor_path, device)
+    return PickScoreReward(model_path, processor_path, device, 1.0 if paper_units else OFFICIAL_DIVISOR)
 
 
 def _geneval(model_path: str, clip_path: str, partial: str, device) -> RewardFn:
