@@ -102,6 +102,16 @@ def test_the_vae_decodes_in_fp32_whatever_the_model_dtype(folders, kind):
     assert torch.equal(bf16.decode(z), fp32.decode(z))
 
 
+def test_text_embeddings_do_not_depend_on_autocast(folders):
+    """The encoders run in their dtype outside autocast (official), so a prompt first encoded inside a
+    bf16 autocast region (a rollout) caches the embedding it gets outside one."""
+    plain, inside = _adapter("sd3", folders["sd3"]), _adapter("sd3", folders["sd3"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = inside.encode_prompts(["a red cube"])
+    b = plain.encode_prompts(["a red cube"])
+    assert all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float32 for k in a)
+
+
 def _velocity(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, *model.latent_shape(), generator=g)

@@ -77,12 +77,15 @@ class DiffusersFlowModel:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Cond:
-        """Text embeddings, computed once per distinct prompt and cached (on the CPU when offloading)."""
+        """Text embeddings, computed once per distinct prompt and cached (on the CPU when offloading).
+        The encoders run in their own dtype, outside any autocast (official: bf16 encoders, encoded
+        before the autocast region), so an embedding does not depend on where it was first asked for."""
         todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if todo:
             if self.cfg.offload:
                 self._aux_to(self.device)
-            enc = self._encode(todo)
+            with torch.autocast(self.device.type, enabled=False):
+                enc = self._encode(todo)
             if self.cfg.offload:
                 self._aux_to("cpu")
             for i, p in enumerate(todo):
