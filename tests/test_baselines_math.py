@@ -112,6 +112,18 @@ def test_best_worst_labels_and_zero_spread_groups():
     assert best_worst(r, g).tolist() == [0, 1, -1, 0, 0, 0, 0, 0]
 
 
+def test_best_worst_breaks_ties_as_the_official_argmax_and_argmin():
+    """Flow-GRPO's stat tracker (type 'dpo'): torch.argmax / argmin, the first of the tied; a strict 0/1
+    reward ties often."""
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    official = torch.zeros(8)
+    for grp in (0, 1):
+        idx = torch.nonzero(g == grp).squeeze(1)
+        official[idx[torch.argmax(r[idx])]], official[idx[torch.argmin(r[idx])]] = 1.0, -1.0
+    assert best_worst(r, g).tolist() == official.tolist() == [1, -1, 0, 0, -1, 1, 0, 0]
+
+
 @pytest.mark.parametrize("mode", ["adv", "rank", "softmax", "sign"])
 def test_weightings_are_zero_sum_per_group_and_keep_the_order(mode):
     torch.manual_seed(3)

@@ -146,3 +146,24 @@ def test_dsm_is_per_sample_mean():
     v, t = torch.ones(2, 3, 2, 2), torch.zeros(2, 3, 2, 2)
     t[1] = 3.0
     assert dsm(v, t).tolist() == [1.0, 4.0]
+
+
+def test_logit_normal_training_times_are_the_official_scheduler_entries_per_group():
+    """Flow-GRPO's DPO script: per pair, u = sigmoid(N(0, 1)), index floor(1000 u) into diffusers'
+    FlowMatchEulerDiscreteScheduler (shift 3) timesteps, and x_t re-noised at that entry's sigma."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    times = train_timesteps("logit_normal", None, 3, groups=4000, shift=3.0, seed=1, epoch=2)
+    again = train_timesteps("logit_normal", None, 3, groups=4000, shift=3.0, seed=1, epoch=2)
+    assert len(times) == 3 and all(torch.equal(a.sigma, b.sigma) and torch.equal(a.timestep, b.timestep)
+                                   for a, b in zip(times, again))
+    for t in times:
+        idx = torch.searchsorted(-sched.timesteps, -t.timestep)  # descending schedule
+        assert torch.equal(sched.timesteps[idx], t.timestep) and torch.equal(sched.sigmas[idx], t.sigma)
+        q = torch.quantile(idx.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+        expect = 1000 * torch.sigmoid(torch.tensor([-1.2816, 0.0, 1.2816], dtype=torch.float64))  # N(0,1) deciles
+        assert torch.allclose(q, expect, atol=15), (q, expect)
+    assert not torch.equal(times[0].sigma, times[1].sigma)  # each training time draws anew
+    sigma, tt = times[0].at(torch.tensor([5, 5, 7]))
+    assert sigma[0] == sigma[1] == times[0].sigma[5] and tt[2] == times[0].timestep[7]  # shared inside a group

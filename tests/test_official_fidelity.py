@@ -316,6 +316,16 @@ def test_flow_grpo_official_recipe_batching(tiny_toy, tmp_path):
         assert str(got).lower() == value.lower() or got == type(got)(value), key
 
 
+def test_the_toy_dpo_recipe_has_the_official_dpo_scripts_numbers():
+    """flow_grpo config/dpo.py geneval_sd3 + base.py, scripts/train_sd3_dpo.py, single_node/dpo.sh."""
+    c = load_config(Path(__file__).resolve().parents[1] / "configs" / "toy_dpo_official.yaml")
+    assert (c.train.algorithm, c.train.offline, c.dpo.beta, c.dpo.ref_update_every) == ("dpo", True, 100.0, 0)
+    assert (c.dgpo.timestep_mode, c.dgpo.num_train_timesteps) == ("logit_normal", int(40 * 0.99))
+    assert (c.sampler.steps, c.sampler.sde_noise, c.sampler.cfg_scale, c.eval.steps) == (40, 0.7, 4.5, 40)
+    assert (c.train.group_size, c.train.prompts_per_epoch, c.train.steps_per_epoch) == (24, 1, 1)
+    assert (c.train.lora_rank, c.train.lora_alpha, c.train.lr, c.train.weight_decay) == (32, 64.0, 3e-4, 1e-4)
+
+
 def test_the_options_doc_states_each_configs_ema_cadence():
     root = Path(__file__).resolve().parents[1]
     rows = [r for r in (root / "docs" / "options.md").read_text().splitlines()

@@ -136,3 +136,41 @@ def test_evals_and_grids_denoise_under_autocast_but_decode_and_score_in_full_pre
         assert seen == {"velocity": {True}, "decode": {False}, "reward": {False}}
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_online_dpo_refreshes_its_reference_from_the_policy_rolls_out_from_it_and_resumes(tiny_toy, tmp_path):
+    """dpo.ref_update_every=2 (Flow-GRPO's ref_update_step): before the rollouts of an epoch that starts
+    at step 2, 4, ..., the reference becomes a copy of the policy; rollouts and the reference forwards
+    use that copy; the copy is saved in checkpoints, so a resumed run equals an uninterrupted one."""
+    args = ("train.algorithm=dpo", "dpo.ref_update_every=2", "run.epochs=4", "run.eval_at_ends=false")
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "a", *args))
+    start = [p.detach().clone() for p in tr.policy.params]
+    seen = []
+    rollout, applied = tr.algo.rollout, tr.ema_old.applied
+
+    def spy_rollout(*a, **k):
+        seen.append(("rollout", tr.step, [s.clone() for s in tr.ema_old.shadow],
+                     [p.detach().clone() for p in tr.policy.params]))
+        return rollout(*a, **k)
+
+    def spy_applied():
+        seen.append(("applied", tr.step))
+        return applied()
+
+    tr.algo.rollout, tr.ema_old.applied = spy_rollout, spy_applied
+    tr.fit()
+    rollouts = [s for s in seen if s[0] == "rollout"]
+    assert [s[1] for s in rollouts] == [0, 1, 2, 3]
+    same = lambda xs, ys: all(torch.equal(x, y) for x, y in zip(xs, ys))  # noqa: E731
+    assert same(rollouts[1][2], start) and not same(rollouts[1][3], start)  # step 1: still the initial copy
+    assert same(rollouts[3][2], rollouts[2][3])  # refreshed at step 2 (from the policy as it was then)
+    uses = [s[1] for s in seen if s[0] == "applied"]
+    assert uses.count(0) == 1 + 2 * 2  # epoch 0: the rollout, then 2 timesteps x 2 micro-batches of reference
+    with pytest.raises(Exception, match="dpo.ref_update_every"):
+        load_config(None, ["train.algorithm=dpo", "dpo.ref_update_every=40", "train.offline=true"])
+    Trainer(_cfg(tiny_toy, tmp_path / "b", *args[:-2], "run.epochs=3", "run.eval_at_ends=false")).fit()
+    Trainer(_cfg(tiny_toy, tmp_path / "b", *args), resume=True).fit()
+    for part in ("policy", "ema_old"):
+        a = load_file(str(tmp_path / f"a/checkpoints/step_000004/{part}.safetensors"))
+        b = load_file(str(tmp_path / f"b/checkpoints/step_000004/{part}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), part

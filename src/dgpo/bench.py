@@ -52,9 +52,9 @@ ARMS: dict[str, list[str]] = {
     "tmin_0.3": ["dgpo.timestep_mode=uniform", "dgpo.t_min=0.3"],
     "tmin_0.6": ["dgpo.timestep_mode=uniform", "dgpo.t_min=0.6"],
     "tmin_anneal": ["dgpo.timestep_mode=uniform", "dgpo.t_min=0.8", "dgpo.t_min_end=0.2"],
-    "dpo": ["train.algorithm=dpo"],
+    "dpo": ["train.algorithm=dpo", "dpo.beta=5000"],  # the bench's DPO arms ran at Diffusion-DPO's beta
     "dgpo_offline": ["train.offline=true"],
-    "dpo_offline": ["train.algorithm=dpo", "train.offline=true"],
+    "dpo_offline": ["train.algorithm=dpo", "train.offline=true", "dpo.beta=5000"],
     "g4": ["train.group_size=4", "train.prompts_per_epoch=16"],
     "g16": ["train.group_size=16", "train.prompts_per_epoch=4"],
     "w_rank": ["dgpo.weighting=rank"],

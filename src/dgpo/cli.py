@@ -41,13 +41,14 @@ def cmd_train(a) -> None:
     cfg = load_config(path, overrides)
     checkpoints.check_run_dir(Path(cfg.run.out_dir), a.resume)
     summary = Trainer(cfg, resume=a.resume).fit()
+    name = {"dgpo": "DGPO", "flow_grpo": "Flow-GRPO", "dpo": "DPO"}[cfg.train.algorithm]
     if "eval_after" not in summary:
-        print(f"DGPO: {summary['steps']} optimizer steps; run directory: {cfg.run.out_dir}")
+        print(f"{name}: {summary['steps']} optimizer steps; run directory: {cfg.run.out_dir}")
         return
     before = {k: v for k, v in summary["eval_before"].items() if k != "step"}
     after = {k: v for k, v in summary["eval_after"].items() if k != "step"}
-    print(f"\nDGPO: {summary['steps']} optimizer steps; held-out toy GenEval (strict, slow-EMA weights):")
-    print(markdown_table({"base (before)": before, "DGPO (after)": after}))
+    print(f"\n{name}: {summary['steps']} optimizer steps; held-out toy GenEval (strict, slow-EMA weights):")
+    print(markdown_table({"base (before)": before, f"{name} (after)": after}))
     print(f"run directory: {cfg.run.out_dir} (summary.json, metrics.jsonl, samples/, plots/, tb/)")
 
 

@@ -137,7 +137,11 @@ class DGPOConfig:
                             "almost every sample)")
     clip_dsm: bool = opt(True, help="detach dsm of clipped samples (official)")
     clip_kl: bool = opt(False, help="detach the KL term of clipped samples (independent of clip_dsm, as official)")
-    timestep_mode: Literal["grid", "uniform"] = opt("grid", help="grid: official; uniform: paper")
+    timestep_mode: Literal["grid", "uniform", "logit_normal"] = opt(
+        "grid", help="training times: grid (official DGPO) = dgpo.num_train_timesteps of the rollout grid's first "
+        "trunc_steps + 1 timesteps, shared by all samples; uniform (paper) = sigma ~ U[t_min, 1], shared; "
+        "logit_normal (Flow-GRPO's DPO script) = per group, SD3's logit-normal training density over the 1000-step "
+        "shifted flow schedule (all noise levels)")
     trunc_steps: int = opt(4, 0, help="grid mode: candidates are rollout-grid indices 0..trunc_steps")
     num_train_timesteps: int = opt(4, 1, help="training timesteps per epoch (official 4)")
     t_min: float = opt(0.6, 0.0, 1.0, help="uniform mode: t ~ U[t_min, 1] (paper Alg. 1)")
@@ -175,7 +179,11 @@ class GRPOConfig:
 
 @dataclass
 class DPOConfig:
-    beta: float = opt(5000.0, 0.0, help="Diffusion-DPO beta on mean-over-elements losses (Diffusion-DPO's 5000)")
+    beta: float = opt(100.0, 0.0, help="beta on mean-over-elements denoising losses (Flow-GRPO's DPO script 100; "
+                      "Diffusion-DPO's SD1.5 recipe 5000)")
+    ref_update_every: int = opt(0, 0, help="Flow-GRPO's online DPO (its ref_update_step, e.g. 40): the reference is a "
+                                "copy of the policy, refreshed before the rollouts once this many optimizer steps are "
+                                "done, and the rollouts come from it; 0: the frozen base model is the reference")
 
 
 @dataclass
@@ -268,6 +276,9 @@ class Config:
         if t.ema_cadence == "per_batch" and t.sampling_batches % t.steps_per_epoch:
             raise ConfigError(f"train.sampling_batches={t.sampling_batches} must be a multiple of "
                               f"train.steps_per_epoch={t.steps_per_epoch} (train.ema_cadence=per_batch)")
+        if self.dpo.ref_update_every and t.offline:
+            raise ConfigError("dpo.ref_update_every: online DPO rolls out from its refreshed reference; "
+                              "train.offline=true rolls out from the frozen base (set one of them)")
         if t.reference_batch_size and t.algorithm == "flow_grpo":
             raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
                               "policy forward; set it to 0 (it applies to dgpo and dpo)")

@@ -20,10 +20,17 @@ def _generator(*key: int) -> torch.Generator:
 
 
 class TrainTime(NamedTuple):
-    """One training time: the sigma x_t is re-noised at and the timestep the model receives."""
+    """One training time: the sigma x_t is re-noised at and the timestep the model receives; shared by
+    every sample, or per group (``logit_normal``: tensors [groups], indexed by the epoch's group id)."""
 
-    sigma: float
-    timestep: torch.Tensor  # 0-dim, dtype as the rollout grid's (int64 on the DPM grid)
+    sigma: float | torch.Tensor
+    timestep: torch.Tensor  # 0-dim (dtype as the rollout grid's: int64 on the DPM grid) or [groups]
+
+    def at(self, group_ids: torch.Tensor) -> tuple[float | torch.Tensor, torch.Tensor]:
+        """(sigma, [B] timesteps) for samples of these groups."""
+        if self.timestep.dim() == 0:
+            return self.sigma, self.timestep.expand(len(group_ids))
+        return self.sigma[group_ids], self.timestep[group_ids]
 
 
 def train_timesteps(
@@ -34,13 +41,18 @@ def train_timesteps(
     t_min: float = 0.6,
     seed: int = 0,
     epoch: int = 0,
+    groups: int = 1,
+    shift: float = 1.0,
 ) -> list[TrainTime]:
-    """k training times for one epoch, shared by every sample (and process).
+    """k training times for one epoch, the same on every process.
 
     * ``grid`` (official): k distinct indices from 0..trunc_steps of the rollout grid (high noise);
       the model gets the grid's timestep (999, 963, ...) and x_t is re-noised at sigma = timestep /
       1000 (0.999, 0.963, ...; the solver's sigmas there are 0.99967, 0.96394, ...).
     * ``uniform`` (paper Alg. 1): sigma ~ U[t_min, 1], timestep 1000 sigma.
+    * ``logit_normal`` (Flow-GRPO's DPO script, SD3's training density): per group, an index
+      floor(1000 sigmoid(n)), n ~ N(0, 1), into the 1000 training timesteps of diffusers'
+      ``FlowMatchEulerDiscreteScheduler`` with ``shift``: its sigma and its (float) timestep.
     """
     g = _generator(seed, epoch, 1)
     if mode == "grid":
@@ -51,7 +63,21 @@ def train_timesteps(
     if mode == "uniform":
         sig = t_min + (1 - t_min) * torch.rand(k, generator=g)
         return [TrainTime(float(s), s * NUM_TRAIN_TIMESTEPS) for s in sig]
-    raise ValueError(f"unknown timestep mode {mode!r}; allowed: 'grid', 'uniform'")
+    if mode == "logit_normal":
+        return _logit_normal(k, groups, shift, seed, epoch)
+    raise ValueError(f"unknown timestep mode {mode!r}; allowed: 'grid', 'uniform', 'logit_normal'")
+
+
+def _logit_normal(k: int, groups: int, shift: float, seed: int, epoch: int) -> list[TrainTime]:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
+    out = []
+    for slot in range(k):
+        u = torch.sigmoid(torch.randn(groups, generator=_generator(seed, epoch, 1, slot)))
+        idx = (u * NUM_TRAIN_TIMESTEPS).long()  # as diffusers' compute_density_for_timestep_sampling's use
+        out.append(TrainTime(sched.sigmas[idx].clone(), sched.timesteps[idx].clone()))
+    return out
 
 
 def shared_noise(shape: tuple[int, ...], group_ids: torch.Tensor, seed: int, epoch: int, slot: int):

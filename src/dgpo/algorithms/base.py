@@ -60,8 +60,8 @@ class Algorithm:
 
     def units(self, batch: dict, epoch: int) -> list:
         d = self.cfg.dgpo
-        return train_timesteps(d.timestep_mode, self.tr.grid, d.num_train_timesteps, d.trunc_steps,
-                               self.t_min(), self.cfg.run.seed, epoch)
+        return train_timesteps(d.timestep_mode, self.tr.grid, d.num_train_timesteps, d.trunc_steps, self.t_min(),
+                               self.cfg.run.seed, epoch, self.cfg.train.prompts_per_epoch, self.tr.shift)
 
     def optimizer_chunks(self, group_ids: torch.Tensor, pos: torch.Tensor, epoch: int) -> list[torch.Tensor]:
         """Local positions of each optimizer step of the epoch: whole groups, evenly split."""
@@ -92,6 +92,10 @@ class Algorithm:
             return d.t_min
         frac = min(1.0, self.tr.step / max(1, epochs * self.cfg.train.steps_per_epoch - 1))
         return d.t_min + frac * (d.t_min_end - d.t_min)
+
+    def reference_context(self):
+        """The weights of the reference forward: the frozen base (LoRA off, or the frozen copy)."""
+        return self.tr.policy.reference()
 
     def rollout_context(self):
         """Which weights roll out: the frozen reference (offline), the EMA 'old' model after
@@ -151,8 +155,10 @@ class Algorithm:
             drop = torch.rand(batch["n_total"], generator=g)[batch["index"][mb]] < d.text_dropout
             cond = cond_where(drop.to(x0.device), null, cond)
         eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot).to(x0.device, x0.dtype)
-        return {"x_t": interpolate(x0, eps, t.sigma), "t": t.timestep.expand(len(mb)).to(x0.device),
-                "cond": cond, "null": null, "target": eps - x0}
+        sigma, tt = t.at(gids)
+        sigma = sigma.to(x0.device, x0.dtype) if isinstance(sigma, torch.Tensor) else sigma
+        return {"x_t": interpolate(x0, eps, sigma), "t": tt.to(x0.device), "cond": cond, "null": null,
+                "target": eps - x0}
 
     @contextmanager
     def frozen_forwards(self, batch: dict, micro: list[torch.Tensor], units: list, epoch: int) -> Iterator[None]:
@@ -193,7 +199,7 @@ class Algorithm:
         tr, out = self.tr, {}
         with torch.no_grad(), tr.acc.autocast():  # train.mixed_precision covers every forward (official)
             if need_ref:
-                with tr.policy.reference():
+                with self.reference_context():
                     out["v_ref"] = cfg_velocity(tr.model, x_t, t, cond, null, self.cfg.dgpo.kl_cfg)
             if need_old:
                 with tr.ema_old.applied():

@@ -1,6 +1,9 @@
-"""Online Diffusion-DPO (Flow-GRPO's Flow-DPO baseline): from each group of ODE rollouts, the best
-vs the worst image, the Diffusion-DPO loss on denoising-loss differences to the reference, with the
-same noise for both members and DGPO's timestep options. ``train.offline`` gives offline DPO."""
+"""Diffusion-DPO on groups of rollouts (Flow-GRPO's DPO baseline, ``scripts/train_sd3_dpo.py``): from
+each group the best vs the worst image, the Diffusion-DPO loss on denoising-loss differences to the
+reference, the same noise for both members. The timesteps are DGPO's options (Flow-GRPO's own:
+``dgpo.timestep_mode=logit_normal``). The reference is the frozen base; ``dpo.ref_update_every`` makes
+it Flow-GRPO's online DPO (a refreshed copy of the policy, which also rolls out); ``train.offline``
+rolls out from the base (offline DPO, Flow-GRPO's default)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from dgpo.losses.dpo import diffusion_dpo_loss
 
 
 def best_worst(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """Label per sample: +1 the group's best (first on ties), -1 its worst (last on ties), 0 others
-    and every member of a zero-spread group."""
+    """Label per sample: +1 the group's best, -1 its worst (the first of each on ties, as the official
+    torch.argmax / argmin), 0 others and every member of a zero-spread group (official: a pair of the
+    first two members, trained on no preference)."""
     label = torch.zeros_like(rewards)
     for g in group_ids.unique():
         idx = torch.nonzero(group_ids == g).squeeze(1)
@@ -20,7 +24,7 @@ def best_worst(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
         if r.max() == r.min():
             continue
         label[idx[int(torch.argmax(r))]] = 1.0
-        label[idx[len(r) - 1 - int(torch.argmin(r.flip(0)))]] = -1.0
+        label[idx[int(torch.argmin(r))]] = -1.0
     return label
 
 
@@ -36,6 +40,20 @@ class DPO(Algorithm):
 
     def frozen_needs(self) -> tuple[bool, bool]:
         return False, True  # the reference's denoising losses
+
+    def online(self) -> bool:
+        return self.cfg.dpo.ref_update_every > 0
+
+    def reference_context(self):
+        return self.tr.ema_old.applied() if self.online() else super().reference_context()
+
+    def rollout_context(self):
+        """Online DPO: the reference rolls out, refreshed first once every ref_update_every steps."""
+        if not self.online() or self.cfg.train.offline:
+            return super().rollout_context()
+        if self.tr.step > 0 and self.tr.step % self.cfg.dpo.ref_update_every == 0:
+            self.tr.ema_old.refresh()
+        return self.tr.ema_old.applied()
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
         o = self.denoising_losses(batch, mb, unit, slot, epoch)

@@ -71,6 +71,17 @@ class OldModelEMA(ParamEMA):
         self._blend(self.decay(step))
 
 
+class RefSnapshot(ParamEMA):
+    """Flow-GRPO's online-DPO reference (its 'ref' adapter): a copy of the trainable weights, taken by
+    :meth:`refresh` (``copy_learner_to_ref``), not by optimizer steps."""
+
+    def update(self, step: int) -> None:
+        pass
+
+    def refresh(self) -> None:
+        self._blend(0.0)
+
+
 CADENCES = ("per_batch", "per_step")
 
 
