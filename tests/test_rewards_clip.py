@@ -125,13 +125,33 @@ def test_clipscore_is_100_max_cos_like_torchmetrics(tiny, tmp_path):
                           return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         logits = model(pixel_values=pixels, **tok).logits_per_image.diagonal()  # transformers' 100 cos
-    a = build_reward("clipscore", clip_path=str(tmp_path / "a"))(images, metas)
-    b = build_reward("clipscore", clip_path=str(tmp_path / "b"))(images, metas)
+    a = build_reward("clipscore", clip_path=str(tmp_path / "a"), paper_units=True)(images, metas)
+    b = build_reward("clipscore", clip_path=str(tmp_path / "b"), paper_units=True)(images, metas)
     assert torch.allclose(a, logits.clamp(min=0), atol=1e-4)
     assert torch.allclose(b, (-logits).clamp(min=0), atol=1e-4)
     assert torch.equal(torch.minimum(a, b), torch.zeros(4)) and (a + b > 0).all()  # one side clamped to 0
     with pytest.raises(ValueError, match="needs a 'prompt'"):
         build_reward("clipscore", clip_path=str(tmp_path / "a"))(images[:1], [{}])
+
+
+def test_clipscore_training_reward_is_the_official_scorers_logits_over_30(tiny, tmp_path):
+    """flow_grpo/clip_scorer.py (DGPO's copy): CLIP's logits_per_image / 30 on the float image (no 8-bit
+    rounding, no clamp: a negative cosine stays negative), with max_length padding (the same numbers as
+    padding to the longest prompt: CLIP pools the EOS token under a causal mask)."""
+    from transformers import CLIPTokenizer
+
+    from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD
+
+    model = _clip_variant(tiny["clip"], tmp_path / "b", flip_text=True)  # negative cosines
+    prompts = ["a red cube", "two blue dogs"]
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))  # CLIP's size: no resize
+    tok = CLIPTokenizer.from_pretrained(tiny["clip"])(prompts, padding="max_length", truncation=True,
+                                                      max_length=77, return_tensors="pt")
+    norm = (images - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        official = model(pixel_values=norm, **tok).logits_per_image.diagonal() / 30
+    got = build_reward("clipscore", clip_path=str(tmp_path / "b"))(images, [{"prompt": p} for p in prompts])
+    assert (official < 0).any() and torch.allclose(got, official, atol=1e-6)  # not clamped at 0
 
 
 def test_hpsv2_without_its_extra_is_a_clear_error():

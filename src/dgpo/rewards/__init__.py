@@ -19,21 +19,23 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
                  clip_path: str = "", partial: str = "corrected", aesthetic_path: str = "",
                  hps_path: str = "", remote: dict | None = None, paper_units: bool = False) -> RewardFn:
     """The one name -> reward map, at the config boundary. ``remote``: RemoteReward's keyword arguments.
-    ``paper_units``: scores as paper tables report them (PickScore raw, not the training reward's / 26)."""
+    ``paper_units``: scores as paper tables report them, not as the official training rewards scale them
+    (PickScore raw, not / 26; CLIPScore 100 max(cos, 0), not logits / 30; JPEG compressibility -kB, not
+    -kB / 500)."""
     from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
 
     table = {
         "toy_geneval": lambda: ToyGenEvalReward(strict=False),
         "toy_geneval_strict": lambda: ToyGenEvalReward(strict=True),
-        "jpeg_compressibility": lambda: JpegCompressibility(-1.0),
+        "jpeg_compressibility": lambda: JpegCompressibility(-1.0 if paper_units else -1.0 / 500),
         "jpeg_incompressibility": lambda: JpegCompressibility(1.0),
         "colorfulness": lambda: colorfulness,
         "ocr": _ocr,
         "pickscore": lambda: _pickscore(model_path, processor_path, device, paper_units),
         "geneval": lambda: _geneval(model_path, clip_path, partial, device),
         "aesthetic": lambda: _aesthetic(aesthetic_path, clip_path, device),
-        "clipscore": lambda: _clipscore(clip_path, device),
+        "clipscore": lambda: _clipscore(clip_path, device, paper_units),
         "hpsv2": lambda: _hpsv2(hps_path, device),
         "remote": lambda: _remote(remote or {}),
     }
@@ -84,10 +86,10 @@ def _aesthetic(weights_path: str, clip_path: str, device) -> RewardFn:
     return AestheticReward(weights_path, clip_path, device)
 
 
-def _clipscore(clip_path: str, device) -> RewardFn:
+def _clipscore(clip_path: str, device, paper_units: bool) -> RewardFn:
     from dgpo.rewards.clip import CLIPScoreReward
 
-    return CLIPScoreReward(clip_path, device)
+    return CLIPScoreReward(clip_path, device, paper_units)
 
 
 def _hpsv2(hps_path: str, device) -> RewardFn:

@@ -5,9 +5,12 @@ ViT-L/14 transform (PIL bicubic resize of the shortest side, centre crop, OpenAI
 transform the LAION aesthetic MLP was trained behind). Embeddings are L2-normalised. One model per
 (path, device) is loaded per process, so ``aesthetic`` and ``clipscore`` in one multi-reward share it.
 
-CLIPScore: ``100 * max(cos(image, prompt), 0)`` per image, torchmetrics' scale (Hessel et al. 2021
-use 2.5 instead of 100); prompts longer than CLIP's 77 tokens are truncated, as torchmetrics does.
-Default weights: ``openai/clip-vit-large-patch14`` (torchmetrics' default; OpenAI's licence, MIT).
+CLIPScore, two scales. The training reward is the official DGPO / Flow-GRPO scorer's
+(``flow_grpo/clip_scorer.py``): CLIP's logits / 30 (100 cos / 30, negative allowed) on the float image,
+resized as torchvision's tensor ``Resize`` (bilinear, antialiased), centre-cropped and normalised.
+Paper units (``dgpo eval --protocol``): ``100 * max(cos(image, prompt), 0)`` on the 8-bit image,
+torchmetrics' scale (Hessel et al. 2021 use 2.5 instead of 100). Prompts longer than CLIP's 77 tokens
+are truncated. Default weights: ``openai/clip-vit-large-patch14`` (OpenAI's licence, MIT).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from PIL import Image
 
 from dgpo.errors import InputError
-from dgpo.rewards.geneval.colors import DEFAULT_CLIP, clip_preprocess
+from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD, DEFAULT_CLIP, clip_preprocess
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -87,15 +90,50 @@ def prompts_of(metas: list[dict], who: str) -> list[str]:
         raise InputError(f"{who} reward: every metadata row needs a 'prompt'") from None
 
 
-class CLIPScoreReward:
-    """CLIPScore: 100 * max(cos(CLIP image embedding, CLIP prompt embedding), 0) per image."""
+def tensor_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
+    """torchvision's Resize(size) + CenterCrop(size) + Normalize on float image tensors [B, 3, H, W]
+    in [0, 1] (the official clip scorer's transform): bilinear, antialiased, shortest side -> ``size``
+    (longest: int(size * long / short)), crop offsets int(round(excess / 2))."""
+    import torch.nn.functional as F
 
-    def __init__(self, clip_path: str = "", device: str | torch.device = "cpu"):
-        self.clip = shared_clip(clip_path, device)
-        self.version = f"clipscore/{self.clip.version}"
+    h, w = images.shape[-2:]
+    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    x = images.float()
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    x = x[..., top : top + size, left : left + size]
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class CLIPScoreReward:
+    """CLIPScore per image: the official training reward (logits / 30) or, with ``paper_units``,
+    torchmetrics' 100 * max(cos, 0)."""
+
+    def __init__(self, clip_path: str = "", device: str | torch.device = "cpu", paper_units: bool = False):
+        self.clip, self.paper_units = shared_clip(clip_path, device), paper_units
+        self.version = f"clipscore{'-paper' if paper_units else ''}/{self.clip.version}"
 
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
         if len(images) != len(metas):
             raise ValueError(f"clipscore reward: {len(images)} images but {len(metas)} metadata rows")
-        cos = (self.clip.images(images) * self.clip.texts(prompts_of(metas, "clipscore"))).sum(-1)
-        return (100.0 * cos).clamp(min=0).cpu()
+        prompts = prompts_of(metas, "clipscore")
+        if self.paper_units:
+            cos = (self.clip.images(images) * self.clip.texts(prompts)).sum(-1)
+            return (100.0 * cos).clamp(min=0).cpu()
+        return self._official(images, prompts)
+
+    @torch.no_grad()
+    def _official(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        c, out = self.clip, []
+        for a in range(0, len(prompts), c.batch_size):
+            px = tensor_preprocess(images[a : a + c.batch_size].cpu(), c.size).to(c.device, c.model.dtype)
+            # official: padding="max_length"; CLIP pools the EOS token under a causal mask, so the
+            # padding after it changes nothing
+            tok = c.tokenizer(prompts[a : a + c.batch_size], padding=True, truncation=True,
+                              max_length=c.max_tokens, return_tensors="pt").to(c.device)
+            o = c.model(pixel_values=px, **tok)  # logits_per_image's diagonal, row by row (batch-independent)
+            cos = (o.image_embeds * o.text_embeds).sum(-1)
+            out.append((c.model.logit_scale.exp() * cos).float() / 30.0)
+        return torch.cat(out).cpu()

@@ -1,4 +1,4 @@
-"""Prompt-free image rewards: DDPO's JPEG (in)compressibility (encoded size in kB) and colourfulness."""
+"""Prompt-free image rewards: JPEG (in)compressibility (encoded size at quality 95) and colourfulness."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ def jpeg_kilobytes(images: torch.Tensor, quality: int = 95) -> torch.Tensor:
 
 
 class JpegCompressibility:
-    """DDPO's compressibility reward: minus the JPEG size in kB (smaller files score higher)."""
+    """``scale`` x the JPEG size in kB. The official rewards (Flow-GRPO's and DGPO's ``rewards.py``):
+    compressibility -kB / 500 (smaller files score higher), incompressibility +kB; DDPO's and paper
+    tables' compressibility: -kB."""
 
-    def __init__(self, sign: float = -1.0):
-        self.sign = sign
+    def __init__(self, scale: float = -1.0 / 500):
+        self.scale = scale
 
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
-        return self.sign * jpeg_kilobytes(images)
+        return self.scale * jpeg_kilobytes(images)
 
 
 def colorfulness(images: torch.Tensor, metas: list[dict] | None = None) -> torch.Tensor:
