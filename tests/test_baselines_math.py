@@ -11,7 +11,7 @@ from dgpo.advantages import group_advantages, group_weights
 from dgpo.algorithms.dpo import best_worst
 from dgpo.losses.dpo import diffusion_dpo_loss
 from dgpo.losses.flow_grpo import flow_grpo_loss, step_kl
-from dgpo.samplers.sde import gaussian_logprob, sample_sde, sde_std, sde_step
+from dgpo.samplers.sde import cps_step, gaussian_logprob, make_step, sample_sde, sde_std, sde_step, step_logprob
 from dgpo.schedules import Grid
 
 
@@ -55,6 +55,27 @@ def test_sde_with_zero_noise_is_the_euler_ode_and_logs_only_stochastic_steps():
     # a sample's noise comes from its own seed: batch composition does not matter
     alone = sample_sde(fn, x[:1], grid, 0.7, [1], sde_steps=[1, 2])
     assert torch.allclose(alone.x0, win.x0[:1])
+
+
+def test_cps_step_preserves_the_flows_noise_coefficient():
+    """Coefficients-preserving sampling: with the exact velocity of a straight path x = (1 - s) x0 + s x1,
+    x0_hat = x0 and x1_hat = x1, so x_next = (1 - s') x0 + sqrt(s'^2 - std^2) x1 + std eps: the noise
+    around (1 - s') x0 has std s' (the flow's marginal at s'), std = s' sin(a pi / 2)."""
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(4000, 8, generator=g), torch.randn(4000, 8, generator=g)
+    s, s_next, a = 0.8, 0.6, 0.8
+    x, v = (1 - s) * x0 + s * x1, x1 - x0
+    step = cps_step(x, v, s, s_next, a)
+    assert float(step.std) == pytest.approx(s_next * math.sin(a * math.pi / 2))
+    x_next = step.mean + step.std * torch.randn(x.shape, generator=g)
+    noise = x_next - (1 - s_next) * x0
+    assert float(noise.std()) == pytest.approx(s_next, rel=0.02)
+    assert torch.allclose(step.mean, (1 - s_next) * x0 + math.sqrt(s_next**2 - float(step.std) ** 2) * x1, atol=1e-5)
+    lp = step_logprob(x_next, step)  # official cps: -(x_next - mean)^2, averaged, no variance or constants
+    assert torch.allclose(lp, -((x_next - step.mean) ** 2).mean(1))
+    assert make_step("sde", x, v, s, s_next, 0.9, a).kind == "sde" and make_step("cps", x, v, s, s_next, 0.9, a).kind == "cps"
+    with pytest.raises(ValueError, match="sde_type"):
+        make_step("ode", x, v, s, s_next, 0.9, a)
 
 
 def test_step_kl_matches_the_gaussian_kl_and_the_closed_form():

@@ -160,7 +160,11 @@ class DGPOConfig:
 
 @dataclass
 class GRPOConfig:
-    noise_level: float = opt(0.7, 0.0, 5.0, help="SDE noise level a in s_t = a sqrt(t/(1-t)) (official 0.7)")
+    noise_level: float = opt(0.7, 0.0, 5.0, help="SDE noise level a in s_t = a sqrt(t/(1-t)) (official 0.7); "
+                             "cps: the step std is sigma' sin(a pi / 2) (official Fast recipes 0.8)")
+    sde_type: Literal["sde", "cps"] = opt("sde", help="rollout step: sde (Flow-GRPO's SDE, Gaussian log-probs) or cps "
+                                          "(its later coefficients-preserving step, log-prob -(x - mean)^2 without "
+                                          "variance, as its Fast recipes use)")
     clip_range: float = opt(1e-4, 0.0, 1.0, help="PPO clip on the per-step ratio (official 1e-4)")
     kl_beta: float = opt(0.04, 0.0, help="KL weight (official 0.04 GenEval/OCR, 0.01 PickScore)")
     kl_paper: bool = opt(False, help="KL over the step std s_t sqrt(-dt) (paper) instead of s_t (code)")

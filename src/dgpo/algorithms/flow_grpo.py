@@ -16,7 +16,7 @@ from dgpo.algorithms.base import Algorithm, StepLoss
 from dgpo.losses.flow_grpo import flow_grpo_loss, step_kl
 from dgpo.models.base import cfg_velocity, cond_cat, cond_index
 from dgpo.samplers.rollout import initial_noise
-from dgpo.samplers.sde import gaussian_logprob, sample_sde, sde_step
+from dgpo.samplers.sde import make_step, sample_sde, step_logprob
 from dgpo.timesteps import derive_seed
 
 
@@ -30,12 +30,14 @@ class FlowGRPO(Algorithm):
     def rollout_context(self):
         return self.tr.policy.reference() if self.cfg.train.offline else nullcontext()
 
-    def sde_steps(self, epoch: int) -> list[int]:
+    def sde_steps(self, epoch: int, chunk: int = 0) -> list[int]:
+        """The stochastic steps of one rollout chunk: all of them, or Flow-GRPO-Fast's window, drawn anew
+        for every chunk (a sampling batch) on every process, as the official Fast pipeline does."""
         g, n = self.cfg.grpo, self.cfg.sampler.steps
         if g.sde_window == 0:
             return list(range(n))
         hi = max(0, min(g.sde_window_range, n) - g.sde_window)
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, 5))
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, 5, self.tr.layout.rank, chunk))
         start = int(torch.randint(0, hi + 1, (1,), generator=gen))
         return list(range(start, start + g.sde_window))
 
@@ -43,8 +45,7 @@ class FlowGRPO(Algorithm):
     def rollout(self, metas, epoch, on_chunk=None):
         c, tr = self.cfg, self.tr
         batch = self.conditions(metas, epoch)
-        steps = self.sde_steps(epoch)
-        parts, bs = [], c.train.rollout_batch_size or c.train.batch_size
+        parts, starts, bs = [], [], c.train.rollout_batch_size or c.train.batch_size
         with self.rollout_context():
             for a in range(0, len(batch["seeds"]), bs):
                 sl = slice(a, a + bs)
@@ -53,13 +54,15 @@ class FlowGRPO(Algorithm):
                 seeds = batch["seeds"][sl]
                 x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
                 step_seeds = [derive_seed(sd, 6) for sd in seeds]
-                parts.append(sample_sde(fn, x, tr.grid, c.grpo.noise_level, step_seeds, steps))
+                steps = self.sde_steps(epoch, a // bs)
+                parts.append(sample_sde(fn, x, tr.grid, c.grpo.noise_level, step_seeds, steps, c.grpo.sde_type))
+                starts += [steps[0]] * len(seeds)
                 if on_chunk is not None:
                     on_chunk(parts[-1].x0, batch["metas"][sl])
         batch["x0"] = torch.cat([p.x0 for p in parts])
         batch["latents"] = torch.cat([p.latents for p in parts])
         batch["log_probs"] = torch.cat([p.log_probs for p in parts])
-        batch["sde_steps"] = steps
+        batch["sde_start"] = torch.tensor(starts)  # per local sample: its chunk's first stochastic step
         return batch
 
     def velocity(self, x, t, cond, null, grad: bool, rollout: bool = False):
@@ -102,23 +105,31 @@ class FlowGRPO(Algorithm):
         return list(idx.split(self.cfg.train.batch_size))  # the loss needs no group sums
 
     def units(self, batch, epoch):
+        """Trained steps: the first int(steps x timestep_fraction), or the k-th step of each sample's
+        window (Flow-GRPO-Fast: ``micro_loss`` adds the sample's window start)."""
         g, n = self.cfg.grpo, self.cfg.sampler.steps
         if g.sde_window:
-            return list(batch["sde_steps"])
+            return list(range(g.sde_window))
         return list(range(int(n * g.timestep_fraction)))
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
-        g, tr, s = self.cfg.grpo, self.tr, self.tr.grid.sigmas.tolist()
-        j = int(unit)
+        g, tr, grid = self.cfg.grpo, self.tr, self.tr.grid
+        # the step each sample trains: one for all, or per sample in its chunk's window (float64 sigmas)
+        j = batch["sde_start"][mb] + int(unit) if g.sde_window else int(unit)
+        s, s_next = grid.sigmas[j], grid.sigmas[j + 1]
+        if not g.sde_window:
+            s, s_next = float(s), float(s_next)
         x, x_next = batch["latents"][mb, j], batch["latents"][mb, j + 1]
         cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
-        tt = tr.grid.model_time(j, len(mb), x.device)
-        step = sde_step(x, self.velocity(x, tt, cond, null, grad=True), s[j], s[j + 1], s[1], g.noise_level)
-        log_prob = gaussian_logprob(x_next, step)
+        tt = grid.timesteps[j].to(x.device) if g.sde_window else grid.model_time(j, len(mb), x.device)
+        guard = float(grid.sigmas[1])
+        step = make_step(g.sde_type, x, self.velocity(x, tt, cond, null, grad=True), s, s_next, guard, g.noise_level)
+        log_prob = step_logprob(x_next, step)
         kl = None
         if g.kl_beta > 0:
             with torch.no_grad(), tr.policy.reference():
-                ref = sde_step(x, self.velocity(x, tt, cond, null, grad=False), s[j], s[j + 1], s[1], g.noise_level)
+                ref = make_step(g.sde_type, x, self.velocity(x, tt, cond, null, grad=False), s, s_next, guard,
+                                g.noise_level)
             kl = step_kl(step.mean, ref.mean, step.std if g.kl_paper else step.std_t)
         out = flow_grpo_loss(log_prob, batch["log_probs"][mb, j], signal[mb].to(x.device), g.clip_range, kl, g.kl_beta)
         # clip: the official clipfrac (|ratio - 1| > clip_range, on either side); ratio_dev: the largest |ratio - 1|

@@ -20,6 +20,7 @@ class GRPOLoss:
 def step_kl(mean_theta: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """KL(N(mean_theta, std^2 I) || N(mean_ref, std^2 I)) per element, averaged -> [N]:
     mean ||mean_theta - mean_ref||^2 / (2 std^2). Official: std = s_t (no sqrt(-dt)); paper: the step std."""
+    std = std.reshape(-1) if std.dim() else std  # per-sample steps: a [B, 1, ...] column -> [B]
     return (mean_theta - mean_ref).pow(2).flatten(1).mean(1) / (2 * std.to(mean_theta.dtype) ** 2)
 
 

@@ -10,6 +10,12 @@ Flow-GRPO walks SD3's flow-matching Euler grid (``rollout_grid("euler", ...)``: 
 Each step is a Gaussian policy with that mean and std s_t sqrt(-dt); its log-prob is averaged over
 elements (official), so ratios of two policies sit close to 1. Steps outside an optional SDE window
 (Flow-GRPO-Fast) are deterministic Euler steps and are not trained.
+
+``sde_type="cps"`` is Flow-GRPO's later coefficients-preserving step (official ``sde_type='cps'``, used
+by its Fast recipes): from x0_hat = x - sigma v and x1_hat = x + (1 - sigma) v,
+x_next = x0_hat (1 - sigma') + x1_hat sqrt(sigma'^2 - std^2) + std eps with std = sigma' sin(a pi / 2),
+so that x_next keeps the flow's noise coefficient sigma'; its log-prob is -(x_next - mean)^2 averaged
+over elements, without the variance or the constants (official).
 """
 
 from __future__ import annotations
@@ -25,26 +31,86 @@ from dgpo.schedules import Grid
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+SDE_TYPES = ("sde", "cps")
+
+
 @dataclass
 class SDEStep:
     mean: torch.Tensor  # [B, ...] mean of x_next
-    std: torch.Tensor  # [] scale of the step noise, s_t sqrt(-dt)
-    std_t: torch.Tensor  # [] s_t itself (the official KL divides by it)
+    std: torch.Tensor  # [] scale of the step noise, s_t sqrt(-dt) (cps: sigma' sin(a pi / 2))
+    std_t: torch.Tensor  # [] s_t itself (the official KL divides by it; cps: the step std)
+    kind: str = "sde"
 
 
-def sde_std(sigma: float, sigma_guard: float, noise_level: float) -> float:
+Sigma = float | torch.Tensor  # one value for the batch, or [B] float64 values (one per sample)
+
+
+def _col(value: Sigma, x: torch.Tensor) -> Sigma:
+    """A per-sample [B] value as a column in x's dtype (rounded once, as a Python float multiplying x
+    is), broadcasting over x's other dims; a float as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return value
+
+
+def _sqrt(value: Sigma) -> Sigma:
+    return torch.sqrt(value) if isinstance(value, torch.Tensor) else math.sqrt(value)
+
+
+def sde_std(sigma: Sigma, sigma_guard: float, noise_level: float) -> Sigma:
     """s_t = a sqrt(t / (1 - t)); t = 1 uses ``sigma_guard`` (the grid's sigmas[1]) in the denominator."""
+    if isinstance(sigma, torch.Tensor):
+        return noise_level * torch.sqrt(sigma / (1 - torch.where(sigma >= 1.0, sigma_guard, sigma)))
     denom = 1 - (sigma_guard if sigma >= 1.0 else sigma)
     return noise_level * math.sqrt(sigma / denom)
 
 
-def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: float, sigma_guard: float,
+def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: Sigma, sigma_next: Sigma, sigma_guard: float,
              noise_level: float) -> SDEStep:
-    """Mean and std of p(x_next | x) for velocity v at sigma (differentiable in v)."""
+    """Mean and std of p(x_next | x) for velocity v at sigma (differentiable in v). Sigmas are floats, or
+    [B] float64 tensors (a step per sample: Flow-GRPO-Fast's windows); the coefficients are computed
+    in float64 either way."""
     dt = sigma_next - sigma
     s_t = sde_std(sigma, sigma_guard, noise_level)
-    mean = x * (1 + s_t**2 / (2 * sigma) * dt) + v * (1 + s_t**2 * (1 - sigma) / (2 * sigma)) * dt
-    return SDEStep(mean, torch.tensor(s_t * math.sqrt(-dt), device=x.device), torch.tensor(s_t, device=x.device))
+    c_x, c_v = 1 + s_t**2 / (2 * sigma) * dt, 1 + s_t**2 * (1 - sigma) / (2 * sigma)
+    mean = x * _col(c_x, x) + v * _col(c_v, x) * _col(dt, x)
+    std, std_t = s_t * _sqrt(-dt), s_t
+    return SDEStep(mean, _std_tensor(std, x), _std_tensor(std_t, x))
+
+
+def _std_tensor(value: Sigma, x: torch.Tensor) -> torch.Tensor:
+    """A 0-dim tensor, or a [B, 1, ...] column (per-sample steps)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(x.device, torch.float32).view(-1, *([1] * (x.dim() - 1)))
+    return torch.tensor(value, device=x.device)
+
+
+def cps_step(x: torch.Tensor, v: torch.Tensor, sigma: Sigma, sigma_next: Sigma, noise_level: float) -> SDEStep:
+    """Flow-GRPO's coefficients-preserving step (differentiable in v; sigmas as in :func:`sde_step`)."""
+    std = sigma_next * math.sin(noise_level * math.pi / 2)
+    keep = sigma_next**2 - std**2
+    keep = keep.clamp(min=0.0) if isinstance(keep, torch.Tensor) else max(keep, 0.0)
+    x0_hat, x1_hat = x - _col(sigma, x) * v, x + _col(1 - sigma, x) * v
+    mean = x0_hat * _col(1 - sigma_next, x) + x1_hat * _col(_sqrt(keep), x)
+    s = _std_tensor(std, x)
+    return SDEStep(mean, s, s, "cps")
+
+
+def make_step(kind: str, x: torch.Tensor, v: torch.Tensor, sigma: Sigma, sigma_next: Sigma, sigma_guard: float,
+              noise_level: float) -> SDEStep:
+    if kind == "cps":
+        return cps_step(x, v, sigma, sigma_next, noise_level)
+    if kind != "sde":
+        raise ValueError(f"unknown sde_type {kind!r}; allowed: {SDE_TYPES}")
+    return sde_step(x, v, sigma, sigma_next, sigma_guard, noise_level)
+
+
+def step_logprob(x_next: torch.Tensor, step: SDEStep) -> torch.Tensor:
+    """Per-sample log-prob of a step, averaged over elements -> [B]: Gaussian (sde), or official cps's
+    -(x_next - mean)^2 without variance and constants."""
+    if step.kind == "cps":
+        return -((x_next.detach() - step.mean) ** 2).flatten(1).mean(1)
+    return gaussian_logprob(x_next, step)
 
 
 def gaussian_logprob(x_next: torch.Tensor, step: SDEStep) -> torch.Tensor:
@@ -70,6 +136,7 @@ def sample_sde(
     noise_level: float,
     seeds: list[int],
     sde_steps: list[int] | None = None,
+    sde_type: str = "sde",
 ) -> SDETrajectory:
     """Integrate down ``grid``; steps in ``sde_steps`` (default: all, as official) are stochastic, the
     rest Euler. ``velocity(x, timestep [B])`` gets the grid's timesteps. Step noise of sample b comes
@@ -82,10 +149,10 @@ def sample_sde(
     for i in range(n):
         v = velocity(x, grid.model_time(i, x.shape[0], x.device))
         if i in sde_steps:
-            step = sde_step(x, v, s[i], s[i + 1], s[1], noise_level)
+            step = make_step(sde_type, x, v, s[i], s[i + 1], s[1], noise_level)
             eps = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device, x.dtype)
             x = step.mean + step.std * eps
-            log_probs[:, i] = gaussian_logprob(x, step)
+            log_probs[:, i] = step_logprob(x, step)
         else:
             x = x + (s[i + 1] - s[i]) * v
         latents.append(x)
