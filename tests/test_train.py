@@ -73,7 +73,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_toy, tmp_path):
 
 
 @pytest.mark.parametrize("window,precision,kind", [(0, "no", "sde"), (2, "no", "sde"), (0, "bf16", "sde"),
-                                                   (2, "no", "cps")])
+                                                   (2, "no", "cps"), (2, "bf16", "cps")])
 def test_flow_grpo_reevaluating_the_rollout_is_on_policy(tiny_toy, tmp_path, window, precision, kind):
     """Before any update the training forward reproduces the rollout's log-probs (ratio 1), in bf16
     too: both CFG branches in one autocast forward, as the rollout and the official compute_log_prob
@@ -86,17 +86,21 @@ def test_flow_grpo_reevaluating_the_rollout_is_on_policy(tiny_toy, tmp_path, win
     try:
         tr = Trainer(_cfg(tiny_toy, tmp_path / "run", "train.algorithm=flow_grpo", f"grpo.sde_window={window}",
                           "grpo.sde_window_range=3", "sampler.steps=4", f"train.mixed_precision={precision}",
-                          "grpo.kl_beta=0.04", f"grpo.sde_type={kind}", "train.rollout_batch_size=2"))
+                          "grpo.kl_beta=0.04", f"grpo.sde_type={kind}", "train.rollout_batch_size=2",
+                          "train.sampling_batches=2", "run.seed=1"))
         with tr.acc.autocast():  # as the trainer rolls out
             batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
         units = tr.algo.units(batch, 0)
         assert units == ([0, 1, 2] if window == 0 else [0, 1])
-        if window:  # a window per rollout chunk (4 chunks of 2): the samples train different steps
-            assert len(set(batch["sde_start"].tolist())) > 1
+        if window:  # a window per sampling batch (2 of 4 samples, chunks of 2): samples train different steps
+            starts = batch["sde_start"].tolist()
+            assert starts[:4] == [starts[0]] * 4 and starts[4:] == [starts[4]] * 4 and starts[0] != starts[4]
         adv = torch.linspace(-1, 1, len(batch["x0"]))
         for j in units:
             out = tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), j, 0, 0)
             assert float(out.stats["ratio_dev"]) < 1e-5, j
+            if window:  # per-sample steps round as the rollout's shared ones: exactly on-policy
+                assert float(out.stats["ratio_dev"]) == 0.0, j
             assert float(out.stats["kl"]) < 1e-10, j  # the reference (adapter off) is the policy before training
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -177,3 +181,25 @@ def test_online_dpo_refreshes_its_reference_from_the_policy_rolls_out_from_it_an
         a = load_file(str(tmp_path / f"a/checkpoints/step_000004/{part}.safetensors"))
         b = load_file(str(tmp_path / f"b/checkpoints/step_000004/{part}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_flow_grpo_fast_windows_do_not_depend_on_the_rollout_chunk_and_cps_keeps_the_last_step_out(tiny_toy,
+                                                                                                   tmp_path):
+    """Windows are drawn per sampling batch, so the rollout chunk size (a memory knob) changes no window
+    and no sample beyond rounding; the cps KL divides by a step std that is 0 on the last step."""
+    from dgpo.data.prompts import epoch_prompts
+    from dgpo.errors import ConfigError
+
+    out = {}
+    for bs in (2, 8):
+        tr = Trainer(_cfg(tiny_toy, tmp_path / str(bs), "train.algorithm=flow_grpo", "sampler.steps=4",
+                          "grpo.sde_window=2", "grpo.sde_window_range=3", f"train.rollout_batch_size={bs}"))
+        out[bs] = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
+    assert torch.equal(out[2]["sde_start"], out[8]["sde_start"])
+    assert torch.allclose(out[2]["x0"], out[8]["x0"], atol=1e-5)
+    bad = ["train.algorithm=flow_grpo", "grpo.sde_type=cps", "sampler.steps=4", "grpo.sde_window=2",
+           "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2"]
+    with pytest.raises(ConfigError, match="last step"):
+        load_config(None, bad)  # the window may reach step 3 (range 5 >= 4 steps) with the default KL
+    load_config(None, [*bad, "grpo.sde_window_range=3"])
+    load_config(None, [*bad, "grpo.kl_beta=0"])

@@ -171,7 +171,8 @@ class GRPOConfig:
     timestep_fraction: float = opt(0.99, 0.0, 1.0, help="train the first int(steps x fraction) steps (official 0.99)")
     cfg_train: bool = opt(True, help="CFG in the training forwards (policy and KL reference), unconditional branch "
                           "detached (official); rollouts use CFG either way")
-    sde_window: int = opt(0, 0, help="Flow-GRPO-Fast: SDE (and training) on this many steps only; 0 = all")
+    sde_window: int = opt(0, 0, help="Flow-GRPO-Fast: SDE (and training) on this many steps only, a window drawn "
+                          "per sampling batch (train.sampling_batches per process and epoch); 0 = all")
     sde_window_range: int = opt(5, 1, help="Flow-GRPO-Fast: the window starts at a random step below this")
     zero_adv: Literal["samples", "groups"] = opt(
         "samples", help="samples (official): drop every sample whose advantage is exactly 0, then re-add random ones "
@@ -186,8 +187,9 @@ class DPOConfig:
     beta: float = opt(100.0, 0.0, help="beta on mean-over-elements denoising losses (Flow-GRPO's DPO script 100; "
                       "Diffusion-DPO's SD1.5 recipe 5000)")
     ref_update_every: int = opt(0, 0, help="Flow-GRPO's online DPO (its ref_update_step, e.g. 40): the reference is a "
-                                "copy of the policy, refreshed before the rollouts once this many optimizer steps are "
-                                "done, and the rollouts come from it; 0: the frozen base model is the reference")
+                                "copy of the policy, refreshed before an epoch's rollouts when the optimizer-step count "
+                                "is a positive multiple of it (official), and the rollouts come from it; 0: the frozen "
+                                "base model is the reference")
 
 
 @dataclass
@@ -204,7 +206,8 @@ class TrainConfig:
         0, 0, help="DGPO, DPO: samples per forward of the frozen reference and the EMA 'old' model, run for all "
         "timesteps and micro-batches of an optimizer step before its backward passes (whole micro-batches; "
         "bigger, faster forwards on a GPU; the same weights, so the numbers change only by the rounding of "
-        "another batch size); 0: one forward per micro-batch and timestep (the official order)")
+        "another batch size; a CFG'd reference, dgpo.kl_cfg > 1, doubles the forward's batch); 0: one forward per "
+        "micro-batch and timestep (the official order)")
     steps_per_epoch: int = opt(1, 1, help="optimizer steps per epoch (official DGPO 1, Flow-GRPO 2)")
     sampling_batches: int = opt(
         2, 1, help="the official num_batches_per_epoch, sampling batches per process and epoch (DGPO GenEval/OCR 2, "
@@ -280,12 +283,19 @@ class Config:
         if t.ema_cadence == "per_batch" and t.sampling_batches % t.steps_per_epoch:
             raise ConfigError(f"train.sampling_batches={t.sampling_batches} must be a multiple of "
                               f"train.steps_per_epoch={t.steps_per_epoch} (train.ema_cadence=per_batch)")
-        if self.dpo.ref_update_every and t.offline:
+        if self.dpo.ref_update_every and t.offline and t.algorithm == "dpo":
             raise ConfigError("dpo.ref_update_every: online DPO rolls out from its refreshed reference; "
                               "train.offline=true rolls out from the frozen base (set one of them)")
         if t.reference_batch_size and t.algorithm == "flow_grpo":
             raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
                               "policy forward; set it to 0 (it applies to dgpo and dpo)")
+        g, n = self.grpo, self.sampler.steps
+        last_trained = min(g.sde_window_range, n) == n if g.sde_window else int(n * g.timestep_fraction) == n
+        if t.algorithm == "flow_grpo" and g.sde_type == "cps" and g.kl_beta > 0 and last_trained:
+            raise ConfigError("grpo.sde_type=cps with grpo.kl_beta > 0: the KL divides by the step std, which is 0 "
+                              "on the last step (sigma' = 0); keep it untrained (grpo.timestep_fraction < 1, or "
+                              f"grpo.sde_window_range < sampler.steps={n}) or set grpo.kl_beta=0 (the official Fast "
+                              "recipes)")
         if self.grpo.sde_window > self.sampler.steps:
             raise ConfigError(f"grpo.sde_window={self.grpo.sde_window} exceeds sampler.steps={self.sampler.steps}")
         _validate_reward(self.reward)

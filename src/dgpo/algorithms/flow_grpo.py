@@ -30,31 +30,41 @@ class FlowGRPO(Algorithm):
     def rollout_context(self):
         return self.tr.policy.reference() if self.cfg.train.offline else nullcontext()
 
-    def sde_steps(self, epoch: int, chunk: int = 0) -> list[int]:
-        """The stochastic steps of one rollout chunk: all of them, or Flow-GRPO-Fast's window, drawn anew
-        for every chunk (a sampling batch) on every process, as the official Fast pipeline does."""
+    def sde_steps(self, epoch: int, sampling_batch: int = 0) -> list[int]:
+        """The stochastic steps of one sampling batch: all of them, or Flow-GRPO-Fast's window, drawn anew
+        for every sampling batch (``train.sampling_batches`` per process and epoch) on every process, as
+        the official Fast pipeline does once per call."""
         g, n = self.cfg.grpo, self.cfg.sampler.steps
         if g.sde_window == 0:
             return list(range(n))
         hi = max(0, min(g.sde_window_range, n) - g.sde_window)
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, 5, self.tr.layout.rank, chunk))
-        start = int(torch.randint(0, hi + 1, (1,), generator=gen))
+        key = derive_seed(self.cfg.run.seed, epoch, 5, self.tr.layout.rank, sampling_batch)
+        start = int(torch.randint(0, hi + 1, (1,), generator=torch.Generator().manual_seed(key)))
         return list(range(start, start + g.sde_window))
+
+    def _chunks(self, n: int) -> list[tuple[slice, int]]:
+        """Rollout chunks of ``train.rollout_batch_size`` (else ``train.batch_size``) local samples with
+        their sampling batch; with Flow-GRPO-Fast's windows none spans two sampling batches (equal parts
+        of the process's samples), so the windows do not depend on the chunk size."""
+        c = self.cfg.train
+        bs, parts = c.rollout_batch_size or c.batch_size, min(c.sampling_batches if self.cfg.grpo.sde_window else 1, n)
+        bounds = [n * k // parts for k in range(parts + 1)]
+        return [(slice(a, min(a + bs, hi)), k) for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))
+                for a in range(lo, hi, bs)]
 
     @torch.no_grad()
     def rollout(self, metas, epoch, on_chunk=None):
         c, tr = self.cfg, self.tr
         batch = self.conditions(metas, epoch)
-        parts, starts, bs = [], [], c.train.rollout_batch_size or c.train.batch_size
+        parts, starts = [], []
         with self.rollout_context():
-            for a in range(0, len(batch["seeds"]), bs):
-                sl = slice(a, a + bs)
+            for sl, sampling_batch in self._chunks(len(batch["seeds"])):
                 cond, null = cond_index(batch["cond"], sl), cond_index(batch["null"], sl)
                 fn = lambda x, t, cond=cond, null=null: self.velocity(x, t, cond, null, grad=False, rollout=True)
                 seeds = batch["seeds"][sl]
                 x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
                 step_seeds = [derive_seed(sd, 6) for sd in seeds]
-                steps = self.sde_steps(epoch, a // bs)
+                steps = self.sde_steps(epoch, sampling_batch)
                 parts.append(sample_sde(fn, x, tr.grid, c.grpo.noise_level, step_seeds, steps, c.grpo.sde_type))
                 starts += [steps[0]] * len(seeds)
                 if on_chunk is not None:
@@ -62,7 +72,7 @@ class FlowGRPO(Algorithm):
         batch["x0"] = torch.cat([p.x0 for p in parts])
         batch["latents"] = torch.cat([p.latents for p in parts])
         batch["log_probs"] = torch.cat([p.log_probs for p in parts])
-        batch["sde_start"] = torch.tensor(starts)  # per local sample: its chunk's first stochastic step
+        batch["sde_start"] = torch.tensor(starts)  # per local sample: its sampling batch's first stochastic step
         return batch
 
     def velocity(self, x, t, cond, null, grad: bool, rollout: bool = False):

@@ -53,6 +53,14 @@ def _col(value: Sigma, x: torch.Tensor) -> Sigma:
     return value
 
 
+def _scale(t: torch.Tensor, value: Sigma) -> torch.Tensor:
+    """t * value, rounded as a Python float scalar rounds it: computed in fp32 (PyTorch's opmath for
+    bf16 / fp16), the result in t's dtype; so that per-sample steps reproduce the rollout's numbers."""
+    if not isinstance(value, torch.Tensor):
+        return t * value
+    return (t.float() * _col(value, t.float())).to(t.dtype)
+
+
 def _sqrt(value: Sigma) -> Sigma:
     return torch.sqrt(value) if isinstance(value, torch.Tensor) else math.sqrt(value)
 
@@ -73,7 +81,7 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: Sigma, sigma_next: Sigma, 
     dt = sigma_next - sigma
     s_t = sde_std(sigma, sigma_guard, noise_level)
     c_x, c_v = 1 + s_t**2 / (2 * sigma) * dt, 1 + s_t**2 * (1 - sigma) / (2 * sigma)
-    mean = x * _col(c_x, x) + v * _col(c_v, x) * _col(dt, x)
+    mean = _scale(x, c_x) + _scale(_scale(v, c_v), dt)
     std, std_t = s_t * _sqrt(-dt), s_t
     return SDEStep(mean, _std_tensor(std, x), _std_tensor(std_t, x))
 
@@ -90,8 +98,8 @@ def cps_step(x: torch.Tensor, v: torch.Tensor, sigma: Sigma, sigma_next: Sigma, 
     std = sigma_next * math.sin(noise_level * math.pi / 2)
     keep = sigma_next**2 - std**2
     keep = keep.clamp(min=0.0) if isinstance(keep, torch.Tensor) else max(keep, 0.0)
-    x0_hat, x1_hat = x - _col(sigma, x) * v, x + _col(1 - sigma, x) * v
-    mean = x0_hat * _col(1 - sigma_next, x) + x1_hat * _col(_sqrt(keep), x)
+    x0_hat, x1_hat = x - _scale(v, sigma), x + _scale(v, 1 - sigma)
+    mean = _scale(x0_hat, 1 - sigma_next) + _scale(x1_hat, _sqrt(keep))
     s = _std_tensor(std, x)
     return SDEStep(mean, s, s, "cps")
 

@@ -4,7 +4,8 @@ An epoch has N = P x G samples with global index i = g G + j (group g, member j)
 holds the members j with j % W == r of *every* group, so each process has N / W samples, every
 micro-batch of whole groups has the same groups on every process, and the DGPO group sums can be
 all-reduced micro-batch by micro-batch. Seeds, shared noise and timesteps are functions of global
-indices, so no broadcast is needed and a W-process run computes what a 1-process run computes.
+indices, so no broadcast is needed and a W-process run computes what a 1-process run computes
+(Flow-GRPO-Fast's windows excepted: drawn per process and sampling batch, as the official code does).
 """
 
 from __future__ import annotations
