@@ -34,6 +34,7 @@ def test_overrides_and_defaults():
     ("dgpo.clip_dsm=3", r"dgpo\.clip_dsm: expected bool"),
     ("dgpo.clip_range=2", r"dgpo\.clip_range: 2.0 is out of range"),
     ("dgpo.trunc_steps=12", r"dgpo\.trunc_steps=12 must be < sampler\.steps=10"),
+    ("dgpo.t_min_end=0.2", r"dgpo\.t_min_end=0\.2 anneals the uniform mode's t_min"),
     ("train", r"key=value"),
 ])
 def test_errors_name_the_key(override, match):

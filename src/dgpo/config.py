@@ -84,10 +84,11 @@ RewardName = Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility"
 class RewardConfig:
     name: RewardName | list[RewardName] = opt(
         "toy_geneval",
-        help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: DDPO's (in)compressibility; "
+        help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: the official JPEG "
+        "(in)compressibility (-kB / 500, +kB); "
         "colorfulness: Hasler-Suesstrunk (smooth); ocr: Flow-GRPO's edit-distance reward (RapidOCR); "
-        "pickscore: PickScore (CLIP); geneval: GenEval's rules on Mask2Former + CLIP (real images); "
-        "aesthetic: LAION aesthetic v2 (MLP on CLIP ViT-L/14); clipscore: 100 max(cos, 0) of CLIP; "
+        "pickscore: PickScore / 26 (official); geneval: GenEval's rules on Mask2Former + CLIP (real images); "
+        "aesthetic: LAION aesthetic v2 (MLP on CLIP ViT-L/14); clipscore: CLIP's logits / 30 (official); "
         "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); remote: a `dgpo reward serve` server (reward.url); "
         "a list: the weighted sum of several (reward.weights), each logged",
     )
@@ -296,6 +297,9 @@ class Config:
                               "on the last step (sigma' = 0); keep it untrained (grpo.timestep_fraction < 1, or "
                               f"grpo.sde_window_range < sampler.steps={n}) or set grpo.kl_beta=0 (the official Fast "
                               "recipes)")
+        if self.dgpo.t_min_end >= 0 and self.dgpo.timestep_mode != "uniform":
+            raise ConfigError(f"dgpo.t_min_end={self.dgpo.t_min_end} anneals the uniform mode's t_min; "
+                              f"dgpo.timestep_mode={self.dgpo.timestep_mode!r} does not read it (set it to -1)")
         if self.grpo.sde_window > self.sampler.steps:
             raise ConfigError(f"grpo.sde_window={self.grpo.sde_window} exceeds sampler.steps={self.sampler.steps}")
         _validate_reward(self.reward)
