@@ -203,3 +203,7 @@ def test_flow_grpo_fast_windows_do_not_depend_on_the_rollout_chunk_and_cps_keeps
         load_config(None, bad)  # the window may reach step 3 (range 5 >= 4 steps) with the default KL
     load_config(None, [*bad, "grpo.sde_window_range=3"])
     load_config(None, [*bad, "grpo.kl_beta=0"])
+    with pytest.raises(ConfigError, match="last step"):  # a window as long as the rollout: start 0, all steps
+        load_config(None, [*bad, "grpo.sde_window=4", "grpo.sde_window_range=3"])
+    with pytest.raises(ConfigError, match="0 < a < 2"):
+        load_config(None, [*bad, "grpo.kl_beta=0", "grpo.noise_level=2.0"])

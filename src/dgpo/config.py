@@ -291,7 +291,14 @@ class Config:
             raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
                               "policy forward; set it to 0 (it applies to dgpo and dpo)")
         g, n = self.grpo, self.sampler.steps
-        last_trained = min(g.sde_window_range, n) == n if g.sde_window else int(n * g.timestep_fraction) == n
+        # a window covers start .. start + window - 1, start <= max(0, min(range, n) - window)
+        last_trained = (max(g.sde_window, min(g.sde_window_range, n)) == n if g.sde_window
+                        else int(n * g.timestep_fraction) == n)
+        if t.algorithm == "flow_grpo" and g.kl_beta > 0 and g.noise_level == 0:
+            raise ConfigError("grpo.noise_level=0 with grpo.kl_beta > 0: the KL divides by the step std, 0 here")
+        if g.sde_type == "cps" and not 0 < g.noise_level < 2:
+            raise ConfigError(f"grpo.noise_level={g.noise_level} with grpo.sde_type=cps: the step std is "
+                              "sigma' sin(a pi / 2), which needs 0 < a < 2 (official Fast recipes 0.8)")
         if t.algorithm == "flow_grpo" and g.sde_type == "cps" and g.kl_beta > 0 and last_trained:
             raise ConfigError("grpo.sde_type=cps with grpo.kl_beta > 0: the KL divides by the step std, which is 0 "
                               "on the last step (sigma' = 0); keep it untrained (grpo.timestep_fraction < 1, or "

@@ -58,6 +58,8 @@ def _scale(t: torch.Tensor, value: Sigma) -> torch.Tensor:
     bf16 / fp16), the result in t's dtype; so that per-sample steps reproduce the rollout's numbers."""
     if not isinstance(value, torch.Tensor):
         return t * value
+    if t.dtype == torch.float64:  # a scalar multiplies fp64 in fp64
+        return t * _col(value, t)
     return (t.float() * _col(value, t.float())).to(t.dtype)
 
 
