@@ -270,62 +270,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> Config:
-        """Cross-field checks that no single field can make."""
-        if self.dgpo.timestep_mode == "grid" and self.dgpo.trunc_steps >= self.sampler.steps:
-            raise ConfigError(
-                f"dgpo.trunc_steps={self.dgpo.trunc_steps} must be < sampler.steps={self.sampler.steps}"
-            )
-        if self.dgpo.timestep_mode == "grid" and self.dgpo.num_train_timesteps > self.dgpo.trunc_steps + 1:
-            raise ConfigError(
-                f"dgpo.num_train_timesteps={self.dgpo.num_train_timesteps} exceeds the "
-                f"{self.dgpo.trunc_steps + 1} grid candidates (dgpo.trunc_steps + 1)"
-            )
-        t = self.train
-        if t.ema_cadence == "per_batch" and t.sampling_batches % t.steps_per_epoch:
-            raise ConfigError(f"train.sampling_batches={t.sampling_batches} must be a multiple of "
-                              f"train.steps_per_epoch={t.steps_per_epoch} (train.ema_cadence=per_batch)")
-        if self.dpo.ref_update_every and t.offline and t.algorithm == "dpo":
-            raise ConfigError("dpo.ref_update_every: online DPO rolls out from its refreshed reference; "
-                              "train.offline=true rolls out from the frozen base (set one of them)")
-        if t.reference_batch_size and t.algorithm == "flow_grpo":
-            raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
-                              "policy forward; set it to 0 (it applies to dgpo and dpo)")
-        g, n = self.grpo, self.sampler.steps
-        # a window covers start .. start + window - 1, start <= max(0, min(range, n) - window)
-        last_trained = (max(g.sde_window, min(g.sde_window_range, n)) == n if g.sde_window
-                        else int(n * g.timestep_fraction) == n)
-        if t.algorithm == "flow_grpo" and g.kl_beta > 0 and g.noise_level == 0:
-            raise ConfigError("grpo.noise_level=0 with grpo.kl_beta > 0: the KL divides by the step std, 0 here")
-        if g.sde_type == "cps" and not 0 < g.noise_level < 2:
-            raise ConfigError(f"grpo.noise_level={g.noise_level} with grpo.sde_type=cps: the step std is "
-                              "sigma' sin(a pi / 2), which needs 0 < a < 2 (official Fast recipes 0.8)")
-        if t.algorithm == "flow_grpo" and g.sde_type == "cps" and g.kl_beta > 0 and last_trained:
-            raise ConfigError("grpo.sde_type=cps with grpo.kl_beta > 0: the KL divides by the step std, which is 0 "
-                              "on the last step (sigma' = 0); keep it untrained (grpo.timestep_fraction < 1, or "
-                              f"grpo.sde_window_range < sampler.steps={n}) or set grpo.kl_beta=0 (the official Fast "
-                              "recipes)")
-        if self.dgpo.t_min_end >= 0 and self.dgpo.timestep_mode != "uniform":
-            raise ConfigError(f"dgpo.t_min_end={self.dgpo.t_min_end} anneals the uniform mode's t_min; "
-                              f"dgpo.timestep_mode={self.dgpo.timestep_mode!r} does not read it (set it to -1)")
-        if self.grpo.sde_window > self.sampler.steps:
-            raise ConfigError(f"grpo.sde_window={self.grpo.sde_window} exceeds sampler.steps={self.sampler.steps}")
-        _validate_reward(self.reward)
+        """Cross-field checks that no single field can make (``dgpo.config_rules``)."""
+        from dgpo.config_rules import check
+
+        check(self)
         return self
-
-
-def _validate_reward(r: RewardConfig) -> None:
-    names = r.names()
-    if not names:
-        raise ConfigError("reward.name: the list is empty; name at least one reward")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"reward.name: {names} names a reward twice")
-    if r.weights and len(r.weights) != len(names):
-        raise ConfigError(f"reward.weights: {len(r.weights)} weights for {len(names)} rewards {names}")
-    if "remote" in names and not r.url:
-        raise ConfigError("reward.url: the remote reward needs the server's URL (e.g. http://127.0.0.1:8765)")
-    if {"pickscore", "geneval"} <= set(names) and r.model_path:
-        raise ConfigError("reward.model_path: pickscore and geneval would both read it; use their default "
-                          "weights or train with one of them")
 
 
 def _check_value(key: str, tp: Any, value: Any, meta: dict) -> Any:

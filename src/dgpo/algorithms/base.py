@@ -171,15 +171,15 @@ class Algorithm:
         need_old, need_ref = self.frozen_needs()
         size = self.cfg.train.reference_batch_size
         if size > 0 and (need_old or need_ref):
-            items = [((slot, int(mb[0])), self.noised(batch, mb, unit, slot, epoch))
-                     for slot, unit in enumerate(units) for mb in micro if len(mb)]
             chunk: list = []
-            for n, item in enumerate(items):
-                chunk.append(item)
-                rows = sum(len(i[1]["t"]) for i in chunk)
-                if n + 1 == len(items) or rows + len(items[n + 1][1]["t"]) > size:
-                    self._run_frozen(chunk, need_old, need_ref)
-                    chunk = []
+            for slot, unit in enumerate(units):
+                for mb in micro:
+                    if chunk and sum(len(i["t"]) for _, i in chunk) + len(mb) > size:
+                        self._run_frozen(chunk, need_old, need_ref)
+                        chunk = []
+                    chunk.append(((slot, int(mb[0])), self.noised(batch, mb, unit, slot, epoch)))
+            if chunk:
+                self._run_frozen(chunk, need_old, need_ref)
         try:
             yield
         finally:

@@ -47,7 +47,8 @@ class FlowGRPO(Algorithm):
         their sampling batch; with Flow-GRPO-Fast's windows none spans two sampling batches (equal parts
         of the process's samples), so the windows do not depend on the chunk size."""
         c = self.cfg.train
-        bs, parts = c.rollout_batch_size or c.batch_size, min(c.sampling_batches if self.cfg.grpo.sde_window else 1, n)
+        bs = c.rollout_batch_size or c.batch_size
+        parts = min(c.sampling_batches, n) if self.cfg.grpo.sde_window else 1
         bounds = [n * k // parts for k in range(parts + 1)]
         return [(slice(a, min(a + bs, hi)), k) for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))
                 for a in range(lo, hi, bs)]
@@ -124,7 +125,7 @@ class FlowGRPO(Algorithm):
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
         g, tr, grid = self.cfg.grpo, self.tr, self.tr.grid
-        # the step each sample trains: one for all, or per sample in its chunk's window (float64 sigmas)
+        # the step each sample trains: one for all, or per sample in its sampling batch's window (float64 sigmas)
         j = batch["sde_start"][mb] + int(unit) if g.sde_window else int(unit)
         s, s_next = grid.sigmas[j], grid.sigmas[j + 1]
         if not g.sde_window:

@@ -55,12 +55,13 @@ def _col(value: Sigma, x: torch.Tensor) -> Sigma:
 
 def _scale(t: torch.Tensor, value: Sigma) -> torch.Tensor:
     """t * value, rounded as a Python float scalar rounds it: computed in fp32 (PyTorch's opmath for
-    bf16 / fp16), the result in t's dtype; so that per-sample steps reproduce the rollout's numbers."""
+    bf16 / fp16; fp64 in fp64), the result in t's dtype; so that per-sample steps reproduce the
+    rollout's numbers."""
     if not isinstance(value, torch.Tensor):
         return t * value
-    if t.dtype == torch.float64:  # a scalar multiplies fp64 in fp64
-        return t * _col(value, t)
-    return (t.float() * _col(value, t.float())).to(t.dtype)
+    work = t if t.dtype == torch.float64 else t.float()
+    return (work * _col(value, work)).to(t.dtype)
+
 
 
 def _sqrt(value: Sigma) -> Sigma:

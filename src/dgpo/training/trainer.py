@@ -173,9 +173,7 @@ class Trainer:
                 key = epoch + INNER_KEY * inner  # fresh timesteps and noise on every pass
                 units = self.algo.units(batch, key)
                 for part in self.algo.optimizer_chunks(batch["group_ids"], train_pos, key):
-                    # skipped when nothing trains: its groups were dropped, or none has a spread (Flow-GRPO's
-                    # zero-advantage filter keeps nothing, DPO has no pair; official Flow-GRPO stops with an error)
-                    if not self.layout.all_sum(self.algo.items(local_signal, part)):
+                    if not self.layout.all_sum(self.algo.items(local_signal, part)):  # groups dropped, no spread
                         stats = {"bad_cause": er.cause or "no_signal"}
                     else:
                         stats = self._optimizer_step(batch, local_signal, part, units, key)

@@ -1,0 +1,79 @@
+"""Cross-field rules of a :class:`~dgpo.config.Config`: what no single field's type and range can say.
+Each broken rule is a :class:`~dgpo.errors.ConfigError` naming the keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dgpo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dgpo.config import Config, RewardConfig
+
+
+def check(cfg: Config) -> None:
+    _timesteps(cfg)
+    _train(cfg)
+    _flow_grpo(cfg)
+    _reward(cfg.reward)
+
+
+def _timesteps(cfg: Config) -> None:
+    d, n = cfg.dgpo, cfg.sampler.steps
+    if d.timestep_mode == "grid" and d.trunc_steps >= n:
+        raise ConfigError(f"dgpo.trunc_steps={d.trunc_steps} must be < sampler.steps={n}")
+    if d.timestep_mode == "grid" and d.num_train_timesteps > d.trunc_steps + 1:
+        raise ConfigError(f"dgpo.num_train_timesteps={d.num_train_timesteps} exceeds the "
+                          f"{d.trunc_steps + 1} grid candidates (dgpo.trunc_steps + 1)")
+    if d.t_min_end >= 0 and d.timestep_mode != "uniform":
+        raise ConfigError(f"dgpo.t_min_end={d.t_min_end} anneals the uniform mode's t_min; "
+                          f"dgpo.timestep_mode={d.timestep_mode!r} does not read it (set it to -1)")
+
+
+def _train(cfg: Config) -> None:
+    t = cfg.train
+    if t.ema_cadence == "per_batch" and t.sampling_batches % t.steps_per_epoch:
+        raise ConfigError(f"train.sampling_batches={t.sampling_batches} must be a multiple of "
+                          f"train.steps_per_epoch={t.steps_per_epoch} (train.ema_cadence=per_batch)")
+    if cfg.dpo.ref_update_every and t.offline and t.algorithm == "dpo":
+        raise ConfigError("dpo.ref_update_every: online DPO rolls out from its refreshed reference; "
+                          "train.offline=true rolls out from the frozen base (set one of them)")
+    if t.reference_batch_size and t.algorithm == "flow_grpo":
+        raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
+                          "policy forward; set it to 0 (it applies to dgpo and dpo)")
+
+
+def _flow_grpo(cfg: Config) -> None:
+    g, n, flow_grpo = cfg.grpo, cfg.sampler.steps, cfg.train.algorithm == "flow_grpo"
+    if g.sde_window > n:
+        raise ConfigError(f"grpo.sde_window={g.sde_window} exceeds sampler.steps={n}")
+    if g.sde_type == "cps" and not 0 < g.noise_level < 2:
+        raise ConfigError(f"grpo.noise_level={g.noise_level} with grpo.sde_type=cps: the step std is "
+                          "sigma' sin(a pi / 2), which needs 0 < a < 2 (official Fast recipes 0.8)")
+    if not (flow_grpo and g.kl_beta > 0):
+        return
+    if g.noise_level == 0:
+        raise ConfigError("grpo.noise_level=0 with grpo.kl_beta > 0: the KL divides by the step std, 0 here")
+    # a window covers start .. start + window - 1, start <= max(0, min(range, n) - window)
+    last_trained = (max(g.sde_window, min(g.sde_window_range, n)) == n if g.sde_window
+                    else int(n * g.timestep_fraction) == n)
+    if g.sde_type == "cps" and last_trained:
+        raise ConfigError("grpo.sde_type=cps with grpo.kl_beta > 0: the KL divides by the step std, which is 0 "
+                          "on the last step (sigma' = 0); keep it untrained (grpo.timestep_fraction < 1, or "
+                          f"grpo.sde_window_range < sampler.steps={n}) or set grpo.kl_beta=0 (the official Fast "
+                          "recipes)")
+
+
+def _reward(r: RewardConfig) -> None:
+    names = r.names()
+    if not names:
+        raise ConfigError("reward.name: the list is empty; name at least one reward")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"reward.name: {names} names a reward twice")
+    if r.weights and len(r.weights) != len(names):
+        raise ConfigError(f"reward.weights: {len(r.weights)} weights for {len(names)} rewards {names}")
+    if "remote" in names and not r.url:
+        raise ConfigError("reward.url: the remote reward needs the server's URL (e.g. http://127.0.0.1:8765)")
+    if {"pickscore", "geneval"} <= set(names) and r.model_path:
+        raise ConfigError("reward.model_path: pickscore and geneval would both read it; use their default "
+                          "weights or train with one of them")
