@@ -36,7 +36,7 @@ def _options() -> dict[str, list[str]]:
 
 
 def _literals() -> list[str]:
-    return ["dpm", "euler", "toy", "sd3", "flux", "sana", "fp32", "bf16", "dgpo", "flow_grpo", "dpo", "grid",
+    return ["dpm", "euler", "toy", "sd3", "flux", "sana", "qwenimage", "fp32", "bf16", "dgpo", "flow_grpo", "dpo", "grid",
             "uniform", "toy_geneval", "remote", "per_step", "weighted_sum", "tensorboard", "none", "no", "yes"]
 
 

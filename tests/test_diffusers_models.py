@@ -1,4 +1,4 @@
-"""SD3 / FLUX / Sana adapters on tiny offline pipelines: they match the pipelines, train, and export
+"""SD3 / FLUX / Sana / Qwen-Image adapters on tiny offline pipelines: they match the pipelines, train, and export
 a LoRA that diffusers loads as is (and a merged folder)."""
 
 import json
@@ -15,7 +15,7 @@ from dgpo.samplers.rollout import initial_noise
 from dgpo.training.export import LORA_FILE, export_run, load_run
 from dgpo.training.trainer import Trainer
 
-KINDS = ["sd3", "flux", "sana"]
+KINDS = ["sd3", "flux", "sana", "qwenimage"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def _adapter(kind, path):
     return load_model(load_config(None, _model_overrides(kind, path)).model)
 
 
-@pytest.mark.parametrize("kind,method", [("sd3", "euler"), ("sd3", "dpm"), ("flux", "euler"), ("sana", "dpm")])
+@pytest.mark.parametrize("kind,method", [("sd3", "euler"), ("sd3", "dpm"), ("flux", "euler"), ("sana", "dpm"),
+                                         ("qwenimage", "euler")])
 def test_adapter_rollout_equals_the_pipeline_call(folders, kind, method):
     """Our sampler on the family's grid equals the diffusers pipeline's own call with its default
     timesteps (SD3 with the official DGPO DPM-Solver swapped in for "dpm"): same sigmas, and the
@@ -59,6 +60,10 @@ def test_adapter_rollout_equals_the_pipeline_call(folders, kind, method):
         packed = m.pipe._pack_latents(x.clone(), 2, 4, 8, 8)
         ref = m.pipe(prompts, latents=packed, guidance_scale=3.5, **kw).images
         ref = m.pipe._unpack_latents(ref, 64, 64, 8)
+    elif kind == "qwenimage":  # true CFG with the negative prompt " " (and its norm rescale), 5D latents
+        packed = m.pipe._pack_latents(x.clone(), 2, 4, 8, 8)
+        ref = m.pipe(prompts, negative_prompt=[" ", " "], true_cfg_scale=scale, latents=packed, **kw).images
+        ref = m.pipe._unpack_latents(ref, 64, 64, 8)[:, :, 0]
     else:
         ref = m.pipe(prompts, latents=x.clone(), guidance_scale=scale, complex_human_instruction=None,
                      use_resolution_binning=False, **kw).images
@@ -88,6 +93,25 @@ def test_text_embeddings_are_cached_per_prompt(folders):
     assert len(m._cache) == 2 and torch.equal(a["embeds"][0], a["embeds"][2])
     b = m.encode_prompts(["a dog"])
     assert torch.equal(b["embeds"][0], a["embeds"][1]) and len(m._cache) == 2
+
+
+def test_the_text_cache_keeps_the_most_recently_used_prompts_in_host_memory(folders):
+    m = load_model(load_config(None, [*_model_overrides("sd3", folders["sd3"]), "model.text_cache=2"]).model)
+    first = m.encode_prompts(["a cat", "a dog"])
+    m.encode_prompts(["a cat", "a fox"])  # "a dog" is now the least recently used: evicted
+    assert list(m._cache) == ["a cat", "a fox"]
+    assert all(v.device.type == "cpu" for e in m._cache.values() for v in e.values())
+    again = m.encode_prompts(["a dog"])  # encoded anew, the same embedding
+    assert torch.equal(again["embeds"][0], first["embeds"][1]) and list(m._cache) == ["a fox", "a dog"]
+
+
+def test_qwenimage_caches_prompts_unpadded_and_pads_batches_to_the_sequence_length(folders):
+    m = _adapter("qwenimage", folders["qwenimage"])
+    cond = m.encode_prompts(["a red cube", "", "a red cube"])
+    lengths = [e["mask"].shape[1] for e in m._cache.values()]
+    assert lengths == [16, 14] and all(bool(e["mask"].all()) for e in m._cache.values())  # " ": 14 tokens
+    assert cond["embeds"].shape[:2] == cond["mask"].shape == (3, 16)
+    assert cond["mask"].sum(1).tolist() == [16, 14, 16] and not cond["embeds"][1, 14:].any()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -140,10 +164,14 @@ def test_train_two_epochs_then_export_lora_and_merged(folders, kind, tmp_path):
     assert trainable and all("lora_" in n for n in trainable)
     # SD3's last block is context_pre_only: its text queries (add_q_proj) feed only discarded text
     # outputs, so they get exactly zero gradient (the official target list adapts them anyway; only
-    # weight decay moves their lora_A)
-    dead = f"transformer_blocks.{len(tr.model.denoiser.transformer_blocks) - 1}.attn.add_q_proj" if kind == "sd3" else "-"
+    # weight decay moves their lora_A); Qwen-Image's last block discards its whole text stream
+    last = f"transformer_blocks.{len(tr.model.denoiser.transformer_blocks) - 1}."
+    dead = {"sd3": ["attn.add_q_proj"], "qwenimage": ["attn.add_q_proj"]}.get(kind, [])
+    if kind == "qwenimage":  # its last block's text-stream output projection and MLP: never adapted
+        assert not [n for n in trainable if last + "attn.to_add_out" in n or last + "txt_mlp" in n]
+        assert [n for n in trainable if ".attn.to_add_out" in n or ".txt_mlp" in n]  # the first block's are
     for n, p in tr.model.denoiser.named_parameters():
-        if dead not in n:
+        if not any(last + d in n for d in dead):
             assert (not torch.equal(before[n], p.detach())) == (n in trainable), n
 
     trained, _, _ = load_run(run)  # the slow-EMA weights, which the export writes
@@ -176,3 +204,32 @@ def test_missing_or_malformed_model_folder_is_a_clear_error(tmp_path):
         _adapter("sd3", bad)
     with pytest.raises(ValueError, match="model.path is required"):
         load_model(load_config(None, ["model.kind=sana"]).model)
+
+
+def test_qwenimage_guidance_rescales_each_packed_token_to_the_conditional_norm(folders):
+    """QwenImagePipeline's true CFG: comb = v_u + s (v_c - v_u), then comb * |v_c| / |comb| with the
+    norms over each packed 2x2 token's channels (its last dim); the adapter works on unpacked latents."""
+    m = _adapter("qwenimage", folders["qwenimage"])
+    g = torch.Generator().manual_seed(3)
+    v_c, v_u = torch.randn(2, 2, *m.latent_shape(), generator=g)
+    packed = [m.pipe._pack_latents(v, 2, *m.latent_shape()) for v in (v_c, v_u)]
+    comb = packed[1] + 4.0 * (packed[0] - packed[1])
+    ref = comb * (torch.norm(packed[0], dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
+    ours = m.pipe._pack_latents(m.guide(v_c, v_u, 4.0), 2, *m.latent_shape())
+    assert torch.equal(ours, ref)
+    assert not torch.allclose(ours, comb, atol=1e-3)  # the rescale matters
+
+
+def test_flow_grpo_on_qwenimage_reevaluates_its_rollout_on_policy(folders, tmp_path):
+    """The training forward (guided, v_u detached) reproduces the rollout's log-probs before an update."""
+    from dgpo.data.prompts import epoch_prompts
+
+    cfg = load_config(None, [*_model_overrides("qwenimage", folders["qwenimage"]), f"run.out_dir={tmp_path}",
+                             "train.algorithm=flow_grpo", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2",
+                             "train.prompts_per_epoch=2",
+                             "train.group_size=2", "train.batch_size=4", "reward.name=colorfulness"])
+    tr = Trainer(cfg)
+    batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
+    adv = torch.linspace(-1, 1, len(batch["x0"]))
+    for j in tr.algo.units(batch, 0):
+        assert float(tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), j, 0, 0).stats["ratio_dev"]) < 1e-5

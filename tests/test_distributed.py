@@ -94,10 +94,10 @@ def test_two_processes_train_the_same_adapter_as_one(tiny_toy, tmp_path, algo):
 
 @pytest.fixture(scope="module")
 def tiny_pipes(tmp_path_factory):
-    from tiny_diffusers import build_flux, build_sana, build_sd3
+    from tiny_diffusers import BUILDERS
 
     root = tmp_path_factory.mktemp("ddp_pipes")
-    return {"sd3": build_sd3(root / "sd3"), "flux": build_flux(root / "flux"), "sana": build_sana(root / "sana")}
+    return {k: BUILDERS[k](root / k) for k in ("sd3", "flux", "sana", "qwenimage")}
 
 
 def _pipe_overrides(kind, path, out):
@@ -108,18 +108,22 @@ def _pipe_overrides(kind, path, out):
             "dgpo.num_train_timesteps=1", "dgpo.kl_beta=0.1", "dgpo.clip_range=0.01", "reward.name=colorfulness"]
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux", "sana"])
+@pytest.mark.parametrize("kind", ["sd3", "flux", "sana", "qwenimage"])
 def test_two_processes_train_a_diffusers_model_like_one(tiny_pipes, tmp_path, kind):
     """DDP with the diffusers adapters (the training forwards go through the DDP wrapper, which has no
-    .config or .dtype of its own): 2 processes end at the 1-process adapter."""
-    Trainer(load_config(None, _pipe_overrides(kind, tiny_pipes[kind], tmp_path / "one"))).fit()
+    .config or .dtype of its own): 2 processes end at the 1-process adapter. Qwen-Image trains two
+    steps: a parameter without a gradient (its last block's text stream) stops DDP at the second."""
+    steps = 2 if kind == "qwenimage" else 1
+    extra = [f"run.epochs={steps}"]
+    Trainer(load_config(None, [*_pipe_overrides(kind, tiny_pipes[kind], tmp_path / "one"), *extra])).fit()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "dgpo.cli", "train", *_pipe_overrides(kind, tiny_pipes[kind], tmp_path / "two")]
+           str(_free_port()), "-m", "dgpo.cli", "train", *_pipe_overrides(kind, tiny_pipes[kind], tmp_path / "two"),
+           *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = load_file(str(tmp_path / "one/checkpoints/step_000001/policy.safetensors"))
-    two = load_file(str(tmp_path / "two/checkpoints/step_000001/policy.safetensors"))
+    one = load_file(str(tmp_path / f"one/checkpoints/step_{steps:06d}/policy.safetensors"))
+    two = load_file(str(tmp_path / f"two/checkpoints/step_{steps:06d}/policy.safetensors"))
     assert one.keys() == two.keys()
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-5, rtol=0), (k, (one[k] - two[k]).abs().max())

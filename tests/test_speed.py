@@ -378,21 +378,21 @@ def test_fp8_full_fine_tuning_converts_the_frozen_copy_and_trains_the_converted_
 
 
 @pytest.fixture(scope="module")
-def flux_sana(tmp_path_factory):
-    from tiny_diffusers import build_flux, build_sana
+def fp8_pipes(tmp_path_factory):
+    from tiny_diffusers import BUILDERS
 
     root = tmp_path_factory.mktemp("fp8_pipes")
-    return {"flux": build_flux(root / "flux"), "sana": build_sana(root / "sana")}
+    return {k: BUILDERS[k](root / k) for k in ("flux", "sana", "qwenimage")}
 
 
-@pytest.mark.parametrize("kind", ["flux", "sana"])
-def test_fp8_trains_flux_and_sana_like_exact(flux_sana, tmp_path, kind):
-    """FLUX's two block kinds and Sana's blocks run their linears in FP8 (Sana's attention hands its
-    output projection a strided view, which torchao's rowwise cast refuses unless made contiguous);
-    one DGPO epoch moves the LoRA weights in the exact run's direction."""
+@pytest.mark.parametrize("kind", ["flux", "sana", "qwenimage"])
+def test_fp8_trains_flux_sana_and_qwenimage_like_exact(fp8_pipes, tmp_path, kind):
+    """FLUX's two block kinds, Sana's and Qwen-Image's blocks run their linears in FP8 (Sana's attention
+    hands its output projection a strided view, which torchao's rowwise cast refuses unless made
+    contiguous); one DGPO epoch moves the LoRA weights in the exact run's direction."""
     runs = {}
     for fp8 in ("none", "rowwise"):
-        cfg = load_config(None, [f"model.kind={kind}", f"model.path={flux_sana[kind]}", "model.resolution=64",
+        cfg = load_config(None, [f"model.kind={kind}", f"model.path={fp8_pipes[kind]}", "model.resolution=64",
                                  "model.max_sequence_length=16", f"run.out_dir={tmp_path / fp8}", "run.epochs=1",
                                  "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false", "run.log_with=none",
                                  "train.prompts_per_epoch=2", "train.group_size=2", "train.batch_size=4",

@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised SD3 / FLUX / Sana pipelines built offline from configs and saved as
+"""Tiny, randomly initialised SD3 / FLUX / Sana / Qwen-Image pipelines built offline from configs and saved as
 ordinary diffusers folders (64 px images, 8x8 latents). Only for tests: no hub access."""
 
 from __future__ import annotations
@@ -73,3 +73,61 @@ def build_sana(folder: Path) -> Path:
 
 
 BUILDERS = {"sd3": build_sd3, "flux": build_flux, "sana": build_sana}
+
+
+# Qwen-Image's prompt template; the pipeline drops the first 34 tokens (the real tokenizer's length of
+# the part before the prompt). The tiny byte-level tokenizer below gives that part 34 tokens too: the
+# chat markers and most of the system text are single added tokens, the last 24 characters are bytes.
+QWEN_SYSTEM = ("system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
+               "spatial relationships of the objects and background:")
+
+
+def qwen_tokenizer():
+    from tokenizers import AddedToken
+    from transformers import Qwen2Tokenizer
+
+    from dgpo.models.random_pipelines import _byte_alphabet
+
+    vocab = {c: i for i, c in enumerate(_byte_alphabet())}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tok.add_tokens([AddedToken("<|im_start|>", special=True), AddedToken("<|im_end|>", special=True),
+                    AddedToken(QWEN_SYSTEM[:-24], normalized=False)])
+    return tok
+
+
+def build_qwenimage(folder: Path) -> Path:
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = qwen_tokenizer()
+    torch.manual_seed(0)
+    tr = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                     attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                     axes_dims_rope=(4, 6, 6))
+    torch.manual_seed(1)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                 latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 2.0, 1.2])
+    torch.manual_seed(2)
+    cfg = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "bos_token_id": None,
+                     "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]}},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 16})
+    te = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    # Qwen-Image's own scheduler config: exponential dynamic shift, sigmas stretched to end at 0.02
+    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                            base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                                            time_shift_type="exponential")
+    pipe = QwenImagePipeline(transformer=tr, scheduler=sched, vae=vae, text_encoder=te, tokenizer=tok)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+BUILDERS["qwenimage"] = build_qwenimage

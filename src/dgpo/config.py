@@ -55,14 +55,16 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    kind: Literal["toy", "sd3", "flux", "sana"] = opt("toy", help="model family adapter")
+    kind: Literal["toy", "sd3", "flux", "sana", "qwenimage"] = opt("toy", help="model family adapter")
     path: str = opt("", help="toy checkpoint folder ('' = the built-in base) or a diffusers folder / hub id")
     dtype: Literal["fp32", "bf16", "fp16"] = opt("fp32", help="diffusers models: weight dtype of the pipeline")
     resolution: int = opt(0, 0, help="diffusers models: image size in pixels (0: the transformer's native size)")
-    max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma tokens (0: SD3 128 as official, Flux 512, Sana 300)")
+    max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma/Qwen tokens (0: SD3 128 as official, Flux 512, Sana 300, Qwen-Image 512)")
     guidance_scale: float = opt(3.5, 0.0, help="FLUX.1-dev: the embedded guidance (no CFG; schnell ignores it)")
     gradient_checkpointing: bool = opt(False, help="diffusers models: recompute transformer activations")
     offload: bool = opt(False, help="diffusers models: keep text encoders and VAE on the CPU between uses")
+    text_cache: int = opt(4096, 0, help="diffusers models: prompts whose text embeddings are kept in host memory "
+                          "(the most recently used; 0: none)")
 
 
 @dataclass
@@ -71,7 +73,7 @@ class SamplerConfig:
         "dpm", help="rollout ODE solver and its diffusers grid (official: DPM-Solver++, flow sigmas, int timesteps); "
         "SDE rollouts (Flow-GRPO, sde_noise > 0) walk the flow-matching Euler grid")
     steps: int = opt(10, 1, 1000, help="rollout steps (official: 10)")
-    shift: float = opt(0.0, 0.0, 20.0, help="time shift; 0 = the model's own (toy 1, SD3 3, Flux dynamic, Sana its flow_shift)")
+    shift: float = opt(0.0, 0.0, 20.0, help="time shift; 0 = the model's own (toy 1, SD3 3, Flux and Qwen-Image dynamic, Sana its flow_shift)")
     cfg_scale: float = opt(4.5, 1.0, 50.0, help="classifier-free guidance in rollouts (official 4.5)")
     sde_noise: float = opt(0.0, 0.0, 5.0, help="DGPO/DPO rollouts: 0 = the ODE (official); > 0 = Flow-GRPO's SDE with this noise level")
 

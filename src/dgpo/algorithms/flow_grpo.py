@@ -14,7 +14,7 @@ import torch
 from dgpo.advantages import refill_zero_advantage
 from dgpo.algorithms.base import Algorithm, StepLoss
 from dgpo.losses.flow_grpo import flow_grpo_loss, step_kl
-from dgpo.models.base import cfg_velocity, cond_cat, cond_index
+from dgpo.models.base import cfg_velocity, cond_cat, cond_index, guide
 from dgpo.samplers.rollout import initial_noise
 from dgpo.samplers.sde import make_step, sample_sde, step_logprob
 from dgpo.timesteps import derive_seed
@@ -77,11 +77,12 @@ class FlowGRPO(Algorithm):
         return batch
 
     def velocity(self, x, t, cond, null, grad: bool, rollout: bool = False):
-        """CFG velocity, v_u + s (v_c - v_u), official train.cfg: the rollout's and the training forward's
-        are one and the same computation (both branches in one batched call under the same autocast), so
-        that before an update the training forward reproduces the rollout's log-probs exactly, in bf16
-        too; in training v_u is detached (official compute_log_prob). ``grpo.cfg_train=false`` drops CFG
-        from the training forwards (policy and reference) only: rollouts keep it, as official."""
+        """CFG velocity (v_u + s (v_c - v_u), or the family's ``guide``), official train.cfg: the rollout's
+        and the training forward's are one and the same computation (both branches in one batched call
+        under the same autocast), so that before an update the training forward reproduces the rollout's
+        log-probs exactly, in bf16 too; in training v_u is detached (official SD3 compute_log_prob; the
+        official Qwen-Image script does not detach it). ``grpo.cfg_train=false`` drops CFG from the
+        training forwards (policy and reference) only: rollouts keep it, as official."""
         model, scale = self.tr.model, self.cfg.sampler.cfg_scale
         with self.tr.acc.autocast():
             if scale == 1.0 or not (rollout or self.cfg.grpo.cfg_train):
@@ -89,8 +90,7 @@ class FlowGRPO(Algorithm):
             if not grad:
                 return cfg_velocity(model, x, t, cond, null, scale)
             v_c, v_u = model.velocity(torch.cat([x, x]), torch.cat([t, t]), cond_cat([cond, null])).chunk(2)
-            v_u = v_u.detach()
-            return v_u + scale * (v_c - v_u)
+            return guide(model, v_c, v_u.detach(), scale)
 
     def select(self, batch, rewards, adv, zero, group_ids):
         c = self.cfg

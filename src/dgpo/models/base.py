@@ -64,6 +64,13 @@ class FlowModel(Protocol):
         family's diffusers scheduler (``dgpo.schedules.rollout_grid``)."""
         ...
 
+    # Optional hooks:
+    # - ``guide(v_c, v_u, scale) -> v``, a family's own CFG combination (Qwen-Image's norm rescale);
+    #   without it ``guide`` below uses v_u + scale (v_c - v_u);
+    # - ``unused_modules() -> list[str]``, names of modules inside ``denoiser`` whose outputs never
+    #   reach the velocity (Qwen-Image's last block's text stream): neither adapted nor trained, since
+    #   they would never get a gradient (and DDP needs every trained parameter to get one).
+
 
 def cond_index(cond: Cond, idx: torch.Tensor | slice) -> Cond:
     return {k: v[idx] for k, v in cond.items()}
@@ -78,11 +85,18 @@ def cond_where(mask: torch.Tensor, a: Cond, b: Cond) -> Cond:
     return {k: torch.where(mask.view(-1, *([1] * (a[k].dim() - 1))), a[k], b[k]) for k in a}
 
 
+def guide(model: FlowModel, v_c: torch.Tensor, v_u: torch.Tensor, scale: float) -> torch.Tensor:
+    """The guided velocity v_u + s (v_c - v_u), or the family's own combination where it has one
+    (a ``guide(v_c, v_u, scale)`` method: Qwen-Image rescales it to the norm of v_c)."""
+    own = getattr(model, "guide", None)
+    return own(v_c, v_u, scale) if own is not None else v_u + scale * (v_c - v_u)
+
+
 def cfg_velocity(model: FlowModel, x: torch.Tensor, t: torch.Tensor, cond: Cond, null: Cond,
                  scale: float) -> torch.Tensor:
-    """Classifier-free guidance v_u + s (v_c - v_u), batched in one call; s = 1 is conditional only."""
+    """Classifier-free guidance (``guide``), both branches batched in one call; s = 1 is conditional only."""
     if scale == 1.0:
         return model.velocity(x, t, cond)
     v = model.velocity(torch.cat([x, x]), torch.cat([t, t]), cond_cat([cond, null]))
     v_c, v_u = v.chunk(2)
-    return v_u + scale * (v_c - v_u)
+    return guide(model, v_c, v_u, scale)

@@ -1,11 +1,12 @@
 """What every diffusers-backed adapter shares: loading a pipeline folder (or hub id) with clear errors,
 frozen text encoders and VAE, a per-prompt text-embedding cache, dtype/device handling, optional
-offloading and gradient checkpointing. A family file (sd3.py, flux.py, sana.py) adds the
+offloading and gradient checkpointing. A family file (sd3.py, flux.py, sana.py, qwenimage.py) adds the
 transformer call, the text encoding and the latent layout. The pipeline's ``__call__`` is never used.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import ClassVar
 
@@ -52,8 +53,9 @@ class DiffusersFlowModel:
             module = getattr(pipe, name, None)
             if module is not None:
                 module.requires_grad_(False).eval()
-        if getattr(pipe, "vae", None) is not None:  # official: the VAE decodes in fp32 whatever model.dtype
-            pipe.vae.to(torch.float32)
+        vae = getattr(pipe, "vae", None)  # official: the VAE decodes in fp32 whatever model.dtype
+        if vae is not None and next(vae.parameters()).dtype != torch.float32:
+            vae.to(torch.float32)
         self.scheduler_config = dict(pipe.scheduler.config)  # the family's own, as loaded
         self.denoiser = pipe.transformer.requires_grad_(False)
         # read from here, not through self.denoiser: training forwards swap in a DDP wrapper, which has
@@ -64,7 +66,7 @@ class DiffusersFlowModel:
         self.max_sequence_length = cfg.max_sequence_length or self.default_max_sequence_length
         self.resolution = cfg.resolution or self._native_resolution()
         self.device = torch.device("cpu")
-        self._cache: dict[str, Cond] = {}
+        self._cache: OrderedDict[str, Cond] = OrderedDict()
         self._dtypes: dict[int, tuple[torch.dtype, torch.dtype]] = {}
 
     # -- FlowModel
@@ -77,10 +79,14 @@ class DiffusersFlowModel:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Cond:
-        """Text embeddings, computed once per distinct prompt and cached (on the CPU when offloading).
-        The encoders run in their own dtype, outside any autocast (official: bf16 encoders, encoded
-        before the autocast region), so an embedding does not depend on where it was first asked for."""
+        """Text embeddings, computed once per distinct prompt and cached in host memory, the
+        ``model.text_cache`` most recently used prompts (SD3 takes 1.7 MB a prompt in bf16, FLUX 4 MB:
+        a cache on the GPU would grow by gigabytes over a long run's distinct training prompts; the
+        copy of an epoch's few prompts costs nothing next to a rollout). The encoders run in their own
+        dtype, outside any autocast (official: bf16 encoders, encoded before the autocast region), so
+        an embedding does not depend on where it was first asked for."""
         todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        fresh = {}
         if todo:
             if self.cfg.offload:
                 self._aux_to(self.device)
@@ -88,10 +94,21 @@ class DiffusersFlowModel:
                 enc = self._encode(todo)
             if self.cfg.offload:
                 self._aux_to("cpu")
-            for i, p in enumerate(todo):
-                self._cache[p] = {k: v[i : i + 1].to("cpu" if self.cfg.offload else self.device)
-                                  for k, v in enc.items()}
-        return {k: torch.cat([self._cache[p][k] for p in prompts]).to(self.device) for k in self._cache[prompts[0]]}
+            fresh = {p: {k: v.to("cpu") for k, v in self._cache_entry(enc, i).items()} for i, p in enumerate(todo)}
+        entries = [fresh[p] if p in fresh else self._cache[p] for p in prompts]
+        for p in dict.fromkeys(prompts):  # most recently used last; the oldest go first
+            self._cache[p] = fresh.get(p) or self._cache.pop(p)
+        while len(self._cache) > self.cfg.text_cache:
+            self._cache.popitem(last=False)
+        return {k: v.to(self.device) for k, v in self._collate(entries).items()}
+
+    def _cache_entry(self, enc: Cond, i: int) -> Cond:
+        """What the cache keeps of prompt ``i`` of an encoded batch."""
+        return {k: v[i : i + 1] for k, v in enc.items()}
+
+    def _collate(self, entries: list[Cond]) -> Cond:
+        """Cached entries -> one batch condition."""
+        return {k: torch.cat([e[k] for e in entries]) for k in entries[0]}
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -26,10 +26,15 @@ def load_model(cfg: ModelConfig) -> FlowModel:
         from dgpo.models.sana import SanaFlowModel
 
         return SanaFlowModel.load(cfg)
-    raise ValueError(f"model.kind={cfg.kind!r} has no adapter; allowed: 'toy', 'sd3', 'flux', 'sana'")
+    if cfg.kind == "qwenimage":
+        from dgpo.models.qwenimage import QwenImageFlowModel
+
+        return QwenImageFlowModel.load(cfg)
+    raise ValueError(f"model.kind={cfg.kind!r} has no adapter; allowed: 'toy', 'sd3', 'flux', 'sana', 'qwenimage'")
 
 
-PIPELINE_KINDS = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "SanaPipeline": "sana"}
+PIPELINE_KINDS = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "SanaPipeline": "sana",
+                  "QwenImagePipeline": "qwenimage"}
 
 
 def pipeline_kind(path: str) -> str:

@@ -53,12 +53,19 @@ def load_run_model(run_dir: str | Path, weights: str = "ema_slow") -> FlowModel:
 
 
 def lora_state_dict(policy: Policy) -> tuple[dict, dict]:
-    """(diffusers-named LoRA tensors, adapter metadata) of a LoRA policy."""
+    """(diffusers-named LoRA tensors, adapter metadata) of a LoRA policy. Where the model has unused
+    modules (left out of LoRA with ``exclude_modules``), the metadata names the adapted modules
+    themselves: a loader places adapters by the tensors' names, and peft warns about config targets
+    that have no tensors and exclusions that exclude nothing."""
     from peft import get_peft_model_state_dict
 
     sd = {k.removeprefix("base_model.model."): v.detach().contiguous()
           for k, v in get_peft_model_state_dict(policy.peft).items()}
-    return sd, policy.peft.peft_config["default"].to_dict()
+    meta = policy.peft.peft_config["default"].to_dict()
+    if meta.get("exclude_modules"):
+        meta["target_modules"] = sorted({k.rsplit(".lora_", 1)[0] for k in sd})
+        meta["exclude_modules"] = None
+    return sd, meta
 
 
 def export_run(run_dir: str | Path, out: str | Path, merge: bool = False, weights: str = "ema_slow",

@@ -26,15 +26,28 @@ def parse_targets(spec: str) -> list[str]:
     return [t.strip() for t in spec.split(",") if t.strip()]
 
 
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _targets_under(net: torch.nn.Module, prefixes: tuple[str, ...], targets: list[str]) -> list[str] | None:
+    """The modules LoRA would adapt inside ``prefixes`` (the model's ``unused_modules``), which it skips:
+    they never get a gradient, and DDP needs every trained parameter to get one."""
+    hits = [n for n, _ in net.named_modules() if _under(n, prefixes) and any(n == t or n.endswith("." + t) for t in targets)]
+    return hits or None
+
+
 class Policy:
     def __init__(self, model: FlowModel, lora_rank: int = 64, lora_alpha: float = 128.0, seed: int = 0,
                  lora_targets: list[str] | None = None):
         self.model = model
         self.lora = lora_rank > 0
         torch.manual_seed(seed)  # LoRA init is random (gaussian A, zero B)
+        unused = tuple(getattr(model, "unused_modules", list)())
         if self.lora:
+            targets = lora_targets or model.lora_targets
             cfg = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
-                             target_modules=lora_targets or model.lora_targets)
+                             target_modules=targets, exclude_modules=_targets_under(model.denoiser, unused, targets))
             model.denoiser.requires_grad_(False)
             model.denoiser = get_peft_model(model.denoiser, cfg)
             self.peft = model.denoiser  # kept: the trainer may wrap model.denoiser in DDP
@@ -43,7 +56,7 @@ class Policy:
         else:
             self._frozen = copy.deepcopy(model.denoiser).requires_grad_(False)
             for name, p in model.denoiser.named_parameters():
-                p.requires_grad_(not name.startswith(model.frozen_prefixes))
+                p.requires_grad_(not name.startswith(model.frozen_prefixes) and not _under(name, unused))
         self.collect()
 
     def collect(self) -> None:
