@@ -233,3 +233,13 @@ def test_flow_grpo_on_qwenimage_reevaluates_its_rollout_on_policy(folders, tmp_p
     adv = torch.linspace(-1, 1, len(batch["x0"]))
     for j in tr.algo.units(batch, 0):
         assert float(tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), j, 0, 0).stats["ratio_dev"]) < 1e-5
+
+
+def test_qwenimage_on_a_diffusers_without_the_text_mask_is_a_clear_error(folders, monkeypatch):
+    from diffusers.models.transformers import transformer_qwenimage
+
+    from dgpo.errors import InputError
+
+    monkeypatch.delattr(transformer_qwenimage, "compute_text_seq_len_from_mask")  # as diffusers < 0.37
+    with pytest.raises(InputError, match="0.37 or later"):
+        _adapter("qwenimage", folders["qwenimage"])

@@ -80,9 +80,10 @@ class FlowGRPO(Algorithm):
         """CFG velocity (v_u + s (v_c - v_u), or the family's ``guide``), official train.cfg: the rollout's
         and the training forward's are one and the same computation (both branches in one batched call
         under the same autocast), so that before an update the training forward reproduces the rollout's
-        log-probs exactly, in bf16 too; in training v_u is detached (official SD3 compute_log_prob; the
-        official Qwen-Image script does not detach it). ``grpo.cfg_train=false`` drops CFG from the
-        training forwards (policy and reference) only: rollouts keep it, as official."""
+        log-probs exactly, in bf16 too (Qwen-Image: to rounding, its text is cut per batch); in training
+        v_u is detached (official SD3 compute_log_prob; the official Qwen-Image script does not detach
+        it). ``grpo.cfg_train=false`` drops CFG from the training forwards (policy and reference) only:
+        rollouts keep it, as official."""
         model, scale = self.tr.model, self.cfg.sampler.cfg_scale
         with self.tr.acc.autocast():
             if scale == 1.0 or not (rollout or self.cfg.grpo.cfg_train):

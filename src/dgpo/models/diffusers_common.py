@@ -80,27 +80,31 @@ class DiffusersFlowModel:
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Cond:
         """Text embeddings, computed once per distinct prompt and cached in host memory, the
-        ``model.text_cache`` most recently used prompts (SD3 takes 1.7 MB a prompt in bf16, FLUX 4 MB:
-        a cache on the GPU would grow by gigabytes over a long run's distinct training prompts; the
-        copy of an epoch's few prompts costs nothing next to a rollout). The encoders run in their own
-        dtype, outside any autocast (official: bf16 encoders, encoded before the autocast region), so
-        an embedding does not depend on where it was first asked for."""
-        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        ``model.text_cache`` most recently used prompts, in each process (SD3 takes 1.7 MB a prompt in
+        bf16, FLUX 4 MB: a cache on the GPU would grow by gigabytes over a long run's distinct training
+        prompts; the copy of an epoch's few prompts costs nothing next to a rollout). The encoders run
+        in their own dtype, outside any autocast (official: bf16 encoders, encoded before the autocast
+        region), so an embedding does not depend on where it was first asked for."""
+        distinct = list(dict.fromkeys(prompts))
+        todo = [p for p in distinct if p not in self._cache]
         fresh = {}
         if todo:
             if self.cfg.offload:
                 self._aux_to(self.device)
             with torch.autocast(self.device.type, enabled=False):
-                enc = self._encode(todo)
+                enc = {k: v.to("cpu") for k, v in self._encode(todo).items()}
             if self.cfg.offload:
                 self._aux_to("cpu")
-            fresh = {p: {k: v.to("cpu") for k, v in self._cache_entry(enc, i).items()} for i, p in enumerate(todo)}
-        entries = [fresh[p] if p in fresh else self._cache[p] for p in prompts]
-        for p in dict.fromkeys(prompts):  # most recently used last; the oldest go first
+            # own storage per entry: a view would keep its whole encoded batch alive
+            fresh = {p: {k: v.clone() for k, v in self._cache_entry(enc, i).items()} for i, p in enumerate(todo)}
+        entries = [fresh[p] if p in fresh else self._cache[p] for p in distinct]
+        for p in distinct:  # most recently used last; the oldest go first
             self._cache[p] = fresh.get(p) or self._cache.pop(p)
         while len(self._cache) > self.cfg.text_cache:
             self._cache.popitem(last=False)
-        return {k: v.to(self.device) for k, v in self._collate(entries).items()}
+        where = {p: i for i, p in enumerate(distinct)}  # each distinct prompt crosses to the device once
+        rows = torch.tensor([where[p] for p in prompts], device=self.device)
+        return {k: v.to(self.device)[rows] for k, v in self._collate(entries).items()}
 
     def _cache_entry(self, enc: Cond, i: int) -> Cond:
         """What the cache keeps of prompt ``i`` of an encoded batch."""

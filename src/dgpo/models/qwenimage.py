@@ -31,7 +31,11 @@ class QwenImageFlowModel(FluxFlowModel):
     @classmethod
     def load(cls, cfg) -> QwenImageFlowModel:
         from diffusers import QwenImagePipeline
+        from diffusers.models.transformers import transformer_qwenimage
 
+        if not hasattr(transformer_qwenimage, "compute_text_seq_len_from_mask"):  # diffusers PR #12702
+            raise InputError("model.kind=qwenimage needs a diffusers whose Qwen-Image transformer reads the text "
+                             "mask (0.37 or later; tested with 0.42.1): pip install -U diffusers")
         if cfg.max_sequence_length > 1024:
             raise InputError(f"model.max_sequence_length={cfg.max_sequence_length}: Qwen-Image reads at most 1024 "
                              "prompt tokens")
