@@ -9,13 +9,19 @@ from tiny_diffusers import BUILDERS
 
 from dgpo.config import load_config
 from dgpo.models.base import cfg_velocity
+from dgpo.models.families import FAMILIES, PIPELINE_KINDS
 from dgpo.models.loading import load_model
 from dgpo.samplers.ode import sample_ode
 from dgpo.samplers.rollout import initial_noise
 from dgpo.training.export import LORA_FILE, export_run, load_run
 from dgpo.training.trainer import Trainer
 
-KINDS = ["sd3", "flux", "sana", "qwenimage"]
+KINDS = list(FAMILIES)  # every diffusers family, each with a tiny pipeline in tiny_diffusers.BUILDERS
+
+
+def test_every_family_has_a_tiny_pipeline_and_loads_by_its_pipeline_class():
+    assert set(BUILDERS) == set(FAMILIES)
+    assert {PIPELINE_KINDS[pipeline] for _, _, pipeline in FAMILIES.values()} == set(FAMILIES)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from dgpo.cli_types import (
     leaf_parsers,
     number,
 )
+from dgpo.models.families import MODEL_KINDS
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
@@ -54,7 +55,7 @@ def _protocol_args(ev: argparse.ArgumentParser) -> None:
     g.add_argument("--protocol", choices=["geneval", "ocr", "pickscore", "drawbench"], default=None,
                    help="geneval: 553 prompts x 4, strict; ocr: 1,018; pickscore: 2,048; drawbench: 1,000 lines")
     g.add_argument("--lora", default="", help="an exported LoRA (pytorch_lora_weights.safetensors or its folder)")
-    g.add_argument("--kind", choices=["", "toy", "sd3", "flux", "sana", "qwenimage"], default="",
+    g.add_argument("--kind", choices=["", *MODEL_KINDS], default="",
                    help="model family (default: read from model_index.json)")
     g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="diffusers weights' dtype")
     g.add_argument("--resolution", type=integer(0, 16384), default=512, help="diffusers models: image size (0: native)")

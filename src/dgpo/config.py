@@ -19,6 +19,7 @@ import yaml
 
 from dgpo.config_yaml import read_yaml, set_override
 from dgpo.errors import ConfigError, short, user_path
+from dgpo.models.families import MODEL_KINDS
 
 INT_MAX = 2**63 - 1  # torch's seeds, sizes and counts are 64-bit
 
@@ -55,7 +56,7 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    kind: Literal["toy", "sd3", "flux", "sana", "qwenimage"] = opt("toy", help="model family adapter")
+    kind: Literal[MODEL_KINDS] = opt("toy", help="model family adapter")
     path: str = opt("", help="toy checkpoint folder ('' = the built-in base) or a diffusers folder / hub id")
     dtype: Literal["fp32", "bf16", "fp16"] = opt("fp32", help="diffusers models: weight dtype of the pipeline")
     resolution: int = opt(0, 0, help="diffusers models: image size in pixels (0: the transformer's native size)")

@@ -1,12 +1,14 @@
-"""Build a :class:`FlowModel` from ``ModelConfig`` (the one place that maps family names to adapters)."""
+"""Build a :class:`FlowModel` from ``ModelConfig``, by the family table of ``dgpo.models.families``."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 from dgpo.config import ModelConfig
 from dgpo.errors import InputError, MissingPathError, short, user_path
 from dgpo.models.base import FlowModel
+from dgpo.models.families import FAMILIES, MODEL_KINDS, PIPELINE_KINDS
 
 
 def load_model(cfg: ModelConfig) -> FlowModel:
@@ -14,27 +16,10 @@ def load_model(cfg: ModelConfig) -> FlowModel:
         from dgpo.models.toy import ToyFlowModel
 
         return ToyFlowModel.load(cfg.path or None)
-    if cfg.kind == "sd3":
-        from dgpo.models.sd3 import SD3FlowModel
-
-        return SD3FlowModel.load(cfg)
-    if cfg.kind == "flux":
-        from dgpo.models.flux import FluxFlowModel
-
-        return FluxFlowModel.load(cfg)
-    if cfg.kind == "sana":
-        from dgpo.models.sana import SanaFlowModel
-
-        return SanaFlowModel.load(cfg)
-    if cfg.kind == "qwenimage":
-        from dgpo.models.qwenimage import QwenImageFlowModel
-
-        return QwenImageFlowModel.load(cfg)
-    raise ValueError(f"model.kind={cfg.kind!r} has no adapter; allowed: 'toy', 'sd3', 'flux', 'sana', 'qwenimage'")
-
-
-PIPELINE_KINDS = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "SanaPipeline": "sana",
-                  "QwenImagePipeline": "qwenimage"}
+    if cfg.kind not in FAMILIES:
+        raise ValueError(f"model.kind={cfg.kind!r} has no adapter; allowed: {list(MODEL_KINDS)}")
+    module, cls, _ = FAMILIES[cfg.kind]
+    return getattr(importlib.import_module(module), cls).load(cfg)
 
 
 def pipeline_kind(path: str) -> str:
