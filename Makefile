@@ -3,12 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# where torch comes from: pip's index by default (on Linux PyPI's torch is the CUDA build); for a CPU-only
+# machine, `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+TORCH_INDEX ?=
 
 .PHONY: demo test install bench clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -r requirements.txt pytest hypothesis
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
