@@ -37,3 +37,14 @@ def test_non_utf8_prompt_file_error_names_the_file(tmp_path, name):
         load_prompts(str(bad))
     bad.write_text('{"prompt": "a café circle", "include": []}\n', encoding="utf-8")
     assert "café" in load_prompts(str(bad))[0]["prompt"]
+
+
+def test_the_shipped_evaluation_sets_load_by_name():
+    from dgpo.errors import InputError, MissingPathError
+
+    assert [len(load_prompts(f"{n}:test")) for n in ("ocr", "pickscore", "drawbench")] == [1018, 2048, 1000]
+    assert load_prompts("pickscore:test")[0]["prompt"]
+    with pytest.raises(InputError, match="dataset/ocr/train.txt"):
+        load_prompts("ocr:train")
+    with pytest.raises(MissingPathError, match="pickscore:test"):
+        load_prompts("no/such/prompts.txt")

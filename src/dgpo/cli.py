@@ -1,5 +1,5 @@
-"""`dgpo` command line: train, config show, sample, eval, toy pretrain/prompts, geneval prompts, reward
-serve. No logic lives here.
+"""`dgpo` command line: train, config show/options, sample, eval, export, bench, toy pretrain/prompts,
+geneval prompts, reward serve. No logic lives here.
 
 A mistake in the input (a :class:`~dgpo.errors.UserError`, a bad command line, or the file system refusing
 a path: an ``OSError`` that names a file) ends with one line on stderr, ``dgpo CMD: error: ...``, and exit
@@ -7,6 +7,18 @@ status 2; ``--debug`` adds the traceback. Any other exception is a bug in dgpo a
 """
 
 from __future__ import annotations
+
+DESCRIPTION = """Online RL post-training of text-to-image flow models: DGPO, Flow-GRPO and online DPO on the
+built-in toy world (the default) or SD3/3.5, FLUX.1, Sana and Qwen-Image through diffusers.
+
+  dgpo train [config.yaml] [key=value ...] [--resume]   train (no config: the toy demo)
+  dgpo config show|options                              the resolved config; every key
+  dgpo sample / eval / export                           images, scores, a LoRA or merged model
+  dgpo bench                                            the paper's comparisons on the toy world
+  dgpo toy / geneval / reward                           toy base and prompts, GenEval prompts, a reward server
+
+A mistake in the input ends with one line, "dgpo CMD: error: ...", and exit status 2 (--debug: the
+traceback too)."""
 
 import logging
 import sys
@@ -222,7 +234,7 @@ def cmd_reward(a) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; 0 on success, 2 (one line on stderr) for a mistake in the input. Our bugs raise."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    a = build_parser(__doc__).parse_args(argv)
+    a = build_parser(DESCRIPTION).parse_args(argv)
     handlers = {"train": cmd_train, "config": cmd_config, "sample": cmd_sample, "eval": cmd_eval,
                 "bench": cmd_bench, "export": cmd_export, "toy": cmd_toy,
                 "geneval": cmd_geneval, "reward": cmd_reward}

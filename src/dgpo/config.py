@@ -238,7 +238,8 @@ class TrainConfig:
         "per_batch", help="per_batch (official): the slow EMA's step runs once per sampling batch, so each update "
         "blends the same weights sampling_batches / steps_per_epoch times (decay 0.9 -> 0.81 for 2, 0.656 for 4); "
         "per_step: one blend per update")
-    prompts: str = opt("toy:train", help="prompt source: toy:train, geneval:train or a GenEval .jsonl")
+    prompts: str = opt("toy:train", help="prompt source: toy:train, geneval:train, a GenEval .jsonl or a .txt "
+                       "(one prompt per line)")
     balance_categories: bool = opt(False, help="sample prompts category-first (by metadata tag); false: uniformly "
                                    "(official)")
     travel_metrics: bool = opt(True, help="log update_norm and dist_from_start each step; keeps two float32 copies "
@@ -251,7 +252,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    split: str = opt("toy:test", help="held-out prompts: toy:test, geneval:test or a GenEval-format .jsonl")
+    split: str = opt("toy:test", help="held-out prompts: toy:test, geneval:test, ocr:test, pickscore:test, "
+                     "drawbench:test (shipped), a GenEval-format .jsonl or a .txt (one prompt per line)")
     steps: int = opt(0, 0, 1000, help="ODE steps of evals and sample grids (0: sampler.steps)")
     images_per_prompt: int = opt(1, 1, help="images per prompt (GenEval: 4)")
     batch_size: int = opt(64, 1, help="generation batch size")

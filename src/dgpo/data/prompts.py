@@ -10,22 +10,32 @@ from dgpo.errors import InputError, MissingPathError, short, user_path
 from dgpo.toy import grammar
 
 
+SHIPPED_TEST_SETS = ("ocr", "pickscore", "drawbench")  # data/eval_prompts/<name>/test.txt (Flow-GRPO's, DrawBench)
+NAMED = "toy:train / toy:test / geneval:train / geneval:test / ocr:test / pickscore:test / drawbench:test"
+
+
 def load_prompts(spec: str) -> list[dict]:
     """``toy:train`` / ``toy:test``, ``geneval:train`` / ``geneval:test`` (GenEval's 553 prompts and
-    the shipped training prompts), a GenEval-format ``.jsonl`` (metadata per prompt, checked as the
-    GenEval rules read it) or a ``.txt`` with one prompt per line (metadata = {"prompt": ...}, for
-    rewards that need no metadata)."""
+    the shipped training prompts), ``ocr:test`` / ``pickscore:test`` / ``drawbench:test`` (the shipped
+    evaluation sets), a GenEval-format ``.jsonl`` (metadata per prompt, checked as the GenEval rules
+    read it) or a ``.txt`` with one prompt per line (metadata = {"prompt": ...}, for rewards that need
+    no metadata)."""
     if spec.startswith("toy:"):
         return grammar.split(spec[4:])
     if spec.startswith("geneval:"):
         from dgpo.data.geneval import load_split
 
         return load_split(spec[8:])
+    name, _, split = spec.partition(":")
+    if name in SHIPPED_TEST_SETS:
+        if split != "test":
+            raise InputError(f"prompt set {spec!r}: only {name}:test ships with dgpo (the training prompts of "
+                             f"Flow-GRPO's dataset/{name}/train.txt are a file to point at)")
+        return load_prompts(str(Path(__file__).parent / "eval_prompts" / name / "test.txt"))
     path = user_path(spec, "prompt file")
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise MissingPathError(f"prompt file {spec!r} {what} (or use toy:train / toy:test / "
-                               f"geneval:train / geneval:test)")
+        raise MissingPathError(f"prompt file {spec!r} {what} (or use {NAMED})")
     if path.suffix == ".jsonl":
         return grammar.read_jsonl(path, check=check_row)
     if path.suffix != ".txt":
