@@ -4,8 +4,8 @@
 # arms one more epoch under torch.profiler (the GPU's busy share of an iteration; top kernels in
 # $OUT/sd35m_gpu.<arm>.profile.txt).
 #
-# GPU machines lent to this project have torch and transformers but not diffusers, peft or torchao: put
-# their wheels in .whl/ first (on a machine with a package index:
+# On a GPU machine without a package index that has torch and transformers but not diffusers, peft or
+# torchao, put their wheels in .whl/ first (on a machine with a package index:
 #   pip download --no-deps -d .whl diffusers==0.42.1 peft==0.21.2 torchao==0.18.0 importlib_metadata
 # ) and carry .whl along; they are installed into $SITE for this run only.
 #
