@@ -207,3 +207,21 @@ def test_flow_grpo_fast_windows_do_not_depend_on_the_rollout_chunk_and_cps_keeps
         load_config(None, [*bad, "grpo.sde_window=4", "grpo.sde_window_range=3"])
     with pytest.raises(ConfigError, match="0 < a < 2"):
         load_config(None, [*bad, "grpo.kl_beta=0", "grpo.noise_level=2.0"])
+
+
+def test_flow_grpo_keeps_the_unconditional_gradient_only_when_asked(tiny_toy, tmp_path):
+    """grpo.detach_uncond=false (the official Qwen-Image script): the same training velocity, and its
+    gradient also flows through the unconditional branch (the default detaches it, as train_sd3.py)."""
+    from dgpo.data.prompts import epoch_prompts
+
+    grads = {}
+    for detach in (True, False):
+        tr = Trainer(_cfg(tiny_toy, tmp_path / str(detach), "train.algorithm=flow_grpo", "sampler.steps=4",
+                          f"grpo.detach_uncond={detach}"))
+        batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
+        x, t = batch["latents"][:, 1], tr.grid.model_time(1, len(batch["x0"]))
+        v = tr.algo.velocity(x, t, batch["cond"], batch["null"], grad=True)
+        v.square().sum().backward()
+        grads[detach] = (v.detach(), torch.cat([p.grad.flatten() for p in tr.policy.params if p.grad is not None]))
+    assert torch.equal(grads[True][0], grads[False][0])
+    assert not torch.allclose(grads[True][1], grads[False][1])

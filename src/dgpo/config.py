@@ -175,6 +175,8 @@ class GRPOConfig:
     timestep_fraction: float = opt(0.99, 0.0, 1.0, help="train the first int(steps x fraction) steps (official 0.99)")
     cfg_train: bool = opt(True, help="CFG in the training forwards (policy and KL reference), unconditional branch "
                           "detached (official); rollouts use CFG either way")
+    detach_uncond: bool = opt(True, help="with cfg_train: no gradient through the unconditional branch (official "
+                              "train_sd3.py; the official Qwen-Image script keeps it: false)")
     sde_window: int = opt(0, 0, help="Flow-GRPO-Fast: SDE (and training) on this many steps only, a window drawn "
                           "per sampling batch (train.sampling_batches per process and epoch); 0 = all")
     sde_window_range: int = opt(5, 1, help="Flow-GRPO-Fast: the window starts at a random step below this")

@@ -82,8 +82,8 @@ class FlowGRPO(Algorithm):
         under the same autocast), so that before an update the training forward reproduces the rollout's
         log-probs exactly, in bf16 too (Qwen-Image: to rounding, its text is cut per batch); in training
         v_u is detached (official SD3 compute_log_prob; the official Qwen-Image script does not detach
-        it). ``grpo.cfg_train=false`` drops CFG from the training forwards (policy and reference) only:
-        rollouts keep it, as official."""
+        it: ``grpo.detach_uncond=false``). ``grpo.cfg_train=false`` drops CFG from the training forwards
+        (policy and reference) only: rollouts keep it, as official."""
         model, scale = self.tr.model, self.cfg.sampler.cfg_scale
         with self.tr.acc.autocast():
             if scale == 1.0 or not (rollout or self.cfg.grpo.cfg_train):
@@ -91,7 +91,7 @@ class FlowGRPO(Algorithm):
             if not grad:
                 return cfg_velocity(model, x, t, cond, null, scale)
             v_c, v_u = model.velocity(torch.cat([x, x]), torch.cat([t, t]), cond_cat([cond, null])).chunk(2)
-            return guide(model, v_c, v_u.detach(), scale)
+            return guide(model, v_c, v_u.detach() if self.cfg.grpo.detach_uncond else v_u, scale)
 
     def select(self, batch, rewards, adv, zero, group_ids):
         c = self.cfg
