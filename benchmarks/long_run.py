@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--save-every", type=int, default=30, help="run.save_every (epochs between checkpoints)")
     add("--eval-every", type=int, default=60, help="run.eval_every (epochs between held-out evals)")
     add("--sample-every", type=int, default=60, help="run.sample_every (epochs between sample grids)")
-    add("--keep-checkpoints", type=int, default=3, help="delete older checkpoints (0: keep all)")
+    add("--keep-checkpoints", type=int, default=3, help="delete older checkpoints (0: delete none; the "
+        "trainer still keeps only its run.keep_checkpoints newest)")
     add("--threads", type=int, default=1, help="OMP_NUM_THREADS of the trainer")
     add("--warmup-min", type=float, default=10.0, help="minutes after each (re)start left out of fits")
     add("--rss-bound-mb", type=float, default=50.0, help="allowed RSS growth after warm-up over the run")

@@ -159,7 +159,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="GenEval-style eval (toy), or a paper protocol: eval.json + eval.md")
     ev.add_argument("--model", default="",
                     help="run dir, toy checkpoint folder, diffusers folder or hub id, or 'oracle' (the toy renderer)")
-    ev.add_argument("--split", default="toy:test", help="toy:test, toy:train or a GenEval .jsonl (no --protocol)")
+    ev.add_argument("--split", default="toy:test", help="toy:test, toy:train, geneval:test, a GenEval .jsonl or a .txt "
+                    "(no --protocol)")
     ev.add_argument("--images-per-prompt", type=integer(1, 4096), default=None, help="default 1; with --protocol the protocol's")
     ev.add_argument("--min-per-category", type=integer(0), default=40,
                     help="small categories get more images per prompt, to at least this many images (no --protocol)")

@@ -64,10 +64,10 @@ class ModelConfig:
     guidance_scale: float = opt(3.5, 0.0, help="FLUX.1-dev: the embedded guidance (no CFG; schnell ignores it)")
     gradient_checkpointing: bool = opt(False, help="diffusers models: recompute transformer activations")
     offload: bool = opt(False, help="diffusers models: keep text encoders and VAE on the CPU between uses")
-    text_cache: int = opt(4096, 0, help="diffusers models: prompts whose text embeddings each process keeps in "
-                          "host memory, the most recently used (enough for a 2,048-prompt eval set between "
-                          "evals, which with model.offload would otherwise move the encoders for every batch; "
-                          "SD3 1.7 MB a prompt in bf16, FLUX 4.2 MB; 0: none)")
+    text_cache: int = opt(1024, 0, help="diffusers models: prompts whose text embeddings each process keeps in "
+                          "host memory, the most recently used (SD3 1.7 MB a prompt in bf16, FLUX 4.2 MB; "
+                          "0: none). With model.offload every miss moves the encoders: set it above a process's "
+                          "eval prompts plus the training prompts between two evals")
 
 
 @dataclass
@@ -175,10 +175,10 @@ class GRPOConfig:
     kl_beta: float = opt(0.04, 0.0, help="KL weight (official 0.04 GenEval/OCR, 0.01 PickScore)")
     kl_paper: bool = opt(False, help="KL over the step std s_t sqrt(-dt) (paper) instead of s_t (code)")
     timestep_fraction: float = opt(0.99, 0.0, 1.0, help="train the first int(steps x fraction) steps (official 0.99)")
-    cfg_train: bool = opt(True, help="CFG in the training forwards (policy and KL reference), unconditional branch "
-                          "detached (official); rollouts use CFG either way")
+    cfg_train: bool = opt(True, help="CFG in the training forwards (policy and KL reference; official); rollouts "
+                          "use CFG either way")
     detach_uncond: bool = opt(True, help="with cfg_train: no gradient through the unconditional branch (official "
-                              "train_sd3.py; the official Qwen-Image script keeps it: false)")
+                              "train_sd3.py; the official Qwen-Image script keeps it: false; Flow-GRPO only)")
     sde_window: int = opt(0, 0, help="Flow-GRPO-Fast: SDE (and training) on this many steps only, a window drawn "
                           "per sampling batch (train.sampling_batches per process and epoch); 0 = all")
     sde_window_range: int = opt(5, 1, help="Flow-GRPO-Fast: the window starts at a random step below this")

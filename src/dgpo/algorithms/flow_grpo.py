@@ -1,7 +1,7 @@
 """Flow-GRPO (arXiv 2505.05470), the official code's behaviour: SDE rollouts (noise level a) on SD3's
 flow-matching Euler grid with per-step Gaussian log-probs averaged over elements, the clipped GRPO
 objective on the trained steps (the first int(steps x timestep_fraction), or a Flow-GRPO-Fast SDE
-window), CFG during training with the unconditional branch detached, closed-form KL to the
+window), CFG during training (the unconditional branch detached by default), closed-form KL to the
 reference, samples with advantage exactly 0 dropped (and some re-added to fill the sampling
 batches), optimizer steps over a random shuffle of the samples across groups."""
 

@@ -11,7 +11,8 @@ from dgpo.toy import grammar
 
 
 SHIPPED_TEST_SETS = ("ocr", "pickscore", "drawbench")  # data/eval_prompts/<name>/test.txt (Flow-GRPO's, DrawBench)
-NAMED = "toy:train / toy:test / geneval:train / geneval:test / ocr:test / pickscore:test / drawbench:test"
+NAMED = ("named sets: toy:train / toy:test / geneval:train / geneval:test; for evaluation: ocr:test / "
+         "pickscore:test / drawbench:test")
 
 
 def load_prompts(spec: str) -> list[dict]:
@@ -27,7 +28,7 @@ def load_prompts(spec: str) -> list[dict]:
 
         return load_split(spec[8:])
     name, _, split = spec.partition(":")
-    if name in SHIPPED_TEST_SETS:
+    if name in SHIPPED_TEST_SETS and not Path(spec).is_file():  # a file of that name wins
         if split != "test":
             raise InputError(f"prompt set {spec!r}: only {name}:test ships with dgpo (the training prompts of "
                              f"Flow-GRPO's dataset/{name}/train.txt are a file to point at)")
@@ -35,7 +36,7 @@ def load_prompts(spec: str) -> list[dict]:
     path = user_path(spec, "prompt file")
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise MissingPathError(f"prompt file {spec!r} {what} (or use {NAMED})")
+        raise MissingPathError(f"prompt file {spec!r} {what} ({NAMED})")
     if path.suffix == ".jsonl":
         return grammar.read_jsonl(path, check=check_row)
     if path.suffix != ".txt":

@@ -81,7 +81,7 @@ class DiffusersFlowModel:
     def encode_prompts(self, prompts: list[str]) -> Cond:
         """Text embeddings, computed once per distinct prompt and cached in host memory, the
         ``model.text_cache`` most recently used prompts, in each process (SD3 takes 1.7 MB a prompt in
-        bf16, FLUX 4 MB: a cache on the GPU would grow by gigabytes over a long run's distinct training
+        bf16, FLUX 4.2 MB: a cache on the GPU would grow by gigabytes over a long run's distinct training
         prompts; the copy of an epoch's few prompts costs nothing next to a rollout). The encoders run
         in their own dtype, outside any autocast (official: bf16 encoders, encoded before the autocast
         region), so an embedding does not depend on where it was first asked for."""
