@@ -3,6 +3,7 @@ a LoRA that diffusers loads as is (and a merged folder)."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from tiny_diffusers import BUILDERS
@@ -195,6 +196,19 @@ def test_train_two_epochs_then_export_lora_and_merged(folders, kind, tmp_path):
     assert json.loads((merged / "model_index.json").read_text())["_class_name"].endswith("Pipeline")
     v_merged = _velocity(_adapter(kind, merged))
     assert (v_merged - v_trained).abs().max() <= 1e-5
+
+    # `dgpo sample` on the base pipeline folder, with and without the exported LoRA, in batches of 1
+    from PIL import Image
+
+    from dgpo.cli import main
+
+    grids = {}
+    for name, extra in (("base", []), ("lora", ["--lora", str(lora.parent)])):
+        out = tmp_path / f"{name}.png"
+        assert main(["sample", "a red cube", "--model", str(folders[kind]), "--resolution", "64", "--n", "2",
+                     "--batch-size", "1", "--steps", "2", "--out", str(out), *extra]) == 0
+        grids[name] = np.asarray(Image.open(out))
+    assert grids["base"].shape == grids["lora"].shape and not np.array_equal(grids["base"], grids["lora"])
 
 
 def test_missing_or_malformed_model_folder_is_a_clear_error(tmp_path):

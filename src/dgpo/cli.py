@@ -35,12 +35,16 @@ def _split_cfg_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
-def _load_flow_model(spec: str):
-    """A toy checkpoint folder, a run dir (its slow-EMA weights), a diffusers folder or hub id, or ''
-    for the built-in base."""
+def _load_flow_model(a):
+    """``--model``: a toy checkpoint folder, a run dir (its slow-EMA weights), a diffusers folder or hub
+    id, or '' for the built-in base; with ``--lora``, ``--kind``, ``--dtype``, ``--resolution``, on
+    ``--device`` (default: cuda if available)."""
+    import torch
+
     from dgpo.models.loading import load_any
 
-    return load_any(spec)
+    model = load_any(a.model, a.lora, a.kind, a.dtype, a.resolution)
+    return model.to(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def cmd_train(a) -> None:
@@ -80,11 +84,15 @@ def cmd_sample(a) -> None:
     from dgpo.toy.grammar import split
     from dgpo.training.io import save_grid
 
-    model = _load_flow_model(a.model)
+    import torch
+
+    model = _load_flow_model(a)
     metas = [{"prompt": p} for p in a.prompts] or split("test")[::20][:16]
     rows = [m for m in metas for _ in range(a.n)]
     fn = model_image_fn(model, a.steps, a.shift or model.default_shift(), a.cfg_scale, a.method)
-    images = fn(rows, [a.seed + i for i in range(len(rows))])
+    seeds = [a.seed + i for i in range(len(rows))]
+    images = torch.cat([fn(rows[i : i + a.batch_size], seeds[i : i + a.batch_size]).cpu()
+                        for i in range(0, len(rows), a.batch_size)])
     save_grid(images, [m["prompt"] for m in rows], Path(a.out), cols=max(a.n, 4))
     print(f"wrote {a.out} ({len(rows)} images)")
 
@@ -99,7 +107,7 @@ def cmd_eval(a) -> None:
     if a.model == "oracle":
         fn, name = oracle_image_fn(), "oracle (renderer)"
     else:
-        model = _load_flow_model(a.model)
+        model = _load_flow_model(a)
         fn = model_image_fn(model, a.steps or 10, a.shift or model.default_shift(), a.cfg_scale, a.method or "dpm")
         name = a.model or "toy base"
     res = evaluate(fn, metas, a.images_per_prompt or 1, a.seed, a.batch_size or 64, "eval", a.min_per_category)

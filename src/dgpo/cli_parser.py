@@ -49,18 +49,24 @@ def _export_and_bench_args(sub) -> None:
     be.add_argument("--list", action="store_true", help="list the arms and their overrides")
 
 
+def _model_args(p: argparse.ArgumentParser, resolution: int) -> None:
+    g = p.add_argument_group("model", "how --model is loaded (a diffusers folder or hub id; --lora also on a "
+                             "toy model)")
+    g.add_argument("--lora", default="", help="an exported LoRA (pytorch_lora_weights.safetensors or its folder)")
+    g.add_argument("--kind", choices=["", *MODEL_KINDS], default="",
+                   help="model family (default: read from model_index.json)")
+    g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="diffusers weights' dtype")
+    g.add_argument("--resolution", type=integer(0, 16384), default=resolution,
+                   help=f"diffusers models: image size (0: native; default {resolution or 'native'})")
+    g.add_argument("--device", default="", help="default: cuda if available, else cpu")
+
+
 def _protocol_args(ev: argparse.ArgumentParser) -> None:
     g = ev.add_argument_group("paper protocols", "--protocol: sampler defaults 40 Euler steps, CFG 4.5, the "
                               "model's shift, 512 px (Flow-GRPO / DiffusionNFT evaluation)")
     g.add_argument("--protocol", choices=["geneval", "ocr", "pickscore", "drawbench"], default=None,
                    help="geneval: 553 prompts x 4, strict; ocr: 1,018; pickscore: 2,048; drawbench: 1,000 lines")
-    g.add_argument("--lora", default="", help="an exported LoRA (pytorch_lora_weights.safetensors or its folder)")
-    g.add_argument("--kind", choices=["", *MODEL_KINDS], default="",
-                   help="model family (default: read from model_index.json)")
-    g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="diffusers weights' dtype")
-    g.add_argument("--resolution", type=integer(0, 16384), default=512, help="diffusers models: image size (0: native)")
     g.add_argument("--max-prompts", type=integer(0), default=0, help="only the first N prompts (0: all)")
-    g.add_argument("--device", default="", help="default: cuda if available, else cpu")
     g.add_argument("--detector", default="", help="geneval: Mask2Former folder or hub id")
     g.add_argument("--clip", default="", help="geneval: CLIP folder or hub id (colours)")
     g.add_argument("--partial", choices=["corrected", "official"], default="corrected",
@@ -154,7 +160,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                     help="the grid's file (.png, .jpg, .webp), or an existing folder for FOLDER/samples.png")
     sa.add_argument("--n", type=integer(1, 4096), default=4, help="images per prompt")
     sa.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
+    sa.add_argument("--batch-size", type=integer(1), default=8, help="images generated at once")
     _sampler_args(sa)
+    _model_args(sa, resolution=0)
 
     ev = sub.add_parser("eval", help="GenEval-style eval (toy), or a paper protocol: eval.json + eval.md")
     ev.add_argument("--model", default="",
@@ -169,6 +177,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=integer(1), default=None, help="default 64; with --protocol 8")
     _sampler_args(ev)
     ev.set_defaults(steps=None, shift=None, method=None)
+    _model_args(ev, resolution=512)
     _protocol_args(ev)
 
     _export_and_bench_args(sub)
