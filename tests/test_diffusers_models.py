@@ -263,3 +263,20 @@ def test_qwenimage_on_a_diffusers_without_the_text_mask_is_a_clear_error(folders
     monkeypatch.delattr(transformer_qwenimage, "compute_text_seq_len_from_mask")  # as diffusers < 0.37
     with pytest.raises(InputError, match="0.37 or later"):
         _adapter("qwenimage", folders["qwenimage"])
+
+
+def test_offload_moves_each_part_once_until_released(folders, monkeypatch):
+    """model.offload: an encode or decode brings the part it needs to the device, where it stays until
+    ``release_aux`` (the trainer's, before training forwards): an eval's batches move it once."""
+    m = load_model(load_config(None, [*_model_overrides("sd3", folders["sd3"]), "model.offload=true"]).model)
+    moves = []
+    for name in ("text_encoder", "vae"):
+        module = getattr(m.pipe, name)
+        monkeypatch.setattr(module, "to", lambda *a, name=name, to=module.to, **k: moves.append(name) or to(*a, **k))
+    for batch in (["a cat"], ["a dog"], ["a fox"]):
+        m.decode(torch.zeros(1, *m.latent_shape()) + len(m.encode_prompts(batch)["embeds"]))
+    assert moves == ["text_encoder", "vae"] and m._resident == {"text_encoder", "text_encoder_2", "text_encoder_3", "vae"}
+    m.release_aux()
+    assert moves == ["text_encoder", "vae", "text_encoder", "vae"] and not m._resident
+    m.encode_prompts(["a cat"])  # cached: nothing moves
+    assert len(moves) == 4 and not m._resident

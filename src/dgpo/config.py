@@ -63,11 +63,11 @@ class ModelConfig:
     max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma/Qwen tokens (0: SD3 128 as official, Flux 512, Sana 300, Qwen-Image 512)")
     guidance_scale: float = opt(3.5, 0.0, help="FLUX.1-dev: the embedded guidance (no CFG; schnell ignores it)")
     gradient_checkpointing: bool = opt(False, help="diffusers models: recompute transformer activations")
-    offload: bool = opt(False, help="diffusers models: keep text encoders and VAE on the CPU between uses")
+    offload: bool = opt(False, help="diffusers models: text encoders and VAE on the CPU during the training "
+                        "forwards (they come to the GPU for encodes and decodes, once per epoch or eval)")
     text_cache: int = opt(1024, 0, help="diffusers models: prompts whose text embeddings each process keeps in "
                           "host memory, the most recently used (SD3 1.7 MB a prompt in bf16, FLUX 4.2 MB; "
-                          "0: none). With model.offload every miss moves the encoders: set it above a process's "
-                          "eval prompts plus the training prompts between two evals")
+                          "0: none)")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dgpo.models.base import Cond
 from dgpo.schedules import Grid, rollout_grid
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def load_pipeline(pipeline_cls, path: str, dtype: str):
@@ -67,6 +68,7 @@ class DiffusersFlowModel:
         self.resolution = cfg.resolution or self._native_resolution()
         self.device = torch.device("cpu")
         self._cache: OrderedDict[str, Cond] = OrderedDict()
+        self._resident: set[str] = set()  # offloaded parts now on the device (model.offload)
         self._dtypes: dict[int, tuple[torch.dtype, torch.dtype]] = {}
 
     # -- FlowModel
@@ -89,12 +91,9 @@ class DiffusersFlowModel:
         todo = [p for p in distinct if p not in self._cache]
         fresh = {}
         if todo:
-            if self.cfg.offload:
-                self._aux_to(self.device)
+            self._need(*TEXT_ENCODERS)
             with torch.autocast(self.device.type, enabled=False):
                 enc = {k: v.to("cpu") for k, v in self._encode(todo).items()}
-            if self.cfg.offload:
-                self._aux_to("cpu")
             # own storage per entry: a view would keep its whole encoded batch alive
             fresh = {p: {k: v.clone() for k, v in self._cache_entry(enc, i).items()} for i, p in enumerate(todo)}
         entries = [fresh[p] if p in fresh else self._cache[p] for p in distinct]
@@ -116,14 +115,19 @@ class DiffusersFlowModel:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        if self.cfg.offload:
-            vae.to(self.device)
+        vae = self._need("vae")
         z = latents.to(vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
         images = vae.decode(z, return_dict=False)[0]
-        if self.cfg.offload:
-            vae.to("cpu")
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def release_aux(self) -> None:
+        """``model.offload``: the text encoders and the VAE back to the CPU. The trainer calls it before
+        an epoch's training forwards, where memory peaks; an encode or decode brings back what it needs
+        and it stays until then, so an eval's batches or a rollout's chunks move each part once, not
+        once per call."""
+        for name in sorted(self._resident):
+            getattr(self.pipe, name).to("cpu")
+        self._resident.clear()
 
     def default_shift(self) -> float:
         cfg = self.scheduler_config
@@ -136,10 +140,21 @@ class DiffusersFlowModel:
 
     # -- helpers
     def _aux_to(self, device) -> None:
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+        for name in (*TEXT_ENCODERS, "vae"):
             module = getattr(self.pipe, name, None)
             if module is not None:
                 module.to(device)
+
+    def _need(self, *names: str):
+        """``model.offload``: the named parts on the model's device until ``release_aux`` (without
+        offloading they live there already); returns the last one."""
+        module = None
+        for name in names:
+            module = getattr(self.pipe, name, None)
+            if module is not None and self.cfg.offload and name not in self._resident:
+                module.to(self.device)
+                self._resident.add(name)
+        return module
 
     def _native_resolution(self) -> int:
         return int(self.net_config.sample_size) * int(self.pipe.vae_scale_factor)

@@ -91,15 +91,11 @@ class QwenImageFlowModel(FluxFlowModel):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        if self.cfg.offload:
-            vae.to(self.device)
+        vae = self._need("vae")
         view = (1, -1, 1, 1, 1)
         mean = torch.tensor(vae.config.latents_mean, dtype=vae.dtype, device=latents.device).view(view)
         std = torch.tensor(vae.config.latents_std, dtype=vae.dtype, device=latents.device).view(view)
         images = vae.decode(latents.to(vae.dtype).unsqueeze(2) * std + mean, return_dict=False)[0][:, :, 0]
-        if self.cfg.offload:
-            vae.to("cpu")
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def _trimmed(self, cond: Cond) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -168,6 +168,8 @@ class Trainer:
             live_metas = [metas[g] for g in er.live_groups]
             t2 = time.time()
             bar.set_postfix_str("train")
+            if hasattr(self.model, "release_aux"):  # model.offload: encoders and VAE off the GPU for training
+                self.model.release_aux()
             train_pos, local_signal = torch.nonzero(keep[batch["index"]]).squeeze(1), signal[batch["index"]]
             for inner in range(c.train.inner_epochs):  # passes over the same rollouts
                 key = epoch + INNER_KEY * inner  # fresh timesteps and noise on every pass
