@@ -36,8 +36,8 @@ def _options() -> dict[str, list[str]]:
 
 
 def _literals() -> list[str]:
-    return ["dpm", "euler", "toy", "sd3", "flux", "sana", "qwenimage", "fp32", "bf16", "dgpo", "flow_grpo", "dpo", "grid",
-            "uniform", "toy_geneval", "remote", "per_step", "weighted_sum", "tensorboard", "none", "no", "yes"]
+    return ["dpm", "euler", "toy", "sd3", "flux", "sana", "qwenimage", "fp32", "bf16", "dgpo", "flow_grpo", "dpo",
+            "grid", "uniform", "toy_geneval", "remote", "per_step", "weighted_sum", "tensorboard", "none", "no", "yes"]
 
 
 def _yaml_snippets(marker: str) -> list[str]:

@@ -14,7 +14,8 @@ Usage:
 else restarts it with ``dgpo train --resume`` from its latest checkpoint (same overrides), or only
 reports when the run has finished. The trainer runs this checkout's ``src/`` and gets
 ``OMP_NUM_THREADS=--threads``. Old checkpoints beyond ``--keep-checkpoints`` are deleted as it goes
-(the trainer itself keeps the newest ``run.keep_checkpoints``). See docs/long_run.md for the bound and how to read the result.
+(the trainer itself keeps the newest ``run.keep_checkpoints``). See docs/long_run.md for the bound and
+how to read the result.
 """
 
 from __future__ import annotations

@@ -8,6 +8,14 @@ status 2; ``--debug`` adds the traceback. Any other exception is a bug in dgpo a
 
 from __future__ import annotations
 
+import logging
+import sys
+from pathlib import Path
+
+from dgpo.cli_parser import build_parser
+from dgpo.errors import InputError, MissingPathError, UserError, one_line, user_path
+from dgpo.training import RunHalted
+
 DESCRIPTION = """Online RL post-training of text-to-image flow models: DGPO, Flow-GRPO and online DPO on the
 built-in toy world (the default) or SD3/3.5, FLUX.1, Sana and Qwen-Image through diffusers.
 
@@ -19,14 +27,6 @@ built-in toy world (the default) or SD3/3.5, FLUX.1, Sana and Qwen-Image through
 
 A mistake in the input ends with one line, "dgpo CMD: error: ...", and exit status 2 (--debug: the
 traceback too)."""
-
-import logging
-import sys
-from pathlib import Path
-
-from dgpo.cli_parser import build_parser
-from dgpo.errors import InputError, MissingPathError, UserError, one_line, user_path
-from dgpo.training import RunHalted
 
 
 def _split_cfg_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -80,11 +80,11 @@ def cmd_config(a) -> None:
 
 
 def cmd_sample(a) -> None:
+    import torch
+
     from dgpo.evaluation import model_image_fn
     from dgpo.toy.grammar import split
     from dgpo.training.io import save_grid
-
-    import torch
 
     model = _load_flow_model(a)
     metas = [{"prompt": p} for p in a.prompts] or split("test")[::20][:16]

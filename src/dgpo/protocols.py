@@ -22,7 +22,6 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +40,16 @@ DRAWBENCH_REWARDS = ("pickscore", "clipscore", "aesthetic", "hpsv2", "colorfulne
 
 @dataclass(frozen=True)
 class Protocol:
-    prompts: str  # "geneval:test" or a text file (one prompt a line) under dgpo/data
+    prompts: str  # a shipped prompt set (dgpo.data.prompts.load_prompts)
     images_per_prompt: int
     rewards: tuple[str, ...]
 
 
 PROTOCOLS = {
     "geneval": Protocol("geneval:test", 4, ("geneval",)),
-    "ocr": Protocol("eval_prompts/ocr/test.txt", 1, ("ocr",)),
-    "pickscore": Protocol("eval_prompts/pickscore/test.txt", 1, ("pickscore",)),
-    "drawbench": Protocol("eval_prompts/drawbench/test.txt", 1, DRAWBENCH_REWARDS),
+    "ocr": Protocol("ocr:test", 1, ("ocr",)),
+    "pickscore": Protocol("pickscore:test", 1, ("pickscore",)),
+    "drawbench": Protocol("drawbench:test", 1, DRAWBENCH_REWARDS),
 }
 
 
@@ -85,14 +84,9 @@ def protocol_prompts(name: str, max_prompts: int = 0) -> list[dict]:
     """The prompt set of a protocol as metadata rows (GenEval's metadata, or {"prompt": ...})."""
     if name not in PROTOCOLS:
         raise InputError(f"--protocol {name!r}: allowed {sorted(PROTOCOLS)}")
-    spec = PROTOCOLS[name].prompts
-    if spec.startswith("geneval:"):
-        from dgpo.data.geneval import load_split
+    from dgpo.data.prompts import load_prompts
 
-        rows = load_split(spec.removeprefix("geneval:"))
-    else:
-        text = resources.files("dgpo.data").joinpath(spec).read_text()
-        rows = [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
+    rows = load_prompts(PROTOCOLS[name].prompts)
     return rows[:max_prompts] if max_prompts else rows
 
 

@@ -122,9 +122,9 @@ class DiffusersFlowModel:
 
     def release_aux(self) -> None:
         """``model.offload``: the text encoders and the VAE back to the CPU. The trainer calls it before
-        an epoch's training forwards, where memory peaks; an encode or decode brings back what it needs
-        and it stays until then, so an eval's batches or a rollout's chunks move each part once, not
-        once per call."""
+        each optimizer step's training forwards, where memory peaks; an encode or decode brings back
+        what it needs and it stays until then, so an eval's batches or a rollout's chunks move each part
+        once, not once per call."""
         for name in sorted(self._resident):
             getattr(self.pipe, name).to("cpu")
         self._resident.clear()

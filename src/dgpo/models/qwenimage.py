@@ -103,7 +103,8 @@ class QwenImageFlowModel(FluxFlowModel):
         padding, as the pipeline passes it). One host sync per forward, as the official loop's
         ``mask.sum(1).tolist()``."""
         mask = cond["mask"]
-        shortest, longest = torch.stack([mask.sum(1).min(), mask.sum(1).max()]).tolist()
+        lengths = mask.sum(1)
+        shortest, longest = torch.stack([lengths.min(), lengths.max()]).tolist()
         return cond["embeds"][:, :longest], None if shortest == longest else mask[:, :longest]
 
     def _unpack(self, packed: torch.Tensor, h: int, w: int) -> torch.Tensor:

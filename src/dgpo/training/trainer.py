@@ -168,8 +168,6 @@ class Trainer:
             live_metas = [metas[g] for g in er.live_groups]
             t2 = time.time()
             bar.set_postfix_str("train")
-            if hasattr(self.model, "release_aux"):  # model.offload: encoders and VAE off the GPU for training
-                self.model.release_aux()
             train_pos, local_signal = torch.nonzero(keep[batch["index"]]).squeeze(1), signal[batch["index"]]
             for inner in range(c.train.inner_epochs):  # passes over the same rollouts
                 key = epoch + INNER_KEY * inner  # fresh timesteps and noise on every pass
@@ -208,6 +206,8 @@ class Trainer:
     def _optimizer_step(self, batch: dict, signal: torch.Tensor, idx: torch.Tensor, units: list,
                         epoch: int) -> dict:
         c = self.cfg
+        if hasattr(self.model, "release_aux"):  # model.offload: encoders and VAE off the GPU for training
+            self.model.release_aux()
         micro = self.algo.micro_batches(batch["group_ids"], idx)
         items = self.layout.all_sum(self.algo.items(signal, idx))
         scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP and FSDP average over processes
