@@ -21,7 +21,8 @@ def _snapshot(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.denoiser.named_parameters()}
 
 
-@pytest.mark.parametrize("lora,algo", [(True, "dgpo"), (False, "dgpo"), (True, "flow_grpo"), (True, "dpo")])
+@pytest.mark.parametrize("lora,algo", [(True, "dgpo"), (False, "dgpo"), (True, "flow_grpo"), (True, "dpo"),
+                                       (True, "nft")])
 def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy, tmp_path, lora, algo):
     extra = [] if lora else ["train.lora_rank=0"]
     tr = Trainer(_cfg(tiny_toy, tmp_path / "run", *extra, "dgpo.kl_beta=0.1", "dgpo.text_dropout=0.2",
@@ -39,7 +40,7 @@ def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy,
     assert [r["step"] for r in rows] == [1, 2]
     assert {"reward_mean", "zero_spread_share", "loss", "grad_norm", "lr", "time_rollout", "update_norm",
             "dist_from_start"} <= set(rows[0])
-    assert {"dgpo": "weight", "flow_grpo": "ratio_dev", "dpo": "accuracy"}[algo] in rows[0]
+    assert {"dgpo": "weight", "flow_grpo": "ratio_dev", "dpo": "accuracy", "nft": "old_deviate"}[algo] in rows[0]
     for f in ("summary.json", "config.yaml", "samples/before.png", "samples/after.png", "plots/reward.png"):
         assert (tmp_path / "run" / f).is_file(), f
 

@@ -57,7 +57,7 @@ def cmd_train(a) -> None:
     cfg = load_config(path, overrides)
     checkpoints.check_run_dir(Path(cfg.run.out_dir), a.resume)
     summary = Trainer(cfg, resume=a.resume).fit()
-    name = {"dgpo": "DGPO", "flow_grpo": "Flow-GRPO", "dpo": "DPO"}[cfg.train.algorithm]
+    name = {"dgpo": "DGPO", "flow_grpo": "Flow-GRPO", "dpo": "DPO", "nft": "DiffusionNFT"}[cfg.train.algorithm]
     if "eval_after" not in summary:
         print(f"{name}: {summary['steps']} optimizer steps; run directory: {cfg.run.out_dir}")
         return

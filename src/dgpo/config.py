@@ -201,8 +201,25 @@ class DPOConfig:
 
 
 @dataclass
+class NFTConfig:
+    beta: float = opt(1.0, 1e-6, help="DiffusionNFT's beta: v+ = beta v + (1 - beta) v_old, v- = (1 + beta) v_old - "
+                      "beta v (official 1.0 GenEval/PickScore, 0.1 OCR)")
+    kl_beta: float = opt(1e-4, 0.0, help="KL weight mean (v - v_ref)^2 (official train.beta 1e-4)")
+    adv_mode: Literal["all", "positive_only", "negative_only", "one_only", "binary"] = opt(
+        "all", help="advantages before r = A / (2 dgpo.adv_clip_max) + 1/2: all (official), positive_only / "
+        "negative_only (clipped at 0), one_only (1 if A > 0 else 0), binary (sign)")
+    timestep_fraction: float = opt(0.99, 0.0, 1.0, help="each sample trains at int(steps x fraction) of the grid's "
+                                   "timesteps, its own random subset (official 0.99: 9 of 10)")
+    decay_flat: int = opt(0, 0, help="'old' model: blended towards the policy after each epoch with decay 0 before "
+                          "this optimizer step (official decay_type 1: 0, type 2 (OCR): 75)")
+    decay_rate: float = opt(1e-3, 0.0, help="'old' model decay (step - decay_flat) x rate (type 1: 0.001, type 2: 0.0075)")
+    decay_max: float = opt(0.5, 0.0, 1.0, help="'old' model decay cap (type 1: 0.5, type 2: 0.999)")
+
+
+@dataclass
 class TrainConfig:
-    algorithm: Literal["dgpo", "flow_grpo", "dpo"] = opt("dgpo", help="training algorithm")
+    algorithm: Literal["dgpo", "flow_grpo", "dpo", "nft"] = opt(
+        "dgpo", help="training algorithm: dgpo, flow_grpo, dpo (online Diffusion-DPO), nft (DiffusionNFT)")
     offline: bool = opt(False, help="roll out from the frozen reference only (offline DGPO / DPO)")
     prompts_per_epoch: int = opt(8, 1, help="P: groups (prompts) per epoch")
     group_size: int = opt(16, 2, help="G: samples per prompt")
@@ -275,6 +292,7 @@ class Config:
     dgpo: DGPOConfig = field(default_factory=DGPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    nft: NFTConfig = field(default_factory=NFTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -19,7 +19,10 @@ def check(cfg: Config) -> None:
 
 
 def _timesteps(cfg: Config) -> None:
+    """DGPO's training times (DPO reads them too; Flow-GRPO and DiffusionNFT train at their own)."""
     d, n = cfg.dgpo, cfg.sampler.steps
+    if cfg.train.algorithm not in ("dgpo", "dpo"):
+        return
     if d.timestep_mode == "grid" and d.trunc_steps >= n:
         raise ConfigError(f"dgpo.trunc_steps={d.trunc_steps} must be < sampler.steps={n}")
     if d.timestep_mode == "grid" and d.num_train_timesteps > d.trunc_steps + 1:
@@ -38,6 +41,12 @@ def _train(cfg: Config) -> None:
     if cfg.dpo.ref_update_every and t.offline and t.algorithm == "dpo":
         raise ConfigError("dpo.ref_update_every: online DPO rolls out from its refreshed reference; "
                           "train.offline=true rolls out from the frozen base (set one of them)")
+    if t.algorithm == "nft" and cfg.dgpo.adv_clip_max <= 0:
+        raise ConfigError("dgpo.adv_clip_max=0: DiffusionNFT maps advantages to r = A / (2 adv_clip_max) + 1/2 "
+                          "(official 5)")
+    if t.algorithm == "nft" and int(cfg.sampler.steps * cfg.nft.timestep_fraction) < 1:
+        raise ConfigError(f"nft.timestep_fraction={cfg.nft.timestep_fraction} trains int(sampler.steps="
+                          f"{cfg.sampler.steps} x fraction) = 0 timesteps")
     if t.reference_batch_size and t.algorithm == "flow_grpo":
         raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
                           "policy forward; set it to 0 (it applies to dgpo and dpo)")

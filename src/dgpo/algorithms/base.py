@@ -21,6 +21,7 @@ from dgpo.samplers.rollout import generate, initial_noise
 from dgpo.samplers.sde import sample_sde
 from dgpo.schedules import interpolate
 from dgpo.timesteps import TrainTime, derive_seed, shared_noise, train_timesteps
+from dgpo.training.ema import OldModelEMA, ParamEMA
 
 if TYPE_CHECKING:
     from dgpo.training.trainer import Trainer
@@ -40,6 +41,11 @@ class Algorithm:
     def __init__(self, trainer: Trainer):
         self.tr, self.cfg = trainer, trainer.cfg
         self._frozen: dict = {}  # (timestep slot, first position) -> reference / 'old' velocities
+
+    @classmethod
+    def old_model(cls, cfg, params: list) -> ParamEMA:
+        """The trainer's ``ema_old`` slot: DGPO's EMA 'old' model (decay min(0.3, 0.001 step), every step)."""
+        return OldModelEMA(params)
 
     @classmethod
     def rollout_method(cls, cfg) -> str:
@@ -133,11 +139,22 @@ class Algorithm:
                     x = initial_noise(self.tr.model.latent_shape(), seeds).to(self.tr.model.device)
                     chunks.append(sample_sde(fn, x, self.tr.grid, s.sde_noise, [derive_seed(sd, 6) for sd in seeds]).x0)
                 else:
-                    chunks.append(generate(self.tr.model, cond, null, seeds, s.steps, self.tr.shift, s.cfg_scale, s.method))
+                    chunks.append(self.generate(cond, null, seeds))
                 if on_chunk is not None:
                     on_chunk(chunks[-1], batch["metas"][sl])
         batch["x0"] = torch.cat(chunks)
         return batch
+
+    def generate(self, cond, null, seeds: list[int]) -> torch.Tensor:
+        """x0 of one rollout chunk: the deterministic ODE of ``sampler.method`` on its own grid."""
+        s = self.cfg.sampler
+        return generate(self.tr.model, cond, null, seeds, s.steps, self.tr.shift, s.cfg_scale, s.method)
+
+    def shuffled_chunks(self, pos: torch.Tensor, epoch: int) -> list[torch.Tensor]:
+        """Optimizer steps over a random shuffle of this process's trained samples, across groups (the
+        official Flow-GRPO and DiffusionNFT loops; a new shuffle on every inner pass)."""
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, 8, self.tr.layout.rank))
+        return list(pos[torch.randperm(len(pos), generator=gen)].tensor_split(self.cfg.train.steps_per_epoch))
 
     def frozen_needs(self) -> tuple[bool, bool]:
         """Which no-grad forwards the loss reads: (the EMA 'old' model, the frozen reference)."""
@@ -158,7 +175,7 @@ class Algorithm:
         sigma, tt = t.at(gids)
         sigma = sigma.to(x0.device, x0.dtype) if isinstance(sigma, torch.Tensor) else sigma
         return {"x_t": interpolate(x0, eps, sigma), "t": tt.to(x0.device), "cond": cond, "null": null,
-                "target": eps - x0}
+                "target": eps - x0, "sigma": sigma}
 
     @contextmanager
     def frozen_forwards(self, batch: dict, micro: list[torch.Tensor], units: list, epoch: int) -> Iterator[None]:
@@ -214,7 +231,7 @@ class Algorithm:
         frozen = self._frozen.get((slot, int(mb[0])))
         if frozen is None:
             frozen = self._frozen_velocities(i["x_t"], i["t"], i["cond"], i["null"], *self.frozen_needs())
-        out = {"target": i["target"], **frozen}
+        out = {"target": i["target"], "x_t": i["x_t"], "sigma": i["sigma"], **frozen}
         for name in ("ref", "old"):  # official: the CFG'd reference's loss when kl_cfg > 1
             if f"v_{name}" in out:
                 out[f"dsm_{name}"] = dsm(out[f"v_{name}"], i["target"])

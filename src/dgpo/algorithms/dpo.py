@@ -11,6 +11,7 @@ import torch
 
 from dgpo.algorithms.base import Algorithm, StepLoss
 from dgpo.losses.dpo import diffusion_dpo_loss
+from dgpo.training.ema import RefSnapshot
 
 
 def best_worst(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -37,6 +38,11 @@ class DPO(Algorithm):
         label = best_worst(rewards, group_ids)
         keep = torch.ones_like(label, dtype=torch.bool) if self.tr.layout.distributed else label != 0
         return keep, label
+
+    @classmethod
+    def old_model(cls, cfg, params):
+        """Online DPO's refreshed reference takes the 'old' slot (and its place in checkpoints)."""
+        return RefSnapshot(params) if cfg.dpo.ref_update_every > 0 else super().old_model(cfg, params)
 
     def frozen_needs(self) -> tuple[bool, bool]:
         return False, True  # the reference's denoising losses

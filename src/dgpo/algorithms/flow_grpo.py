@@ -108,8 +108,7 @@ class FlowGRPO(Algorithm):
         kept samples, across groups (a new shuffle on every inner pass)."""
         if not self.cfg.grpo.shuffle:
             return super().optimizer_chunks(group_ids, pos, epoch)
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, 8, self.tr.layout.rank))
-        return list(pos[torch.randperm(len(pos), generator=gen)].tensor_split(self.cfg.train.steps_per_epoch))
+        return self.shuffled_chunks(pos, epoch)
 
     def micro_batches(self, group_ids, idx):
         if not self.cfg.grpo.shuffle:

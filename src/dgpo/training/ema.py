@@ -1,7 +1,8 @@
-"""The two EMAs of the official code, over the trainable parameters only.
+"""The EMAs of the official codes, over the trainable parameters only.
 
 * ``OldModelEMA`` (theta^-, official ``ema_ref``): decay min(0.3, 0.001 * step), updated every
   optimizer step; it gives dsm_old for the PPO-style clip and rolls out after ``switch_ema_ref``.
+* ``LaggedOldModel``: DiffusionNFT's 'old' model, blended once per epoch on its own schedule.
 * ``SlowEMA`` (Flow-GRPO's ``EMAModuleWrapper``): decay min(decay, (1 + step) / (10 + step)),
   applied every ``every`` steps; its weights are evaluated and saved. The official loops call its
   ``step`` once per sampling batch with the optimizer-step counter, so with n sampling batches per
@@ -80,6 +81,26 @@ class RefSnapshot(ParamEMA):
 
     def refresh(self) -> None:
         self._blend(0.0)
+
+
+class LaggedOldModel(ParamEMA):
+    """DiffusionNFT's 'old' model (its 'old' adapter): a copy of the trainable weights that rolls out and
+    gives v_old, blended towards them once per epoch after the epoch's training (not per optimizer
+    step): old <- d old + (1 - d) theta, d = 0 before step ``flat``, then min((step - flat) rate, cap)
+    (official ``return_decay``: type 1 = 0 / 0.001 / 0.5, type 2 = 75 / 0.0075 / 0.999)."""
+
+    def __init__(self, params, flat: int, rate: float, cap: float):
+        super().__init__(params)
+        self.flat, self.rate, self.cap = flat, rate, cap
+
+    def decay(self, step: int) -> float:
+        return 0.0 if step < self.flat else min((step - self.flat) * self.rate, self.cap)
+
+    def update(self, step: int) -> None:
+        pass
+
+    def end_epoch(self, step: int) -> None:
+        self._blend(self.decay(step))
 
 
 CADENCES = ("per_batch", "per_step")

@@ -34,7 +34,7 @@ from dgpo.rewards.retry import Backoff, GuardedCall
 from dgpo.training import checkpoints, io, speed
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
-from dgpo.training.ema import OldModelEMA, RefSnapshot, SlowEMA
+from dgpo.training.ema import SlowEMA
 from dgpo.training.fsdp import Sharding
 from dgpo.training.guards import FaultGuard, RunHalted, finite_row, masked_advantages, screen_rewards
 from dgpo.training.policy import Policy, parse_targets
@@ -99,9 +99,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.policy.params, lr=t.lr, betas=(0.9, 0.999),
                                      weight_decay=t.weight_decay, eps=1e-8,
                                      fused=True if self.acc.device.type == "cuda" else None)
-        # the 'old' model (DGPO), or online DPO's refreshed reference: one slot in checkpoints either way
-        online_dpo = t.algorithm == "dpo" and self.cfg.dpo.ref_update_every > 0
-        self.ema_old = (RefSnapshot if online_dpo else OldModelEMA)(self.policy.params)
+        # the algorithm's 'old' model (DGPO's EMA, DiffusionNFT's lagged copy, online DPO's reference)
+        self.ema_old = ALGORITHMS[t.algorithm].old_model(self.cfg, self.policy.params)
         self.ema_slow = SlowEMA(self.policy.params, t.ema_decay, t.ema_every, t.ema_cadence,
                                 max(1, t.sampling_batches // t.steps_per_epoch))
 

@@ -1,0 +1,99 @@
+"""DiffusionNFT (arXiv 2509.16117) as its official code trains it (NVlabs/DiffusionNFT,
+``scripts/train_nft_sd3.py``): the 'old' model rolls out with a deterministic ODE solver (``dpm``: its
+DPM-Solver++(2M) "dpm2", or ``euler``) on the family's flow-matching Euler grid, the model receiving
+the integer part of each timestep; group advantages; then on the forward process only: each sample is
+re-noised with its own noise at int(steps x timestep_fraction) of the grid's timesteps (a random
+subset per sample, float timesteps, sigma = timestep / 1000) and trained with the negative-aware
+loss (``dgpo.losses.nft``) against the 'old' model's velocity, plus a KL to the reference. Every
+sample trains (A = 0 gives r = 1/2), optimizer steps over a random shuffle across groups; after each
+epoch the 'old' model is blended towards the policy on its own schedule (``LaggedOldModel``)."""
+
+from __future__ import annotations
+
+import torch
+
+from dgpo.algorithms.base import Algorithm, StepLoss
+from dgpo.losses.nft import nft_loss
+from dgpo.models.base import cfg_velocity, cond_index
+from dgpo.samplers.ode import sample_ode
+from dgpo.samplers.rollout import initial_noise
+from dgpo.schedules import Grid, interpolate
+from dgpo.timesteps import derive_seed
+from dgpo.training.ema import LaggedOldModel
+
+ORDER_STREAM, NOISE_STREAM = 9, 10
+
+
+class NFT(Algorithm):
+    name = "nft"
+
+    @classmethod
+    def old_model(cls, cfg, params):
+        n = cfg.nft
+        return LaggedOldModel(params, n.decay_flat, n.decay_rate, n.decay_max)
+
+    @classmethod
+    def rollout_method(cls, cfg) -> str:
+        return "euler"  # the grid: official pipeline.scheduler (SD3's FlowMatchEulerDiscreteScheduler)
+
+    def rollout(self, metas, epoch, on_chunk=None):
+        if epoch > 0:  # official: after each epoch's training; here before the next rollouts, so that
+            self.tr.ema_old.end_epoch(self.tr.step)  # a checkpoint between the two resumes the same
+        return self.ode_rollout(metas, epoch, on_chunk)
+
+    def rollout_context(self):
+        return self.tr.policy.reference() if self.cfg.train.offline else self.tr.ema_old.applied()
+
+    def generate(self, cond, null, seeds):
+        """The solver of ``sampler.method`` on the Euler grid; the model gets int(timestep) (official
+        ``torch.full(..., sigma * 1000, dtype=torch.long)``), the solver the grid's sigmas."""
+        tr, s = self.tr, self.cfg.sampler
+        grid = Grid(tr.grid.sigmas, tr.grid.timesteps.long())
+        x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
+        fn = lambda x_t, t: cfg_velocity(tr.model, x_t, t, cond, null, s.cfg_scale)  # noqa: E731
+        return sample_ode(fn, x, grid, s.method)
+
+    def select(self, batch, rewards, adv, zero, group_ids):
+        return torch.ones_like(adv, dtype=torch.bool), adv
+
+    def frozen_needs(self) -> tuple[bool, bool]:
+        return True, self.cfg.nft.kl_beta > 0
+
+    def optimizer_chunks(self, group_ids, pos, epoch):
+        return self.shuffled_chunks(pos, epoch)
+
+    def micro_batches(self, group_ids, idx):
+        return list(idx.split(self.cfg.train.batch_size))  # per-sample loss: no group sums
+
+    def units(self, batch, epoch) -> list[torch.Tensor]:
+        """Slot j: [samples of the epoch] grid index each one trains at, the j-th of its own random
+        order of the grid's steps (official per-sample randperm, the first int(n x fraction) kept)."""
+        n = self.tr.grid.steps
+        k = int(self.cfg.sampler.steps * self.cfg.nft.timestep_fraction)
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, ORDER_STREAM))
+        order = torch.stack([torch.randperm(n, generator=g) for _ in range(batch["n_total"])])
+        return list(order[:, :k].T)
+
+    def noised(self, batch, mb, unit, slot, epoch) -> dict:
+        """x_t = (1 - sigma) x0 + sigma eps with each sample's own noise and grid index (official
+        ``torch.randn_like``): noise drawn per global sample index, the same on any process layout."""
+        x0, index, grid = batch["x0"][mb], batch["index"][mb], self.tr.grid
+        j = unit[index]
+        eps = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=torch.Generator().manual_seed(
+            derive_seed(self.cfg.run.seed, epoch, NOISE_STREAM, slot, int(i)))) for i in index])
+        eps = eps.to(x0.device, x0.dtype)
+        sigma = grid.train_sigmas[j].to(x0.device, x0.dtype)
+        return {"x_t": interpolate(x0, eps, sigma), "t": grid.timesteps[j].to(x0.device),
+                "cond": cond_index(batch["cond"], mb), "null": cond_index(batch["null"], mb),
+                "target": eps - x0, "sigma": sigma}
+
+    def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
+        n = self.cfg.nft
+        o = self.denoising_losses(batch, mb, unit, slot, epoch)
+        x0 = batch["x0"][mb].to(o["v"].device, o["v"].dtype)
+        out = nft_loss(o["v"], o["v_old"].float(), o["x_t"].float(), x0, o["sigma"].float(),
+                       signal[mb].to(x0.device), n.beta, self.cfg.dgpo.adv_clip_max, n.adv_mode,
+                       o["v_ref"].float() if "v_ref" in o else None, n.kl_beta)
+        stats = {"nft": out.policy.detach().mean(), "kl": out.kl.detach().mean(), "r": out.r.mean(),
+                 "old_deviate": (o["v"] - o["v_old"]).detach().pow(2).mean()}
+        return StepLoss(out.loss.sum(), stats)
