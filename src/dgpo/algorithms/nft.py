@@ -50,7 +50,7 @@ class NFT(Algorithm):
         tr, s = self.tr, self.cfg.sampler
         grid = Grid(tr.grid.sigmas, tr.grid.timesteps.long())
         x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
-        fn = lambda x_t, t: cfg_velocity(tr.model, x_t, t, cond, null, s.cfg_scale)  # noqa: E731
+        fn = lambda x_t, t: cfg_velocity(tr.model, x_t, t, cond, null, s.cfg_scale)
         return sample_ode(fn, x, grid, s.method)
 
     def select(self, batch, rewards, adv, zero, group_ids):
