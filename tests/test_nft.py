@@ -196,3 +196,16 @@ def test_sd3_rolls_out_on_its_scheduler_grid_with_integer_timesteps_and_trains_a
     assert all(t.dtype == torch.float32 for t in training)
     assert {float(v) for t in training for v in t} <= set(sched.timesteps.tolist())
     assert any(not torch.equal(before[n], p) for n, p in zip(tr.policy.names, tr.policy.params))
+
+
+def test_evals_use_eval_method_and_rollouts_sampler_method(tiny_toy, tmp_path, monkeypatch):
+    """DiffusionNFT's recipes roll out with dpm and evaluate with euler (eval.method; '' = sampler.method)."""
+    import dgpo.training.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.model_image_fn
+    monkeypatch.setattr(trainer_module, "model_image_fn", lambda *a: seen.append(a[4]) or real(*a))
+    for method, expected in (("euler", "euler"), ("", "dpm")):
+        tr = Trainer(_cfg(tiny_toy, tmp_path / (method or "same"), f"eval.method={method}", "sampler.method=dpm"))
+        tr._image_fn()
+        assert seen.pop() == expected

@@ -41,6 +41,8 @@ RESULTS_VERSION = 3
 FLOW_GRPO_OFFICIAL = ["train.algorithm=flow_grpo", "train.steps_per_epoch=2", "train.sampling_batches=4",
                       "dgpo.adv_std=global", "grpo.zero_adv=samples", "grpo.shuffle=true"]
 
+NFT_OFFICIAL = ["train.algorithm=nft", "dgpo.adv_std=global"]
+
 ARMS: dict[str, list[str]] = {
     "dgpo": [],
     "flow_grpo": FLOW_GRPO_OFFICIAL,
@@ -55,6 +57,11 @@ ARMS: dict[str, list[str]] = {
     "dpo": ["train.algorithm=dpo", "dpo.beta=5000"],  # the bench's DPO arms ran at Diffusion-DPO's beta
     "dgpo_offline": ["train.offline=true"],
     "dpo_offline": ["train.algorithm=dpo", "train.offline=true", "dpo.beta=5000"],
+    # DiffusionNFT as its official code trains (configs/toy_nft_official.yaml): CFG-free rollouts and evals
+    # (its recipes set guidance 1), the negative-aware loss at 9 of the 10 grid timesteps per sample, global
+    # advantage std; nft_cfg: the same loss with the suite's CFG 4.5 rollouts and evals
+    "nft": [*NFT_OFFICIAL, "sampler.cfg_scale=1.0"],
+    "nft_cfg": NFT_OFFICIAL,
     "g4": ["train.group_size=4", "train.prompts_per_epoch=16"],
     "g16": ["train.group_size=16", "train.prompts_per_epoch=4"],
     "w_rank": ["dgpo.weighting=rank"],
@@ -73,6 +80,7 @@ COMPARISONS: dict[str, list[str]] = {
     "ODE vs SDE rollouts (DGPO)": ["dgpo", "dgpo_sde"],
     "Timestep clipping (t_min; grid = the official default)": ["dgpo", "tmin_0", "tmin_0.3", "tmin_0.6", "tmin_anneal"],
     "Group preferences vs pairs, online vs offline": ["dgpo", "dpo", "dgpo_offline", "dpo_offline"],
+    "DGPO vs DiffusionNFT (nft: CFG-free, evaluated without CFG)": ["dgpo", "nft", "nft_cfg"],
     "Group size (same images per epoch)": ["g4", "dgpo", "g16"],
     "Group weightings": ["dgpo", "w_rank", "w_softmax", "w_sign"],
 }

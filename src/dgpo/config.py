@@ -276,6 +276,8 @@ class EvalConfig:
     split: str = opt("toy:test", help="held-out prompts: toy:test, geneval:test, ocr:test, pickscore:test, "
                      "drawbench:test (shipped), a GenEval-format .jsonl or a .txt (one prompt per line)")
     steps: int = opt(0, 0, 1000, help="ODE steps of evals and sample grids (0: sampler.steps)")
+    method: Literal["", "dpm", "euler"] = opt("", help="ODE solver (and grid) of evals and sample grids ('': "
+                                              "sampler.method; DiffusionNFT rolls out with dpm, evaluates with euler)")
     images_per_prompt: int = opt(1, 1, help="images per prompt (GenEval: 4)")
     batch_size: int = opt(64, 1, help="generation batch size")
     max_prompts: int = opt(0, 0, help="evaluate only the first N prompts (0: all)")

@@ -164,18 +164,25 @@ class Algorithm:
         """The inputs of every forward at one training timestep: x_t re-noised at t.sigma with noise
         shared by a group, the models receiving t.timestep; the paper's prompt dropout applies to the
         policy and reference alike."""
-        c, d = self.cfg, self.cfg.dgpo
+        c = self.cfg
         x0, gids = batch["x0"][mb], batch["group_ids"][mb]
-        cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
-        if d.text_dropout > 0:
-            g = torch.Generator().manual_seed(derive_seed(c.run.seed, epoch, 4, slot))
-            drop = torch.rand(batch["n_total"], generator=g)[batch["index"][mb]] < d.text_dropout
-            cond = cond_where(drop.to(x0.device), null, cond)
+        cond, null = self.training_conditions(batch, mb, slot, epoch)
         eps = shared_noise(tuple(x0.shape[1:]), gids, c.run.seed, epoch, slot).to(x0.device, x0.dtype)
         sigma, tt = t.at(gids)
         sigma = sigma.to(x0.device, x0.dtype) if isinstance(sigma, torch.Tensor) else sigma
         return {"x_t": interpolate(x0, eps, sigma), "t": tt.to(x0.device), "cond": cond, "null": null,
                 "target": eps - x0, "sigma": sigma}
+
+    def training_conditions(self, batch: dict, mb: torch.Tensor, slot: int, epoch: int) -> tuple:
+        """(cond, null) of a micro-batch's training forwards: ``dgpo.text_dropout`` (the paper's prompt
+        dropout) swaps a sample's prompt for the empty one, drawn per sample, timestep and epoch."""
+        cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
+        p = self.cfg.dgpo.text_dropout
+        if p > 0:
+            g = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, 4, slot))
+            drop = torch.rand(batch["n_total"], generator=g)[batch["index"][mb]] < p
+            cond = cond_where(drop.to(batch["x0"].device), null, cond)
+        return cond, null
 
     @contextmanager
     def frozen_forwards(self, batch: dict, micro: list[torch.Tensor], units: list, epoch: int) -> Iterator[None]:

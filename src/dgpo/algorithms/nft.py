@@ -14,7 +14,7 @@ import torch
 
 from dgpo.algorithms.base import Algorithm, StepLoss
 from dgpo.losses.nft import nft_loss
-from dgpo.models.base import cfg_velocity, cond_index
+from dgpo.models.base import cfg_velocity
 from dgpo.samplers.ode import sample_ode
 from dgpo.samplers.rollout import initial_noise
 from dgpo.schedules import Grid, interpolate
@@ -83,9 +83,9 @@ class NFT(Algorithm):
             derive_seed(self.cfg.run.seed, epoch, NOISE_STREAM, slot, int(i)))) for i in index])
         eps = eps.to(x0.device, x0.dtype)
         sigma = grid.train_sigmas[j].to(x0.device, x0.dtype)
-        return {"x_t": interpolate(x0, eps, sigma), "t": grid.timesteps[j].to(x0.device),
-                "cond": cond_index(batch["cond"], mb), "null": cond_index(batch["null"], mb),
-                "target": eps - x0, "sigma": sigma}
+        cond, null = self.training_conditions(batch, mb, slot, epoch)  # dgpo.text_dropout (official: none)
+        return {"x_t": interpolate(x0, eps, sigma), "t": grid.timesteps[j].to(x0.device), "cond": cond,
+                "null": null, "target": eps - x0, "sigma": sigma}
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
         n = self.cfg.nft

@@ -308,9 +308,9 @@ class Trainer:
                 **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
 
     def _image_fn(self):
-        c = self.cfg
+        c = self.cfg  # autocast for the denoiser only: the VAE and the reward in full precision
         return model_image_fn(self.model, c.eval.steps or c.sampler.steps, self.shift, c.sampler.cfg_scale,
-                              c.sampler.method, self.acc.autocast)  # the VAE and the reward in full precision
+                              c.eval.method or c.sampler.method, self.acc.autocast)
 
     def _gather_rows(self, rows: list[dict]) -> list[dict]:
         if not self.layout.distributed:
