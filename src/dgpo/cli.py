@@ -16,8 +16,9 @@ from dgpo.cli_parser import build_parser
 from dgpo.errors import InputError, MissingPathError, UserError, one_line, user_path
 from dgpo.training import RunHalted
 
-DESCRIPTION = """Online RL post-training of text-to-image flow models: DGPO, Flow-GRPO and online DPO on the
-built-in toy world (the default) or SD3/3.5, FLUX.1, Sana and Qwen-Image through diffusers.
+DESCRIPTION = """Online RL post-training of text-to-image flow models: DGPO, Flow-GRPO, online DPO and
+DiffusionNFT on the built-in toy world (the default) or SD3/3.5, FLUX.1, Sana and Qwen-Image through
+diffusers.
 
   dgpo train [config.yaml] [key=value ...] [--resume]   train (no config: the toy demo)
   dgpo config show|options                              the resolved config; every key
