@@ -131,8 +131,8 @@ def test_each_sample_trains_at_its_own_subset_of_the_grid(tiny_toy, tmp_path):
 
 def test_resume_equals_uninterrupted_with_the_lagged_old_model(tiny_toy, tmp_path):
     """3 epochs of 2 optimizer steps (shuffled across groups, micro-batches of 3) in one go, or 1 epoch
-    then a resumed 2: the same policy and 'old' model, bit for bit (the old model's blend after epoch 1
-    happens in the resumed process)."""
+    then a resumed 2: the same policy, 'old' model and slow EMA, bit for bit (the old model is blended
+    after each epoch's training, before its checkpoint)."""
     Trainer(_cfg(tiny_toy, tmp_path / "a")).fit()
     Trainer(_cfg(tiny_toy, tmp_path / "b", "run.epochs=1")).fit()
     Trainer(_cfg(tiny_toy, tmp_path / "b"), resume=True).fit()
@@ -209,3 +209,28 @@ def test_evals_use_eval_method_and_rollouts_sampler_method(tiny_toy, tmp_path, m
         tr = Trainer(_cfg(tiny_toy, tmp_path / (method or "same"), f"eval.method={method}", "sampler.method=dpm"))
         tr._image_fn()
         assert seen.pop() == expected
+
+
+def test_a_run_halted_mid_epoch_resumes_without_blending_the_old_model_twice(tiny_toy, tmp_path):
+    """Epoch 1's step is skipped (NaN forward) in both runs. A: once only, the run goes on. B: epoch 2's
+    step too, so max_bad_steps=2 halts B inside epoch 2 (its checkpoint: 'retry epoch 2'); B resumed
+    without the fault trains epoch 2 as A did: the old model was blended once per epoch in both."""
+    from test_fault_training import NAN, _spy
+
+    from dgpo.training import RunHalted
+
+    def run(out, bad, resume=False):
+        tr = Trainer(_cfg(tiny_toy, out, "train.steps_per_epoch=1", "train.sampling_batches=1",
+                          "train.max_bad_steps=2"), resume=resume)
+        _, flag = _spy(tr, bad)
+        tr.train_net.register_forward_hook(lambda m, i, o: o * NAN if flag["on"] else None)
+        tr.fit()
+        return tr
+
+    a = run(tmp_path / "a", lambda i: i == 1)
+    with pytest.raises(RunHalted):
+        run(tmp_path / "b", lambda i: i >= 1)
+    b = run(tmp_path / "b", lambda i: False, resume=True)
+    assert a.step == b.step == 2
+    for x, y in zip(a.ema_old.shadow + a.policy.params, b.ema_old.shadow + b.policy.params):
+        assert torch.equal(x, y)

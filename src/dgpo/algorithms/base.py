@@ -85,6 +85,9 @@ class Algorithm:
                    epoch: int) -> StepLoss:
         raise NotImplementedError
 
+    def end_epoch(self) -> None:
+        """After an epoch's training, before its checkpoint (DiffusionNFT blends its 'old' model here)."""
+
     def items(self, signal: torch.Tensor, idx: torch.Tensor) -> float:
         """How many loss items (samples; pairs for DPO) the local samples ``idx`` hold: the trainer
         divides the summed loss by their total over processes, so the step's loss is their mean."""

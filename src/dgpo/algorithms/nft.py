@@ -6,7 +6,8 @@ re-noised with its own noise at int(steps x timestep_fraction) of the grid's tim
 subset per sample, float timesteps, sigma = timestep / 1000) and trained with the negative-aware
 loss (``dgpo.losses.nft``) against the 'old' model's velocity, plus a KL to the reference. Every
 sample trains (A = 0 gives r = 1/2), optimizer steps over a random shuffle across groups; after each
-epoch the 'old' model is blended towards the policy on its own schedule (``LaggedOldModel``)."""
+epoch's training the 'old' model is blended towards the policy on its own schedule
+(``LaggedOldModel``), before the epoch's checkpoint."""
 
 from __future__ import annotations
 
@@ -36,10 +37,8 @@ class NFT(Algorithm):
     def rollout_method(cls, cfg) -> str:
         return "euler"  # the grid: official pipeline.scheduler (SD3's FlowMatchEulerDiscreteScheduler)
 
-    def rollout(self, metas, epoch, on_chunk=None):
-        if epoch > 0:  # official: after each epoch's training; here before the next rollouts, so that
-            self.tr.ema_old.end_epoch(self.tr.step)  # a checkpoint between the two resumes the same
-        return self.ode_rollout(metas, epoch, on_chunk)
+    def end_epoch(self) -> None:
+        self.tr.ema_old.end_epoch(self.tr.step)  # official: after each epoch's training, with its step count
 
     def rollout_context(self):
         return self.tr.policy.reference() if self.cfg.train.offline else self.tr.ema_old.applied()

@@ -3,7 +3,7 @@
 epoch: pick P prompts -> G rollouts each (the algorithm's sampler) -> rewards, gathered over
 processes -> group advantages -> the algorithm's training signal and units (timesteps, SDE steps)
 -> for each optimizer step, for each unit, for each micro-batch of whole groups: the algorithm's
-loss, backward -> clip, step, EMAs -> log, grids, eval, checkpoint.
+loss, backward -> clip, step, EMAs -> the algorithm's end of epoch -> log, grids, eval, checkpoint.
 
 Faults (training/guards.py): a reward call is retried, a failed call's or a non-finite reward's group
 is dropped from the epoch, a step with a non-finite loss or gradient is skipped on every process, and
@@ -182,6 +182,7 @@ class Trainer:
                               {"rollout": t1 - t0, "reward": t2 - t1, "train": time.time() - t2}, live_parts)
                     if halt:
                         self._halt(halt, epoch, epoch)  # resuming retries this epoch
+            self.algo.end_epoch()
             if failed_too_often:  # after training the epoch's surviving groups
                 self._halt(failed_too_often, epoch, epoch + 1)
             bar.set_postfix(reward=f"{live_rewards.mean():.3f}", step=self.step)
