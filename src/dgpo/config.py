@@ -153,7 +153,8 @@ class DGPOConfig:
     t_min: float = opt(0.6, 0.0, 1.0, help="uniform mode: t ~ U[t_min, 1] (paper Alg. 1)")
     switch_ema_ref: int = opt(500, 0, help="optimizer steps before the EMA 'old' model rolls out")
     use_ema_ref: bool = opt(False, help="the EMA 'old' model is the DGPO reference (TDM-R1 style)")
-    text_dropout: float = opt(0.0, 0.0, 1.0, help="train on the empty prompt with this probability (paper 0.05; code 0)")
+    text_dropout: float = opt(0.0, 0.0, 1.0, help="train on the empty prompt with this probability (paper 0.05; code 0; "
+                              "DGPO, DPO, DiffusionNFT)")
     adv_std: Literal["group", "global"] = opt(
         "group", help="every algorithm: advantage std per group or global (official DGPO: GenEval group, OCR and "
         "PickScore global; Flow-GRPO global for all three)")
@@ -228,8 +229,8 @@ class TrainConfig:
     rollout_batch_size: int = opt(0, 0, help="samples per rollout chunk (CFG doubles the transformer's batch); "
                                   "0: train.batch_size")
     reference_batch_size: int = opt(
-        0, 0, help="DGPO, DPO: samples per forward of the frozen reference and the EMA 'old' model, run for all "
-        "timesteps and micro-batches of an optimizer step before its backward passes (whole micro-batches; "
+        0, 0, help="DGPO, DPO, DiffusionNFT: samples per forward of the frozen reference and the 'old' model, run "
+        "for all timesteps and micro-batches of an optimizer step before its backward passes (whole micro-batches; "
         "bigger, faster forwards on a GPU; the same weights, so the numbers change only by the rounding of "
         "another batch size; a CFG'd reference, dgpo.kl_cfg > 1, doubles the forward's batch); 0: one forward per "
         "micro-batch and timestep (the official order)")
