@@ -127,6 +127,9 @@ def test_each_sample_trains_at_its_own_subset_of_the_grid(tiny_toy, tmp_path):
     assert all(len(set(row.tolist())) == 9 for row in order)  # distinct grid steps per sample
     assert len({tuple(row.tolist()) for row in order}) == 8  # each sample its own order
     assert torch.equal(order, torch.stack(tr.algo.units({"n_total": 8}, 0), 1))  # a function of seed and epoch
+    tr.cfg.nft.trunc_steps = 4  # the high-noise end only: 4 of the grid indices 0..4 per sample
+    order = torch.stack(tr.algo.units({"n_total": 8}, 0), 1)
+    assert order.shape == (8, 4) and int(order.max()) <= 4 and all(len(set(row.tolist())) == 4 for row in order)
 
 
 def test_resume_equals_uninterrupted_with_the_lagged_old_model(tiny_toy, tmp_path):
@@ -166,6 +169,8 @@ def test_config_refuses_what_the_loss_cannot_use():
         load_config(None, ["train.algorithm=nft", "dgpo.adv_clip_max=0"])
     with pytest.raises(ConfigError, match="nft.timestep_fraction"):
         load_config(None, ["train.algorithm=nft", "nft.timestep_fraction=0.05"])
+    with pytest.raises(ConfigError, match="nft.trunc_steps=10 must be < sampler.steps=10"):
+        load_config(None, ["train.algorithm=nft", "nft.trunc_steps=10"])
     with pytest.raises(ConfigError, match="nft.beta"):
         load_config(None, ["train.algorithm=nft", "nft.beta=0"])
 

@@ -62,6 +62,7 @@ ARMS: dict[str, list[str]] = {
     # advantage std; nft_cfg: the same loss with the suite's CFG 4.5 rollouts and evals
     "nft": [*NFT_OFFICIAL, "sampler.cfg_scale=1.0"],
     "nft_cfg": NFT_OFFICIAL,
+    "nft_tclip": [*NFT_OFFICIAL, "sampler.cfg_scale=1.0", "nft.trunc_steps=4"],  # DGPO's high-noise candidates
     "g4": ["train.group_size=4", "train.prompts_per_epoch=16"],
     "g16": ["train.group_size=16", "train.prompts_per_epoch=4"],
     "w_rank": ["dgpo.weighting=rank"],
@@ -80,7 +81,7 @@ COMPARISONS: dict[str, list[str]] = {
     "ODE vs SDE rollouts (DGPO)": ["dgpo", "dgpo_sde"],
     "Timestep clipping (t_min; grid = the official default)": ["dgpo", "tmin_0", "tmin_0.3", "tmin_0.6", "tmin_anneal"],
     "Group preferences vs pairs, online vs offline": ["dgpo", "dpo", "dgpo_offline", "dpo_offline"],
-    "DGPO vs DiffusionNFT (nft: CFG-free, evaluated without CFG)": ["dgpo", "nft", "nft_cfg"],
+    "DGPO vs DiffusionNFT (nft: CFG-free, evaluated without CFG)": ["dgpo", "nft", "nft_cfg", "nft_tclip"],
     "Group size (same images per epoch)": ["g4", "dgpo", "g16"],
     "Group weightings": ["dgpo", "w_rank", "w_softmax", "w_sign"],
 }

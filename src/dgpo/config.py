@@ -209,8 +209,10 @@ class NFTConfig:
     adv_mode: Literal["all", "positive_only", "negative_only", "one_only", "binary"] = opt(
         "all", help="advantages before r = A / (2 dgpo.adv_clip_max) + 1/2: all (official), positive_only / "
         "negative_only (clipped at 0), one_only (1 if A > 0 else 0), binary (sign)")
-    timestep_fraction: float = opt(0.99, 0.0, 1.0, help="each sample trains at int(steps x fraction) of the grid's "
-                                   "timesteps, its own random subset (official 0.99: 9 of 10)")
+    timestep_fraction: float = opt(0.99, 0.0, 1.0, help="each sample trains at int(candidates x fraction) of the "
+                                   "grid's timesteps, its own random subset (official 0.99: 9 of 10)")
+    trunc_steps: int = opt(-1, -1, help="candidates: grid indices 0..trunc_steps only, the high-noise end (as "
+                           "dgpo.trunc_steps; 4 of 0..4 with the fraction 0.99); -1: every step (official)")
     decay_flat: int = opt(0, 0, help="'old' model: blended towards the policy after each epoch with decay 0 before "
                           "this optimizer step (official decay_type 1: 0, type 2 (OCR): 75)")
     decay_rate: float = opt(1e-3, 0.0, help="'old' model decay (step - decay_flat) x rate (type 1: 0.001, type 2: 0.0075)")

@@ -15,6 +15,7 @@ def check(cfg: Config) -> None:
     _timesteps(cfg)
     _train(cfg)
     _flow_grpo(cfg)
+    _nft(cfg)
     _reward(cfg.reward)
 
 
@@ -41,15 +42,24 @@ def _train(cfg: Config) -> None:
     if cfg.dpo.ref_update_every and t.offline and t.algorithm == "dpo":
         raise ConfigError("dpo.ref_update_every: online DPO rolls out from its refreshed reference; "
                           "train.offline=true rolls out from the frozen base (set one of them)")
-    if t.algorithm == "nft" and cfg.dgpo.adv_clip_max <= 0:
-        raise ConfigError("dgpo.adv_clip_max=0: DiffusionNFT maps advantages to r = A / (2 adv_clip_max) + 1/2 "
-                          "(official 5)")
-    if t.algorithm == "nft" and int(cfg.sampler.steps * cfg.nft.timestep_fraction) < 1:
-        raise ConfigError(f"nft.timestep_fraction={cfg.nft.timestep_fraction} trains int(sampler.steps="
-                          f"{cfg.sampler.steps} x fraction) = 0 timesteps")
     if t.reference_batch_size and t.algorithm == "flow_grpo":
         raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
                           "policy forward; set it to 0 (it applies to dgpo and dpo)")
+
+
+def _nft(cfg: Config) -> None:
+    n, steps = cfg.nft, cfg.sampler.steps
+    if cfg.train.algorithm != "nft":
+        return
+    if cfg.dgpo.adv_clip_max <= 0:
+        raise ConfigError("dgpo.adv_clip_max=0: DiffusionNFT maps advantages to r = A / (2 adv_clip_max) + 1/2 "
+                          "(official 5)")
+    if n.trunc_steps >= steps:
+        raise ConfigError(f"nft.trunc_steps={n.trunc_steps} must be < sampler.steps={steps}")
+    candidates = steps if n.trunc_steps < 0 else n.trunc_steps + 1
+    if int(candidates * n.timestep_fraction) < 1:
+        raise ConfigError(f"nft.timestep_fraction={n.timestep_fraction} trains int({candidates} candidate steps x "
+                          "fraction) = 0 timesteps")
 
 
 def _flow_grpo(cfg: Config) -> None:

@@ -66,9 +66,10 @@ class NFT(Algorithm):
 
     def units(self, batch, epoch) -> list[torch.Tensor]:
         """Slot j: [samples of the epoch] grid index each one trains at, the j-th of its own random
-        order of the grid's steps (official per-sample randperm, the first int(n x fraction) kept)."""
-        n = self.tr.grid.steps
-        k = int(self.cfg.sampler.steps * self.cfg.nft.timestep_fraction)
+        order of the grid's steps (official per-sample randperm, the first int(n x fraction) kept;
+        ``nft.trunc_steps``: of the first trunc_steps + 1 only)."""
+        n = self.tr.grid.steps if self.cfg.nft.trunc_steps < 0 else self.cfg.nft.trunc_steps + 1
+        k = int(n * self.cfg.nft.timestep_fraction)
         g = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, ORDER_STREAM))
         order = torch.stack([torch.randperm(n, generator=g) for _ in range(batch["n_total"])])
         return list(order[:, :k].T)
