@@ -130,6 +130,9 @@ def test_each_sample_trains_at_its_own_subset_of_the_grid(tiny_toy, tmp_path):
     tr.cfg.nft.trunc_steps = 4  # the high-noise end only: 4 of the grid indices 0..4 per sample
     order = torch.stack(tr.algo.units({"n_total": 8}, 0), 1)
     assert order.shape == (8, 4) and int(order.max()) <= 4 and all(len(set(row.tolist())) == 4 for row in order)
+    tr.cfg.nft.group_noise = True  # groups of 4: one order per group
+    order = torch.stack(tr.algo.units({"n_total": 8}, 0), 1)
+    assert torch.equal(order[:4], order[:1].expand(4, -1)) and not torch.equal(order[0], order[4])
 
 
 def test_resume_equals_uninterrupted_with_the_lagged_old_model(tiny_toy, tmp_path):
@@ -239,3 +242,18 @@ def test_a_run_halted_mid_epoch_resumes_without_blending_the_old_model_twice(tin
     assert a.step == b.step == 2
     for x, y in zip(a.ema_old.shadow + a.policy.params, b.ema_old.shadow + b.policy.params):
         assert torch.equal(x, y)
+
+
+def test_group_noise_gives_a_group_its_timesteps_and_noise(tiny_toy, tmp_path):
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "g", "nft.group_noise=true"))
+    batch = tr.algo.rollout(tr.prompts[:2], 0)
+    units = tr.algo.units(batch, 0)
+    mb = torch.arange(8)
+    out = tr.algo.noised(batch, mb, units[0], 0, 0)
+    eps = out["target"] + batch["x0"][mb]
+    assert torch.equal(out["sigma"][:4], out["sigma"][:1].expand(4))
+    torch.testing.assert_close(eps[:4], eps[:1].expand(4, -1, -1, -1), rtol=0, atol=1e-6)  # eps - x0 + x0 rounds
+    assert not torch.allclose(eps[0], eps[4], atol=0.1)
+    tr.cfg.nft.group_noise = False  # official: each sample its own noise
+    eps = tr.algo.noised(batch, mb, units[0], 0, 0)["target"] + batch["x0"][mb]
+    assert not torch.allclose(eps[0], eps[1], atol=0.1)

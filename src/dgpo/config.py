@@ -213,6 +213,8 @@ class NFTConfig:
                                    "grid's timesteps, its own random subset (official 0.99: 9 of 10)")
     trunc_steps: int = opt(-1, -1, help="candidates: grid indices 0..trunc_steps only, the high-noise end (as "
                            "dgpo.trunc_steps; 4 of 0..4 with the fraction 0.99); -1: every step (official)")
+    group_noise: bool = opt(False, help="the members of a group train at the group's timesteps with the group's "
+                            "noise (DGPO's shared noise; not in the official code); false: each sample its own (official)")
     decay_flat: int = opt(0, 0, help="'old' model: blended towards the policy after each epoch with decay 0 before "
                           "this optimizer step (official decay_type 1: 0, type 2 (OCR): 75)")
     decay_rate: float = opt(1e-3, 0.0, help="'old' model decay (step - decay_flat) x rate (type 1: 0.001, type 2: 0.0075)")

@@ -19,7 +19,7 @@ from dgpo.models.base import cfg_velocity
 from dgpo.samplers.ode import sample_ode
 from dgpo.samplers.rollout import initial_noise
 from dgpo.schedules import Grid, interpolate
-from dgpo.timesteps import derive_seed
+from dgpo.timesteps import derive_seed, shared_noise
 from dgpo.training.ema import LaggedOldModel
 
 ORDER_STREAM, NOISE_STREAM = 9, 10
@@ -71,16 +71,23 @@ class NFT(Algorithm):
         n = self.tr.grid.steps if self.cfg.nft.trunc_steps < 0 else self.cfg.nft.trunc_steps + 1
         k = int(n * self.cfg.nft.timestep_fraction)
         g = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, epoch, ORDER_STREAM))
-        order = torch.stack([torch.randperm(n, generator=g) for _ in range(batch["n_total"])])
+        if self.cfg.nft.group_noise:  # one order per group, its members alike
+            group = torch.arange(batch["n_total"]) // self.cfg.train.group_size
+            order = torch.stack([torch.randperm(n, generator=g) for _ in range(int(group[-1]) + 1)])[group]
+        else:
+            order = torch.stack([torch.randperm(n, generator=g) for _ in range(batch["n_total"])])
         return list(order[:, :k].T)
 
     def noised(self, batch, mb, unit, slot, epoch) -> dict:
         """x_t = (1 - sigma) x0 + sigma eps with each sample's own noise and grid index (official
         ``torch.randn_like``): noise drawn per global sample index, the same on any process layout."""
         x0, index, grid = batch["x0"][mb], batch["index"][mb], self.tr.grid
-        j = unit[index]
-        eps = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=torch.Generator().manual_seed(
-            derive_seed(self.cfg.run.seed, epoch, NOISE_STREAM, slot, int(i)))) for i in index])
+        j, shape, seed = unit[index], tuple(x0.shape[1:]), self.cfg.run.seed
+        if self.cfg.nft.group_noise:
+            eps = shared_noise(shape, batch["group_ids"][mb], seed, epoch, slot)
+        else:
+            eps = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
+                derive_seed(seed, epoch, NOISE_STREAM, slot, int(i)))) for i in index])
         eps = eps.to(x0.device, x0.dtype)
         sigma = grid.train_sigmas[j].to(x0.device, x0.dtype)
         cond, null = self.training_conditions(batch, mb, slot, epoch)  # dgpo.text_dropout (official: none)
