@@ -257,3 +257,19 @@ def test_group_noise_gives_a_group_its_timesteps_and_noise(tiny_toy, tmp_path):
     tr.cfg.nft.group_noise = False  # official: each sample its own noise
     eps = tr.algo.noised(batch, mb, units[0], 0, 0)["target"] + batch["x0"][mb]
     assert not torch.allclose(eps[0], eps[1], atol=0.1)
+
+
+def test_fsdp_full_fine_tuning_equals_one_process(tiny_toy, tmp_path):
+    """FSDP2 on 2 CPU processes (accelerate's shipped config): 2 steps of DiffusionNFT with full
+    fine-tuning end at the 1-process policy, 'old' model, slow EMA and Adam moments (measured 2.5e-6)."""
+    from test_fsdp import PARTS, _ckpt, _launch, _overrides
+
+    extra = ["train.algorithm=nft", "sampler.cfg_scale=1.0", "nft.kl_beta=0.1", "nft.decay_rate=0.2",
+             "train.batch_size=3"]
+    Trainer(load_config(None, [*_overrides(tiny_toy, tmp_path / "one"), *extra])).fit()
+    _launch([*_overrides(tiny_toy, tmp_path / "fsdp"), *extra])
+    one, two = _ckpt(tmp_path / "one"), _ckpt(tmp_path / "fsdp")
+    for part in PARTS:
+        assert one[part].keys() == two[part].keys()
+        for k in one[part]:
+            assert torch.allclose(one[part][k], two[part][k], atol=1e-5, rtol=0), (part, k)
