@@ -64,6 +64,7 @@ ARMS: dict[str, list[str]] = {
     "nft_cfg": NFT_OFFICIAL,
     "nft_tclip": [*NFT_OFFICIAL, "sampler.cfg_scale=1.0", "nft.trunc_steps=4"],  # DGPO's high-noise candidates
     "nft_group_noise": [*NFT_OFFICIAL, "sampler.cfg_scale=1.0", "nft.group_noise=true"],  # DGPO's shared noise
+    "dgpo_cfg1": ["sampler.cfg_scale=1.0"],  # DGPO from NFT's CFG-free start
     "dgpo_lora": ["train.lora_rank=32", "train.lora_alpha=64"],  # beside nft_lora: both with LoRA r 32 / alpha 64
     "nft_lora": [*NFT_OFFICIAL, "sampler.cfg_scale=1.0", "train.lora_rank=32", "train.lora_alpha=64"],  # official LoRA
     "g4": ["train.group_size=4", "train.prompts_per_epoch=16"],
@@ -85,7 +86,8 @@ COMPARISONS: dict[str, list[str]] = {
     "Timestep clipping (t_min; grid = the official default)": ["dgpo", "tmin_0", "tmin_0.3", "tmin_0.6", "tmin_anneal"],
     "Group preferences vs pairs, online vs offline": ["dgpo", "dpo", "dgpo_offline", "dpo_offline"],
     "DGPO vs DiffusionNFT (nft: CFG-free, evaluated without CFG)": ["dgpo", "nft", "nft_cfg", "nft_tclip",
-                                                                   "nft_group_noise", "nft_lora", "dgpo_lora"],
+                                                                   "nft_group_noise", "nft_lora", "dgpo_lora",
+                                                                   "dgpo_cfg1"],
     "Group size (same images per epoch)": ["g4", "dgpo", "g16"],
     "Group weightings": ["dgpo", "w_rank", "w_softmax", "w_sign"],
 }
