@@ -15,9 +15,7 @@ import torch
 
 from dgpo.algorithms.base import Algorithm, StepLoss
 from dgpo.losses.nft import nft_loss
-from dgpo.models.base import cfg_velocity
-from dgpo.samplers.ode import sample_ode
-from dgpo.samplers.rollout import initial_noise
+from dgpo.samplers.rollout import generate
 from dgpo.schedules import Grid, interpolate
 from dgpo.timesteps import derive_seed, shared_noise
 from dgpo.training.ema import LaggedOldModel
@@ -46,11 +44,9 @@ class NFT(Algorithm):
     def generate(self, cond, null, seeds):
         """The solver of ``sampler.method`` on the Euler grid; the model gets int(timestep) (official
         ``torch.full(..., sigma * 1000, dtype=torch.long)``), the solver the grid's sigmas."""
-        tr, s = self.tr, self.cfg.sampler
-        grid = Grid(tr.grid.sigmas, tr.grid.timesteps.long())
-        x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
-        fn = lambda x_t, t: cfg_velocity(tr.model, x_t, t, cond, null, s.cfg_scale)
-        return sample_ode(fn, x, grid, s.method)
+        s, grid = self.cfg.sampler, self.tr.grid
+        return generate(self.tr.model, cond, null, seeds, cfg_scale=s.cfg_scale, method=s.method,
+                        grid=Grid(grid.sigmas, grid.timesteps.long()))
 
     def select(self, batch, rewards, adv, zero, group_ids):
         return torch.ones_like(adv, dtype=torch.bool), adv

@@ -8,6 +8,7 @@ import torch
 
 from dgpo.models.base import Cond, FlowModel, cfg_velocity
 from dgpo.samplers.ode import sample_ode
+from dgpo.schedules import Grid
 
 
 def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
@@ -26,10 +27,11 @@ def generate(
     cfg_scale: float = 4.5,
     method: str = "dpm",
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    grid: Grid | None = None,
 ) -> torch.Tensor:
     """Final latents x0 [B, C, H, W] from the deterministic flow ODE (10-step DPM-Solver++ default) on
-    the model family's ``method`` grid (``model.rollout_grid``)."""
+    the model family's ``method`` grid (``model.rollout_grid``), or on ``grid``."""
     x = initial_noise(model.latent_shape(), seeds).to(getattr(model, "device", "cpu"))
-    grid = model.rollout_grid(method, steps, shift)
+    grid = grid or model.rollout_grid(method, steps, shift)
     fn = lambda x_t, t: cfg_velocity(model, x_t, t, cond, null, cfg_scale)
     return sample_ode(fn, x, grid, method, callback)
