@@ -130,7 +130,7 @@ def cmd_eval_protocol(a) -> None:
                             seed=a.seed, batch_size=a.batch_size or 8, images_per_prompt=a.images_per_prompt or 0,
                             max_prompts=a.max_prompts, rewards=tuple(r.strip() for r in a.rewards.split(",") if r.strip()))
     paths = RewardPaths(a.detector, a.clip, a.pickscore_model, a.pickscore_processor, a.partial,
-                        a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.aesthetic, a.hps)
+                        a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.aesthetic, a.hps, a.imagereward)
     res = evaluate_model(a.protocol, a.model, a.out, settings, paths, a.lora, a.kind, a.dtype, a.resolution)
     print((Path(a.out) / "eval.md").read_text(), end="")
     print(f"wrote {a.out}/eval.json, eval.md, grid.png and {res['n_images']} images in GenEval's layout")
@@ -228,7 +228,8 @@ def cmd_reward(a) -> None:
     check_bind(a.host, token)  # before the scorer spends minutes loading
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     fn = build_reward(a.reward, a.model_path, a.processor_path, device, clip_path=a.clip_path,
-                      partial=a.partial, aesthetic_path=a.aesthetic_path, hps_path=a.hps_path)
+                      partial=a.partial, aesthetic_path=a.aesthetic_path, hps_path=a.hps_path,
+                      imagereward_path=a.imagereward_path)
     limits = Limits(int(a.max_body_mb * (1 << 20)), a.max_items, a.max_pixels)
     server = RewardServer(fn, a.reward, a.host, a.port, token, limits, a.batch_size, a.queue, a.timeout_s,
                           a.read_timeout_s, device=device)

@@ -76,6 +76,7 @@ def _protocol_args(ev: argparse.ArgumentParser) -> None:
     g.add_argument("--aesthetic", default="", help="LAION aesthetic MLP weights (sac+logos+ava1-l14-linearMSE.pth); "
                    "--clip gives its CLIP ViT-L/14, as for clipscore")
     g.add_argument("--hps", default="", help="HPS_v2.1_compressed.pt (default: from the hub; needs dgpo[hps])")
+    g.add_argument("--imagereward", default="", help="ImageReward.pt or a folder with it (default: from the hub)")
     g.add_argument("--rewards", default="", help="drawbench: comma-separated rewards (default: all available)")
     g.add_argument("--official-results", default="",
                    help="geneval: GenEval's results.jsonl on the images in --out; compare, generate nothing")
@@ -87,13 +88,14 @@ def _reward_args(sub) -> None:
     sv = rw_sub.add_parser("serve", help="serve one reward over HTTP (JSON + PNG) for `reward.name: remote`",
                            description="The bearer token comes from $DGPO_REWARD_TOKEN or --token-file; without "
                            "one only a loopback address is served.")
-    sv.add_argument("--reward", required=True, help="reward name, e.g. aesthetic, clipscore, hpsv2, pickscore, geneval")
+    sv.add_argument("--reward", required=True, help="reward name, e.g. aesthetic, clipscore, hpsv2, imagereward, pickscore, geneval")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)")
     sv.add_argument("--port", type=integer(0, 65535), default=8765)
     sv.add_argument("--token-file", default="", help="file holding the bearer token (else $DGPO_REWARD_TOKEN)")
     sv.add_argument("--device", default="", help="default: cuda if available, else cpu")
     for flag, key in (("--model-path", "model_path"), ("--processor-path", "processor_path"),
-                      ("--clip-path", "clip_path"), ("--aesthetic-path", "aesthetic_path"), ("--hps-path", "hps_path")):
+                      ("--clip-path", "clip_path"), ("--aesthetic-path", "aesthetic_path"), ("--hps-path", "hps_path"),
+                      ("--imagereward-path", "imagereward_path")):
         sv.add_argument(flag, default="", help=f"as reward.{key}")
     sv.add_argument("--partial", choices=["corrected", "official"], default="corrected", help="as reward.partial")
     sv.add_argument("--batch-size", type=integer(1), default=32, help="images per scorer call (default 32)")

@@ -82,7 +82,8 @@ class SamplerConfig:
 
 
 RewardName = Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
-                     "colorfulness", "ocr", "pickscore", "geneval", "aesthetic", "clipscore", "hpsv2", "remote"]
+                     "colorfulness", "ocr", "pickscore", "geneval", "aesthetic", "clipscore", "hpsv2", "imagereward",
+                     "remote"]
 
 
 @dataclass
@@ -94,7 +95,7 @@ class RewardConfig:
         "colorfulness: Hasler-Suesstrunk (smooth); ocr: Flow-GRPO's edit-distance reward (RapidOCR); "
         "pickscore: PickScore / 26 (official); geneval: GenEval's rules on Mask2Former + CLIP (real images); "
         "aesthetic: LAION aesthetic v2 (MLP on CLIP ViT-L/14); clipscore: CLIP's logits / 30 (official); "
-        "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); remote: a `dgpo reward serve` server (reward.url); "
+        "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); imagereward: ImageReward v1.0 (BLIP, as Flow-GRPO); remote: a `dgpo reward serve` server (reward.url); "
         "a list: the weighted sum of several (reward.weights), each logged",
     )
     weights: list[float] = opt([], help="weights of the rewards in a reward.name list ([] = 1 each); "
@@ -113,6 +114,8 @@ class RewardConfig:
     aesthetic_path: str = opt("", help="aesthetic: the LAION MLP weights (sac+logos+ava1-l14-linearMSE.pth or "
                               ".safetensors)")
     hps_path: str = opt("", help="hpsv2: HPS_v2.1_compressed.pt ('' = download it from the hub repo xswu/HPSv2)")
+    imagereward_path: str = opt("", help="imagereward: ImageReward.pt, or a folder with it (and a BERT tokenizer) "
+                                "('' = the hub repo THUDM/ImageReward)")
     url: str = opt("", help="remote: the reward server, e.g. http://127.0.0.1:8765")
     token_env: str = opt("DGPO_REWARD_TOKEN", help="remote: environment variable holding the server's bearer "
                          "token (never written to config.yaml)")

@@ -35,7 +35,8 @@ from dgpo.errors import InputError
 log = logging.getLogger(__name__)
 
 # general-purpose rewards (no per-prompt metadata) that score DrawBench
-DRAWBENCH_REWARDS = ("pickscore", "clipscore", "aesthetic", "hpsv2", "colorfulness", "jpeg_compressibility")
+DRAWBENCH_REWARDS = ("pickscore", "clipscore", "aesthetic", "hpsv2", "imagereward", "colorfulness",
+                     "jpeg_compressibility")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class RewardPaths:
     device: str = "cpu"
     aesthetic: str = ""  # the LAION aesthetic MLP weights (no default: the aesthetic reward is skipped without)
     hps: str = ""  # HPS_v2.1_compressed.pt ('' = from the hub)
+    imagereward: str = ""  # ImageReward.pt or a folder with it ('' = from the hub)
 
 
 @dataclass
@@ -102,7 +104,8 @@ def build_scorers(name: str, rewards: tuple[str, ...], paths: RewardPaths) -> tu
         model, proc = (paths.detector, "") if r == "geneval" else (paths.pickscore_model, paths.pickscore_processor)
         try:
             scorers[r] = build_reward(r, model, proc, paths.device, clip_path=paths.clip, partial=paths.partial,
-                                      aesthetic_path=paths.aesthetic, hps_path=paths.hps, paper_units=True)
+                                      aesthetic_path=paths.aesthetic, hps_path=paths.hps,
+                                      imagereward_path=paths.imagereward, paper_units=True)
         except (ValueError, OSError, ImportError) as e:
             if not optional:
                 if isinstance(e, ImportError):

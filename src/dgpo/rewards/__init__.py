@@ -17,7 +17,8 @@ RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
 
 def build_reward(name: str, model_path: str = "", processor_path: str = "", device="cpu", *,
                  clip_path: str = "", partial: str = "corrected", aesthetic_path: str = "",
-                 hps_path: str = "", remote: dict | None = None, paper_units: bool = False) -> RewardFn:
+                 hps_path: str = "", imagereward_path: str = "", remote: dict | None = None,
+                 paper_units: bool = False) -> RewardFn:
     """The one name -> reward map, at the config boundary. ``remote``: RemoteReward's keyword arguments.
     ``paper_units``: scores as paper tables report them, not as the official training rewards scale them
     (PickScore raw, not / 26; CLIPScore 100 max(cos, 0), not logits / 30; JPEG compressibility -kB, not
@@ -37,6 +38,7 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
         "aesthetic": lambda: _aesthetic(aesthetic_path, clip_path, device),
         "clipscore": lambda: _clipscore(clip_path, device, paper_units),
         "hpsv2": lambda: _hpsv2(hps_path, device),
+        "imagereward": lambda: _imagereward(imagereward_path, device),
         "remote": lambda: _remote(remote or {}),
     }
     if name not in table:
@@ -55,7 +57,7 @@ def build_reward_from_config(rc: RewardConfig, device="cpu") -> RewardFn:
     names = rc.names()
     weights = list(rc.weights) or [1.0] * len(names)
     paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,
-             "hps_path": rc.hps_path, "remote": remote}
+             "hps_path": rc.hps_path, "imagereward_path": rc.imagereward_path, "remote": remote}
     fns = {n: build_reward(n, rc.model_path, rc.processor_path, device, **paths) for n in names}
     if isinstance(rc.name, str) and weights == [1.0]:
         return fns[rc.name]
@@ -96,6 +98,12 @@ def _hpsv2(hps_path: str, device) -> RewardFn:
     from dgpo.rewards.hps import HPSv2Reward
 
     return HPSv2Reward(hps_path, device)
+
+
+def _imagereward(path: str, device) -> RewardFn:
+    from dgpo.rewards.imagereward import ImageRewardReward
+
+    return ImageRewardReward(path, device)
 
 
 def _remote(kwargs: dict) -> RewardFn:
