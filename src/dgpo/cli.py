@@ -130,7 +130,8 @@ def cmd_eval_protocol(a) -> None:
                             seed=a.seed, batch_size=a.batch_size or 8, images_per_prompt=a.images_per_prompt or 0,
                             max_prompts=a.max_prompts, rewards=tuple(r.strip() for r in a.rewards.split(",") if r.strip()))
     paths = RewardPaths(a.detector, a.clip, a.pickscore_model, a.pickscore_processor, a.partial,
-                        a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.aesthetic, a.hps, a.imagereward)
+                        a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.aesthetic, a.hps, a.imagereward,
+                        a.judge_url, a.judge_model)
     res = evaluate_model(a.protocol, a.model, a.out, settings, paths, a.lora, a.kind, a.dtype, a.resolution)
     print((Path(a.out) / "eval.md").read_text(), end="")
     print(f"wrote {a.out}/eval.json, eval.md, grid.png and {res['n_images']} images in GenEval's layout")
@@ -222,8 +223,9 @@ def cmd_reward(a) -> None:
     from dgpo.rewards.server import RewardServer, check_bind
     from dgpo.rewards.wire import Limits
 
-    if a.reward == "remote":
-        raise InputError("--reward remote: a server cannot serve another server; name the scorer")
+    if a.reward in ("remote", "unifiedreward"):
+        raise InputError(f"--reward {a.reward}: a server cannot serve another server; name the scorer (the "
+                         "unifiedreward judge's own server is what reward.judge_url points at)")
     token = _read_token(a.token_file) if a.token_file else os.environ.get("DGPO_REWARD_TOKEN", "")
     check_bind(a.host, token)  # before the scorer spends minutes loading
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -77,6 +77,9 @@ def _protocol_args(ev: argparse.ArgumentParser) -> None:
                    "--clip gives its CLIP ViT-L/14, as for clipscore")
     g.add_argument("--hps", default="", help="HPS_v2.1_compressed.pt (default: from the hub; needs dgpo[hps])")
     g.add_argument("--imagereward", default="", help="ImageReward.pt or a folder with it (default: from the hub)")
+    g.add_argument("--judge-url", default="", help="unifiedreward: an OpenAI-compatible server's base URL, e.g. "
+                   "http://127.0.0.1:17140/v1 (sglang serving UnifiedReward-7b-v1.5)")
+    g.add_argument("--judge-model", default="UnifiedReward-7b-v1.5", help="unifiedreward: the served model's name")
     g.add_argument("--rewards", default="", help="drawbench: comma-separated rewards (default: all available)")
     g.add_argument("--official-results", default="",
                    help="geneval: GenEval's results.jsonl on the images in --out; compare, generate nothing")

@@ -83,7 +83,7 @@ class SamplerConfig:
 
 RewardName = Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
                      "colorfulness", "ocr", "pickscore", "geneval", "aesthetic", "clipscore", "hpsv2", "imagereward",
-                     "remote"]
+                     "unifiedreward", "remote"]
 
 
 @dataclass
@@ -95,7 +95,7 @@ class RewardConfig:
         "colorfulness: Hasler-Suesstrunk (smooth); ocr: Flow-GRPO's edit-distance reward (RapidOCR); "
         "pickscore: PickScore / 26 (official); geneval: GenEval's rules on Mask2Former + CLIP (real images); "
         "aesthetic: LAION aesthetic v2 (MLP on CLIP ViT-L/14); clipscore: CLIP's logits / 30 (official); "
-        "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); imagereward: ImageReward v1.0 (BLIP, as Flow-GRPO); remote: a `dgpo reward serve` server (reward.url); "
+        "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); imagereward: ImageReward v1.0 (BLIP, as Flow-GRPO); unifiedreward: a VLM judge's 'Final Score' / 5 from an OpenAI-compatible server (reward.judge_url); remote: a `dgpo reward serve` server (reward.url); "
         "a list: the weighted sum of several (reward.weights), each logged",
     )
     weights: list[float] = opt([], help="weights of the rewards in a reward.name list ([] = 1 each); "
@@ -117,11 +117,15 @@ class RewardConfig:
     imagereward_path: str = opt("", help="imagereward: ImageReward.pt, or a folder with it (and a BERT tokenizer) "
                                 "('' = the hub repo THUDM/ImageReward)")
     url: str = opt("", help="remote: the reward server, e.g. http://127.0.0.1:8765")
-    token_env: str = opt("DGPO_REWARD_TOKEN", help="remote: environment variable holding the server's bearer "
-                         "token (never written to config.yaml)")
-    timeout_s: float = opt(600.0, 1.0, help="remote: seconds to wait for one request's answer")
+    judge_url: str = opt("", help="unifiedreward: the OpenAI-compatible API's base URL, e.g. "
+                         "http://127.0.0.1:17140/v1")
+    judge_model: str = opt("UnifiedReward-7b-v1.5", help="unifiedreward: the served model's name")
+    judge_concurrency: int = opt(64, 1, 1024, help="unifiedreward: requests in flight at once")
+    token_env: str = opt("DGPO_REWARD_TOKEN", help="remote, unifiedreward: environment variable holding the "
+                         "server's bearer token (never written to config.yaml)")
+    timeout_s: float = opt(600.0, 1.0, help="remote, unifiedreward: seconds to wait for one request's answer")
     retries: int = opt(4, 0, 20, help="retries of a failed reward call in training (it raised or timed out), "
-                       "with exponential backoff; remote: also of a request after a connection error or a "
+                       "with exponential backoff; remote, unifiedreward: also of a request after a connection error or a "
                        "502/503/504 (a call whose requests spent these retries is not retried again)")
     backoff_s: float = opt(0.5, 0.0, 600.0, help="wait before the first retry; doubles on each further retry")
     max_backoff_s: float = opt(30.0, 0.0, 3600.0, help="longest wait between retries")

@@ -35,8 +35,8 @@ from dgpo.errors import InputError
 log = logging.getLogger(__name__)
 
 # general-purpose rewards (no per-prompt metadata) that score DrawBench
-DRAWBENCH_REWARDS = ("pickscore", "clipscore", "aesthetic", "hpsv2", "imagereward", "colorfulness",
-                     "jpeg_compressibility")
+DRAWBENCH_REWARDS = ("pickscore", "clipscore", "aesthetic", "hpsv2", "imagereward", "unifiedreward",
+                     "colorfulness", "jpeg_compressibility")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class RewardPaths:
     aesthetic: str = ""  # the LAION aesthetic MLP weights (no default: the aesthetic reward is skipped without)
     hps: str = ""  # HPS_v2.1_compressed.pt ('' = from the hub)
     imagereward: str = ""  # ImageReward.pt or a folder with it ('' = from the hub)
+    judge_url: str = ""  # unifiedreward: the OpenAI-compatible API's base URL (no default: skipped without)
+    judge_model: str = "UnifiedReward-7b-v1.5"
 
 
 @dataclass
@@ -105,7 +107,8 @@ def build_scorers(name: str, rewards: tuple[str, ...], paths: RewardPaths) -> tu
         try:
             scorers[r] = build_reward(r, model, proc, paths.device, clip_path=paths.clip, partial=paths.partial,
                                       aesthetic_path=paths.aesthetic, hps_path=paths.hps,
-                                      imagereward_path=paths.imagereward, paper_units=True)
+                                      imagereward_path=paths.imagereward, paper_units=True,
+                                      judge={"url": paths.judge_url, "model": paths.judge_model})
         except (ValueError, OSError, ImportError) as e:
             if not optional:
                 if isinstance(e, ImportError):

@@ -18,8 +18,8 @@ RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
 def build_reward(name: str, model_path: str = "", processor_path: str = "", device="cpu", *,
                  clip_path: str = "", partial: str = "corrected", aesthetic_path: str = "",
                  hps_path: str = "", imagereward_path: str = "", remote: dict | None = None,
-                 paper_units: bool = False) -> RewardFn:
-    """The one name -> reward map, at the config boundary. ``remote``: RemoteReward's keyword arguments.
+                 judge: dict | None = None, paper_units: bool = False) -> RewardFn:
+    """The one name -> reward map, at the config boundary. ``remote`` / ``judge``: RemoteReward's / JudgeReward's keyword arguments.
     ``paper_units``: scores as paper tables report them, not as the official training rewards scale them
     (PickScore raw, not / 26; CLIPScore 100 max(cos, 0), not logits / 30; JPEG compressibility -kB, not
     -kB / 500)."""
@@ -39,6 +39,7 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
         "clipscore": lambda: _clipscore(clip_path, device, paper_units),
         "hpsv2": lambda: _hpsv2(hps_path, device),
         "imagereward": lambda: _imagereward(imagereward_path, device),
+        "unifiedreward": lambda: _judge(judge or {}),
         "remote": lambda: _remote(remote or {}),
     }
     if name not in table:
@@ -54,10 +55,13 @@ def build_reward_from_config(rc: RewardConfig, device="cpu") -> RewardFn:
 
     remote = {"url": rc.url, "token": os.environ.get(rc.token_env, ""), "timeout_s": rc.timeout_s,
               "retries": rc.retries, "backoff_s": rc.backoff_s, "max_backoff_s": rc.max_backoff_s}
+    judge = {**{k: v for k, v in remote.items() if k != "url"}, "url": rc.judge_url, "model": rc.judge_model,
+             "concurrency": rc.judge_concurrency}
     names = rc.names()
     weights = list(rc.weights) or [1.0] * len(names)
     paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,
-             "hps_path": rc.hps_path, "imagereward_path": rc.imagereward_path, "remote": remote}
+             "hps_path": rc.hps_path, "imagereward_path": rc.imagereward_path, "remote": remote,
+             "judge": judge}
     fns = {n: build_reward(n, rc.model_path, rc.processor_path, device, **paths) for n in names}
     if isinstance(rc.name, str) and weights == [1.0]:
         return fns[rc.name]
@@ -104,6 +108,15 @@ def _imagereward(path: str, device) -> RewardFn:
     from dgpo.rewards.imagereward import ImageRewardReward
 
     return ImageRewardReward(path, device)
+
+
+def _judge(kwargs: dict) -> RewardFn:
+    from dgpo.rewards.judge import JudgeReward
+
+    if not kwargs.get("url"):
+        raise InputError("reward.judge_url: the unifiedreward judge needs its OpenAI-compatible server's base URL "
+                         "(e.g. http://127.0.0.1:17140/v1 for sglang serving UnifiedReward-7b-v1.5)")
+    return JudgeReward(**kwargs)
 
 
 def _remote(kwargs: dict) -> RewardFn:

@@ -48,12 +48,18 @@ class _Retryable(Exception):
     pass
 
 
-class RemoteReward:
+class JsonClient:
+    """JSON over HTTP(S) to one server with the retry policy above: ``who`` names it in errors, ``down``
+    is the hint when it cannot be reached."""
+
+    who, down = "remote reward", "Is `dgpo reward serve` running there?"
+    hints = HINTS
+
     def __init__(self, url: str, token: str = "", timeout_s: float = 600.0, retries: int = 4,
-                 backoff_s: float = 0.5, max_backoff_s: float = 30.0):
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, url_key: str = "reward.url"):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InputError(f"reward.url: {url!r} must look like http://HOST:PORT")
+            raise InputError(f"{url_key}: {url!r} must look like http://HOST:PORT")
         self.url, self.scheme, self.host = url.rstrip("/"), parts.scheme, parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base = parts.path.rstrip("/")
@@ -62,8 +68,86 @@ class RemoteReward:
         from dgpo.rewards.server import is_loopback
 
         if token and self.scheme == "http" and not is_loopback(self.host):
-            log.warning("remote reward: the token travels unencrypted to %s; use https or an SSH tunnel",
-                        self.host)
+            log.warning("%s: the token travels unencrypted to %s; use https or an SSH tunnel", self.who, self.host)
+
+    # ---------------------------------------------------------------- requests
+    def _request(self, method: str, path: str, body: bytes | None = None) -> dict:
+        t0, last = time.monotonic(), ""
+        for attempt in range(self.retries + 1):
+            try:
+                return self._once(method, path, body)
+            except _Retryable as e:
+                last, wait = str(e.args[0]), e.args[1]
+            if attempt < self.retries:
+                delay = self.backoff.delay(attempt, wait)
+                log.warning("%s %s%s: %s; retry %d/%d in %.1f s", self.who, self.url, path, last,
+                            attempt + 1, self.retries, delay)
+                time.sleep(delay)
+        raise RemoteRewardError(f"{self.who} {self.url}{path}: gave up after {self.retries + 1} attempts "
+                                f"in {time.monotonic() - t0:.1f} s; last error: {last}. {self.down}", retried=True)
+
+    def _once(self, method: str, path: str, body: bytes | None) -> dict:
+        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        conn = cls(self.host, self.port, timeout=self.timeout_s)
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            try:
+                conn.connect()
+            except OSError as e:  # refused, unreachable, connect timeout, name resolution
+                raise _Retryable(f"cannot connect: {e}", 0.0) from None
+            try:
+                conn.request(method, self.base + path, body=body, headers=headers)
+            except ConnectionError as e:  # the server may have answered (401, 413) and closed: read that
+                try:
+                    resp = conn.getresponse()
+                except (OSError, http.client.HTTPException):
+                    raise _Retryable(f"connection lost while sending: {e}", 0.0) from None
+            except OSError as e:  # a send timeout: the server does not read
+                raise RemoteRewardError(f"{self.who} {self.url}{path}: sending failed: {e!r}") from None
+            else:
+                try:
+                    resp = conn.getresponse()
+                except TimeoutError:
+                    raise RemoteRewardError(f"{self.who} {self.url}{path}: no answer within "
+                                            f"{self.timeout_s:g} s (reward.timeout_s)") from None
+                except (ConnectionError, http.client.HTTPException) as e:
+                    raise _Retryable(f"connection lost before the answer: {e!r}", 0.0) from None
+            return self._answer(path, resp)
+        finally:
+            conn.close()
+
+    def _answer(self, path: str, resp: http.client.HTTPResponse) -> dict:
+        try:
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise _Retryable(f"connection lost while reading the answer: {e!r}", 0.0) from None
+        try:
+            payload = loads(data, "answer")
+        except WireError:
+            payload = {"error": data[:200].decode("utf-8", "replace")}
+        if resp.status in RETRY_STATUS:
+            retry_after = resp.getheader("Retry-After", "0")
+            wait = float(retry_after) if retry_after.strip().isdigit() else 0.0
+            raise _Retryable(f"HTTP {resp.status}: {self._message(payload)}", wait)
+        if resp.status != 200:
+            raise RemoteRewardError(f"{self.who} {self.url}{path} answered {resp.status}: "
+                                    f"{self._message(payload)}{self.hints.get(resp.status, '')}",
+                                    permanent=400 <= resp.status < 500 and resp.status not in (408, 429))
+        if not isinstance(payload, dict):
+            raise RemoteRewardError(f"{self.who} {self.url}{path}: the answer is not a JSON object")
+        return payload
+
+    @staticmethod
+    def _message(payload) -> str:
+        return str(payload.get("error", payload) if isinstance(payload, dict) else payload)[:500]
+
+
+class RemoteReward(JsonClient):
+    def __init__(self, url: str, token: str = "", timeout_s: float = 600.0, retries: int = 4,
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0):
+        super().__init__(url, token, timeout_s, retries, backoff_s, max_backoff_s)
         self.info = self.health()
         known = Limits().as_dict()
         self.limits = Limits(**{k: int(v) for k, v in self.info.get("limits", {}).items() if k in known})
@@ -85,7 +169,6 @@ class RemoteReward:
         out = self._score(images, metas, "eval")
         return list(zip(out["correct"], out["rewards"]))
 
-    # ---------------------------------------------------------------- requests
     def _score(self, images: torch.Tensor, metas: list[dict], mode: str) -> dict:
         if len(images) != len(metas):
             raise ValueError(f"remote reward: {len(images)} images but {len(metas)} metadata rows")
@@ -118,76 +201,3 @@ class RemoteReward:
             size += item
         spans.append((start, len(encoded)))
         return spans
-
-    def _request(self, method: str, path: str, body: bytes | None = None) -> dict:
-        t0, last = time.monotonic(), ""
-        for attempt in range(self.retries + 1):
-            try:
-                return self._once(method, path, body)
-            except _Retryable as e:
-                last, wait = str(e.args[0]), e.args[1]
-            if attempt < self.retries:
-                delay = self.backoff.delay(attempt, wait)
-                log.warning("remote reward %s%s: %s; retry %d/%d in %.1f s", self.url, path, last,
-                            attempt + 1, self.retries, delay)
-                time.sleep(delay)
-        raise RemoteRewardError(f"remote reward {self.url}{path}: gave up after {self.retries + 1} attempts "
-                                f"in {time.monotonic() - t0:.1f} s; last error: {last}. "
-                                "Is `dgpo reward serve` running there?", retried=True)
-
-    def _once(self, method: str, path: str, body: bytes | None) -> dict:
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=self.timeout_s)
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            try:
-                conn.connect()
-            except OSError as e:  # refused, unreachable, connect timeout, name resolution
-                raise _Retryable(f"cannot connect: {e}", 0.0) from None
-            try:
-                conn.request(method, self.base + path, body=body, headers=headers)
-            except ConnectionError as e:  # the server may have answered (401, 413) and closed: read that
-                try:
-                    resp = conn.getresponse()
-                except (OSError, http.client.HTTPException):
-                    raise _Retryable(f"connection lost while sending: {e}", 0.0) from None
-            except OSError as e:  # a send timeout: the server does not read
-                raise RemoteRewardError(f"remote reward {self.url}{path}: sending failed: {e!r}") from None
-            else:
-                try:
-                    resp = conn.getresponse()
-                except TimeoutError:
-                    raise RemoteRewardError(f"remote reward {self.url}{path}: no answer within "
-                                            f"{self.timeout_s:g} s (reward.timeout_s)") from None
-                except (ConnectionError, http.client.HTTPException) as e:
-                    raise _Retryable(f"connection lost before the answer: {e!r}", 0.0) from None
-            return self._answer(path, resp)
-        finally:
-            conn.close()
-
-    def _answer(self, path: str, resp: http.client.HTTPResponse) -> dict:
-        try:
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise _Retryable(f"connection lost while reading the answer: {e!r}", 0.0) from None
-        try:
-            payload = loads(data, "answer")
-        except WireError:
-            payload = {"error": data[:200].decode("utf-8", "replace")}
-        if resp.status in RETRY_STATUS:
-            retry_after = resp.getheader("Retry-After", "0")
-            wait = float(retry_after) if retry_after.strip().isdigit() else 0.0
-            raise _Retryable(f"HTTP {resp.status}: {self._message(payload)}", wait)
-        if resp.status != 200:
-            raise RemoteRewardError(f"remote reward {self.url}{path} answered {resp.status}: "
-                                    f"{self._message(payload)}{HINTS.get(resp.status, '')}",
-                                    permanent=400 <= resp.status < 500 and resp.status not in (408, 429))
-        if not isinstance(payload, dict):
-            raise RemoteRewardError(f"remote reward {self.url}{path}: the answer is not a JSON object")
-        return payload
-
-    @staticmethod
-    def _message(payload) -> str:
-        return str(payload.get("error", payload) if isinstance(payload, dict) else payload)[:500]
