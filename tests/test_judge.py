@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from dgpo.config import load_config
-from dgpo.errors import InputError
-from dgpo.rewards import build_reward_from_config
+from dgpo.errors import ConfigError, InputError
+from dgpo.rewards import build_reward, build_reward_from_config
 from dgpo.rewards.judge import QUESTION, JudgeReward, parse_score
 from dgpo.rewards.remote import RemoteRewardError
 
@@ -26,8 +26,8 @@ ANSWERS = {"a red cube": "The cube is red.\nFinal Score: 4.5", "two dogs": "Fina
 
 
 class ChatServer(ThreadingHTTPServer):
-    """Answers /v1/chat/completions from ANSWERS (keyed by the prompt in the question); ``fail`` lists
-    statuses to answer first; every request body is kept."""
+    """Lists one model at /v1/models and answers /v1/chat/completions from ANSWERS (keyed by the prompt in
+    the question); ``fail`` lists statuses to answer completions with first; every completion body is kept."""
 
     def __init__(self, fail=(), key=""):
         super().__init__(("127.0.0.1", 0), Handler)
@@ -39,13 +39,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+    def do_GET(self):
+        ok = self.path == "/v1/models" and self._authorised()
+        self._send(200 if ok else 401 if self.path == "/v1/models" else 404,
+                   {"object": "list", "data": [{"id": "UnifiedReward-7b-v1.5", "object": "model"}]})
+
     def do_POST(self):
         srv: ChatServer = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with srv.lock:
             status = srv.fail.pop(0) if srv.fail else 200
             srv.bodies.append(body)
-        if srv.key and self.headers.get("Authorization") != f"Bearer {srv.key}":
+        if not self._authorised():
             status = 401
         if self.path != "/v1/chat/completions":
             status = 404
@@ -55,6 +60,12 @@ class Handler(BaseHTTPRequestHandler):
             out = {"choices": [{"message": {"role": "assistant", "content": ANSWERS[prompt]}}]}
         else:
             out = {"error": {"message": f"status {status}"}}
+        self._send(status, out)
+
+    def _authorised(self) -> bool:
+        return not self.server.key or self.headers.get("Authorization") == f"Bearer {self.server.key}"
+
+    def _send(self, status: int, out: dict) -> None:
         data = json.dumps(out).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -102,32 +113,40 @@ def test_requests_and_scores_are_the_official_scorers(chat):
 
 
 def test_score_parsing():
-    assert parse_score("Final Score: 2.75") == pytest.approx(0.55)
+    assert parse_score("Final Score: 2.75") == 2.75
     assert parse_score("final score: 4") is None  # the official pattern is case-sensitive
     assert parse_score("Final Score: 7") is None and parse_score("Final Score: 0") is None  # 1 to 5 only
 
 
 def test_busy_server_is_retried_and_errors_are_clear(chat):
-    srv = chat(fail=[503, 502])
+    srv = chat()
     judge = JudgeReward(srv.url, retries=2, backoff_s=0.01, concurrency=1)
+    srv.fail = [503, 429]  # retried, as the OpenAI client the official scorer uses retries them
     assert judge(torch.rand(1, 3, 8, 8), [{"prompt": "two dogs"}]).tolist() == [pytest.approx(0.6)]
     assert len(srv.bodies) == 3
+    srv.fail = [400]  # fails at once, and the questions not yet sent are not sent
+    with pytest.raises(RemoteRewardError, match="answered 400") as e:
+        judge(torch.rand(4, 3, 8, 8), [{"prompt": p} for p in ANSWERS])
+    assert e.value.permanent and len(srv.bodies) <= 3 + 2
     locked = chat(key="sekret")
-    with pytest.raises(RemoteRewardError, match="answered 401.*reward.token_env") as e:
-        JudgeReward(locked.url, token="wrong")(torch.rand(1, 3, 8, 8), [{"prompt": "two dogs"}])
-    assert e.value.permanent
+    with pytest.raises(RemoteRewardError, match="answered 401.*judge_token_env"):  # checked at start
+        JudgeReward(locked.url, token="wrong")
     assert JudgeReward(locked.url, token="sekret")(torch.rand(1, 3, 8, 8), [{"prompt": "a tree"}]).item() == 1.0
     with pytest.raises(RemoteRewardError, match="answered 404.*base"):
-        JudgeReward(srv.url.removesuffix("/v1"))(torch.rand(1, 3, 8, 8), [{"prompt": "a tree"}])
+        JudgeReward(srv.url.removesuffix("/v1"))
+    with pytest.raises(InputError, match=r"reward.judge_model: .* serves \['UnifiedReward-7b-v1.5'\], not 'other'"):
+        JudgeReward(srv.url, model="other")
 
 
-def test_built_from_the_config(chat, monkeypatch):
-    with pytest.raises(InputError, match="reward.judge_url"):
-        build_reward_from_config(load_config(None, ["reward.name=unifiedreward"]).reward)
+def test_built_from_the_config_and_in_paper_units(chat, monkeypatch):
+    with pytest.raises(ConfigError, match="reward.judge_url"):
+        load_config(None, ["reward.name=unifiedreward"])
     srv = chat(key="k")
     monkeypatch.setenv("JUDGE_KEY", "k")
     rc = load_config(None, ["reward.name=[unifiedreward,colorfulness]", f"reward.judge_url={srv.url}",
-                            "reward.token_env=JUDGE_KEY", "reward.judge_concurrency=2"]).reward
+                            "reward.judge_token_env=JUDGE_KEY", "reward.judge_concurrency=2"]).reward
     fn = build_reward_from_config(rc)
     out = fn(torch.rand(2, 3, 8, 8), [{"prompt": "a red cube"}, {"prompt": "a tree"}])
     assert out.shape == (2,) and len(srv.bodies) == 2
+    paper = build_reward("unifiedreward", judge={"url": srv.url, "token": "k"}, paper_units=True)
+    assert paper(torch.rand(2, 3, 8, 8), [{"prompt": "a red cube"}, {"prompt": "a tree"}]).tolist() == [4.5, 5.0]

@@ -131,7 +131,7 @@ def cmd_eval_protocol(a) -> None:
                             max_prompts=a.max_prompts, rewards=tuple(r.strip() for r in a.rewards.split(",") if r.strip()))
     paths = RewardPaths(a.detector, a.clip, a.pickscore_model, a.pickscore_processor, a.partial,
                         a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.aesthetic, a.hps, a.imagereward,
-                        a.judge_url, a.judge_model)
+                        a.judge_url, a.judge_model, a.judge_token_env)
     res = evaluate_model(a.protocol, a.model, a.out, settings, paths, a.lora, a.kind, a.dtype, a.resolution)
     print((Path(a.out) / "eval.md").read_text(), end="")
     print(f"wrote {a.out}/eval.json, eval.md, grid.png and {res['n_images']} images in GenEval's layout")

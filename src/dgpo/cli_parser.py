@@ -80,6 +80,8 @@ def _protocol_args(ev: argparse.ArgumentParser) -> None:
     g.add_argument("--judge-url", default="", help="unifiedreward: an OpenAI-compatible server's base URL, e.g. "
                    "http://127.0.0.1:17140/v1 (sglang serving UnifiedReward-7b-v1.5)")
     g.add_argument("--judge-model", default="UnifiedReward-7b-v1.5", help="unifiedreward: the served model's name")
+    g.add_argument("--judge-token-env", default="", help="unifiedreward: environment variable holding the server's "
+                   "API key (default: none)")
     g.add_argument("--rewards", default="", help="drawbench: comma-separated rewards (default: all available)")
     g.add_argument("--official-results", default="",
                    help="geneval: GenEval's results.jsonl on the images in --out; compare, generate nothing")

@@ -115,8 +115,10 @@ class RewardConfig:
                          "http://127.0.0.1:17140/v1")
     judge_model: str = opt("UnifiedReward-7b-v1.5", help="unifiedreward: the served model's name")
     judge_concurrency: int = opt(64, 1, 1024, help="unifiedreward: requests in flight at once")
-    token_env: str = opt("DGPO_REWARD_TOKEN", help="remote, unifiedreward: environment variable holding the "
-                         "server's bearer token (never written to config.yaml)")
+    judge_token_env: str = opt("", help="unifiedreward: environment variable holding the server's API key "
+                               "('' = none: sglang and vLLM need one only when started with --api-key)")
+    token_env: str = opt("DGPO_REWARD_TOKEN", help="remote: environment variable holding the server's bearer "
+                         "token (never written to config.yaml)")
     timeout_s: float = opt(600.0, 1.0, help="remote, unifiedreward: seconds to wait for one request's answer")
     retries: int = opt(4, 0, 20, help="retries of a failed reward call in training (it raised or timed out), "
                        "with exponential backoff; remote, unifiedreward: also of a request after a connection error or a "

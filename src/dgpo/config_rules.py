@@ -93,6 +93,9 @@ def _reward(r: RewardConfig) -> None:
         raise ConfigError(f"reward.weights: {len(r.weights)} weights for {len(names)} rewards {names}")
     if "remote" in names and not r.url:
         raise ConfigError("reward.url: the remote reward needs the server's URL (e.g. http://127.0.0.1:8765)")
+    if "unifiedreward" in names and not r.judge_url:
+        raise ConfigError("reward.judge_url: the unifiedreward judge needs its OpenAI-compatible server's base URL "
+                          "(e.g. http://127.0.0.1:17140/v1)")
     if {"pickscore", "geneval"} <= set(names) and r.model_path:
         raise ConfigError("reward.model_path: pickscore and geneval would both read it; use their default "
                           "weights or train with one of them")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class RewardPaths:
     imagereward: str = ""  # ImageReward.pt or a folder with it ('' = from the hub)
     judge_url: str = ""  # unifiedreward: the OpenAI-compatible API's base URL (no default: skipped without)
     judge_model: str = "UnifiedReward-7b-v1.5"
+    judge_token_env: str = ""  # the environment variable holding the judge server's API key ('' = none)
 
 
 @dataclass
@@ -102,13 +104,14 @@ def build_scorers(name: str, rewards: tuple[str, ...], paths: RewardPaths) -> tu
     names = rewards or PROTOCOLS[name].rewards
     optional = name == "drawbench" and not rewards
     scorers, skipped = {}, {}
+    judge_token = os.environ.get(paths.judge_token_env, "") if paths.judge_token_env else ""
     for r in names:
         model, proc = (paths.detector, "") if r == "geneval" else (paths.pickscore_model, paths.pickscore_processor)
         try:
             scorers[r] = build_reward(r, model, proc, paths.device, clip_path=paths.clip, partial=paths.partial,
                                       aesthetic_path=paths.aesthetic, hps_path=paths.hps,
                                       imagereward_path=paths.imagereward, paper_units=True,
-                                      judge={"url": paths.judge_url, "model": paths.judge_model})
+                                      judge={"url": paths.judge_url, "model": paths.judge_model, "token": judge_token})
         except (ValueError, OSError, ImportError) as e:
             if not optional:
                 if isinstance(e, ImportError):

@@ -19,10 +19,10 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
                  clip_path: str = "", partial: str = "corrected", aesthetic_path: str = "",
                  hps_path: str = "", imagereward_path: str = "", remote: dict | None = None,
                  judge: dict | None = None, paper_units: bool = False) -> RewardFn:
-    """The one name -> reward map, at the config boundary. ``remote`` / ``judge``: RemoteReward's / JudgeReward's keyword arguments.
-    ``paper_units``: scores as paper tables report them, not as the official training rewards scale them
-    (PickScore raw, not / 26; CLIPScore 100 max(cos, 0), not logits / 30; JPEG compressibility -kB, not
-    -kB / 500)."""
+    """The one name -> reward map, at the config boundary. ``remote`` / ``judge``: RemoteReward's /
+    JudgeReward's keyword arguments. ``paper_units``: scores as paper tables report them, not as the
+    official training rewards scale them (PickScore raw, not / 26; CLIPScore 100 max(cos, 0), not
+    logits / 30; JPEG compressibility -kB, not -kB / 500; UnifiedReward 1-5, not / 5)."""
     from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
 
@@ -39,7 +39,7 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
         "clipscore": lambda: _clipscore(clip_path, device, paper_units),
         "hpsv2": lambda: _hpsv2(hps_path, device),
         "imagereward": lambda: _imagereward(imagereward_path, device),
-        "unifiedreward": lambda: _judge(judge or {}),
+        "unifiedreward": lambda: _judge({**(judge or {}), "divisor": 1.0 if paper_units else 5.0}),
         "remote": lambda: _remote(remote or {}),
     }
     if name not in table:
@@ -55,8 +55,8 @@ def build_reward_from_config(rc: RewardConfig, device="cpu") -> RewardFn:
 
     remote = {"url": rc.url, "token": os.environ.get(rc.token_env, ""), "timeout_s": rc.timeout_s,
               "retries": rc.retries, "backoff_s": rc.backoff_s, "max_backoff_s": rc.max_backoff_s}
-    judge = {**{k: v for k, v in remote.items() if k != "url"}, "url": rc.judge_url, "model": rc.judge_model,
-             "concurrency": rc.judge_concurrency}
+    judge = {**remote, "url": rc.judge_url, "model": rc.judge_model, "concurrency": rc.judge_concurrency,
+             "token": os.environ.get(rc.judge_token_env, "") if rc.judge_token_env else ""}
     names = rc.names()
     weights = list(rc.weights) or [1.0] * len(names)
     paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,

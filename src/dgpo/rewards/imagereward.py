@@ -172,7 +172,7 @@ class ImageRewardReward:
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
         if len(images) != len(metas):
             raise ValueError(f"imagereward: {len(images)} images but {len(metas)} metadata rows")
-        prompts, out = prompts_of(metas, "imagereward"), []
+        prompts, out = prompts_of(metas, "imagereward"), [torch.zeros(0)]
         for a in range(0, len(images), self.batch_size):
             px = imagereward_pixels(images[a : a + self.batch_size]).to(self.device)
             t = self.tokenizer(prompts[a : a + self.batch_size], padding="max_length", truncation=True,

@@ -53,7 +53,7 @@ class JsonClient:
     is the hint when it cannot be reached."""
 
     who, down = "remote reward", "Is `dgpo reward serve` running there?"
-    hints = HINTS
+    hints, retry_status = HINTS, RETRY_STATUS
 
     def __init__(self, url: str, token: str = "", timeout_s: float = 600.0, retries: int = 4,
                  backoff_s: float = 0.5, max_backoff_s: float = 30.0, url_key: str = "reward.url"):
@@ -127,7 +127,7 @@ class JsonClient:
             payload = loads(data, "answer")
         except WireError:
             payload = {"error": data[:200].decode("utf-8", "replace")}
-        if resp.status in RETRY_STATUS:
+        if resp.status in self.retry_status:
             retry_after = resp.getheader("Retry-After", "0")
             wait = float(retry_after) if retry_after.strip().isdigit() else 0.0
             raise _Retryable(f"HTTP {resp.status}: {self._message(payload)}", wait)
