@@ -100,7 +100,12 @@ class ImageRewardNet(torch.nn.Module):
             shown = [*missing[:4], *(f"{k} {tuple(mine[k].shape)} != {tuple(want[k].shape)}" for k in bad[:4])]
             raise InputError(f"ImageReward: {source} is not an ImageReward v1.0 checkpoint ({len(missing)} missing, "
                              f"{len(bad)} misshapen keys: {shown})")
-        self.load_state_dict({k: mine[k] for k in want}, strict=False)
+        self.load_state_dict({k: mine[k] for k in want}, strict=False, assign=True)
+        emb = self.text.embeddings  # its only tensor not in the checkpoint: rebuilt (the net may be on "meta")
+        emb.position_ids = torch.arange(emb.position_ids.shape[-1]).expand((1, -1))
+        unset = [n for n, t in itertools.chain(self.named_parameters(), self.named_buffers()) if t.is_meta]
+        if unset:  # a transformers version with another buffer: fail here, not with a meta-tensor error later
+            raise RuntimeError(f"ImageReward: tensors not set from the checkpoint: {unset[:5]}")
 
 
 def imagereward_pixels(images: torch.Tensor, size: int = IR_SIZE) -> torch.Tensor:
@@ -141,7 +146,8 @@ class ImageRewardReward:
             raise InputError(f"reward.imagereward_path: cannot read {ckpt}: {e}") from None
         if not isinstance(state, dict):
             raise InputError(f"reward.imagereward_path: {ckpt} does not hold a state dict")
-        self.net = ImageRewardNet(**(arch or {}))
+        with torch.device("meta"):  # no random init of ~450M parameters: the checkpoint replaces them all
+            self.net = ImageRewardNet(**(arch or {}))
         self.net.load_official(state, str(ckpt))
         self.net = self.net.eval().requires_grad_(False).to(device)
         try:
