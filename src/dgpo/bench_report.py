@@ -139,7 +139,8 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
     intro = (f"Budget per run: {spec.budget_s:.0f} s of training time (evals excluded); seeds {spec.seeds}; "
              f"eval every {spec.eval_every_s:.0f} s on at least {spec.eval_per_category} images of "
              f"{spec.eval_per_category} held-out prompts per category (fewer prompts, several images each, "
-             "where a category has fewer; strict toy-GenEval, slow-EMA weights, 10-step DPM-Solver++, CFG 4.5); "
+             "where a category has fewer; strict toy-GenEval, slow-EMA weights, 10-step DPM-Solver++, the arm's "
+             "sampler CFG: 4.5, or 1 where an arm sets sampler.cfg_scale=1.0); "
              f"{_threads(results)}. {_longer(spec)}"
              + _overrides(results) +
              "Columns: start/final/late/best overall (mean over seeds; final +- std; late: the mean of the evals in the last third of the budget), optimizer steps and images "
