@@ -152,6 +152,9 @@ def test_clipscore_training_reward_is_the_official_scorers_logits_over_30(tiny, 
         official = model(pixel_values=norm, **tok).logits_per_image.diagonal() / 30
     got = build_reward("clipscore", clip_path=str(tmp_path / "b"))(images, [{"prompt": p} for p in prompts])
     assert (official < 0).any() and torch.allclose(got, official, atol=1e-6)  # not clamped at 0
+    # DiffusionNFT's copy of the scorer divides by 100 (reward.clipscore_divisor)
+    nft = build_reward("clipscore", clip_path=str(tmp_path / "b"), clipscore_divisor=100.0)
+    assert torch.allclose(nft(images, [{"prompt": p} for p in prompts]), official * 30 / 100, atol=1e-6)
 
 
 def test_hpsv2_without_its_extra_is_a_clear_error():

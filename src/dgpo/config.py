@@ -100,6 +100,8 @@ class RewardConfig:
     model_path: str = opt("", help="pickscore: model folder or hub id ('' = yuvalkirstain/PickScore_v1); "
                           "geneval: Mask2Former folder or hub id ('' = facebook/mask2former-swin-small-coco-instance)")
     processor_path: str = opt("", help="pickscore: processor folder or hub id ('' = the official LAION one)")
+    clipscore_divisor: float = opt(30.0, 1e-6, help="clipscore: CLIP's logits / this (official DGPO and Flow-GRPO "
+                                   "30; DiffusionNFT 100, the cosine)")
     clip_path: str = opt("", help="geneval (colours), aesthetic, clipscore: CLIP folder or hub id "
                          "('' = openai/clip-vit-large-patch14); one copy is shared")
     partial: Literal["corrected", "official"] = opt(

@@ -18,7 +18,8 @@ RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
 def build_reward(name: str, model_path: str = "", processor_path: str = "", device="cpu", *,
                  clip_path: str = "", partial: str = "corrected", aesthetic_path: str = "",
                  hps_path: str = "", imagereward_path: str = "", remote: dict | None = None,
-                 judge: dict | None = None, paper_units: bool = False) -> RewardFn:
+                 judge: dict | None = None, clipscore_divisor: float = 30.0,
+                 paper_units: bool = False) -> RewardFn:
     """The one name -> reward map, at the config boundary. ``remote`` / ``judge``: RemoteReward's /
     JudgeReward's keyword arguments. ``paper_units``: scores as paper tables report them, not as the
     official training rewards scale them (PickScore raw, not / 26; CLIPScore 100 max(cos, 0), not
@@ -36,7 +37,7 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
         "pickscore": lambda: _pickscore(model_path, processor_path, device, paper_units),
         "geneval": lambda: _geneval(model_path, clip_path, partial, device),
         "aesthetic": lambda: _aesthetic(aesthetic_path, clip_path, device),
-        "clipscore": lambda: _clipscore(clip_path, device, paper_units),
+        "clipscore": lambda: _clipscore(clip_path, device, paper_units, clipscore_divisor),
         "hpsv2": lambda: _hpsv2(hps_path, device),
         "imagereward": lambda: _imagereward(imagereward_path, device),
         "unifiedreward": lambda: _judge({**(judge or {}), "divisor": 1.0 if paper_units else 5.0}),
@@ -61,7 +62,7 @@ def build_reward_from_config(rc: RewardConfig, device="cpu") -> RewardFn:
     weights = list(rc.weights) or [1.0] * len(names)
     paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,
              "hps_path": rc.hps_path, "imagereward_path": rc.imagereward_path, "remote": remote,
-             "judge": judge}
+             "judge": judge, "clipscore_divisor": rc.clipscore_divisor}
     fns = {n: build_reward(n, rc.model_path, rc.processor_path, device, **paths) for n in names}
     if isinstance(rc.name, str) and weights == [1.0]:
         return fns[rc.name]
@@ -92,10 +93,10 @@ def _aesthetic(weights_path: str, clip_path: str, device) -> RewardFn:
     return AestheticReward(weights_path, clip_path, device)
 
 
-def _clipscore(clip_path: str, device, paper_units: bool) -> RewardFn:
+def _clipscore(clip_path: str, device, paper_units: bool, divisor: float) -> RewardFn:
     from dgpo.rewards.clip import CLIPScoreReward
 
-    return CLIPScoreReward(clip_path, device, paper_units)
+    return CLIPScoreReward(clip_path, device, paper_units, divisor)
 
 
 def _hpsv2(hps_path: str, device) -> RewardFn:

@@ -7,7 +7,8 @@ transform the LAION aesthetic MLP was trained behind). Embeddings are L2-normali
 
 CLIPScore, two scales. The training reward is the official DGPO / Flow-GRPO scorer's
 (``flow_grpo/clip_scorer.py``): CLIP's logits / 30 (100 cos / 30, negative allowed) on the float image,
-resized as torchvision's tensor ``Resize`` (bilinear, antialiased), centre-cropped and normalised.
+resized as torchvision's tensor ``Resize`` (bilinear, antialiased), centre-cropped and normalised
+(DiffusionNFT's copy of that scorer divides by 100: ``reward.clipscore_divisor``).
 Paper units (``dgpo eval --protocol``): ``100 * max(cos(image, prompt), 0)`` on the 8-bit image,
 torchmetrics' scale (Hessel et al. 2021 use 2.5 instead of 100). Prompts longer than CLIP's 77 tokens
 are truncated. Default weights: ``openai/clip-vit-large-patch14`` (OpenAI's licence, MIT).
@@ -108,11 +109,12 @@ def tensor_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class CLIPScoreReward:
-    """CLIPScore per image: the official training reward (logits / 30) or, with ``paper_units``,
-    torchmetrics' 100 * max(cos, 0)."""
+    """CLIPScore per image: the official training reward (logits / ``divisor``: 30 in DGPO's and
+    Flow-GRPO's scorer, 100 in DiffusionNFT's) or, with ``paper_units``, torchmetrics' 100 * max(cos, 0)."""
 
-    def __init__(self, clip_path: str = "", device: str | torch.device = "cpu", paper_units: bool = False):
-        self.clip, self.paper_units = shared_clip(clip_path, device), paper_units
+    def __init__(self, clip_path: str = "", device: str | torch.device = "cpu", paper_units: bool = False,
+                 divisor: float = 30.0):
+        self.clip, self.paper_units, self.divisor = shared_clip(clip_path, device), paper_units, divisor
         self.version = f"clipscore{'-paper' if paper_units else ''}/{self.clip.version}"
 
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
@@ -135,5 +137,5 @@ class CLIPScoreReward:
                               max_length=c.max_tokens, return_tensors="pt").to(c.device)
             o = c.model(pixel_values=px, **tok)  # logits_per_image's diagonal, row by row (batch-independent)
             cos = (o.image_embeds * o.text_embeds).sum(-1)
-            out.append((c.model.logit_scale.exp() * cos).float() / 30.0)
+            out.append((c.model.logit_scale.exp() * cos).float() / self.divisor)
         return torch.cat(out).cpu()
