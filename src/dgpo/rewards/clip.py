@@ -91,6 +91,18 @@ def prompts_of(metas: list[dict], who: str) -> list[str]:
         raise InputError(f"{who} reward: every metadata row needs a 'prompt'") from None
 
 
+def hub_file(repo: str, filename: str, key: str) -> str:
+    """A weights file from the hub (huggingface_hub's cache) when the config key ``key`` is empty; any
+    failure (offline, no such file) is one clear error naming the key."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo, filename)
+    except Exception as e:  # noqa: BLE001 - offline, no such file...: one clear message
+        raise InputError(f"{key} is empty and {repo}/{filename} cannot be fetched ({e}); "
+                         f"download it and set {key}") from None
+
+
 def tensor_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     """torchvision's Resize(size) + CenterCrop(size) + Normalize on float image tensors [B, 3, H, W]
     in [0, 1] (the official clip scorer's transform): bilinear, antialiased, shortest side -> ``size``

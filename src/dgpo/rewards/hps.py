@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dgpo.errors import InputError
 from dgpo.extras import require
-from dgpo.rewards.clip import prompts_of
+from dgpo.rewards.clip import hub_file, prompts_of
 from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD
 
 HPS_REPO, HPS_FILE, HPS_ARCH = "xswu/HPSv2", "HPS_v2.1_compressed.pt", "ViT-H-14"
@@ -43,7 +43,7 @@ class HPSv2Reward:
         require("hps", "the hpsv2 reward")
         import open_clip
 
-        path = checkpoint or self._download()
+        path = checkpoint or hub_file(HPS_REPO, HPS_FILE, "reward.hps_path")
         self.model = open_clip.create_model(HPS_ARCH, pretrained=None, precision="fp32", device="cpu")
         try:
             open_clip.load_checkpoint(self.model, path, strict=True, weights_only=True)
@@ -53,16 +53,6 @@ class HPSv2Reward:
         self.tokenizer = open_clip.get_tokenizer(HPS_ARCH)
         self.device, self.batch_size = torch.device(device), batch_size
         self.version = f"hpsv2.1 {path} open_clip {open_clip.__version__}"
-
-    @staticmethod
-    def _download() -> str:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            return hf_hub_download(HPS_REPO, HPS_FILE)
-        except Exception as e:  # noqa: BLE001 - offline, no such file...: one clear message
-            raise InputError(f"reward.hps_path is empty and {HPS_REPO}/{HPS_FILE} cannot be fetched ({e}); "
-                             "download it and set reward.hps_path") from None
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:

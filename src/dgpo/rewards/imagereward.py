@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dgpo.errors import InputError
-from dgpo.rewards.clip import prompts_of
+from dgpo.rewards.clip import hub_file, prompts_of
 from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD
 
 IR_REPO, IR_FILE, IR_TOKENIZER = "THUDM/ImageReward", "ImageReward.pt", "google-bert/bert-base-uncased"
@@ -164,15 +164,7 @@ class ImageRewardReward:
             ckpt = Path(path) / IR_FILE
             has_tok = any((Path(path) / f).is_file() for f in ("tokenizer.json", "vocab.txt"))
             return str(ckpt), (path if has_tok else IR_TOKENIZER)
-        if path:
-            return path, IR_TOKENIZER
-        from huggingface_hub import hf_hub_download
-
-        try:
-            return hf_hub_download(IR_REPO, IR_FILE), IR_TOKENIZER
-        except Exception as e:  # noqa: BLE001 - offline, no such file...: one clear message
-            raise InputError(f"reward.imagereward_path is empty and {IR_REPO}/{IR_FILE} cannot be fetched ({e}); "
-                             "download it and set reward.imagereward_path") from None
+        return path or hub_file(IR_REPO, IR_FILE, "reward.imagereward_path"), IR_TOKENIZER
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, metas: list[dict]) -> torch.Tensor:
