@@ -33,7 +33,7 @@ test: $(TEST_STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest
 
 bench: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) benchmarks/epoch_phases.py
+	OMP_NUM_THREADS=2 $(PY) -m benchmarks.perf.epoch_phases
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,5 @@
-"""What every benchmark script does with its result: write it as JSON and print it."""
+"""What the benchmark scripts share: ``write_result``, what every script does with its result (write it as
+JSON and print it)."""
 
 from __future__ import annotations
 

@@ -12,12 +12,6 @@ torch.set_num_threads(1)
 @pytest.fixture
 def tiny_toy(tmp_path):
     """A randomly initialised, small toy checkpoint folder (fast; not the shipped base)."""
-    from dgpo.toy.model import ToyModelConfig, ToyUNet
-    from dgpo.toy.weights import save_toy
+    from dgpo.testing.toy import tiny_toy_checkpoint
 
-    torch.manual_seed(0)
-    net = ToyUNet(ToyModelConfig(channels=(8, 16, 16), text_dim=16, heads=2))
-    for p in net.out.parameters():  # the real init zeroes the output; make velocities non-trivial
-        torch.nn.init.normal_(p, std=0.02)
-    save_toy(net, tmp_path / "tiny")
-    return tmp_path / "tiny"
+    return tiny_toy_checkpoint(tmp_path / "tiny")

@@ -28,9 +28,9 @@ def inject(tr: Trainer, rank: int) -> None:
     tr.train_net.register_forward_hook(lambda m, i, o: o * float("nan") if flag["on"] else None)
     reward, rollout, now = tr.reward_fn, tr.algo.rollout, {}
 
-    def tracked(metas, epoch, on_chunk=None):
+    def tracked(metas, epoch, step, on_chunk=None):
         now["epoch"] = epoch
-        return rollout(metas, epoch, on_chunk)
+        return rollout(metas, epoch, step, on_chunk)
 
     def flaky(images, metas):
         if now["epoch"] == FAILED_EPOCH:

@@ -26,7 +26,7 @@ def build_mask2former(folder: Path, num_queries: int = 10, id2label: dict | None
 def build_clip(folder: Path, image_size: int = 32) -> Path:
     from transformers import CLIPConfig, CLIPModel
 
-    from dgpo.models.random_pipelines import clip_tokenizer
+    from dgpo.testing.random_pipelines import clip_tokenizer
 
     tok = clip_tokenizer()
     cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1,

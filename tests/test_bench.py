@@ -61,8 +61,8 @@ def test_per_category_spreads_over_each_category():
 def test_bench_runs_arms_writes_the_report_and_resumes(tiny_toy, tmp_path):
     spec = bench.BenchSpec(tmp_path / "b", ["dgpo", "flow_grpo", "dpo"], [0, 1], 0.5, 0.25, 2, extra=(
         f"model.path={tiny_toy}", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=8",
-        "train.lora_rank=4", "train.lora_alpha=8", "sampler.steps=3", "dgpo.trunc_steps=2",
-        "dgpo.num_train_timesteps=2", "reward.name=jpeg_incompressibility"))
+        "train.lora_rank=4", "train.lora_alpha=8", "sampler.steps=3", "timesteps.trunc_steps=2",
+        "timesteps.count=2", "reward.name=jpeg_incompressibility"))
     results = bench.run_suite(spec)
     assert {k: len(v) for k, v in results.items()} == {"dgpo": 2, "flow_grpo": 2, "dpo": 2}
     for runs in results.values():

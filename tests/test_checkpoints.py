@@ -137,7 +137,7 @@ def test_dgpo_train_reports_a_full_disk_and_a_fresh_start_replaces_the_failed_ru
     args = ["train", f"model.path={tiny_toy}", f"run.out_dir={run}", "run.epochs=2", "run.sample_every=0",
             "run.save_every=1", "run.log_with=none", "train.prompts_per_epoch=2", "train.group_size=4",
             "train.batch_size=4", "train.lora_rank=4", "train.lora_alpha=8", "sampler.steps=3",
-            "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2", "dgpo.switch_ema_ref=0", "eval.max_prompts=4",
+            "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.switch_ema_ref=0", "eval.max_prompts=4",
             "eval.batch_size=8", "reward.name=jpeg_incompressibility"]
     real, calls = io.save_file, []
 

@@ -33,8 +33,8 @@ def test_overrides_and_defaults():
     ("sampler.method=heun", r"sampler\.method: 'heun' is not one of \['dpm', 'euler'\]"),
     ("dgpo.clip_dsm=3", r"dgpo\.clip_dsm: expected bool"),
     ("dgpo.clip_range=2", r"dgpo\.clip_range: 2.0 is out of range"),
-    ("dgpo.trunc_steps=12", r"dgpo\.trunc_steps=12 must be < sampler\.steps=10"),
-    ("dgpo.t_min_end=0.2", r"dgpo\.t_min_end=0\.2 anneals the uniform mode's t_min"),
+    ("timesteps.trunc_steps=12", r"timesteps\.trunc_steps=12 must be < sampler\.steps=10"),
+    ("timesteps.t_min_end=0.2", r"timesteps\.t_min_end=0\.2 anneals the uniform mode's t_min"),
     ("train", r"key=value"),
 ])
 def test_errors_name_the_key(override, match):
@@ -70,10 +70,10 @@ def test_cli_config_show_and_bad_key_exit_code():
 
 
 def test_options_doc_is_current():
-    from dgpo.config_docs import options_markdown
+    from dgpo.config.docs import options_markdown
 
-    doc = (ROOT / "docs" / "options.md").read_text()
-    assert options_markdown() in doc, "regenerate docs/options.md with `dgpo config options`"
+    doc = (ROOT / "docs" / "reference" / "options.md").read_text()
+    assert options_markdown() in doc, "regenerate docs/reference/options.md with `dgpo config options`"
 
 
 @pytest.mark.parametrize("override, match", [
@@ -124,3 +124,16 @@ def test_hostile_yaml_is_a_config_error_and_runs_nothing(tmp_path, text, match):
 def test_hostile_overrides(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("", [override])
+
+
+@pytest.mark.parametrize("old,new", [("dgpo.t_min", "timesteps.t_min"), ("dgpo.num_train_timesteps", "timesteps.count"),
+                                     ("dgpo.adv_std", "advantages.std"), ("reward.advantages", "advantages.combine"),
+                                     ("dgpo.text_dropout", "train.text_dropout")])
+def test_a_moved_key_is_an_error_naming_its_new_place(tmp_path, old, new):
+    section, key = old.split(".")
+    with pytest.raises(ConfigError, match=f"{old} moved to {new}"):
+        load_config(None, [f"{old}=0.5"])
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {key}: 0.5\n")
+    with pytest.raises(ConfigError, match=f"{old} moved to {new}"):
+        load_config(path)

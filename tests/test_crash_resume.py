@@ -1,20 +1,18 @@
 """A run killed (SIGKILL) in a checkpoint write, or torn as a kill and bit rot would, then resumed, ends
 bit for bit as the uninterrupted run: weights, EMAs, optimizer state, metrics and eval rows, summary,
-grids, TensorBoard scalars (the short version of benchmarks/crash_resume.py, with the same code)."""
+grids, TensorBoard scalars (the short version of benchmarks/robustness/crash_resume.py, with the same
+code)."""
 
 import json
 import logging
 import random
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
 from dgpo.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import crash_resume as harness  # noqa: E402
+from benchmarks.robustness import crash_resume as harness
 
 EPOCHS = 3  # 2 optimizer steps each; checkpoints after every epoch, the newest 2 kept; an eval after epoch 2
 

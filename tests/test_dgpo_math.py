@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from dgpo.advantages import group_advantages
-from dgpo.losses.dgpo import bradley_terry_objective, dgpo_loss, dsm, local_group_sum, ppo_clip_mask
+from dgpo.losses.dgpo import dgpo_loss, dsm, local_group_sum, ppo_clip_mask
 from dgpo.schedules import rollout_grid
+from dgpo.testing.reference import bradley_terry_objective
 from dgpo.timesteps import shared_noise, train_timesteps
 from dgpo.training.ema import OldModelEMA, SlowEMA
 

@@ -65,7 +65,7 @@ def test_training_logs_pass_at_g_of_the_rollouts_with_a_geneval_style_reward(tin
     cfg = load_config(None, [
         f"model.path={tiny_toy}", f"run.out_dir={tmp_path}", "run.epochs=1", "run.sample_every=0",
         "run.eval_at_ends=false", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=8",
-        "train.lora_rank=4", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=1",
+        "train.lora_rank=4", "sampler.steps=3", "timesteps.trunc_steps=2", "timesteps.count=1",
         "reward.name=toy_geneval", f"train.travel_metrics={str(travel).lower()}"])
     trainer = Trainer(cfg)
     trainer.fit()

@@ -91,7 +91,7 @@ def test_sd3_encodes_128_t5_tokens_and_flow_grpo_walks_its_scheduler_grid(folder
     sched = tr.model.pipe.scheduler
     assert type(sched).__name__ == "FlowMatchEulerDiscreteScheduler" and sched.config.shift == 3.0
     sched.set_timesteps(10)
-    assert torch.equal(tr.grid.sigmas, sched.sigmas.double()) and torch.equal(tr.grid.timesteps, sched.timesteps)
+    assert torch.equal(tr.algo.grid.sigmas, sched.sigmas.double()) and torch.equal(tr.algo.grid.timesteps, sched.timesteps)
 
 
 def test_text_embeddings_are_cached_per_prompt(folders):
@@ -160,7 +160,7 @@ def test_train_two_epochs_then_export_lora_and_merged(folders, kind, tmp_path):
                              "run.sample_every=0", f"train.prompts={prompts}", f"eval.split={prompts}",
                              "eval.min_per_category=0", "train.prompts_per_epoch=2",
                              "train.group_size=4", "train.batch_size=8", "train.lora_rank=4", "train.lora_alpha=8",
-                             "train.lr=1e-2", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2",
+                             "train.lr=1e-2", "sampler.steps=3", "timesteps.trunc_steps=2", "timesteps.count=2",
                              "reward.name=colorfulness"])
     tr = Trainer(cfg)
     before = {n: p.detach().clone() for n, p in tr.model.denoiser.named_parameters()}
@@ -245,13 +245,13 @@ def test_flow_grpo_on_qwenimage_reevaluates_its_rollout_on_policy(folders, tmp_p
     from dgpo.data.prompts import epoch_prompts
 
     cfg = load_config(None, [*_model_overrides("qwenimage", folders["qwenimage"]), f"run.out_dir={tmp_path}",
-                             "train.algorithm=flow_grpo", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2",
+                             "train.algorithm=flow_grpo", "sampler.steps=3", "timesteps.trunc_steps=2", "timesteps.count=2",
                              "train.prompts_per_epoch=2",
                              "train.group_size=2", "train.batch_size=4", "reward.name=colorfulness"])
     tr = Trainer(cfg)
-    batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
-    adv = torch.linspace(-1, 1, len(batch["x0"]))
-    for j in tr.algo.units(batch, 0):
+    batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0, 0)
+    adv = torch.linspace(-1, 1, len(batch.x0))
+    for j in tr.algo.units(batch, 0, 0):
         assert float(tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), j, 0, 0).stats["ratio_dev"]) < 1e-5
 
 

@@ -67,8 +67,8 @@ def _overrides(tiny, out, algo):
     return [f"model.path={tiny}", f"run.out_dir={out}", "run.epochs=2", "run.sample_every=0",
             "run.save_every=0", "run.eval_at_ends=false", "train.prompts_per_epoch=2", "train.group_size=4",
             "train.batch_size=8", "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2",
-            "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2", "dgpo.switch_ema_ref=0",
-            "dgpo.kl_beta=0.1", "dgpo.text_dropout=0.25", "grpo.clip_range=0.2", "dpo.beta=50",
+            "sampler.steps=3", "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.switch_ema_ref=0",
+            "dgpo.kl_beta=0.1", "train.text_dropout=0.25", "grpo.clip_range=0.2", "dpo.beta=50",
             "reward.name=colorfulness", f"train.algorithm={algo}"]
 
 
@@ -104,8 +104,8 @@ def _pipe_overrides(kind, path, out):
     return [f"model.kind={kind}", f"model.path={path}", "model.resolution=64", "model.max_sequence_length=16",
             f"run.out_dir={out}", "run.epochs=1", "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false",
             "run.log_with=none", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=8",
-            "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3", "dgpo.trunc_steps=1",
-            "dgpo.num_train_timesteps=1", "dgpo.kl_beta=0.1", "dgpo.clip_range=0.01", "reward.name=colorfulness"]
+            "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3", "timesteps.trunc_steps=1",
+            "timesteps.count=1", "dgpo.kl_beta=0.1", "dgpo.clip_range=0.01", "reward.name=colorfulness"]
 
 
 @pytest.mark.parametrize("kind", ["sd3", "flux", "sana", "qwenimage"])

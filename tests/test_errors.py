@@ -162,7 +162,8 @@ def test_toy_folder_checks_come_before_allocation(tiny_toy, tmp_path):
 
 
 def test_lora_loading_never_unpickles(tiny_toy, tmp_path):
-    from dgpo.models.loading import apply_lora, load_any
+    from dgpo.models.loading import apply_lora
+    from dgpo.training.export import load_any
 
     marker = tmp_path / "RAN"
 

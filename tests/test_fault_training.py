@@ -23,7 +23,7 @@ def _cfg(tiny, out, *extra):
         f"model.path={tiny}", f"run.out_dir={out}", "run.epochs=3", "run.sample_every=0", "run.save_every=1",
         "run.eval_at_ends=false", "run.log_with=none", "train.prompts_per_epoch=2", "train.group_size=4",
         "train.batch_size=4", "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3",
-        "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2", "dgpo.switch_ema_ref=0", "dgpo.kl_beta=0.1",
+        "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.switch_ema_ref=0", "dgpo.kl_beta=0.1",
         "train.ema_every=1", "reward.name=jpeg_incompressibility", "reward.backoff_s=0", *extra])
 
 
@@ -34,7 +34,7 @@ def _rows(out):
 def _state(tr):
     """Everything a skipped step must leave as it was."""
     return {"params": [p.detach().clone() for p in tr.policy.params],
-            "ema_old": [s.clone() for s in tr.ema_old.shadow], "ema_slow": [s.clone() for s in tr.ema_slow.shadow],
+            "ema_old": [s.clone() for s in tr.algo.old_model.shadow], "ema_slow": [s.clone() for s in tr.ema_slow.shadow],
             "opt": copy.deepcopy(tr.opt.state_dict()["state"]), "step": tr.step}
 
 
@@ -127,7 +127,7 @@ def test_nan_steps_in_a_row_stop_the_run_with_its_last_good_checkpoint(tiny_toy,
 
 def test_a_nan_reward_drops_its_group_only(tiny_toy, tmp_path):
     out = tmp_path / "run"
-    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=2", "dgpo.adv_std=global"))
+    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=2", "advantages.std=global"))
     tr.reward_fn = Poisoned(lambda call, i: call == 2 and i == 1)  # epoch 1, group 0 (chunk 0), member 1
     calls, _ = _spy(tr, lambda i: False)
     tr.fit()
@@ -293,7 +293,7 @@ def test_a_fault_on_one_process_makes_every_process_skip_alike(tiny_toy, tmp_pat
         return [f"model.path={tiny_toy}", f"run.out_dir={out}", "run.epochs=4", "run.sample_every=0",
                 "run.save_every=0", "run.eval_at_ends=false", "run.log_with=none", "train.prompts_per_epoch=2",
                 "train.group_size=4", "train.batch_size=8", "train.lora_rank=4", "train.lora_alpha=8",
-                "train.lr=1e-2", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2",
+                "train.lr=1e-2", "sampler.steps=3", "timesteps.trunc_steps=2", "timesteps.count=2",
                 "dgpo.switch_ema_ref=0", "dgpo.kl_beta=0.1", "reward.name=colorfulness", "reward.retries=1",
                 "reward.backoff_s=0"]
 

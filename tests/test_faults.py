@@ -119,7 +119,7 @@ def _cfg(tiny, out, *extra):
         f"model.path={tiny}", f"run.out_dir={out}", "run.epochs=2", "run.sample_every=0", "run.save_every=0",
         "run.eval_at_ends=false", "run.log_with=none", "train.prompts_per_epoch=2", "train.group_size=4",
         "train.batch_size=4", "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3",
-        "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2", "dgpo.switch_ema_ref=0",
+        "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.switch_ema_ref=0",
         "reward.name=jpeg_incompressibility", "reward.backoff_s=0", *extra])
 
 

@@ -36,8 +36,8 @@ def _overrides(tiny, out, lora_rank=0):
     return [f"model.path={tiny}", f"run.out_dir={out}", "run.epochs=2", "run.sample_every=0", "run.save_every=1",
             "run.eval_at_ends=true", "eval.max_prompts=3", "eval.min_per_category=0", "eval.batch_size=1", "eval.steps=2",
             "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=4", f"train.lora_rank={lora_rank}",
-            "train.lora_alpha=8", "train.lr=1e-3", "train.ema_every=1", "sampler.steps=3", "dgpo.trunc_steps=2",
-            "dgpo.num_train_timesteps=2", "dgpo.switch_ema_ref=0", "dgpo.kl_beta=0.1", "dgpo.text_dropout=0.25",
+            "train.lora_alpha=8", "train.lr=1e-3", "train.ema_every=1", "sampler.steps=3", "timesteps.trunc_steps=2",
+            "timesteps.count=2", "dgpo.switch_ema_ref=0", "dgpo.kl_beta=0.1", "train.text_dropout=0.25",
             "reward.name=colorfulness", "train.algorithm=dgpo"]
 
 

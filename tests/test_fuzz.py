@@ -1,14 +1,9 @@
-"""A fast subset of benchmarks/fuzz_inputs.py: every target, a few Hypothesis cases each, must end in
+"""A fast subset of benchmarks/fuzz/inputs.py: every target, a few Hypothesis cases each, must end in
 "ok" or a clear error -- no crash, no hang (the full run: README "Robustness")."""
-
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import fuzz_inputs  # noqa: E402
+from benchmarks.fuzz import inputs as fuzz_inputs
 
 FAST = {"config_yaml": 40, "overrides": 40, "prompts": 25, "server_requests": 40, "server_http": 20,
         "checkpoints": 25, "model_folders": 12, "run_dirs": 4, "lora_folders": 6, "diffusers_lora": 3}

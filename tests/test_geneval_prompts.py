@@ -121,8 +121,8 @@ def test_geneval_recipe_is_the_official_config():
     c = load_config(Path(__file__).resolve().parents[1] / "configs" / "sd35m_geneval.yaml")
     assert (c.model.kind, c.model.resolution, c.model.max_sequence_length) == ("sd3", 512, 128)
     assert (c.sampler.method, c.sampler.steps, c.sampler.shift, c.sampler.cfg_scale) == ("dpm", 10, 3.0, 4.5)
-    assert (c.dgpo.beta_dpo, c.dgpo.kl_beta, c.dgpo.clip_range, c.dgpo.trunc_steps) == (100, 0.02, 0.01, 4)
-    assert (c.dgpo.switch_ema_ref, c.dgpo.adv_std, c.dgpo.num_train_timesteps) == (500, "group", 4)
+    assert (c.dgpo.beta_dpo, c.dgpo.kl_beta, c.dgpo.clip_range, c.timesteps.trunc_steps) == (100, 0.02, 0.01, 4)
+    assert (c.dgpo.switch_ema_ref, c.advantages.std, c.timesteps.count) == (500, "group", 4)
     assert (c.train.prompts_per_epoch, c.train.group_size, c.train.lr, c.train.lora_rank) == (8, 16, 3e-4, 64)
     assert c.reward.name == "geneval" and not c.train.balance_categories
     assert (c.eval.images_per_prompt, c.eval.steps) == (4, 14)

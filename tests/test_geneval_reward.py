@@ -8,7 +8,8 @@ from geneval_tiny import build_clip, build_mask2former, make_constant
 from PIL import Image
 
 from dgpo.rewards import build_reward
-from dgpo.rewards.geneval.colors import COLORS, TEMPLATES, ColorClassifier, clip_preprocess, object_crop
+from dgpo.rewards.clip import clip_preprocess
+from dgpo.rewards.geneval.colors import COLORS, TEMPLATES, ColorClassifier, object_crop
 from dgpo.rewards.geneval.rules import Detection
 
 

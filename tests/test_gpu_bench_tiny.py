@@ -1,4 +1,4 @@
-"""benchmarks/sd35m_gpu.py --tiny: the GPU benchmark's every non-compiled arm runs on the CPU and
+"""benchmarks/gpu/sd35m_gpu.py --tiny: the GPU benchmark's every non-compiled arm runs on the CPU and
 writes a complete result (the compiled path is tested in test_speed.py)."""
 
 import json
@@ -14,9 +14,9 @@ def test_sd35m_benchmark_tiny_smoke_run(tmp_path):
     out = tmp_path / "r.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     arms = "official_dgpo,dgpo_bf16,official_flow_grpo,dgpo_fp32,dgpo_fp8,dgpo_bf16_rb"
-    proc = subprocess.run([sys.executable, "sd35m_gpu.py", "--tiny", "--arms", arms, "--epochs", "2", "--iters", "1",
-                           "--profile", "dgpo_bf16", "--out", str(out)], cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu.sd35m_gpu", "--tiny", "--arms", arms, "--epochs", "2",
+                           "--iters", "1", "--profile", "dgpo_bf16", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["tiny"] and list(r["arms"]) == arms.split(",") and not r["skipped"]

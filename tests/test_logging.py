@@ -20,7 +20,7 @@ def _fit(tiny, out, log_with):
     cfg = load_config(None, [
         f"model.path={tiny}", f"run.out_dir={out}", "run.epochs=2", "run.sample_every=1", "run.save_every=0",
         "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=4", "train.lora_rank=4",
-        "train.lora_alpha=8", "sampler.steps=3", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2",
+        "train.lora_alpha=8", "sampler.steps=3", "timesteps.trunc_steps=2", "timesteps.count=2",
         "dgpo.switch_ema_ref=0", "eval.max_prompts=4", "eval.batch_size=8",
         "reward.name=jpeg_incompressibility", f"run.log_with={log_with}"])
     Trainer(cfg).fit()

@@ -1,4 +1,4 @@
-"""benchmarks/long_run.py: the process-tree measurement and the report's statistics."""
+"""benchmarks/robustness/long_run.py: the process-tree measurement and the report's statistics."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import _long_run_report as rep  # noqa: E402
-import long_run  # noqa: E402
+from benchmarks.robustness import long_run
+from benchmarks.robustness import long_run_report as rep
 
 
 def test_measure_counts_children_and_proc_fallback_agrees(monkeypatch):

@@ -3,6 +3,8 @@ model's schedule, the per-sample training timesteps, the rollout solver against 
 official ``run_sampling(solver="dpm2", determistic=True)``, and training runs (resume, batched
 reference forwards)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -116,22 +118,22 @@ def _cfg(tiny, out, *extra):
         "run.eval_at_ends=false", "train.algorithm=nft", "train.prompts_per_epoch=2", "train.group_size=4",
         "train.batch_size=3", "train.steps_per_epoch=2", "train.sampling_batches=2", "train.lora_rank=4",
         "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=4", "sampler.cfg_scale=1.0", "nft.kl_beta=0.1",
-        "nft.decay_rate=0.2", "dgpo.adv_std=global", "reward.name=colorfulness", *extra])
+        "nft.decay_rate=0.2", "advantages.std=global", "reward.name=colorfulness", *extra])
 
 
 def test_each_sample_trains_at_its_own_subset_of_the_grid(tiny_toy, tmp_path):
     tr = Trainer(_cfg(tiny_toy, tmp_path / "u", "sampler.steps=10"))
-    units = tr.algo.units({"n_total": 8}, 0)
+    units = tr.algo.units(SimpleNamespace(n_total=8), 0, 0)
     order = torch.stack(units, 1)  # [samples, slots]
     assert order.shape == (8, 9)  # int(10 x 0.99)
     assert all(len(set(row.tolist())) == 9 for row in order)  # distinct grid steps per sample
     assert len({tuple(row.tolist()) for row in order}) == 8  # each sample its own order
-    assert torch.equal(order, torch.stack(tr.algo.units({"n_total": 8}, 0), 1))  # a function of seed and epoch
+    assert torch.equal(order, torch.stack(tr.algo.units(SimpleNamespace(n_total=8), 0, 0), 1))  # a function of seed and epoch
     tr.cfg.nft.trunc_steps = 4  # the high-noise end only: 4 of the grid indices 0..4 per sample
-    order = torch.stack(tr.algo.units({"n_total": 8}, 0), 1)
+    order = torch.stack(tr.algo.units(SimpleNamespace(n_total=8), 0, 0), 1)
     assert order.shape == (8, 4) and int(order.max()) <= 4 and all(len(set(row.tolist())) == 4 for row in order)
     tr.cfg.nft.group_noise = True  # groups of 4: one order per group
-    order = torch.stack(tr.algo.units({"n_total": 8}, 0), 1)
+    order = torch.stack(tr.algo.units(SimpleNamespace(n_total=8), 0, 0), 1)
     assert torch.equal(order[:4], order[:1].expand(4, -1)) and not torch.equal(order[0], order[4])
 
 
@@ -168,8 +170,8 @@ def test_batched_reference_forwards_train_like_per_micro_batch_ones(tiny_toy, tm
 
 
 def test_config_refuses_what_the_loss_cannot_use():
-    with pytest.raises(ConfigError, match="dgpo.adv_clip_max=0"):
-        load_config(None, ["train.algorithm=nft", "dgpo.adv_clip_max=0"])
+    with pytest.raises(ConfigError, match="advantages.clip_max=0"):
+        load_config(None, ["train.algorithm=nft", "advantages.clip_max=0"])
     with pytest.raises(ConfigError, match="nft.timestep_fraction"):
         load_config(None, ["train.algorithm=nft", "nft.timestep_fraction=0.05"])
     with pytest.raises(ConfigError, match="nft.trunc_steps=10 must be < sampler.steps=10"):
@@ -193,7 +195,7 @@ def test_sd3_rolls_out_on_its_scheduler_grid_with_integer_timesteps_and_trains_a
     tr = Trainer(cfg)
     sched = tr.model.pipe.scheduler
     sched.set_timesteps(3)
-    assert torch.equal(tr.grid.sigmas, sched.sigmas.double())
+    assert torch.equal(tr.algo.grid.sigmas, sched.sigmas.double())
     fed, velocity = [], tr.model.velocity
     tr.model.velocity = lambda x, t, c: (fed.append(t.clone()), velocity(x, t, c))[1]
     before = {n: p.detach().clone() for n, p in zip(tr.policy.names, tr.policy.params)}
@@ -240,22 +242,22 @@ def test_a_run_halted_mid_epoch_resumes_without_blending_the_old_model_twice(tin
         run(tmp_path / "b", lambda i: i >= 1)
     b = run(tmp_path / "b", lambda i: False, resume=True)
     assert a.step == b.step == 2
-    for x, y in zip(a.ema_old.shadow + a.policy.params, b.ema_old.shadow + b.policy.params):
+    for x, y in zip(a.algo.old_model.shadow + a.policy.params, b.algo.old_model.shadow + b.policy.params):
         assert torch.equal(x, y)
 
 
 def test_group_noise_gives_a_group_its_timesteps_and_noise(tiny_toy, tmp_path):
     tr = Trainer(_cfg(tiny_toy, tmp_path / "g", "nft.group_noise=true"))
-    batch = tr.algo.rollout(tr.prompts[:2], 0)
-    units = tr.algo.units(batch, 0)
+    batch = tr.algo.rollout(tr.prompts[:2], 0, 0)
+    units = tr.algo.units(batch, 0, 0)
     mb = torch.arange(8)
     out = tr.algo.noised(batch, mb, units[0], 0, 0)
-    eps = out["target"] + batch["x0"][mb]
+    eps = out["target"] + batch.x0[mb]
     assert torch.equal(out["sigma"][:4], out["sigma"][:1].expand(4))
     torch.testing.assert_close(eps[:4], eps[:1].expand(4, -1, -1, -1), rtol=0, atol=1e-6)  # eps - x0 + x0 rounds
     assert not torch.allclose(eps[0], eps[4], atol=0.1)
     tr.cfg.nft.group_noise = False  # official: each sample its own noise
-    eps = tr.algo.noised(batch, mb, units[0], 0, 0)["target"] + batch["x0"][mb]
+    eps = tr.algo.noised(batch, mb, units[0], 0, 0)["target"] + batch.x0[mb]
     assert not torch.allclose(eps[0], eps[1], atol=0.1)
 
 

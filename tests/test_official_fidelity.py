@@ -51,38 +51,38 @@ def _trainer(tiny_toy, tmp_path, *extra):
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_trainer_grid_timesteps_and_training_sigma_are_the_schedulers(tiny_toy, tmp_path, algorithm, steps, shift):
     tr = _trainer(tiny_toy, tmp_path, f"train.algorithm={algorithm}", f"sampler.steps={steps}",
-                  f"sampler.shift={shift}", "dgpo.trunc_steps=6", "dgpo.num_train_timesteps=4")
+                  f"sampler.shift={shift}", "timesteps.trunc_steps=6", "timesteps.count=4")
     s = official_rollout_scheduler(algorithm, steps, shift)
-    assert torch.equal(tr.grid.sigmas, s.sigmas.double()) and torch.equal(tr.grid.timesteps, s.timesteps)
-    assert tr.grid.timesteps.dtype == (torch.int64 if algorithm == "dgpo" else torch.float32)
+    assert torch.equal(tr.algo.grid.sigmas, s.sigmas.double()) and torch.equal(tr.algo.grid.timesteps, s.timesteps)
+    assert tr.algo.grid.timesteps.dtype == (torch.int64 if algorithm == "dgpo" else torch.float32)
     if algorithm == "dgpo":
-        assert float(tr.grid.sigmas[0]) < 1.0  # 0.99967 at shift 3, 0.999 at shift 1: not 1
+        assert float(tr.algo.grid.sigmas[0]) < 1.0  # 0.99967 at shift 3, 0.999 at shift 1: not 1
         for epoch in range(3):
-            units = tr.algo.units({}, epoch)
+            units = tr.algo.units(None, epoch, 0)
             assert len({int(u.timestep) for u in units}) == 4
             for u in units:
                 assert u.timestep.dtype == torch.int64 and int(u.timestep) in s.timesteps[:7].tolist()
                 assert u.sigma == pytest.approx(float(u.timestep) / 1000, abs=1e-15)  # re-noise at t / 1000
         if (steps, shift) == (10, 3.0):
-            assert tr.grid.timesteps.tolist() == DPM_10_SHIFT_3["timesteps"]
-            assert tr.grid.sigmas.tolist() == pytest.approx(DPM_10_SHIFT_3["sigmas"], abs=6e-6)
-            assert tr.grid.train_sigmas[:7].tolist() == pytest.approx(
+            assert tr.algo.grid.timesteps.tolist() == DPM_10_SHIFT_3["timesteps"]
+            assert tr.algo.grid.sigmas.tolist() == pytest.approx(DPM_10_SHIFT_3["sigmas"], abs=6e-6)
+            assert tr.algo.grid.train_sigmas[:7].tolist() == pytest.approx(
                 [0.999, 0.963, 0.922, 0.874, 0.817, 0.749, 0.666], abs=1e-12)
     else:
-        assert float(tr.grid.sigmas[0]) == 1.0
-        assert tr.algo.units({}, 0) == list(range(int(steps * 0.99)))  # the trained SDE steps
+        assert float(tr.algo.grid.sigmas[0]) == 1.0
+        assert tr.algo.units(None, 0, 0) == list(range(int(steps * 0.99)))  # the trained SDE steps
         if (steps, shift) == (10, 3.0):
-            assert tr.grid.sigmas.tolist() == pytest.approx(EULER_10_SHIFT_3, abs=6e-6)
+            assert tr.algo.grid.sigmas.tolist() == pytest.approx(EULER_10_SHIFT_3, abs=6e-6)
 
 
 def test_flow_grpo_sde_ends_and_sigma_one_guard_on_the_official_grid(tiny_toy, tmp_path):
     tr = _trainer(tiny_toy, tmp_path, "train.algorithm=flow_grpo", "sampler.shift=3")
-    s = tr.grid.sigmas.tolist()
+    s = tr.algo.grid.sigmas.tolist()
     a = 0.7
     # last SDE step 0.00893 -> 0: step noise std s_t sqrt(-dt) = 0.0063 (the uniform grid gave 0.202)
     last = sde_std(s[-2], s[1], a) * math.sqrt(s[-2] - s[-1])
     assert last == pytest.approx(0.0063, abs=5e-5)
-    trained = tr.algo.units({}, 0)  # the 9 trained steps span sigma 1 -> 0.00893 (the last one 0.278 -> 0.00893)
+    trained = tr.algo.units(None, 0, 0)  # the 9 trained steps span sigma 1 -> 0.00893 (the last one 0.278 -> 0.00893)
     assert s[trained[0]] == 1.0 and s[trained[-1] + 1] == pytest.approx(0.00893, abs=6e-6)
     # sigma = 1: only the denominator 1 - sigma uses sigmas[1] = 0.96013
     assert sde_std(1.0, s[1], a) == pytest.approx(a * math.sqrt(1.0 / (1 - 0.96013)), rel=1e-5)
@@ -212,8 +212,8 @@ def test_duplicate_prompts_in_one_epoch_stay_separate_groups(tiny_toy, tmp_path)
     tr = _trainer(tiny_toy, tmp_path, "train.group_size=4", "train.prompts_per_epoch=2")
     meta = tr.prompts[0]
     batch = tr.algo.conditions([meta, meta], epoch=0)
-    assert batch["group_ids"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert len(set(batch["seeds"])) == 8
+    assert batch.group_ids.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert len(set(batch.seeds)) == 8
 
 
 # ------------------------------------------------------------------ the slow EMA's cadence
@@ -295,7 +295,7 @@ def test_zero_advantage_filter_drops_exact_zeros_and_refills_per_process(world):
 def test_flow_grpo_official_recipe_batching(tiny_toy, tmp_path):
     tr = _trainer(tiny_toy, tmp_path, *bench.FLOW_GRPO_OFFICIAL)
     c = tr.cfg
-    assert (c.train.steps_per_epoch, c.train.sampling_batches, c.dgpo.adv_std, c.grpo.zero_adv,
+    assert (c.train.steps_per_epoch, c.train.sampling_batches, c.advantages.std, c.grpo.zero_adv,
             c.grpo.shuffle) == (2, 4, "global", "samples", True)
     recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "toy_flow_grpo_official.yaml").train
     assert (recipe.lora_rank, recipe.lora_alpha) == (32, 64.0)  # the bench arm keeps the suite's parameter set
@@ -320,7 +320,7 @@ def test_the_toy_dpo_recipe_has_the_official_dpo_scripts_numbers():
     """flow_grpo config/dpo.py geneval_sd3 + base.py, scripts/train_sd3_dpo.py, single_node/dpo.sh."""
     c = load_config(Path(__file__).resolve().parents[1] / "configs" / "toy_dpo_official.yaml")
     assert (c.train.algorithm, c.train.offline, c.dpo.beta, c.dpo.ref_update_every) == ("dpo", True, 100.0, 0)
-    assert (c.dgpo.timestep_mode, c.dgpo.num_train_timesteps) == ("logit_normal", int(40 * 0.99))
+    assert (c.timesteps.mode, c.timesteps.count) == ("logit_normal", int(40 * 0.99))
     assert (c.sampler.steps, c.sampler.sde_noise, c.sampler.cfg_scale, c.eval.steps) == (40, 0.7, 4.5, 40)
     assert (c.train.group_size, c.train.prompts_per_epoch, c.train.steps_per_epoch) == (24, 1, 1)
     assert (c.train.lora_rank, c.train.lora_alpha, c.train.lr, c.train.weight_decay) == (32, 64.0, 3e-4, 1e-4)
@@ -328,7 +328,7 @@ def test_the_toy_dpo_recipe_has_the_official_dpo_scripts_numbers():
 
 def test_the_options_doc_states_each_configs_ema_cadence():
     root = Path(__file__).resolve().parents[1]
-    rows = [r for r in (root / "docs" / "options.md").read_text().splitlines()
+    rows = [r for r in (root / "docs" / "reference" / "options.md").read_text().splitlines()
             if r.startswith(("| `configs/", "| `src/dgpo/configs/"))]
     shipped = sorted((root / "configs").glob("*.yaml")) + [root / "src/dgpo/configs/toy_demo.yaml"]
     assert len(rows) == len(shipped)

@@ -77,7 +77,7 @@ def test_eval_drawbench_scores_every_available_reward(tiny_toy, tmp_path):
 def test_load_any_applies_an_exported_lora(sd3, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
-    from dgpo.models.loading import load_any
+    from dgpo.training.export import load_any
     from dgpo.training.export import LORA_FILE, lora_state_dict
     from dgpo.training.policy import Policy
 
@@ -103,7 +103,7 @@ def test_load_any_applies_an_exported_lora(sd3, tmp_path):
 
 
 def test_load_any_applies_a_toy_peft_lora(tiny_toy, tmp_path):
-    from dgpo.models.loading import load_any
+    from dgpo.training.export import load_any
     from dgpo.training.policy import Policy
 
     trained = load_any(str(tiny_toy))

@@ -18,8 +18,8 @@ def _cfg(tiny, out, *extra):
     return load_config(None, [
         f"model.path={tiny}", f"run.out_dir={out}", "run.epochs=2", "run.sample_every=0", "run.save_every=0",
         "run.eval_at_ends=false", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=4",
-        "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3", "dgpo.trunc_steps=2",
-        "dgpo.num_train_timesteps=2", "dgpo.switch_ema_ref=0", "eval.max_prompts=4", "eval.batch_size=8",
+        "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3", "timesteps.trunc_steps=2",
+        "timesteps.count=2", "dgpo.switch_ema_ref=0", "eval.max_prompts=4", "eval.batch_size=8",
         "reward.name=jpeg_incompressibility", *extra])
 
 
@@ -87,7 +87,7 @@ def test_multi_reward_run_logs_every_component(tiny_toy, tmp_path, mode):
     out = tmp_path / "multi"
     summary = Trainer(_cfg(tiny_toy, out, "run.epochs=1", "run.eval_at_ends=true",
                            "reward.name=[jpeg_incompressibility,toy_geneval]", "reward.weights=[0.5,2.0]",
-                           f"reward.advantages={mode}")).fit()
+                           f"advantages.combine={mode}")).fit()
     row = _rows(out)[0]
     assert row["reward_mean"] == pytest.approx(0.5 * row["reward_jpeg_incompressibility_mean"]
                                                + 2.0 * row["reward_toy_geneval_mean"], abs=1e-5)

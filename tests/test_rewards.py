@@ -45,7 +45,7 @@ def test_ocr_reward_reads_rendered_text():
 def test_pickscore_reward_is_scaled_cosine_of_clip_embeddings(tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from dgpo.models.random_pipelines import clip_tokenizer
+    from dgpo.testing.random_pipelines import clip_tokenizer
 
     tok = clip_tokenizer()
     cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1,

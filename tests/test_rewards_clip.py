@@ -140,7 +140,7 @@ def test_clipscore_training_reward_is_the_official_scorers_logits_over_30(tiny, 
     padding to the longest prompt: CLIP pools the EOS token under a causal mask)."""
     from transformers import CLIPTokenizer
 
-    from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD
+    from dgpo.rewards.clip import CLIP_MEAN, CLIP_STD
 
     model = _clip_variant(tiny["clip"], tmp_path / "b", flip_text=True)  # negative cosines
     prompts = ["a red cube", "two blue dogs"]

@@ -2,6 +2,7 @@
 CPU), separate rollout micro-batches, bf16 frozen weights with fp32 LoRA and optimizer state,
 gradient checkpointing, the reference forward skipped when nothing reads it, TF32 flags."""
 
+import dataclasses
 import sys
 
 import pytest
@@ -27,14 +28,14 @@ def _sd3_cfg(path, run, *extra):
                               "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false", "run.log_with=none",
                               "train.prompts_per_epoch=2", "train.group_size=2", "train.batch_size=4",
                               "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3",
-                              "dgpo.trunc_steps=1", "dgpo.num_train_timesteps=1", "reward.name=colorfulness", *extra])
+                              "timesteps.trunc_steps=1", "timesteps.count=1", "reward.name=colorfulness", *extra])
 
 
 def _toy_cfg(run, *extra):
     return load_config(None, [f"run.out_dir={run}", "run.epochs=1", "run.sample_every=0", "run.save_every=0",
                               "run.eval_at_ends=false", "run.log_with=none", "train.prompts_per_epoch=2",
-                              "train.group_size=4", "train.batch_size=8", "sampler.steps=4", "dgpo.trunc_steps=2",
-                              "dgpo.num_train_timesteps=2", *extra])
+                              "train.group_size=4", "train.batch_size=8", "sampler.steps=4", "timesteps.trunc_steps=2",
+                              "timesteps.count=2", *extra])
 
 
 def test_regional_compile_trains_like_eager(sd3, tmp_path):
@@ -74,7 +75,7 @@ def test_rollout_batch_size_changes_no_sample(tmp_path):
     for rbs in (2, 0):
         tr = Trainer(_toy_cfg(tmp_path / str(rbs), f"train.rollout_batch_size={rbs}"))
         metas = [tr.prompts[0], tr.prompts[1]]
-        outs.append(tr.algo.rollout(metas, 0)["x0"])
+        outs.append(tr.algo.rollout(metas, 0, 0).x0)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-3)
     assert float((outs[0] - outs[1]).abs().mean()) < 1e-5
 
@@ -116,13 +117,13 @@ def test_reference_forward_is_skipped_only_when_nothing_reads_it(tmp_path):
     v_ref omitted equals the loss with any v_ref."""
     calls = {"n": 0}
     tr = Trainer(_toy_cfg(tmp_path, "dgpo.use_ema_ref=true", "dgpo.kl_beta=0"))
-    ref = tr.policy.reference
+    ref = tr.algo.ctx.reference
 
     def counting():
         calls["n"] += 1
         return ref()
 
-    tr.policy.reference = counting
+    tr.algo.ctx = dataclasses.replace(tr.algo.ctx, reference=counting)
     tr.fit()
     assert calls["n"] == 0 and "v_mse_ref" not in tr.metrics.read()[-1]
     g = torch.Generator().manual_seed(0)
@@ -138,7 +139,7 @@ def test_reference_forward_is_skipped_only_when_nothing_reads_it(tmp_path):
 
 def _counting(tr, calls):
     """Count the reference and EMA-'old' forwards of a trainer's run (contexts entered)."""
-    ref, old = tr.policy.reference, tr.ema_old.applied
+    ref, old = tr.algo.ctx.reference, tr.algo.old_model.applied
 
     def reference():
         calls["ref"] += 1
@@ -148,7 +149,8 @@ def _counting(tr, calls):
         calls["old"] += 1
         return old()
 
-    tr.policy.reference, tr.ema_old.applied = reference, applied
+    tr.algo.ctx = dataclasses.replace(tr.algo.ctx, reference=reference)
+    tr.algo.old_model.applied = applied
 
 
 @pytest.mark.parametrize("kind,algo", [("toy", "dgpo"), ("toy", "dpo"), ("sd3", "dgpo")])
@@ -158,14 +160,14 @@ def test_batched_reference_forwards_train_like_per_micro_batch_ones(sd3, tmp_pat
     weights and metrics as one forward per micro-batch and timestep, from fewer, bigger forwards (a
     size of 6 needs several forwards per step)."""
     common = ("run.epochs=2", "train.steps_per_epoch=1", f"train.algorithm={algo}", "dgpo.kl_cfg=2",
-              "dgpo.clip_range=0.01", "dgpo.kl_beta=0.1", "dgpo.text_dropout=0.5", "dgpo.switch_ema_ref=0")
+              "dgpo.clip_range=0.01", "dgpo.kl_beta=0.1", "train.text_dropout=0.5", "dgpo.switch_ema_ref=0")
     runs = {}
     for size in (0, 6, 64):
         if kind == "toy":
             cfg = _toy_cfg(tmp_path / str(size), *common, f"train.reference_batch_size={size}", "train.batch_size=4")
         else:
             cfg = _sd3_cfg(sd3, tmp_path / str(size), *common, f"train.reference_batch_size={size}",
-                           "train.batch_size=2", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2")
+                           "train.batch_size=2", "timesteps.trunc_steps=2", "timesteps.count=2")
         calls = {"ref": 0, "old": 0}
         tr = Trainer(cfg)
         _counting(tr, calls)
@@ -397,7 +399,7 @@ def test_fp8_trains_flux_sana_and_qwenimage_like_exact(fp8_pipes, tmp_path, kind
                                  "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false", "run.log_with=none",
                                  "train.prompts_per_epoch=2", "train.group_size=2", "train.batch_size=4",
                                  "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-3", "sampler.steps=3",
-                                 "dgpo.trunc_steps=1", "dgpo.num_train_timesteps=1", "reward.name=colorfulness",
+                                 "timesteps.trunc_steps=1", "timesteps.count=1", "reward.name=colorfulness",
                                  f"train.fp8={fp8}"])
         tr = Trainer(cfg)
         start = {k: v.clone() for k, v in tr.policy.state_dict().items()}

@@ -1,18 +1,14 @@
-"""benchmarks/toy_sampler_eval.py: Flow-GRPO's SDE sampler in eval, and the ODE/SDE x split table."""
+"""benchmarks/studies/toy_sampler_eval.py: Flow-GRPO's SDE sampler in eval, and the ODE/SDE x split table."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import toy_sampler_eval as tse  # noqa: E402
+from dgpo.evaluation import model_image_fn
+from dgpo.toy.grammar import CATEGORIES
+from dgpo.training.export import load_any
 
-from dgpo.evaluation import model_image_fn  # noqa: E402
-from dgpo.models.loading import load_any  # noqa: E402
-from dgpo.toy.grammar import CATEGORIES  # noqa: E402
+from benchmarks.studies import toy_sampler_eval as tse
 
 METAS = [{"prompt": "a photo of a red circle"}, {"prompt": "a photo of two blue squares"}]
 

@@ -13,7 +13,7 @@ def _cfg(tiny, out, *extra):
         f"model.path={tiny}", f"run.out_dir={out}", "run.epochs=2", "run.sample_every=0",
         "run.save_every=1", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=4",
         "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3",
-        "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2", "dgpo.switch_ema_ref=0",
+        "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.switch_ema_ref=0",
         "eval.max_prompts=4", "eval.batch_size=8", "reward.name=jpeg_incompressibility", *extra])
 
 
@@ -25,7 +25,7 @@ def _snapshot(trainer):
                                        (True, "nft")])
 def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy, tmp_path, lora, algo):
     extra = [] if lora else ["train.lora_rank=0"]
-    tr = Trainer(_cfg(tiny_toy, tmp_path / "run", *extra, "dgpo.kl_beta=0.1", "dgpo.text_dropout=0.2",
+    tr = Trainer(_cfg(tiny_toy, tmp_path / "run", *extra, "dgpo.kl_beta=0.1", "train.text_dropout=0.2",
                       f"train.algorithm={algo}", "grpo.clip_range=0.2", "dpo.beta=50"))
     before = _snapshot(tr)
     summary = tr.fit()
@@ -90,13 +90,13 @@ def test_flow_grpo_reevaluating_the_rollout_is_on_policy(tiny_toy, tmp_path, win
                           "grpo.kl_beta=0.04", f"grpo.sde_type={kind}", "train.rollout_batch_size=2",
                           "train.sampling_batches=2", "run.seed=1"))
         with tr.acc.autocast():  # as the trainer rolls out
-            batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
-        units = tr.algo.units(batch, 0)
+            batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0, 0)
+        units = tr.algo.units(batch, 0, 0)
         assert units == ([0, 1, 2] if window == 0 else [0, 1])
         if window:  # a window per sampling batch (2 of 4 samples, chunks of 2): samples train different steps
-            starts = batch["sde_start"].tolist()
+            starts = batch.sde_start.tolist()
             assert starts[:4] == [starts[0]] * 4 and starts[4:] == [starts[4]] * 4 and starts[0] != starts[4]
-        adv = torch.linspace(-1, 1, len(batch["x0"]))
+        adv = torch.linspace(-1, 1, len(batch.x0))
         for j in units:
             out = tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), j, 0, 0)
             assert float(out.stats["ratio_dev"]) < 1e-5, j
@@ -116,10 +116,10 @@ def test_flow_grpo_without_cfg_in_training_still_rolls_out_with_cfg(tiny_toy, tm
     for cfg_train in (True, False):
         tr = Trainer(_cfg(tiny_toy, tmp_path / str(cfg_train), "train.algorithm=flow_grpo", "sampler.steps=4",
                           f"grpo.cfg_train={cfg_train}"))
-        batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
-        adv = torch.linspace(-1, 1, len(batch["x0"]))
+        batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0, 0)
+        adv = torch.linspace(-1, 1, len(batch.x0))
         dev = tr.algo.micro_loss(batch, adv, torch.arange(len(adv)), 0, 0, 0).stats["ratio_dev"]
-        out[cfg_train] = batch["x0"], batch["log_probs"], float(dev)
+        out[cfg_train] = batch.x0, batch.log_probs, float(dev)
     assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
     assert out[True][2] < 1e-5 < out[False][2]
 
@@ -154,10 +154,10 @@ def test_online_dpo_refreshes_its_reference_from_the_policy_rolls_out_from_it_an
     tr = Trainer(_cfg(tiny_toy, tmp_path / "a", *args))
     start = [p.detach().clone() for p in tr.policy.params]
     seen = []
-    rollout, applied = tr.algo.rollout, tr.ema_old.applied
+    rollout, applied = tr.algo.rollout, tr.algo.old_model.applied
 
     def spy_rollout(*a, **k):
-        seen.append(("rollout", tr.step, [s.clone() for s in tr.ema_old.shadow],
+        seen.append(("rollout", tr.step, [s.clone() for s in tr.algo.old_model.shadow],
                      [p.detach().clone() for p in tr.policy.params]))
         return rollout(*a, **k)
 
@@ -165,7 +165,7 @@ def test_online_dpo_refreshes_its_reference_from_the_policy_rolls_out_from_it_an
         seen.append(("applied", tr.step))
         return applied()
 
-    tr.algo.rollout, tr.ema_old.applied = spy_rollout, spy_applied
+    tr.algo.rollout, tr.algo.old_model.applied = spy_rollout, spy_applied
     tr.fit()
     rollouts = [s for s in seen if s[0] == "rollout"]
     assert [s[1] for s in rollouts] == [0, 1, 2, 3]
@@ -195,11 +195,11 @@ def test_flow_grpo_fast_windows_do_not_depend_on_the_rollout_chunk_and_cps_keeps
     for bs in (2, 8):
         tr = Trainer(_cfg(tiny_toy, tmp_path / str(bs), "train.algorithm=flow_grpo", "sampler.steps=4",
                           "grpo.sde_window=2", "grpo.sde_window_range=3", f"train.rollout_batch_size={bs}"))
-        out[bs] = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
-    assert torch.equal(out[2]["sde_start"], out[8]["sde_start"])
-    assert torch.allclose(out[2]["x0"], out[8]["x0"], atol=1e-5)
+        out[bs] = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0, 0)
+    assert torch.equal(out[2].sde_start, out[8].sde_start)
+    assert torch.allclose(out[2].x0, out[8].x0, atol=1e-5)
     bad = ["train.algorithm=flow_grpo", "grpo.sde_type=cps", "sampler.steps=4", "grpo.sde_window=2",
-           "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2"]
+           "timesteps.trunc_steps=2", "timesteps.count=2"]
     with pytest.raises(ConfigError, match="last step"):
         load_config(None, bad)  # the window may reach step 3 (range 5 >= 4 steps) with the default KL
     load_config(None, [*bad, "grpo.sde_window_range=3"])
@@ -219,9 +219,9 @@ def test_flow_grpo_keeps_the_unconditional_gradient_only_when_asked(tiny_toy, tm
     for detach in (True, False):
         tr = Trainer(_cfg(tiny_toy, tmp_path / str(detach), "train.algorithm=flow_grpo", "sampler.steps=4",
                           f"grpo.detach_uncond={detach}"))
-        batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0)
-        x, t = batch["latents"][:, 1], tr.grid.model_time(1, len(batch["x0"]))
-        v = tr.algo.velocity(x, t, batch["cond"], batch["null"], grad=True)
+        batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0, 0)
+        x, t = batch.latents[:, 1], tr.algo.grid.model_time(1, len(batch.x0))
+        v = tr.algo.velocity(x, t, batch.cond, batch.null, grad=True)
         v.square().sum().backward()
         grads[detach] = (v.detach(), torch.cat([p.grad.flatten() for p in tr.policy.params if p.grad is not None]))
     assert torch.equal(grads[True][0], grads[False][0])

@@ -58,8 +58,8 @@ def test_wheel_installs_into_a_fresh_venv_and_trains_the_toy(tmp_path):
     version = _run([str(vdir / "bin" / "dgpo"), "--version"], env=env, cwd=run).stdout.strip()
     assert version == "dgpo 0.1.0"
     _run([str(vdir / "bin" / "dgpo"), "train", "run.out_dir=out", "run.epochs=1", "train.prompts_per_epoch=2",
-          "train.group_size=4", "train.batch_size=8", "sampler.steps=3", "dgpo.trunc_steps=2",
-          "dgpo.num_train_timesteps=2", "eval.max_prompts=4", "eval.min_per_category=0"], env=env, cwd=run)
+          "train.group_size=4", "train.batch_size=8", "sampler.steps=3", "timesteps.trunc_steps=2",
+          "timesteps.count=2", "eval.max_prompts=4", "eval.min_per_category=0"], env=env, cwd=run)
     out = run / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 1 and 0.0 <= summary["eval_after"]["overall"] <= 1.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dgpo.models.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t5_encoder, t5_tokenizer
+from dgpo.testing.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t5_encoder, t5_tokenizer
 
 
 def build_sd3(folder: Path) -> Path:
@@ -86,7 +86,7 @@ def qwen_tokenizer():
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
-    from dgpo.models.random_pipelines import _byte_alphabet
+    from dgpo.testing.random_pipelines import _byte_alphabet
 
     vocab = {c: i for i, c in enumerate(_byte_alphabet())}
     vocab["<|endoftext|>"] = len(vocab)

@@ -13,11 +13,12 @@ from types import SimpleNamespace
 
 import torch
 import yaml
-from fuzz_files import _fresh, _tiny_run, apply_damage, damage_op
-from fuzz_strategies import MARKER_NAME, json_values, pickle_payload
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.fuzz.file_targets import _fresh, _tiny_run, apply_damage, damage_op
+from benchmarks.fuzz.strategies import MARKER_NAME, json_values, pickle_payload
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _marker_check(marker: Path) -> None:
@@ -117,14 +118,14 @@ def _run_lora(state, ops) -> str:
 
 # ---------------------------------------------------------------------------- diffusers LoRA files
 def _setup_diffusers(folder: Path):
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests"))  # the test suite's tiny SD3 builder (tests/tiny_diffusers.py)
     from diffusers.utils import logging as diffusers_logging
     from tiny_diffusers import build_sd3
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    from dgpo.models.loading import load_any
+    from dgpo.training.export import load_any
     from dgpo.training.export import LORA_FILE, lora_state_dict
     from dgpo.training.policy import Policy
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from fuzz_strategies import byte_mutation, json_mutation, mutate_bytes, mutate_json
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+
+from benchmarks.fuzz.strategies import byte_mutation, json_mutation, mutate_bytes, mutate_json
 
 DTYPES = [torch.int64, torch.int32, torch.uint8, torch.bool, torch.float16, torch.bfloat16, torch.float64, torch.int8]
 
@@ -232,7 +233,7 @@ def _model_strategy(state):
 
 
 def _run_models(state, case) -> str:
-    from dgpo.models.loading import load_any
+    from dgpo.training.export import load_any
 
     folder = _fresh(state.pristine, state.folder / "m")
     if isinstance(case, tuple):  # a --model string

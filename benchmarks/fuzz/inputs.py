@@ -8,11 +8,12 @@ a **crash** (any other exception, a wrong result, a 500 or a dropped connection 
 **hang** (longer than ``--case-timeout-s``). Code execution is probed too: YAML tags and pickled LoRA
 files carry payloads that would create a marker file, and a case that creates it is a crash.
 
-The targets live in fuzz_targets.py (configs, overrides, prompt files), fuzz_server.py (the reward
-server), fuzz_files.py (checkpoints, toy model folders) and fuzz_exports.py (run directories, LoRA
-folders); fuzz_strategies.py holds the shared strategies. tests/test_fuzz.py runs a few cases of each.
+The targets live beside this file: text_targets.py (configs, overrides, prompt files), server_targets.py
+(the reward server), file_targets.py (checkpoints, toy model folders) and export_targets.py (run
+directories, LoRA folders); strategies.py holds the shared strategies. tests/test_fuzz.py runs a few cases
+of each.
 
-Usage: python benchmarks/fuzz_inputs.py [--cases 10000] [--seed 0] [--targets config_yaml,prompts,...]
+Usage: python -m benchmarks.fuzz.inputs [--cases 10000] [--seed 0] [--targets config_yaml,prompts,...]
 Writes bench_results/fuzz_inputs.json (docs/bench/fuzz_inputs.json holds the committed run).
 """
 
@@ -32,7 +33,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub-id-looking --model must never reach the network
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
@@ -146,10 +146,10 @@ def _describe(data) -> str:
 
 
 def all_targets() -> dict:
-    from fuzz_exports import TARGETS_EXPORTS
-    from fuzz_files import TARGETS_FILES
-    from fuzz_server import TARGETS_SERVER
-    from fuzz_targets import TARGETS_TEXT
+    from benchmarks.fuzz.export_targets import TARGETS_EXPORTS
+    from benchmarks.fuzz.file_targets import TARGETS_FILES
+    from benchmarks.fuzz.server_targets import TARGETS_SERVER
+    from benchmarks.fuzz.text_targets import TARGETS_TEXT
 
     return {**TARGETS_TEXT, **TARGETS_SERVER, **TARGETS_FILES, **TARGETS_EXPORTS}
 
@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--targets", default="", help=f"comma-separated subset of {list(WEIGHTS)}")
     ap.add_argument("--out", default="bench_results/fuzz_inputs.json")
     a = ap.parse_args()
-    from _results import write_result
+    from benchmarks.common import write_result
 
     names = [t.strip() for t in a.targets.split(",") if t.strip()] or None
     result = fuzz(a.cases, a.seed, a.case_timeout_s, names)

@@ -13,8 +13,9 @@ import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
-from fuzz_strategies import deep, json_mutation, json_text, json_values, mutate_json
 from hypothesis import strategies as st
+
+from benchmarks.fuzz.strategies import deep, json_mutation, json_text, json_values, mutate_json
 
 TOKEN = "fuzz-token-" + "k" * 24
 LIMITS = dict(max_body_bytes=1 << 20, max_items=6, max_pixels=48 * 48)
@@ -80,7 +81,7 @@ def _body_strategy(state):
 
 
 def scalar_json():
-    from fuzz_strategies import scalars
+    from benchmarks.fuzz.strategies import scalars
 
     return scalars
 

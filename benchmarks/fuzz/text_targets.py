@@ -15,10 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
-from fuzz_strategies import (MARKER_NAME, deep, json_mutation, json_text, json_values, mutate_json, raw_json_lines,
-                             yaml_payloads)
-from fuzz_strategies import scalars as scalar_values
 from hypothesis import strategies as st
+
+from benchmarks.fuzz.strategies import (MARKER_NAME, deep, json_mutation, json_text, json_values, mutate_json,
+                                       raw_json_lines, yaml_payloads)
+from benchmarks.fuzz.strategies import scalars as scalar_values
 
 
 def _marker_check(state) -> None:

@@ -5,20 +5,21 @@ peak GPU memory per process and seconds per epoch, compares the step-2 checkpoin
 reference run, and checks that a run resumed from its step-1 checkpoint writes the same step-2
 checkpoint bit for bit.
 
-Usage (a node with 2+ GPUs; other --num_processes work too, the group size is 4):
-  python benchmarks/fsdp_gpu.py --run-dir /tmp/fsdp_ref                           # 1 GPU, unsharded
+Usage (from the repository root, on a node with 2+ GPUs; other --num_processes work too, the group
+size is 4):
+  python -m benchmarks.gpu.fsdp_gpu --run-dir /tmp/fsdp_ref                    # 1 GPU, unsharded
   accelerate launch --config_file configs/accelerate/fsdp2_8gpu.yaml --num_processes 2 \\
-      benchmarks/fsdp_gpu.py --run-dir /tmp/fsdp_2
+      -m benchmarks.gpu.fsdp_gpu --run-dir /tmp/fsdp_2
   cp -r /tmp/fsdp_2 /tmp/fsdp_2r && rm -r /tmp/fsdp_2r/checkpoints/step_000002
   accelerate launch --config_file configs/accelerate/fsdp2_8gpu.yaml --num_processes 2 \\
-      benchmarks/fsdp_gpu.py --run-dir /tmp/fsdp_2r --resume
-  python benchmarks/fsdp_gpu.py --report /tmp/fsdp_2 --reference /tmp/fsdp_ref --resumed /tmp/fsdp_2r
+      -m benchmarks.gpu.fsdp_gpu --run-dir /tmp/fsdp_2r --resume
+  python -m benchmarks.gpu.fsdp_gpu --report /tmp/fsdp_2 --reference /tmp/fsdp_ref --resumed /tmp/fsdp_2r
 Each training process writes ``bench_rank<r>.json`` (peak memory, epoch seconds) into the run folder;
 ``--report`` gathers them and the checkpoint differences into bench_results/fsdp_gpu.json (``--out``).
 ``--tiny`` shrinks the model to test widths for a CPU smoke run (``ACCELERATE_USE_FSDP=true
-FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP torchrun --nproc_per_node 2`` in place
-of accelerate launch). Weights are fp32 and mixed precision off so that the comparison measures
-sharding alone (``--bf16``: bf16 weights and autocast, for memory and speed).
+FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP torchrun --nproc_per_node 2 -m
+benchmarks.gpu.fsdp_gpu`` in place of accelerate launch). Weights are fp32 and mixed precision off so
+that the comparison measures sharding alone (``--bf16``: bf16 weights and autocast, for memory and speed).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import json
 from pathlib import Path
 
 import torch
-from _results import write_result  # benchmarks/ is on sys.path when a script runs
 from safetensors.torch import load_file
 
 from dgpo.config import load_config
 from dgpo.models.flux import FluxFlowModel
-from dgpo.models.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t5_encoder, t5_tokenizer
+from dgpo.testing.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t5_encoder, t5_tokenizer
 from dgpo.training.trainer import Trainer
+
+from benchmarks.common import write_result
 
 # FluxTransformer2DModel config of black-forest-labs/FLUX.1-dev (its transformer/config.json)
 FLUX_DEV = {"patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
@@ -67,7 +69,7 @@ def config(run_dir: Path, a, epochs: int = 2):
         f"run.out_dir={run_dir}", f"run.epochs={epochs}", "run.sample_every=0", "run.save_every=1",
         "run.eval_at_ends=false", "reward.name=colorfulness", "train.lora_rank=0", "train.lr=1e-5",
         "train.ema_every=1", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=4",
-        "sampler.steps=4", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2", "dgpo.kl_beta=0.02", "dgpo.switch_ema_ref=0", *a.overrides])
+        "sampler.steps=4", "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.kl_beta=0.02", "dgpo.switch_ema_ref=0", *a.overrides])
 
 
 def train(run_dir: Path, a, resume: bool = False) -> Trainer:

@@ -1,6 +1,6 @@
 """DGPO iterations on an SD3.5-Medium-sized transformer at 512 px: dgpo's own loop (the real Trainer,
 SD3 adapter, LoRA r64 on the official targets, rewards, the DGPO loss, AdamW) beside the official
-loops' structure (``_official_loops.py``), in one process on one card, printing seconds per sample
+loops' structure (``official_loops.py``), in one process on one card, printing seconds per sample
 per phase, the ratio, the loop overhead, peak memory and compile time, and writing JSON.
 
 The transformer has random weights and the transformer config of stabilityai/stable-diffusion-3.5-medium
@@ -20,11 +20,11 @@ skips the arms that would start after it).
 Loop overhead = 1 - (the arm's model calls timed alone, composed as its loop calls them) / its
 measured iteration: everything outside model calls (sampler, VAE, reward, loss, optimizer, EMAs).
 
-Usage: python benchmarks/sd35m_gpu.py [--compare | --arms a,b] [--tiny] [--budget-s 480] [--out PATH]
-                                     [--profile dgpo_bf16_compile,...]
+Usage: python -m benchmarks.gpu.sd35m_gpu [--compare | --arms a,b] [--tiny] [--budget-s 480] [--out PATH]
+                                          [--profile dgpo_bf16_compile,...]
 Without ``--compare`` or ``--arms`` only ``dgpo_bf16_compile_rb`` runs (a quick check of dgpo's speed).
 ``--tiny`` is a CPU smoke run (CI runs it): a 2-layer transformer, small text encoders, 64 px, 4 samples;
-by default its arms are the eager ones. ``benchmarks/sd35m_gpu.sh`` is a GPU session's whole check.
+by default its arms are the eager ones. ``benchmarks/gpu/sd35m_gpu.sh`` is a GPU session's whole check.
 """
 
 from __future__ import annotations
@@ -38,14 +38,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from _official_loops import OfficialLoop, sync  # benchmarks/ is on sys.path when a script runs
-from _results import write_result
 
 from dgpo.config import load_config
 from dgpo.models.base import cfg_velocity
-from dgpo.models.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t5_encoder, t5_tokenizer
 from dgpo.models.sd3 import SD3_LORA_TARGETS, SD3FlowModel
+from dgpo.testing.random_pipelines import clip_encoder, clip_tokenizer, kl_vae, t5_encoder, t5_tokenizer
 from dgpo.training.trainer import Trainer
+
+from benchmarks.common import write_result
+from benchmarks.gpu.official_loops import OfficialLoop, sync
 
 # SD3Transformer2DModel config of stabilityai/stable-diffusion-3.5-medium (its transformer/config.json)
 SD35M = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
@@ -191,7 +192,7 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path |
             "run.eval_at_ends=false", "run.log_with=none", "sampler.shift=3.0", "sampler.method=dpm",
             f"sampler.steps={STEPS}", "sampler.cfg_scale=4.5", "reward.name=colorfulness", "train.lora_rank=64",
             "train.lora_alpha=128", "train.lr=3e-4", f"train.prompts_per_epoch={PROMPTS}", f"train.group_size={S['group']}",
-            f"train.batch_size={PROMPTS * S['group']}", "train.sampling_batches=1", f"dgpo.num_train_timesteps={TRAIN_T}",
+            f"train.batch_size={PROMPTS * S['group']}", "train.sampling_batches=1", f"timesteps.count={TRAIN_T}",
             "dgpo.kl_beta=0.02", "dgpo.kl_cfg=1.0", "dgpo.clip_range=0.01", "dgpo.switch_ema_ref=500"])
         model = fresh_model(pipe, template, torch.bfloat16 if bf16 and cuda else torch.float32, device, cfg.model)
         t0 = time.perf_counter()
@@ -210,7 +211,7 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path |
                "trainable_dtype": str(trainer.policy.params[0].dtype),
                "frozen_dtype": str(next(p for p in trainer.model.denoiser.parameters() if not p.requires_grad).dtype),
                "compile_info": trainer.compile_info, "fp8_info": trainer.fp8_info}
-        out["calls"] = call_times(trainer.model, trainer.policy.reference, trainer.ema_old.applied,
+        out["calls"] = call_times(trainer.model, trainer.policy.reference, trainer.algo.old_model.applied,
                                   trainer.acc.autocast, B, 2 if tiny else 3, frozen_B=frozen_B)
         if profile_to is not None:  # after every timing above: the profiler slows the host
             if save is not None:

@@ -8,8 +8,11 @@
 # noisy; both arms see the same images per epoch, as in the CPU bench. The raw results record the GPU's
 # name; report.md, the curves and raw JSON land in $OUT/race.
 #
-# Usage: bash benchmarks/toy_race_gpu.sh   (2 seeds x (30 + 90) s of training plus evals and start-up per run)
-#        BUDGET=2 SEEDS=1 EVAL_EVERY=1 PER_CAT=2 bash benchmarks/toy_race_gpu.sh   (CPU smoke run, about 1 min on 2 cores)
+# Run from the repository root.
+# Usage: bash benchmarks/gpu/toy_race_gpu.sh
+#          (2 seeds x (30 + 90) s of training plus evals and start-up per run)
+#        BUDGET=2 SEEDS=1 EVAL_EVERY=1 PER_CAT=2 bash benchmarks/gpu/toy_race_gpu.sh
+#          (CPU smoke run, about 1 min on 2 cores)
 # A killed run loses nothing finished: rerun the same command and `dgpo bench` resumes from $OUT/race/raw.
 set -euo pipefail
 OUT=${OUT:-runs/toy_race_gpu}

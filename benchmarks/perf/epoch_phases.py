@@ -1,6 +1,6 @@
 """Time one DGPO epoch's phases (rollout, reward, train) on the toy default, side by side in one run.
 
-Usage: python benchmarks/epoch_phases.py [--epochs 3] [key=value ...]
+Usage: python -m benchmarks.perf.epoch_phases [--epochs 3] [key=value ...]
 Writes bench_results/epoch_phases.json and prints seconds per phase and per image.
 """
 
@@ -12,10 +12,11 @@ import tempfile
 import time
 
 import torch
-from _results import write_result  # benchmarks/ is on sys.path when a script runs
 
 from dgpo.config import load_config
 from dgpo.training.trainer import Trainer
+
+from benchmarks.common import write_result
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     phases = {k: sum(r[f"time_{k}"] for r in rows) / len(rows) for k in ("rollout", "reward", "train")}
     result = {
         "config": {"P": cfg.train.prompts_per_epoch, "G": cfg.train.group_size, "steps": cfg.sampler.steps,
-                   "train_timesteps": cfg.dgpo.num_train_timesteps, "lora_rank": cfg.train.lora_rank},
+                   "train_timesteps": cfg.timesteps.count, "lora_rank": cfg.train.lora_rank},
         "epochs": len(rows), "wall_s": wall, "seconds_per_epoch": phases,
         "seconds_per_image": {k: v / images for k, v in phases.items()},
         "share": {k: v / sum(phases.values()) for k, v in phases.items()},

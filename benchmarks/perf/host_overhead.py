@@ -24,7 +24,8 @@ the EMA 'old' forward, and the reference forward entered through the switch and 
 ``disable_adapter()`` (whose ``requires_grad`` flips also change the guards the compiled blocks are
 looked up by). About 3 minutes, most of it compiling.
 
-Usage: python benchmarks/host_overhead.py [--reps 20] [--compiled] [--out bench_results/host_overhead.json]
+Usage: python -m benchmarks.perf.host_overhead [--reps 20] [--compiled]
+                                               [--out bench_results/host_overhead.json]
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ import time
 from contextlib import contextmanager
 
 import torch
-from _results import write_result
-from sd35m_gpu import SD35M
 
 from dgpo.models.sd3 import SD3_LORA_TARGETS
 from dgpo.training.ema import OldModelEMA
 from dgpo.training.policy import Policy
+
+from benchmarks.common import write_result
+from benchmarks.gpu.sd35m_gpu import SD35M
 
 ROLLOUT_CALLS, TRAIN_T = 10, 4
 
@@ -128,7 +130,7 @@ def compiled_forwards(reps: int) -> dict:
     DGPO epoch of warm-up, each kind of call the best of two rounds."""
     import tempfile
 
-    import sd35m_gpu as bench
+    import benchmarks.gpu.sd35m_gpu as bench
 
     from dgpo.config import load_config
     from dgpo.training.trainer import Trainer
@@ -140,7 +142,7 @@ def compiled_forwards(reps: int) -> dict:
         cfg = load_config(None, [
             "model.kind=sd3", "model.resolution=64", "model.max_sequence_length=16", "train.compile=true",
             f"run.out_dir={tmp}", "run.epochs=1", "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false",
-            "run.log_with=none", "sampler.steps=4", "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2",
+            "run.log_with=none", "sampler.steps=4", "timesteps.trunc_steps=2", "timesteps.count=2",
             "reward.name=colorfulness", "train.lora_rank=64", "train.lora_alpha=128", "train.prompts_per_epoch=2",
             "train.group_size=2", "train.batch_size=4", "dgpo.kl_beta=0.02", "dgpo.clip_range=0.01"])
         tr = Trainer(cfg, model=bench.fresh_model(pipe, pipe.transformer, torch.float32, "cpu", cfg.model))
@@ -154,7 +156,7 @@ def compiled_forwards(reps: int) -> dict:
                 m.velocity(x, t, cond)
         return f
 
-    arms = {"plain": forward(contextmanager(lambda: (yield))), "ema_old": forward(tr.ema_old.applied),
+    arms = {"plain": forward(contextmanager(lambda: (yield))), "ema_old": forward(tr.algo.old_model.applied),
             "reference_switch": forward(tr.policy.reference), "reference_peft": forward(tr.policy.peft.disable_adapter)}
     out = {k: min(per_call_ms(f, reps) for _ in range(2)) for k, f in arms.items()}
     for k, v in out.items():

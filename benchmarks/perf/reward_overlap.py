@@ -1,7 +1,7 @@
 """Rewards overlapped with rollouts: the toy default with the `remote` reward on a loopback server whose
 scorer is busy ``--latency-s`` per call (standing in for a GPU scorer elsewhere), overlap off and on.
 
-Usage: python benchmarks/reward_overlap.py [--epochs 4] [--latency-s 1.0] [key=value ...]
+Usage: python -m benchmarks.perf.reward_overlap [--epochs 4] [--latency-s 1.0] [key=value ...]
 Writes bench_results/reward_overlap.json: per arm, the seconds per epoch spent generating and waiting
 for rewards after the rollout (the first epoch dropped), and whether the rewards are identical.
 """
@@ -13,12 +13,13 @@ import tempfile
 import time
 
 import torch
-from _results import write_result  # benchmarks/ is on sys.path when a script runs
 
 from dgpo.config import load_config
 from dgpo.rewards import build_reward
 from dgpo.rewards.server import RewardServer
 from dgpo.training.trainer import Trainer
+
+from benchmarks.common import write_result
 
 
 def main() -> None:

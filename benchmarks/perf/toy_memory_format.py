@@ -1,6 +1,6 @@
 """Toy UNet forward and forward+backward time, contiguous vs channels-last, side by side in one run.
 
-Usage: python benchmarks/toy_memory_format.py [--batch 128] [--repeats 5]
+Usage: python -m benchmarks.perf.toy_memory_format [--batch 128] [--repeats 5]
 Writes bench_results/toy_memory_format.json and prints seconds per call and the ratio.
 """
 
@@ -11,10 +11,11 @@ import platform
 import time
 
 import torch
-from _results import write_result  # benchmarks/ is on sys.path when a script runs
 
 from dgpo.toy.model import tokenize
 from dgpo.toy.weights import load_toy
+
+from benchmarks.common import write_result
 
 
 def timed(fn, repeats: int) -> float:

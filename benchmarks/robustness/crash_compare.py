@@ -1,5 +1,5 @@
 """Compare a killed-and-resumed run folder with an uninterrupted one, bit for bit (wall-clock fields aside):
-the crash-resume harness's verdict (benchmarks/crash_resume.py)."""
+the crash-resume harness's verdict (benchmarks/robustness/crash_resume.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Crash-resume harness: SIGKILL a small toy DGPO run again and again, `--resume` it, and compare the end
 result with an uninterrupted run, bit for bit.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/crash_resume.py [--kills 24] [--seed 0]
+Usage: OMP_NUM_THREADS=1 python -m benchmarks.robustness.crash_resume [--kills 24] [--seed 0]
        [--out bench_results/crash_resume.json] [--work DIR]
 
 Each launch is ``python -m dgpo.cli train`` (``--resume`` once a checkpoint exists), SIGKILLed after a
@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
-from _crash_compare import compare  # benchmarks/ is on sys.path when this script runs
+from benchmarks.robustness.crash_compare import compare
 
 TOY = ["run.epochs={epochs}", "run.save_every=1", "run.eval_every=2", "run.sample_every=2",
        "run.keep_checkpoints=2", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=4",
        "train.steps_per_epoch=2", "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3",
-       "dgpo.trunc_steps=2", "dgpo.num_train_timesteps=2", "dgpo.switch_ema_ref=0", "eval.max_prompts=4",
+       "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.switch_ema_ref=0", "eval.max_prompts=4",
        "eval.batch_size=8", "reward.name=jpeg_incompressibility", "run.log_with=tensorboard"]
 BAR = re.compile(r"^(eval [^:]+|dgpo): *\d+%\|.*?\| *(\d+)/(\d+)(.*)$")
 
@@ -311,7 +311,7 @@ def summarize(episodes: list[dict], ref_s: float, total_s: float, epochs: int, s
 
 
 def main() -> None:
-    from _results import write_result  # benchmarks/ is on sys.path when a script runs
+    from benchmarks.common import write_result
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=24, help="kill points to try (default 24)")

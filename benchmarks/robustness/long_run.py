@@ -6,16 +6,16 @@ few seconds into ``<out-dir>/samples.jsonl``, and at the end writes the report: 
 start / after warm-up / max / end, fitted RSS slope, epoch-time drift) and a two-panel PNG.
 
 Usage:
-  python benchmarks/long_run.py --hours 2 --out-dir runs/long_run [key=value ...]   # start
-  python benchmarks/long_run.py --resume --out-dir runs/long_run [key=value ...]    # continue
-  python benchmarks/long_run.py --report --out-dir runs/long_run                    # report only
+  python -m benchmarks.robustness.long_run --hours 2 --out-dir runs/long_run [key=value ...]   # start
+  python -m benchmarks.robustness.long_run --resume --out-dir runs/long_run [key=value ...]    # continue
+  python -m benchmarks.robustness.long_run --report --out-dir runs/long_run                    # report only
 
 ``--resume`` appends to the samples file: it re-attaches to the trainer if that is still running,
 else restarts it with ``dgpo train --resume`` from its latest checkpoint (same overrides), or only
 reports when the run has finished. The trainer runs this checkout's ``src/`` and gets
 ``OMP_NUM_THREADS=--threads``. Old checkpoints beyond ``--keep-checkpoints`` are deleted as it goes
-(the trainer itself keeps the newest ``run.keep_checkpoints``). See docs/long_run.md for the bound and
-how to read the result.
+(the trainer itself keeps the newest ``run.keep_checkpoints``). See docs/results/long-runs.md for the
+bound and how to read the result.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-from _long_run_report import read_jsonl, report  # benchmarks/ is on sys.path when a script runs
+from benchmarks.robustness.long_run_report import read_jsonl, report
 
 try:
     import psutil
 except ImportError:  # /proc is read instead
     psutil = None
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,5 @@
-"""The report of benchmarks/long_run.py: RSS and epoch-time statistics (JSON) and their curves (PNG).
+"""The report of benchmarks/robustness/long_run.py: RSS and epoch-time statistics (JSON) and their curves
+(PNG).
 
 Samples rows: {t, segment, pid, rss_mb, cpu_s, procs, load1}; event rows: {event: start|attach|exit, t,
 segment, ...}. A segment is one trainer process: after a restart memory starts afresh, so each segment
@@ -13,7 +14,8 @@ import platform
 from pathlib import Path
 
 import numpy as np
-from _results import write_result
+
+from benchmarks.common import write_result
 
 HOUR = 3600.0
 

@@ -3,7 +3,7 @@
 training noise and timesteps. Pure noise gives cosines around 0 and a norm of the mean of K
 gradients of 1/sqrt(K) times their mean norm.
 
-Usage: python benchmarks/toy_grad_snr.py [--k 4] [key=value ...]   (the toy demo config by default)
+Usage: python -m benchmarks.studies.toy_grad_snr [--k 4] [key=value ...]   (the toy demo config by default)
 Writes bench_results/toy_grad_snr.json.
 """
 
@@ -14,24 +14,25 @@ import itertools
 import tempfile
 
 import torch
-from _results import write_result  # benchmarks/ is on sys.path when a script runs
 
 from dgpo.advantages import group_advantages
 from dgpo.config import load_config
 from dgpo.data.prompts import epoch_prompts
 from dgpo.training.trainer import Trainer
 
+from benchmarks.common import write_result
+
 
 def step_gradient(tr: Trainer, batch: dict, rewards: torch.Tensor, key: int) -> torch.Tensor:
     """The flattened gradient of one optimizer step over the whole batch (no update)."""
     c = tr.cfg
-    gids = torch.arange(batch["n_total"]) // c.train.group_size
-    adv, zero = group_advantages(rewards, gids, c.dgpo.adv_std, clip_max=c.dgpo.adv_clip_max)
+    gids = torch.arange(batch.n_total) // c.train.group_size
+    adv, zero = group_advantages(rewards, gids, c.advantages.std, clip_max=c.advantages.clip_max)
     _, signal = tr.algo.select(batch, rewards, adv, zero, gids)
-    units, idx = tr.algo.units(batch, key), torch.arange(batch["n_total"])
+    units, idx = tr.algo.units(batch, key, 0), torch.arange(batch.n_total)
     tr.opt.zero_grad(set_to_none=True)
     for slot, unit in enumerate(units):
-        for mb in tr.algo.micro_batches(batch["group_ids"], idx):
+        for mb in tr.algo.micro_batches(batch.group_ids, idx):
             out = tr.algo.micro_loss(batch, signal, mb, unit, slot, key)
             (out.loss_sum / (len(idx) * len(units))).backward()
     return torch.cat([p.grad.flatten() for p in tr.policy.params if p.grad is not None]).clone()
@@ -40,8 +41,8 @@ def step_gradient(tr: Trainer, batch: dict, rewards: torch.Tensor, key: int) -> 
 def rollout(tr: Trainer, epoch: int) -> tuple[dict, torch.Tensor]:
     c = tr.cfg
     metas = epoch_prompts(tr.prompts, c.train.prompts_per_epoch, c.run.seed, epoch, c.train.balance_categories)
-    batch = tr.algo.rollout(metas, epoch)
-    return batch, tr.reward_fn(tr.model.decode(batch["x0"]), batch["metas"]).float().cpu()
+    batch = tr.algo.rollout(metas, epoch, 0)
+    return batch, tr.reward_fn(tr.model.decode(batch.x0), batch.metas).float().cpu()
 
 
 def agreement(grads: list[torch.Tensor]) -> dict:

@@ -2,7 +2,7 @@
 split, and what N steps of RL reach when trained on held-out-disjoint prompts (toy:train, the
 demo) versus on the test prompts themselves (in-distribution: the ceiling of generalisation).
 
-Usage: python benchmarks/toy_headroom.py [--group 8] [--steps 24] [--model PATH] [key=value ...]
+Usage: python -m benchmarks.studies.toy_headroom [--group 8] [--steps 24] [--model PATH] [key=value ...]
 Writes bench_results/toy_headroom.json and prints the tables.
 """
 
@@ -14,13 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import write_result  # benchmarks/ is on sys.path when a script runs
-
 from dgpo.config import load_config
 from dgpo.data.prompts import load_prompts
 from dgpo.evaluation import evaluate, markdown_table, model_image_fn
 from dgpo.models.loading import load_model
 from dgpo.training.trainer import Trainer
+
+from benchmarks.common import write_result
 
 
 def headroom(model_path: str, group: int, seed: int) -> dict:

@@ -3,7 +3,7 @@ prompts, side by side: where a run's training reward comes from (its sampler, it
 it carries over to the held-out ODE eval that `dgpo bench` reports.
 
 Usage:
-  OMP_NUM_THREADS=2 python benchmarks/toy_sampler_eval.py --model base= \
+  OMP_NUM_THREADS=2 python -m benchmarks.studies.toy_sampler_eval --model base= \
       --model flow_grpo=runs/bench/runs/flow_grpo__s0 --model dgpo=runs/bench/runs/dgpo__s0 \
       [--per-category 40] [--noise 0.7] [--out bench_results/toy_sampler_eval.json]
 
@@ -16,21 +16,18 @@ strict toy-GenEval per category and overall, and the partial-credit reward the t
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_result  # noqa: E402
+from dgpo.data.prompts import load_prompts
+from dgpo.evaluation import evaluate, model_image_fn, per_category
+from dgpo.models.base import cfg_velocity
+from dgpo.samplers.rollout import initial_noise
+from dgpo.samplers.sde import sample_sde
+from dgpo.toy.grammar import CATEGORIES
+from dgpo.training.export import load_any
 
-from dgpo.data.prompts import load_prompts  # noqa: E402
-from dgpo.evaluation import evaluate, model_image_fn, per_category  # noqa: E402
-from dgpo.models.base import cfg_velocity  # noqa: E402
-from dgpo.models.loading import load_any  # noqa: E402
-from dgpo.samplers.rollout import initial_noise  # noqa: E402
-from dgpo.samplers.sde import sample_sde  # noqa: E402
-from dgpo.toy.grammar import CATEGORIES  # noqa: E402
+from benchmarks.common import write_result
 
 SPLITS = ("toy:test", "toy:train")
 

@@ -11,8 +11,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from dgpo.bench import (BUDGET_SCALE, COMPARISONS, LABEL, SLOW_ARMS, compare, late_scores, mean_curve,
-                        speed_ratio, summary_row, upto)
+from dgpo.bench_arms import BUDGET_SCALE, COMPARISONS, LABEL, SLOW_ARMS
+from dgpo.bench_stats import compare, late_scores, mean_curve, speed_ratio, summary_row, upto
 
 
 def _slug(title: str) -> str:

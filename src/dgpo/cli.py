@@ -42,7 +42,7 @@ def _load_flow_model(a):
     ``--device`` (default: cuda if available)."""
     import torch
 
-    from dgpo.models.loading import load_any
+    from dgpo.training.export import load_any
 
     model = load_any(a.model, a.lora, a.kind, a.dtype, a.resolution)
     return model.to(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -71,7 +71,7 @@ def cmd_train(a) -> None:
 
 def cmd_config(a) -> None:
     from dgpo.config import dump_yaml, load_config
-    from dgpo.config_docs import options_markdown
+    from dgpo.config.docs import options_markdown
 
     if a.action == "options":
         print(options_markdown(), end="")
@@ -231,7 +231,7 @@ def cmd_reward(a) -> None:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     fn = build_reward(a.reward, a.model_path, a.processor_path, device, clip_path=a.clip_path,
                       partial=a.partial, aesthetic_path=a.aesthetic_path, hps_path=a.hps_path,
-                      imagereward_path=a.imagereward_path)
+                      imagereward_path=a.imagereward_path, key="--reward")
     limits = Limits(int(a.max_body_mb * (1 << 20)), a.max_items, a.max_pixels)
     server = RewardServer(fn, a.reward, a.host, a.port, token, limits, a.batch_size, a.queue, a.timeout_s,
                           a.read_timeout_s, device=device)

@@ -111,7 +111,8 @@ def build_scorers(name: str, rewards: tuple[str, ...], paths: RewardPaths) -> tu
             scorers[r] = build_reward(r, model, proc, paths.device, clip_path=paths.clip, partial=paths.partial,
                                       aesthetic_path=paths.aesthetic, hps_path=paths.hps,
                                       imagereward_path=paths.imagereward, paper_units=True,
-                                      judge={"url": paths.judge_url, "model": paths.judge_model, "token": judge_token})
+                                      judge={"url": paths.judge_url, "model": paths.judge_model, "token": judge_token},
+                                      key="--rewards")
         except (ValueError, OSError, ImportError) as e:
             if not optional:
                 if isinstance(e, ImportError):
@@ -213,7 +214,7 @@ def evaluate_model(name: str, model: str, out: str | Path, settings: EvalSetting
     from dataclasses import asdict
 
     from dgpo.evaluation import model_image_fn
-    from dgpo.models.loading import load_any
+    from dgpo.training.export import load_any
 
     flow = load_any(model, lora, kind, dtype, resolution).to(paths.device)
     shift = settings.shift or flow.default_shift()

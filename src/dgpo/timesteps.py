@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from dgpo.schedules import NUM_TRAIN_TIMESTEPS, Grid
-
-
-def derive_seed(*key: int) -> int:
-    """A 63-bit seed that is a fixed function of integer keys (run seed, epoch, stream, index...)."""
-    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
+from dgpo.seeds import Stream, derive_seed
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -54,7 +49,7 @@ def train_timesteps(
       floor(1000 sigmoid(n)), n ~ N(0, 1), into the 1000 training timesteps of diffusers'
       ``FlowMatchEulerDiscreteScheduler`` with ``shift``: its sigma and its (float) timestep.
     """
-    g = _generator(seed, epoch, 1)
+    g = _generator(seed, epoch, Stream.TIMESTEPS)
     if mode == "grid":
         if k > trunc_steps + 1:
             raise ValueError(f"k={k} timesteps from only {trunc_steps + 1} grid candidates")
@@ -74,7 +69,7 @@ def _logit_normal(k: int, groups: int, shift: float, seed: int, epoch: int) -> l
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
     out = []
     for slot in range(k):
-        u = torch.sigmoid(torch.randn(groups, generator=_generator(seed, epoch, 1, slot)))
+        u = torch.sigmoid(torch.randn(groups, generator=_generator(seed, epoch, Stream.TIMESTEPS, slot)))
         idx = (u * NUM_TRAIN_TIMESTEPS).long()  # as diffusers' compute_density_for_timestep_sampling's use
         out.append(TrainTime(sched.sigmas[idx].clone(), sched.timesteps[idx].clone()))
     return out
@@ -85,5 +80,5 @@ def shared_noise(shape: tuple[int, ...], group_ids: torch.Tensor, seed: int, epo
     cache: dict[int, torch.Tensor] = {}
     for g in group_ids.tolist():
         if g not in cache:
-            cache[g] = torch.randn(shape, generator=_generator(seed, epoch, 2, slot, g))
+            cache[g] = torch.randn(shape, generator=_generator(seed, epoch, Stream.SHARED_NOISE, slot, g))
     return torch.stack([cache[g] for g in group_ids.tolist()])

@@ -1,6 +1,8 @@
-"""Training algorithms: one file each, all driven by the same loop (``dgpo.training.trainer``)."""
+"""Training algorithms: one file each, all driven by the same loop (``dgpo.training.trainer``) through
+the hooks of :class:`Algorithm` and a :class:`LoopContext`."""
 
-from dgpo.algorithms.base import Algorithm, StepLoss
+from dgpo.algorithms.base import HOOKS, Algorithm, hook
+from dgpo.algorithms.context import LoopContext, Rollouts, StepLoss
 from dgpo.algorithms.dgpo import DGPO
 from dgpo.algorithms.dpo import DPO
 from dgpo.algorithms.flow_grpo import FlowGRPO
@@ -8,4 +10,4 @@ from dgpo.algorithms.nft import NFT
 
 ALGORITHMS: dict[str, type[Algorithm]] = {a.name: a for a in (DGPO, FlowGRPO, DPO, NFT)}
 
-__all__ = ["ALGORITHMS", "Algorithm", "StepLoss"]
+__all__ = ["ALGORITHMS", "HOOKS", "Algorithm", "LoopContext", "Rollouts", "StepLoss", "hook"]

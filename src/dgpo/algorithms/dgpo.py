@@ -28,12 +28,12 @@ class DGPO(Algorithm):
         return need_old, need_ref
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
-        d, tr = self.cfg.dgpo, self.tr
+        d = self.cfg.dgpo
         need_ref = self.frozen_needs()[1]
         o = self.denoising_losses(batch, mb, unit, slot, epoch)
         a = signal[mb].to(o["dsm"].device)
-        out = dgpo_velocity_loss(o["v"], o.get("v_ref"), o["target"], a, batch["group_ids"][mb].to(a.device),
-                                 d.beta_dpo, self.cfg.train.group_size, tr.group_sum, v_old=o.get("v_old"),
+        out = dgpo_velocity_loss(o["v"], o.get("v_ref"), o["target"], a, batch.group_ids[mb].to(a.device),
+                                 d.beta_dpo, self.cfg.train.group_size, self.ctx.group_sum, v_old=o.get("v_old"),
                                  clip_range=d.clip_range, clip_dsm=d.clip_dsm, clip_kl=d.clip_kl,
                                  kl_beta=d.kl_beta, use_ema_ref=d.use_ema_ref)
         stats = {"dgpo": out.dgpo, "kl": out.kl, "clip": out.clipped.float().mean(), "weight": out.weight.mean()}

@@ -1,7 +1,7 @@
 """Diffusion-DPO on groups of rollouts (Flow-GRPO's DPO baseline, ``scripts/train_sd3_dpo.py``): from
 each group the best vs the worst image, the Diffusion-DPO loss on denoising-loss differences to the
 reference, the same noise for both members. The timesteps are DGPO's options (Flow-GRPO's own:
-``dgpo.timestep_mode=logit_normal``). The reference is the frozen base; ``dpo.ref_update_every`` makes
+``timesteps.mode=logit_normal``). The reference is the frozen base; ``dpo.ref_update_every`` makes
 it Flow-GRPO's online DPO (a refreshed copy of the policy, which also rolls out); ``train.offline``
 rolls out from the base (offline DPO, Flow-GRPO's default)."""
 
@@ -36,13 +36,12 @@ class DPO(Algorithm):
         """One process trains only the pair members; several keep every sample (label 0 gives no
         gradient) so that every process runs the same micro-batches."""
         label = best_worst(rewards, group_ids)
-        keep = torch.ones_like(label, dtype=torch.bool) if self.tr.layout.distributed else label != 0
+        keep = torch.ones_like(label, dtype=torch.bool) if self.ctx.layout.distributed else label != 0
         return keep, label
 
-    @classmethod
-    def old_model(cls, cfg, params):
+    def make_old_model(self, params):
         """Online DPO's refreshed reference takes the 'old' slot (and its place in checkpoints)."""
-        return RefSnapshot(params) if cfg.dpo.ref_update_every > 0 else super().old_model(cfg, params)
+        return RefSnapshot(params) if self.online() else super().make_old_model(params)
 
     def frozen_needs(self) -> tuple[bool, bool]:
         return False, True  # the reference's denoising losses
@@ -51,21 +50,21 @@ class DPO(Algorithm):
         return self.cfg.dpo.ref_update_every > 0
 
     def reference_context(self):
-        return self.tr.ema_old.applied() if self.online() else super().reference_context()
+        return self.old_model.applied() if self.online() else super().reference_context()
 
-    def rollout_context(self):
+    def rollout_context(self, step):
         """Online DPO: the reference rolls out, refreshed first once every ref_update_every steps."""
         if not self.online() or self.cfg.train.offline:
-            return super().rollout_context()
-        if self.tr.step > 0 and self.tr.step % self.cfg.dpo.ref_update_every == 0:
-            self.tr.ema_old.refresh()
-        return self.tr.ema_old.applied()
+            return super().rollout_context(step)
+        if step > 0 and step % self.cfg.dpo.ref_update_every == 0:
+            self.old_model.refresh()
+        return self.old_model.applied()
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
         o = self.denoising_losses(batch, mb, unit, slot, epoch)
         dev = o["dsm"].device
-        out = diffusion_dpo_loss(o["dsm"], o["dsm_ref"], signal[mb].to(dev), batch["group_ids"][mb].to(dev), self.cfg.dpo.beta,
-                                 self.tr.group_sum)
+        out = diffusion_dpo_loss(o["dsm"], o["dsm_ref"], signal[mb].to(dev), batch.group_ids[mb].to(dev),
+                                 self.cfg.dpo.beta, self.ctx.group_sum)
         return StepLoss(out.terms.sum(), {"dpo": out.dpo, "accuracy": out.accuracy})
 
     def items(self, signal, idx) -> float:

@@ -17,18 +17,17 @@ from dgpo.losses.flow_grpo import flow_grpo_loss, step_kl
 from dgpo.models.base import cfg_velocity, cond_cat, cond_index, guide
 from dgpo.samplers.rollout import initial_noise
 from dgpo.samplers.sde import make_step, sample_sde, step_logprob
-from dgpo.timesteps import derive_seed
+from dgpo.seeds import Stream, derive_seed
 
 
 class FlowGRPO(Algorithm):
     name = "flow_grpo"
 
-    @classmethod
-    def rollout_method(cls, cfg) -> str:
+    def rollout_method(self) -> str:
         return "euler"  # official: SD3's FlowMatchEulerDiscreteScheduler grid
 
-    def rollout_context(self):
-        return self.tr.policy.reference() if self.cfg.train.offline else nullcontext()
+    def rollout_context(self, step):
+        return self.ctx.reference() if self.cfg.train.offline else nullcontext()
 
     def sde_steps(self, epoch: int, sampling_batch: int = 0) -> list[int]:
         """The stochastic steps of one sampling batch: all of them, or Flow-GRPO-Fast's window, drawn anew
@@ -38,7 +37,7 @@ class FlowGRPO(Algorithm):
         if g.sde_window == 0:
             return list(range(n))
         hi = max(0, min(g.sde_window_range, n) - g.sde_window)
-        key = derive_seed(self.cfg.run.seed, epoch, 5, self.tr.layout.rank, sampling_batch)
+        key = derive_seed(self.cfg.run.seed, epoch, Stream.SDE_WINDOW, self.ctx.layout.rank, sampling_batch)
         start = int(torch.randint(0, hi + 1, (1,), generator=torch.Generator().manual_seed(key)))
         return list(range(start, start + g.sde_window))
 
@@ -54,26 +53,26 @@ class FlowGRPO(Algorithm):
                 for a in range(lo, hi, bs)]
 
     @torch.no_grad()
-    def rollout(self, metas, epoch, on_chunk=None):
-        c, tr = self.cfg, self.tr
+    def rollout(self, metas, epoch, step, on_chunk=None):
+        c, model = self.cfg, self.ctx.model
         batch = self.conditions(metas, epoch)
         parts, starts = [], []
-        with self.rollout_context():
-            for sl, sampling_batch in self._chunks(len(batch["seeds"])):
-                cond, null = cond_index(batch["cond"], sl), cond_index(batch["null"], sl)
+        with self.rollout_context(step):
+            for sl, sampling_batch in self._chunks(len(batch.seeds)):
+                cond, null = cond_index(batch.cond, sl), cond_index(batch.null, sl)
                 fn = lambda x, t, cond=cond, null=null: self.velocity(x, t, cond, null, grad=False, rollout=True)
-                seeds = batch["seeds"][sl]
-                x = initial_noise(tr.model.latent_shape(), seeds).to(tr.model.device)
-                step_seeds = [derive_seed(sd, 6) for sd in seeds]
+                seeds = batch.seeds[sl]
+                x = initial_noise(model.latent_shape(), seeds).to(model.device)
+                step_seeds = [derive_seed(sd, Stream.SDE_STEP) for sd in seeds]
                 steps = self.sde_steps(epoch, sampling_batch)
-                parts.append(sample_sde(fn, x, tr.grid, c.grpo.noise_level, step_seeds, steps, c.grpo.sde_type))
+                parts.append(sample_sde(fn, x, self.grid, c.grpo.noise_level, step_seeds, steps, c.grpo.sde_type))
                 starts += [steps[0]] * len(seeds)
                 if on_chunk is not None:
-                    on_chunk(parts[-1].x0, batch["metas"][sl])
-        batch["x0"] = torch.cat([p.x0 for p in parts])
-        batch["latents"] = torch.cat([p.latents for p in parts])
-        batch["log_probs"] = torch.cat([p.log_probs for p in parts])
-        batch["sde_start"] = torch.tensor(starts)  # per local sample: its sampling batch's first stochastic step
+                    on_chunk(parts[-1].x0, batch.metas[sl])
+        batch.x0 = torch.cat([p.x0 for p in parts])
+        batch.latents = torch.cat([p.latents for p in parts])
+        batch.log_probs = torch.cat([p.log_probs for p in parts])
+        batch.sde_start = torch.tensor(starts)  # per local sample: its sampling batch's first stochastic step
         return batch
 
     def velocity(self, x, t, cond, null, grad: bool, rollout: bool = False):
@@ -84,8 +83,8 @@ class FlowGRPO(Algorithm):
         v_u is detached (official SD3 compute_log_prob; the official Qwen-Image script does not detach
         it: ``grpo.detach_uncond=false``). ``grpo.cfg_train=false`` drops CFG from the training forwards
         (policy and reference) only: rollouts keep it, as official."""
-        model, scale = self.tr.model, self.cfg.sampler.cfg_scale
-        with self.tr.acc.autocast():
+        model, scale = self.ctx.model, self.cfg.sampler.cfg_scale
+        with self.ctx.autocast():
             if scale == 1.0 or not (rollout or self.cfg.grpo.cfg_train):
                 return model.velocity(x, t, cond)
             if not grad:
@@ -97,10 +96,10 @@ class FlowGRPO(Algorithm):
         c = self.cfg
         if c.grpo.zero_adv == "groups":
             return ~zero[group_ids], adv
-        gen = torch.Generator().manual_seed(derive_seed(c.run.seed, batch["epoch"], 7))
-        owner = self.tr.layout.rank_of(torch.arange(len(adv)), c.train.group_size)
-        keep = refill_zero_advantage(adv, owner, self.tr.layout.world, c.train.sampling_batches, gen,
-                                     batch.get("alive"), equal=self.tr.shards.enabled)  # FSDP: same forwards
+        gen = torch.Generator().manual_seed(derive_seed(c.run.seed, batch.epoch, Stream.ZERO_ADV_REFILL))
+        owner = self.ctx.layout.rank_of(torch.arange(len(adv)), c.train.group_size)
+        keep = refill_zero_advantage(adv, owner, self.ctx.layout.world, c.train.sampling_batches, gen,
+                                     batch.alive, equal=self.ctx.lockstep)  # FSDP: the same forwards
         return keep, adv
 
     def optimizer_chunks(self, group_ids, pos, epoch):
@@ -115,7 +114,7 @@ class FlowGRPO(Algorithm):
             return super().micro_batches(group_ids, idx)
         return list(idx.split(self.cfg.train.batch_size))  # the loss needs no group sums
 
-    def units(self, batch, epoch):
+    def units(self, batch, epoch, step):
         """Trained steps: the first int(steps x timestep_fraction), or the k-th step of each sample's
         window (Flow-GRPO-Fast: ``micro_loss`` adds the sample's window start)."""
         g, n = self.cfg.grpo, self.cfg.sampler.steps
@@ -124,25 +123,25 @@ class FlowGRPO(Algorithm):
         return list(range(int(n * g.timestep_fraction)))
 
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
-        g, tr, grid = self.cfg.grpo, self.tr, self.tr.grid
+        g, grid = self.cfg.grpo, self.grid
         # the step each sample trains: one for all, or per sample in its sampling batch's window (float64 sigmas)
-        j = batch["sde_start"][mb] + int(unit) if g.sde_window else int(unit)
+        j = batch.sde_start[mb] + int(unit) if g.sde_window else int(unit)
         s, s_next = grid.sigmas[j], grid.sigmas[j + 1]
         if not g.sde_window:
             s, s_next = float(s), float(s_next)
-        x, x_next = batch["latents"][mb, j], batch["latents"][mb, j + 1]
-        cond, null = cond_index(batch["cond"], mb), cond_index(batch["null"], mb)
+        x, x_next = batch.latents[mb, j], batch.latents[mb, j + 1]
+        cond, null = cond_index(batch.cond, mb), cond_index(batch.null, mb)
         tt = grid.timesteps[j].to(x.device) if g.sde_window else grid.model_time(j, len(mb), x.device)
         guard = float(grid.sigmas[1])
         step = make_step(g.sde_type, x, self.velocity(x, tt, cond, null, grad=True), s, s_next, guard, g.noise_level)
         log_prob = step_logprob(x_next, step)
         kl = None
         if g.kl_beta > 0:
-            with torch.no_grad(), tr.policy.reference():
+            with torch.no_grad(), self.ctx.reference():
                 ref = make_step(g.sde_type, x, self.velocity(x, tt, cond, null, grad=False), s, s_next, guard,
                                 g.noise_level)
             kl = step_kl(step.mean, ref.mean, step.std if g.kl_paper else step.std_t)
-        out = flow_grpo_loss(log_prob, batch["log_probs"][mb, j], signal[mb].to(x.device), g.clip_range, kl, g.kl_beta)
+        out = flow_grpo_loss(log_prob, batch.log_probs[mb, j], signal[mb].to(x.device), g.clip_range, kl, g.kl_beta)
         # clip: the official clipfrac (|ratio - 1| > clip_range, on either side); ratio_dev: the largest |ratio - 1|
         dev = (out.ratio - 1).abs()
         return StepLoss(out.loss * len(mb), {"policy": out.policy, "kl": out.kl,

@@ -128,19 +128,3 @@ def dgpo_velocity_loss(
     kl = (v - v_ref).pow(2).flatten(1).mean(1) if kl_beta > 0 else None
     return dgpo_loss(d, d_old if use_ema_ref else d_ref, adv, group_ids, beta_dpo, group_size, group_sum,
                      clip_mask=mask, kl=kl, kl_beta=kl_beta, clip_dsm=clip_dsm, clip_kl=clip_kl)
-
-
-def bradley_terry_objective(
-    dsm_theta: torch.Tensor,
-    dsm_ref: torch.Tensor,
-    adv: torch.Tensor,
-    group_ids: torch.Tensor,
-    beta_dpo: float,
-    group_size: int,
-) -> torch.Tensor:
-    """sum_g -log sigma( -(beta/G) sum_{i in g} A_i (dsm_i - dsm_ref_i) ): Eq. 17 with w = |A| written as
-    one signed sum (positives minus negatives), lambda_t folded into beta. Reference for tests."""
-    per = adv * beta_dpo * (dsm_theta - dsm_ref) / group_size
-    k = int(group_ids.max()) + 1
-    s = torch.zeros(k, dtype=per.dtype).index_add(0, group_ids, per)
-    return -torch.nn.functional.logsigmoid(-s).sum()

@@ -1,4 +1,5 @@
-"""Build a :class:`FlowModel` from ``ModelConfig``, by the family table of ``dgpo.models.families``."""
+"""Build a :class:`FlowModel` from ``ModelConfig``, by the family table of ``dgpo.models.families``; merge an
+exported LoRA into one. (A model from any spec, a run directory included: ``dgpo.training.export.load_any``.)"""
 
 from __future__ import annotations
 
@@ -39,29 +40,6 @@ def pipeline_kind(path: str) -> str:
     if name not in PIPELINE_KINDS:
         raise InputError(f"--model {path!r}: pipeline {name!r} has no adapter; supported: {sorted(PIPELINE_KINDS)}")
     return PIPELINE_KINDS[name]
-
-
-def load_any(spec: str = "", lora: str = "", kind: str = "", dtype: str = "fp32", resolution: int = 0) -> FlowModel:
-    """A model for inference from any of: '' (the built-in toy base), a run directory (its slow-EMA
-    weights), a toy checkpoint folder, a diffusers folder or hub id (``kind`` overrides the family read
-    from ``model_index.json``); ``lora``: an exported LoRA applied on top (merged)."""
-    from pathlib import Path
-
-    path = user_path(spec, "--model") if spec else None
-    if path is not None and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
-        from dgpo.training.export import load_run_model
-
-        model = load_run_model(path)
-    elif path is None or kind == "toy" or (path / "config.json").is_file() and not (path / "model_index.json").is_file():
-        from dgpo.models.toy import ToyFlowModel
-
-        model = ToyFlowModel.load(path)
-    else:
-        kind = kind or pipeline_kind(spec)
-        model = load_model(ModelConfig(kind=kind, path=spec, dtype=dtype, resolution=resolution))
-    if lora:
-        apply_lora(model, lora)
-    return model
 
 
 def apply_lora(model: FlowModel, lora: str) -> None:

@@ -1,4 +1,7 @@
-"""Rewards: callables (images [B, 3, H, W] in [0, 1], metadata rows) -> Tensor [B]."""
+"""Rewards: callables (images [B, 3, H, W] in [0, 1], metadata rows) -> Tensor [B].
+
+A reward is a built-in name, a user's ``"package.module:function"`` or a Python callable
+(:mod:`dgpo.rewards.custom` has the contract every reward follows)."""
 
 from __future__ import annotations
 
@@ -15,15 +18,23 @@ if TYPE_CHECKING:
 RewardFn = Callable[[torch.Tensor, list[dict]], torch.Tensor]
 
 
-def build_reward(name: str, model_path: str = "", processor_path: str = "", device="cpu", *,
+def build_reward(name: str | RewardFn, model_path: str = "", processor_path: str = "", device="cpu", *,
                  clip_path: str = "", partial: str = "corrected", aesthetic_path: str = "",
                  hps_path: str = "", imagereward_path: str = "", remote: dict | None = None,
                  judge: dict | None = None, clipscore_divisor: float = 30.0,
-                 paper_units: bool = False) -> RewardFn:
+                 paper_units: bool = False, key: str = "reward.name") -> RewardFn:
     """The one name -> reward map, at the config boundary. ``remote`` / ``judge``: RemoteReward's /
     JudgeReward's keyword arguments. ``paper_units``: scores as paper tables report them, not as the
     official training rewards scale them (PickScore raw, not / 26; CLIPScore 100 max(cos, 0), not
-    logits / 30; JPEG compressibility -kB, not -kB / 500; UnifiedReward 1-5, not / 5)."""
+    logits / 30; JPEG compressibility -kB, not -kB / 500; UnifiedReward 1-5, not / 5).
+    ``name`` may also be a user's ``"package.module:function"`` (imported; errors name ``key``) or a
+    Python callable, either wrapped by :func:`dgpo.rewards.custom.as_reward`."""
+    from dgpo.rewards.custom import as_reward, is_custom_name, load_reward
+
+    if callable(name):
+        return as_reward(name)
+    if is_custom_name(name):
+        return load_reward(name, device, key)
     from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
 
@@ -44,15 +55,23 @@ def build_reward(name: str, model_path: str = "", processor_path: str = "", devi
         "remote": lambda: _remote(remote or {}),
     }
     if name not in table:
-        raise InputError(f"unknown reward {name!r}; allowed: {sorted(table)}")
+        raise InputError(f"unknown reward {name!r}; allowed: {sorted(table)}, or your own "
+                         "'package.module:function'")
     return table[name]()
 
 
-def build_reward_from_config(rc: RewardConfig, device="cpu") -> RewardFn:
-    """``reward.*`` -> one reward, or a :class:`~dgpo.rewards.multi.MultiReward` for a list / weights."""
+def build_reward_from_config(rc: RewardConfig, device="cpu", reward: RewardFn | None = None) -> RewardFn:
+    """``reward.*`` -> one reward, or a :class:`~dgpo.rewards.multi.MultiReward` for a list / weights.
+    ``reward``: the user's own reward object instead of ``reward.name`` (a callable with the contract of
+    :mod:`dgpo.rewards.custom`, wrapped by its ``as_reward``; a ``MultiReward`` is used as it is)."""
     import os
 
     from dgpo.rewards.multi import MultiReward
+
+    if reward is not None:
+        from dgpo.rewards.custom import as_reward
+
+        return as_reward(reward)
 
     remote = {"url": rc.url, "token": os.environ.get(rc.token_env, ""), "timeout_s": rc.timeout_s,
               "retries": rc.retries, "backoff_s": rc.backoff_s, "max_backoff_s": rc.max_backoff_s}
@@ -63,7 +82,8 @@ def build_reward_from_config(rc: RewardConfig, device="cpu") -> RewardFn:
     paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,
              "hps_path": rc.hps_path, "imagereward_path": rc.imagereward_path, "remote": remote,
              "judge": judge, "clipscore_divisor": rc.clipscore_divisor}
-    fns = {n: build_reward(n, rc.model_path, rc.processor_path, device, **paths) for n in names}
+    keys = ["reward.name"] if isinstance(rc.name, str) else [f"reward.name[{i}]" for i in range(len(names))]
+    fns = {n: build_reward(n, rc.model_path, rc.processor_path, device, **paths, key=k) for n, k in zip(names, keys)}
     if isinstance(rc.name, str) and weights == [1.0]:
         return fns[rc.name]
     return MultiReward(fns, dict(zip(names, weights)))

@@ -23,13 +23,30 @@ import torch
 from PIL import Image
 
 from dgpo.errors import InputError
-from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD, DEFAULT_CLIP, clip_preprocess
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's CLIP normalisation
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Images [B, 3, H, W] in [0, 1] -> the uint8 [B, H, W, 3] a PNG of them holds."""
     pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def clip_preprocess(img: Image.Image, size: int = 224) -> torch.Tensor:
+    """open_clip's eval transform (torchvision Resize(size, BICUBIC) + CenterCrop(size) on a PIL image,
+    then mean/std): shortest side -> ``size`` (longest: int(size * long / short)), crop offsets
+    int(round(excess / 2))."""
+    w, h = img.size
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    arr = np.asarray(img.convert("RGB").crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr).permute(2, 0, 1)
+    return (x - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
 
 
 def _normalised(out) -> torch.Tensor:

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 from dgpo.errors import InputError
 from dgpo.extras import require
-from dgpo.rewards.clip import hub_file, prompts_of
-from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD
+from dgpo.rewards.clip import CLIP_MEAN, CLIP_STD, hub_file, prompts_of
 
 HPS_REPO, HPS_FILE, HPS_ARCH = "xswu/HPSv2", "HPS_v2.1_compressed.pt", "ViT-H-14"
 

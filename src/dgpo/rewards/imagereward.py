@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from dgpo.errors import InputError
-from dgpo.rewards.clip import hub_file, prompts_of
-from dgpo.rewards.geneval.colors import CLIP_MEAN, CLIP_STD
+from dgpo.rewards.clip import CLIP_MEAN, CLIP_STD, hub_file, prompts_of
 
 IR_REPO, IR_FILE, IR_TOKENIZER = "THUDM/ImageReward", "ImageReward.pt", "google-bert/bert-base-uncased"
 IR_MEAN, IR_STD, IR_MAX_TOKENS, IR_SIZE = 0.16717362830052426, 1.0333394966054072, 35, 224

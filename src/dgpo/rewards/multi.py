@@ -2,7 +2,7 @@
 
 ``MultiReward(images, metas)`` is ``sum_k w_k r_k`` (Flow-GRPO's ``multi_score``); ``components``
 gives each raw ``r_k``, which the trainer logs as ``reward_<name>_mean`` and, with
-``reward.advantages: per_component``, normalises group by group before weighting
+``advantages.combine: per_component``, normalises group by group before weighting
 (:func:`dgpo.advantages.multi_reward_advantages`).
 """
 

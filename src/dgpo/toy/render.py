@@ -53,7 +53,7 @@ def _boxes_clear(box, boxes, gap: int = 1) -> bool:
 
 
 def _relation_holds(rel: str, box_b, box_a) -> bool:
-    from dgpo.toy.scorer import relative_position
+    from dgpo.rewards.geneval.rules import relative_position  # the scorer's relations (GenEval's rules)
 
     return rel in relative_position(_xyxy(box_b), _xyxy(box_a))
 

@@ -1,4 +1,5 @@
-"""A trained run back as a model, and its export:
+"""A trained run back as a model (:func:`load_run`; :func:`load_any`: a model for inference from any spec,
+a run directory included), and its export:
 
 * LoRA -> ``pytorch_lora_weights.safetensors`` in the layout ``<Pipeline>.load_lora_weights`` reads
   (peft key names without the ``base_model.model.`` prefix, plus the adapter metadata that carries
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dgpo.config import load_config
+from dgpo.config import ModelConfig, load_config
 from dgpo.errors import CheckpointError, InputError, MissingPathError, user_path
 from dgpo.models.base import FlowModel
-from dgpo.models.loading import load_model
+from dgpo.models.loading import apply_lora, load_model, pipeline_kind
 from dgpo.training import checkpoints
 from dgpo.training.checkpoint_checks import match_tensors, read_tensors
 from dgpo.training.io import latest_checkpoint
@@ -50,6 +51,25 @@ def load_run(run_dir: str | Path, weights: str = "ema_slow", checkpoint: str | P
 def load_run_model(run_dir: str | Path, weights: str = "ema_slow") -> FlowModel:
     """The run's model with the trained weights of its latest checkpoint (``ema_slow`` or ``policy``)."""
     return load_run(run_dir, weights)[0]
+
+
+def load_any(spec: str = "", lora: str = "", kind: str = "", dtype: str = "fp32", resolution: int = 0) -> FlowModel:
+    """A model for inference from any of: '' (the built-in toy base), a run directory (its slow-EMA
+    weights), a toy checkpoint folder, a diffusers folder or hub id (``kind`` overrides the family read
+    from ``model_index.json``); ``lora``: an exported LoRA applied on top (merged)."""
+    path = user_path(spec, "--model") if spec else None
+    if path is not None and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        model = load_run_model(path)
+    elif path is None or kind == "toy" or (path / "config.json").is_file() and not (path / "model_index.json").is_file():
+        from dgpo.models.toy import ToyFlowModel
+
+        model = ToyFlowModel.load(path)
+    else:
+        kind = kind or pipeline_kind(spec)
+        model = load_model(ModelConfig(kind=kind, path=spec, dtype=dtype, resolution=resolution))
+    if lora:
+        apply_lora(model, lora)
+    return model
 
 
 def lora_state_dict(policy: Policy) -> tuple[dict, dict]:

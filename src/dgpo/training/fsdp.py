@@ -6,7 +6,7 @@ When it is on: ``accelerate launch`` with an FSDP config (``distributed_type: FS
 (gloo) runs; there the same variables its launcher exports (``ACCELERATE_USE_FSDP=true``,
 ``FSDP_VERSION=2``, ``FSDP_*``) turn it on, which is how the tests run it. FSDP1 is refused.
 
-Design (docs/distributed.md has the long form):
+Design (docs/guides/distributed.md has the long form):
 
 * One sharding of the live network, used by every forward: training, rollouts, references, evals
   and grids. ``fully_shard`` turns the module itself into the sharded one (no wrapper), so every

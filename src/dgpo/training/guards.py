@@ -3,7 +3,7 @@
 Rewards (:func:`screen_rewards`): a sample whose reward (or a component of it) is not finite, or
 whose reward call failed after its retries, takes its whole group out of the epoch. A dropped group
 gets no advantage and no training signal, and its rewards stay out of the other groups' advantages
-(``dgpo.adv_std=global`` included: :func:`masked_advantages`) and out of the logged means. An epoch
+(``advantages.std=global`` included: :func:`masked_advantages`) and out of the logged means. An epoch
 with a failed call counts towards ``reward.max_failures`` (epochs in a row; an epoch without one
 resets the count).
 

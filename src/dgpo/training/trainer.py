@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from dgpo.algorithms import ALGORITHMS
+from dgpo.algorithms import ALGORITHMS, Algorithm, LoopContext, Rollouts
 from dgpo.config import Config, dump_yaml, to_dict
 from dgpo.data.prompts import epoch_prompts, load_prompts
 from dgpo.evaluation import evaluate, model_image_fn, per_category, reward_scorer
@@ -46,9 +47,11 @@ INNER_KEY = 1_000_003  # seeds of inner pass k > 0 use epoch + k * INNER_KEY
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False, model: FlowModel | None = None):
+    def __init__(self, cfg: Config, resume: bool = False, model: FlowModel | None = None,
+                 reward: Callable | None = None, algorithm: type[Algorithm] | None = None):
         """``model``: an already built FlowModel (e.g. a random-weight benchmark model) instead of
-        loading ``cfg.model``."""
+        loading ``cfg.model``; ``reward``: a reward callable (``dgpo.rewards.custom``) instead of
+        ``cfg.reward.name``; ``algorithm``: an :class:`Algorithm` subclass instead of ``train.algorithm``."""
         self.cfg, c = cfg, cfg
         self.run_dir = Path(c.run.out_dir)
         log_with, project, tracker_kwargs = io.tracker_setup(c.run.log_with, c.run.project, self.run_dir)
@@ -59,17 +62,17 @@ class Trainer:
         self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
         self.travel = (TravelMeter(self.policy.params, self.layout.all_sum if self.shards.enabled else None)
                        if c.train.travel_metrics else None)
-        self.reward_fn = build_reward_from_config(c.reward, self.acc.device)
+        self.reward_fn = build_reward_from_config(c.reward, self.acc.device, reward=reward)
         r = c.reward  # every reward call is retried, timed out, and its failure survived (rewards/retry.py)
         self.reward_call = GuardedCall(Backoff(r.retries, r.backoff_s, r.max_backoff_s), r.call_timeout_s)
         self._load_prompts()
         self.shift = c.sampler.shift or self.model.default_shift()
-        rollout_method = ALGORITHMS[c.train.algorithm].rollout_method(c)  # the grid comes from diffusers
-        self.grid = self.model.rollout_grid(rollout_method, c.sampler.steps, self.shift)
         self.layout.check_group_size(c.train.group_size)
-        self.group_sum = self.layout.group_sum_fn(c.train.prompts_per_epoch)
         self.guard = FaultGuard(c.train.max_bad_steps, c.reward.max_failures, self.layout)
-        self.algo = ALGORITHMS[c.train.algorithm](self)
+        self.algo = (algorithm or ALGORITHMS[c.train.algorithm])(LoopContext(
+            cfg=c, model=self.model, params=self.policy.params, shift=self.shift, layout=self.layout,
+            group_sum=self.layout.group_sum_fn(c.train.prompts_per_epoch), lockstep=self.shards.enabled,
+            autocast=self.acc.autocast, reference=self.policy.reference))
         self.step, self.start_epoch, self.evals = 0, 0, []
         self.train_time, self.images, self._next_eval_s = 0.0, 0, c.run.eval_every_s
         self._before: torch.Tensor | None = None  # the "before" grid's images, for samples/compare.png
@@ -99,8 +102,6 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.policy.params, lr=t.lr, betas=(0.9, 0.999),
                                      weight_decay=t.weight_decay, eps=1e-8,
                                      fused=True if self.acc.device.type == "cuda" else None)
-        # the algorithm's 'old' model (DGPO's EMA, DiffusionNFT's lagged copy, online DPO's reference)
-        self.ema_old = ALGORITHMS[t.algorithm].old_model(self.cfg, self.policy.params)
         self.ema_slow = SlowEMA(self.policy.params, t.ema_decay, t.ema_every, t.ema_cadence,
                                 max(1, t.sampling_batches // t.steps_per_epoch))
 
@@ -137,7 +138,7 @@ class Trainer:
             self._grid("before")
         budget = f" ({c.run.time_budget_s:.0f} s budget)" if c.run.time_budget_s else ""
         epochs = range(self.start_epoch, c.run.epochs)
-        bar = tqdm(iter(epochs) if budget else epochs, desc=c.train.algorithm + budget, unit="epoch",
+        bar = tqdm(iter(epochs) if budget else epochs, desc=(self.algo.name or c.train.algorithm) + budget, unit="epoch",
                    initial=self.start_epoch, total=None if budget else c.run.epochs,
                    disable=not self.acc.is_main_process)
         for epoch in bar:
@@ -147,31 +148,31 @@ class Trainer:
             bar.set_postfix_str("rollout")
             with ChunkScorer(self.reward_fn, self.model.decode, c.reward.overlap, self.reward_call) as scoring:
                 with self.acc.autocast():  # the scorer's thread (VAE, reward) stays in full precision
-                    batch = self.algo.rollout(metas, epoch, scoring.submit)  # chunks are scored meanwhile
+                    batch = self.algo.rollout(metas, epoch, self.step, scoring.submit)  # scored meanwhile
                 t1 = time.time()
                 bar.set_postfix_str("reward")
                 local, local_parts = scoring.result()
-            gather = lambda t: self.layout.gather(t.float().cpu(), batch["index"], batch["n_total"])  # noqa: E731
+            gather = lambda t: self.layout.gather(t.float().cpu(), batch.index, batch.n_total)  # noqa: E731
             rewards, parts = gather(local), {k: gather(v) for k, v in local_parts.items()}
             correct = None if scoring.correct is None else gather(scoring.correct)  # strict 0/1 (GenEval)
-            group_ids = torch.arange(batch["n_total"]) // c.train.group_size
+            group_ids = torch.arange(batch.n_total) // c.train.group_size
             # a failed call or a non-finite reward takes its whole group out of the epoch (training/guards.py)
             er = screen_rewards(rewards, parts, gather(scoring.failed) > 0, group_ids, len(metas))
             faults, failed_too_often = self.guard.after_rewards(scoring.counts, er, scoring.error)
             adv, zero = masked_advantages(er, getattr(self.reward_fn, "weights", {}), group_ids, len(metas),
-                                          c.reward.advantages, c.dgpo.adv_std, c.dgpo.adv_clip_max)
-            batch["alive"] = er.alive
+                                          c.advantages.combine, c.advantages.std, c.advantages.clip_max)
+            batch.alive = er.alive
             keep, signal = self.algo.select(batch, er.rewards, adv, zero, group_ids)
             keep, signal = keep & er.alive, torch.where(er.alive, signal, torch.zeros_like(signal))
             live_rewards, live_parts = er.live(rewards), {k: er.live(v) for k, v in parts.items()}
             live_metas = [metas[g] for g in er.live_groups]
             t2 = time.time()
             bar.set_postfix_str("train")
-            train_pos, local_signal = torch.nonzero(keep[batch["index"]]).squeeze(1), signal[batch["index"]]
+            train_pos, local_signal = torch.nonzero(keep[batch.index]).squeeze(1), signal[batch.index]
             for inner in range(c.train.inner_epochs):  # passes over the same rollouts
                 key = epoch + INNER_KEY * inner  # fresh timesteps and noise on every pass
-                units = self.algo.units(batch, key)
-                for part in self.algo.optimizer_chunks(batch["group_ids"], train_pos, key):
+                units = self.algo.units(batch, key, self.step)
+                for part in self.algo.optimizer_chunks(batch.group_ids, train_pos, key):
                     if not self.layout.all_sum(self.algo.items(local_signal, part)):  # groups dropped, no spread
                         stats = {"bad_cause": er.cause or "no_signal"}
                     else:
@@ -182,12 +183,12 @@ class Trainer:
                               {"rollout": t1 - t0, "reward": t2 - t1, "train": time.time() - t2}, live_parts)
                     if halt:
                         self._halt(halt, epoch, epoch)  # resuming retries this epoch
-            self.algo.end_epoch()
+            self.algo.end_epoch(self.step)
             if failed_too_often:  # after training the epoch's surviving groups
                 self._halt(failed_too_often, epoch, epoch + 1)
             bar.set_postfix(reward=f"{live_rewards.mean():.3f}", step=self.step)
             self.train_time += time.time() - t0
-            self.images += batch["n_total"]
+            self.images += batch.n_total
             if self._periodic(epoch):
                 break
         return self._finish()
@@ -203,12 +204,12 @@ class Trainer:
             out.update(group_correct_shares(correct, group_ids))
         return out
 
-    def _optimizer_step(self, batch: dict, signal: torch.Tensor, idx: torch.Tensor, units: list,
+    def _optimizer_step(self, batch: Rollouts, signal: torch.Tensor, idx: torch.Tensor, units: list,
                         epoch: int) -> dict:
         c = self.cfg
         if hasattr(self.model, "release_aux"):  # model.offload: encoders and VAE off the GPU for training
             self.model.release_aux()
-        micro = self.algo.micro_batches(batch["group_ids"], idx)
+        micro = self.algo.micro_batches(batch.group_ids, idx)
         items = self.layout.all_sum(self.algo.items(signal, idx))
         scale = self.layout.world / (max(items, 1e-12) * len(units))  # DDP and FSDP average over processes
         totals: dict[str, torch.Tensor | float] = {"loss": 0.0}  # kept on the device: no sync per micro-batch
@@ -234,7 +235,7 @@ class Trainer:
             return {**totals, "grad_norm": float(grad_norm), "bad_cause": cause}
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.ema_old.update(self.step)
+        self.algo.after_step(self.step)
         self.ema_slow.update(self.step)
         self.step += 1
         return {**totals, "grad_norm": float(grad_norm)}
@@ -339,7 +340,7 @@ class Trainer:
 
     def _save(self, epochs_done: int) -> None:
         gather = self.shards.gather  # FSDP: every process gathers whole tensors, the main one keeps them
-        parts = {"policy": gather(self.policy.state_dict()), "ema_old": gather(self.ema_old.state_dict()),
+        parts = {"policy": gather(self.policy.state_dict()), "ema_old": gather(self.algo.old_model.state_dict()),
                  "ema_slow": gather(self.ema_slow.state_dict())}
         opt = self.shards.optimizer_state(self.opt)
         if not self.acc.is_main_process:
@@ -354,7 +355,7 @@ class Trainer:
         parts, state = io.load_checkpoint(ckpt, ["policy", "ema_old", "ema_slow"],
                                           self.shards.optimizer_state(self.opt))
         self.policy.load_state_dict(parts["policy"])
-        self.ema_old.load_state_dict(parts["ema_old"])
+        self.algo.old_model.load_state_dict(parts["ema_old"])
         self.ema_slow.load_state_dict(parts["ema_slow"])
         if self.travel is not None:
             self.travel.resumed()

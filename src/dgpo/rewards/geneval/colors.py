@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+from dgpo.rewards.clip import clip_preprocess, shared_clip
+
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
 BACKGROUND = (153, 153, 153)  # "#999"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def object_crop(image: np.ndarray, mask: np.ndarray | None, box: Sequence[float]) -> Image.Image:
@@ -32,20 +31,6 @@ def object_crop(image: np.ndarray, mask: np.ndarray | None, box: Sequence[float]
     if x1 <= x0 or y1 <= y0:  # an empty box (an empty mask): the whole composite, not a 0-pixel crop
         x0, y0, x1, y1 = 0, 0, image.shape[1], image.shape[0]
     return Image.fromarray(np.ascontiguousarray(pixels)).crop((x0, y0, x1, y1))
-
-
-def clip_preprocess(img: Image.Image, size: int = 224) -> torch.Tensor:
-    """open_clip's eval transform (torchvision Resize(size, BICUBIC) + CenterCrop(size) on a PIL image,
-    then mean/std): shortest side -> ``size`` (longest: int(size * long / short)), crop offsets
-    int(round(excess / 2))."""
-    w, h = img.size
-    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BICUBIC)
-    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-    arr = np.asarray(img.convert("RGB").crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1)
-    return (x - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
 
 
 def _features(out) -> torch.Tensor:
@@ -58,8 +43,6 @@ class ColorClassifier:
     """``classify(image, detections)`` -> one of :data:`COLORS` per detection (its ``cls``, ``mask``, ``box``)."""
 
     def __init__(self, path: str = "", device: str | torch.device = "cpu", batch_size: int = 16):
-        from dgpo.rewards.clip import shared_clip  # here: dgpo.rewards.clip imports this module
-
         clip = shared_clip(path, device)  # one CLIP per (path, device), shared with aesthetic / clipscore
         self.tokenizer, self.model, self.device, self.size = clip.tokenizer, clip.model, clip.device, clip.size
         self.batch_size = batch_size

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dgpo.errors import ConfigError
+from dgpo.config.schema import BUILTIN_REWARDS, CUSTOM_REWARD
+from dgpo.errors import ConfigError, short
 
 if TYPE_CHECKING:
-    from dgpo.config import Config, RewardConfig
+    from dgpo.config.schema import Config, RewardConfig
 
 
 def check(cfg: Config) -> None:
@@ -21,17 +22,17 @@ def check(cfg: Config) -> None:
 
 def _timesteps(cfg: Config) -> None:
     """DGPO's training times (DPO reads them too; Flow-GRPO and DiffusionNFT train at their own)."""
-    d, n = cfg.dgpo, cfg.sampler.steps
+    d, n = cfg.timesteps, cfg.sampler.steps
     if cfg.train.algorithm not in ("dgpo", "dpo"):
         return
-    if d.timestep_mode == "grid" and d.trunc_steps >= n:
-        raise ConfigError(f"dgpo.trunc_steps={d.trunc_steps} must be < sampler.steps={n}")
-    if d.timestep_mode == "grid" and d.num_train_timesteps > d.trunc_steps + 1:
-        raise ConfigError(f"dgpo.num_train_timesteps={d.num_train_timesteps} exceeds the "
-                          f"{d.trunc_steps + 1} grid candidates (dgpo.trunc_steps + 1)")
-    if d.t_min_end >= 0 and d.timestep_mode != "uniform":
-        raise ConfigError(f"dgpo.t_min_end={d.t_min_end} anneals the uniform mode's t_min; "
-                          f"dgpo.timestep_mode={d.timestep_mode!r} does not read it (set it to -1)")
+    if d.mode == "grid" and d.trunc_steps >= n:
+        raise ConfigError(f"timesteps.trunc_steps={d.trunc_steps} must be < sampler.steps={n}")
+    if d.mode == "grid" and d.count > d.trunc_steps + 1:
+        raise ConfigError(f"timesteps.count={d.count} exceeds the "
+                          f"{d.trunc_steps + 1} grid candidates (timesteps.trunc_steps + 1)")
+    if d.t_min_end >= 0 and d.mode != "uniform":
+        raise ConfigError(f"timesteps.t_min_end={d.t_min_end} anneals the uniform mode's t_min; "
+                          f"timesteps.mode={d.mode!r} does not read it (set it to -1)")
 
 
 def _train(cfg: Config) -> None:
@@ -51,8 +52,8 @@ def _nft(cfg: Config) -> None:
     n, steps = cfg.nft, cfg.sampler.steps
     if cfg.train.algorithm != "nft":
         return
-    if cfg.dgpo.adv_clip_max <= 0:
-        raise ConfigError("dgpo.adv_clip_max=0: DiffusionNFT maps advantages to r = A / (2 adv_clip_max) + 1/2 "
+    if cfg.advantages.clip_max <= 0:
+        raise ConfigError("advantages.clip_max=0: DiffusionNFT maps advantages to r = A / (2 adv_clip_max) + 1/2 "
                           "(official 5)")
     if n.trunc_steps >= steps:
         raise ConfigError(f"nft.trunc_steps={n.trunc_steps} must be < sampler.steps={steps}")
@@ -87,6 +88,11 @@ def _reward(r: RewardConfig) -> None:
     names = r.names()
     if not names:
         raise ConfigError("reward.name: the list is empty; name at least one reward")
+    for i, n in enumerate(names):
+        if n not in BUILTIN_REWARDS and not CUSTOM_REWARD.fullmatch(n):
+            key = "reward.name" if isinstance(r.name, str) else f"reward.name[{i}]"
+            raise ConfigError(f"{key}: {short(n)} is not one of {list(BUILTIN_REWARDS)} nor your own reward "
+                              "'package.module:function'")
     if len(set(names)) != len(names):
         raise ConfigError(f"reward.name: {names} names a reward twice")
     if r.weights and len(r.weights) != len(names):

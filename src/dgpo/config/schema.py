@@ -1,22 +1,13 @@
-"""Typed configs: nested dataclasses loaded from YAML plus ``key=value`` overrides, validated strictly.
-
-An unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` naming the full
-key (``train.lr``) and what is allowed. Every option's default is the official DGPO code's value
-unless its help says otherwise (see docs/options.md for paper vs code).
-"""
+"""The config's sections as dataclasses: each field's type, range, default and help. Every default is
+the official DGPO code's value unless its help says otherwise."""
 
 from __future__ import annotations
 
-import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from dgpo.config_build import build
-from dgpo.config_yaml import read_yaml, set_override
-from dgpo.errors import ConfigError, user_path  # noqa: F401 - ConfigError: part of this module's API
 from dgpo.models.families import MODEL_KINDS
 
 
@@ -78,11 +69,14 @@ class SamplerConfig:
 RewardName = Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
                      "colorfulness", "ocr", "pickscore", "geneval", "aesthetic", "clipscore", "hpsv2", "imagereward",
                      "unifiedreward", "remote"]
+BUILTIN_REWARDS: tuple[str, ...] = typing.get_args(RewardName)
+# a user's own reward: an importable "package.module:function" (contract: dgpo.rewards.custom)
+CUSTOM_REWARD = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 @dataclass
 class RewardConfig:
-    name: RewardName | list[RewardName] = opt(
+    name: str | list[str] = opt(
         "toy_geneval",
         help="toy_geneval: partial credit (Flow-GRPO); _strict: GenEval 0/1; jpeg_*: the official JPEG "
         "(in)compressibility (-kB / 500, +kB); "
@@ -90,13 +84,11 @@ class RewardConfig:
         "pickscore: PickScore / 26 (official); geneval: GenEval's rules on Mask2Former + CLIP (real images); "
         "aesthetic: LAION aesthetic v2 (MLP on CLIP ViT-L/14); clipscore: CLIP's logits / 30 (official); "
         "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); imagereward: ImageReward v1.0 (BLIP, as Flow-GRPO); unifiedreward: a VLM judge's 'Final Score' / 5 from an OpenAI-compatible server (reward.judge_url); remote: a `dgpo reward serve` server (reward.url); "
+        "your own: 'package.module:function' (importable; fn(images, metas) -> scores [B]); "
         "a list: the weighted sum of several (reward.weights), each logged",
     )
     weights: list[float] = opt([], help="weights of the rewards in a reward.name list ([] = 1 each); "
                                "the trained reward is their weighted sum")
-    advantages: Literal["weighted_sum", "per_component"] = opt(
-        "weighted_sum", help="several rewards: weighted_sum = group advantages of the weighted sum (Flow-GRPO's "
-        "multi_score); per_component = the weighted sum of each reward's own group advantages")
     model_path: str = opt("", help="pickscore: model folder or hub id ('' = yuvalkirstain/PickScore_v1); "
                           "geneval: Mask2Former folder or hub id ('' = facebook/mask2former-swin-small-coco-instance)")
     processor_path: str = opt("", help="pickscore: processor folder or hub id ('' = the official LAION one)")
@@ -140,6 +132,32 @@ class RewardConfig:
 
 
 @dataclass
+class TimestepConfig:
+    """The training timesteps of DGPO and DPO (Flow-GRPO and DiffusionNFT train at their own)."""
+    mode: Literal["grid", "uniform", "logit_normal"] = opt(
+        "grid", help="grid (official DGPO) = timesteps.count of the rollout grid's first trunc_steps + 1 timesteps, "
+        "shared by all samples; uniform (paper) = sigma ~ U[t_min, 1], shared; logit_normal (Flow-GRPO's DPO "
+        "script) = per group, SD3's logit-normal training density over the 1000-step shifted flow schedule (all "
+        "noise levels)")
+    trunc_steps: int = opt(4, 0, help="grid mode: candidates are rollout-grid indices 0..trunc_steps")
+    count: int = opt(4, 1, help="training timesteps per epoch (official num_train_timesteps 4)")
+    t_min: float = opt(0.6, 0.0, 1.0, help="uniform mode: t ~ U[t_min, 1] (paper Alg. 1)")
+    t_min_end: float = opt(-1.0, -1.0, 1.0, help="uniform mode: anneal t_min linearly to this by the last step (-1: off)")
+
+
+@dataclass
+class AdvantageConfig:
+    """Group advantages, read by every algorithm."""
+    std: Literal["group", "global"] = opt(
+        "group", help="advantage std per group or global (official DGPO: GenEval group, OCR and PickScore global; "
+        "Flow-GRPO global for all three)")
+    clip_max: float = opt(5.0, 0.0, help="advantages clipped to +-clip_max")
+    combine: Literal["weighted_sum", "per_component"] = opt(
+        "weighted_sum", help="several rewards: weighted_sum = group advantages of the weighted sum (Flow-GRPO's "
+        "multi_score); per_component = the weighted sum of each reward's own group advantages")
+
+
+@dataclass
 class DGPOConfig:
     beta_dpo: float = opt(100.0, 0.0, help="beta inside the group sigmoid (divided by G, official)")
     kl_beta: float = opt(0.02, 0.0, help="explicit KL weight mean||v - v_ref||^2 (official code)")
@@ -148,26 +166,11 @@ class DGPOConfig:
                             "almost every sample)")
     clip_dsm: bool = opt(True, help="detach dsm of clipped samples (official)")
     clip_kl: bool = opt(False, help="detach the KL term of clipped samples (independent of clip_dsm, as official)")
-    timestep_mode: Literal["grid", "uniform", "logit_normal"] = opt(
-        "grid", help="training times: grid (official DGPO) = dgpo.num_train_timesteps of the rollout grid's first "
-        "trunc_steps + 1 timesteps, shared by all samples; uniform (paper) = sigma ~ U[t_min, 1], shared; "
-        "logit_normal (Flow-GRPO's DPO script) = per group, SD3's logit-normal training density over the 1000-step "
-        "shifted flow schedule (all noise levels)")
-    trunc_steps: int = opt(4, 0, help="grid mode: candidates are rollout-grid indices 0..trunc_steps")
-    num_train_timesteps: int = opt(4, 1, help="training timesteps per epoch (official 4)")
-    t_min: float = opt(0.6, 0.0, 1.0, help="uniform mode: t ~ U[t_min, 1] (paper Alg. 1)")
     switch_ema_ref: int = opt(500, 0, help="optimizer steps before the EMA 'old' model rolls out")
     use_ema_ref: bool = opt(False, help="the EMA 'old' model is the DGPO reference (TDM-R1 style)")
-    text_dropout: float = opt(0.0, 0.0, 1.0, help="train on the empty prompt with this probability (paper 0.05; code 0; "
-                              "DGPO, DPO, DiffusionNFT)")
-    adv_std: Literal["group", "global"] = opt(
-        "group", help="every algorithm: advantage std per group or global (official DGPO: GenEval group, OCR and "
-        "PickScore global; Flow-GRPO global for all three)")
-    adv_clip_max: float = opt(5.0, 0.0, help="advantages clipped to +-adv_clip_max")
     weighting: Literal["adv", "rank", "softmax", "sign"] = opt(
         "adv", help="signed group weights: adv (paper/code), rank, softmax of reward, sign (+-1)")
     softmax_temperature: float = opt(0.1, 1e-6, help="weighting=softmax: temperature on the rewards")
-    t_min_end: float = opt(-1.0, -1.0, 1.0, help="uniform mode: anneal t_min linearly to this by the last step (-1: off)")
 
 
 @dataclass
@@ -212,12 +215,12 @@ class NFTConfig:
                       "beta v (official 1.0 GenEval/PickScore, 0.1 OCR)")
     kl_beta: float = opt(1e-4, 0.0, help="KL weight mean (v - v_ref)^2 (official train.beta 1e-4)")
     adv_mode: Literal["all", "positive_only", "negative_only", "one_only", "binary"] = opt(
-        "all", help="advantages before r = A / (2 dgpo.adv_clip_max) + 1/2: all (official), positive_only / "
+        "all", help="advantages before r = A / (2 advantages.clip_max) + 1/2: all (official), positive_only / "
         "negative_only (clipped at 0), one_only (1 if A > 0 else 0), binary (sign)")
     timestep_fraction: float = opt(0.99, 0.0, 1.0, help="each sample trains at int(candidates x fraction) of the "
                                    "grid's timesteps, its own random subset (official 0.99: 9 of 10)")
     trunc_steps: int = opt(-1, -1, help="candidates: grid indices 0..trunc_steps only, the high-noise end (as "
-                           "dgpo.trunc_steps; 4 of 0..4 with the fraction 0.99); -1: every step (official)")
+                           "timesteps.trunc_steps; 4 of 0..4 with the fraction 0.99); -1: every step (official)")
     group_noise: bool = opt(False, help="the members of a group train at the group's timesteps with the group's "
                             "noise (DGPO's shared noise; not in the official code); false: each sample its own (official)")
     decay_flat: int = opt(0, 0, help="'old' model: blended towards the policy after each epoch with decay 0 before "
@@ -243,6 +246,8 @@ class TrainConfig:
         "bigger, faster forwards on a GPU; the same weights, so the numbers change only by the rounding of "
         "another batch size; a CFG'd reference, dgpo.kl_cfg > 1, doubles the forward's batch); 0: one forward per "
         "micro-batch and timestep (the official order)")
+    text_dropout: float = opt(0.0, 0.0, 1.0, help="train on the empty prompt with this probability (paper 0.05; "
+                              "code 0; DGPO, DPO, DiffusionNFT)")
     steps_per_epoch: int = opt(1, 1, help="optimizer steps per epoch (official DGPO 1, Flow-GRPO 2)")
     sampling_batches: int = opt(
         2, 1, help="the official num_batches_per_epoch, sampling batches per process and epoch (DGPO GenEval/OCR 2, "
@@ -262,7 +267,7 @@ class TrainConfig:
         "none", help="FP8 matmuls for the denoiser's block linears in every forward and backward of training and "
         "its evals (torchao float8 with dynamic scaling, pip install 'dgpo[fp8]'; GPUs with compute capability 8.9+: "
         "Ada, Hopper, Blackwell; use with train.compile): rowwise scales are the more accurate (on an H200 with "
-        "SD3.5-M rowwise ran 5 % faster than bf16, tensorwise no faster); changes the numbers (FP8 rounding; see docs/performance.md). none: off")
+        "SD3.5-M rowwise ran 5 % faster than bf16, tensorwise no faster); changes the numbers (FP8 rounding; see docs/results/performance.md). none: off")
     ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
     ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")
     ema_cadence: Literal["per_batch", "per_step"] = opt(
@@ -301,41 +306,11 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     dgpo: DGPOConfig = field(default_factory=DGPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     nft: NFTConfig = field(default_factory=NFTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def validate(self) -> Config:
-        """Cross-field checks that no single field can make (``dgpo.config_rules``)."""
-        from dgpo.config_rules import check
-
-        check(self)
-        return self
-
-
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "toy_demo.yaml"
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file (None: the embedded toy demo) <- ``key=value`` overrides, then validation.
-
-    Use ``path=""`` for the bare dataclass defaults (the official recipe's values).
-    """
-    data: dict = {}
-    path = DEFAULT_CONFIG if path is None else (path or None)
-    if path is not None:
-        data = read_yaml(user_path(path, "config file"))
-    for item in overrides or []:
-        set_override(data, item)
-    return build(Config, data, "").validate()
-
-
-def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

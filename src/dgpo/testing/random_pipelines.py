@@ -1,6 +1,6 @@
 """Random-weight pipeline parts built offline from configs (no hub access): tokenizers with a tiny
 vocabulary, CLIP / T5 text encoders and a KL VAE of any width. The tests build tiny SD3 / FLUX / Sana
-pipelines from them; ``benchmarks/sd35m_gpu.py`` builds an SD3.5-M-sized one for timing."""
+pipelines from them; ``benchmarks/gpu/sd35m_gpu.py`` builds an SD3.5-M-sized one for timing."""
 
 from __future__ import annotations
 

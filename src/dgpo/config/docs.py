@@ -1,4 +1,4 @@
-"""The reference table of every config option (docs/options.md, `dgpo config options`), read from the
+"""The reference table of every config option (docs/reference/options.md, `dgpo config options`), read from the
 dataclasses of dgpo/config.py: their defaults, allowed values and help."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from dgpo.config import Config
+from dgpo.config.schema import Config
 
 
 def options_markdown() -> str:

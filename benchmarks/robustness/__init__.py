@@ -1,0 +1,1 @@
+"""Robustness: SIGKILL-and-resume bit for bit, and hours-long memory and epoch-time stability."""
