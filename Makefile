@@ -1,4 +1,5 @@
-# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test` (the fast tier;
+# `make test-all` is everything, what CI runs).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -7,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # machine, `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`
 TORCH_INDEX ?=
 
-.PHONY: demo test install bench clean-venv
+.PHONY: demo test test-all docs install bench clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,7 +22,7 @@ $(STAMP): requirements.txt pyproject.toml
 # alone does not: transformers imports torchao whenever it is installed, which costs every command 0.4 s and,
 # without CUDA, logs that its GPU kernels failed to load
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q torchao==0.18.0
+	$(PY) -m pip install -q torchao==0.18.0 pytest-timeout==2.4.0 mkdocs==1.6.1 mkdocs-material==9.8.2
 	touch $(TEST_STAMP)
 
 install: $(STAMP)
@@ -29,8 +30,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(VENV)/bin/dgpo train
 
+# the fast tier: maths, losses, samplers, configs, rewards, rules, official pins, a short run per algorithm,
+# a 2-process equality, the CLI (at most 5 minutes on 2 cores)
 test: $(TEST_STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -m "not slow"
+
+# everything: what CI runs
+test-all: $(TEST_STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest
+
+# the docs site at http://127.0.0.1:8000
+docs: $(TEST_STAMP)
+	$(VENV)/bin/mkdocs serve
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m benchmarks.perf.epoch_phases

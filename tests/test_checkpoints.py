@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from dgpo.cli import main
-from dgpo.training import checkpoints, io
+from dgpo.training import checkpoints
 from dgpo.training.checkpoints import CheckpointError
 
 
@@ -28,7 +28,7 @@ def _opt(step: int):
 def _save(run: Path, step: int, keep: int = 0) -> Path:
     p, opt = _opt(step)
     path = run / "checkpoints" / f"step_{step:06d}"
-    io.save_checkpoint(path, {"policy": {"w": p.detach() + step}}, opt, {"step": step, "epoch": step}, keep)
+    checkpoints.save_checkpoint(path, {"policy": {"w": p.detach() + step}}, opt, {"step": step, "epoch": step}, keep)
     return path
 
 
@@ -79,18 +79,18 @@ def test_a_torn_or_corrupted_checkpoint_file_is_a_clear_error_naming_it(tmp_path
     pol = path / "policy.safetensors"
     pol.write_bytes(pol.read_bytes()[:20])
     with pytest.raises(CheckpointError, match=r"step_000001/policy.safetensors: not a readable safetensors file"):
-        io.load_checkpoint(path, ["policy"], opt)
+        checkpoints.load_checkpoint(path, ["policy"], opt)
     path = _save(tmp_path, 2)
     (path / "optimizer.json").write_text('{"param_groups": [')
     with pytest.raises(CheckpointError, match=r"step_000002/optimizer.json: not readable JSON"):
-        io.load_checkpoint(path, ["policy"], opt)
+        checkpoints.load_checkpoint(path, ["policy"], opt)
     (path / "optimizer.json").write_text('{"param_groups": [], "scalars": {}}')
     with pytest.raises(CheckpointError, match=r"step_000002/optimizer.json: not the optimizer of this run"):
-        io.load_checkpoint(path, ["policy"], opt)
+        checkpoints.load_checkpoint(path, ["policy"], opt)
 
 
 def _failing_save_file(monkeypatch, failing_name: str, err: OSError):
-    real = io.save_file
+    real = checkpoints.save_file
 
     def save_file(tensors, filename):
         if filename.endswith(failing_name):
@@ -98,7 +98,7 @@ def _failing_save_file(monkeypatch, failing_name: str, err: OSError):
             raise err
         real(tensors, filename)
 
-    monkeypatch.setattr(io, "save_file", save_file)
+    monkeypatch.setattr(checkpoints, "save_file", save_file)
 
 
 def test_disk_full_while_saving_is_a_clear_error_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
@@ -139,7 +139,7 @@ def test_dgpo_train_reports_a_full_disk_and_a_fresh_start_replaces_the_failed_ru
             "train.batch_size=4", "train.lora_rank=4", "train.lora_alpha=8", "sampler.steps=3",
             "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.switch_ema_ref=0", "eval.max_prompts=4",
             "eval.batch_size=8", "reward.name=jpeg_incompressibility"]
-    real, calls = io.save_file, []
+    real, calls = checkpoints.save_file, []
 
     def save_file(tensors, filename):  # the second checkpoint hits a full disk
         calls.append(filename)
@@ -147,7 +147,7 @@ def test_dgpo_train_reports_a_full_disk_and_a_fresh_start_replaces_the_failed_ru
             raise OSError(errno.ENOSPC, "No space left on device", filename)
         real(tensors, filename)
 
-    monkeypatch.setattr(io, "save_file", save_file)
+    monkeypatch.setattr(checkpoints, "save_file", save_file)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "dgpo train: error: saving checkpoint" in err and "No space left on device" in err

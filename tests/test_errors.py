@@ -114,11 +114,11 @@ def _policy_and_opt(tiny_toy):
     ("json", "optimizer.json: not readable JSON"),
 ])
 def test_checkpoint_damage_is_refused_before_anything_loads(tiny_toy, tmp_path, damage, match):
-    from dgpo.training import io
+    from dgpo.training import checkpoints
 
     policy, opt = _policy_and_opt(tiny_toy)
     path = tmp_path / "ckpt"
-    io.save_checkpoint(path, {"policy": policy.state_dict()}, opt, {"step": 1, "epoch": 1, "evals": []})
+    checkpoints.save_checkpoint(path, {"policy": policy.state_dict()}, opt, {"step": 1, "epoch": 1, "evals": []})
     before = {k: v.clone() for k, v in opt.state_dict()["state"][0].items()}
     if damage in ("shape", "dtype"):
         t = load_file(str(path / "policy.safetensors"))
@@ -138,7 +138,7 @@ def test_checkpoint_damage_is_refused_before_anything_loads(tiny_toy, tmp_path, 
     else:
         (path / "optimizer.json").write_text("[" * 100_000)
     with pytest.raises(CheckpointError, match=match):
-        parts, _ = io.load_checkpoint(path, ["policy"], opt)
+        parts, _ = checkpoints.load_checkpoint(path, ["policy"], opt)
         policy.load_state_dict(parts["policy"])
     after = opt.state_dict()["state"][0]
     assert all(torch.equal(before[k], after[k]) for k in before)  # the optimizer was not touched

@@ -219,3 +219,19 @@ sys.exit(1 if bad else 0)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, f"modules that do not import:\n{r.stdout}\n{r.stderr[-3000:]}"
+
+
+def test_layer_rules():
+    """The rules of docs/concepts/architecture.md: losses are pure (dgpo.errors only), no algorithm imports
+    the trainer, and nothing in the package but dgpo.testing itself imports the test helpers."""
+    graph = import_graph()
+    broken = []
+    for mod, targets in graph.items():
+        for target in targets:
+            if mod.startswith("dgpo.losses") and not (target.startswith("dgpo.losses") or target == "dgpo.errors"):
+                broken.append(f"{mod} -> {target}: a loss imports only torch and dgpo.errors")
+            if mod.startswith("dgpo.algorithms") and target == "dgpo.training.trainer":
+                broken.append(f"{mod} -> {target}: an algorithm sees the loop only through its LoopContext")
+            if target.startswith("dgpo.testing") and not mod.startswith("dgpo.testing"):
+                broken.append(f"{mod} -> {target}: test helpers are for tests and benchmarks only")
+    assert not broken, "\n".join(broken)

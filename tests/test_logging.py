@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageFont
 
 from dgpo.config import load_config
-from dgpo.training import io
+from dgpo.training import plots, runlog
 from dgpo.training.trainer import Trainer
 
 
@@ -31,8 +31,8 @@ def _fit(tiny, out, log_with):
 
 def _expected(rows, evals):
     """(tag, step) -> value: every number of metrics.jsonl and evals.jsonl (evals under eval/)."""
-    out = {(k, r["step"]): v for r in rows for k, v in io.scalars(r).items()}
-    out.update({(k, e["step"]): v for e in evals for k, v in io.scalars(e, "eval/").items()})
+    out = {(k, r["step"]): v for r in rows for k, v in runlog.scalars(r).items()}
+    out.update({(k, e["step"]): v for e in evals for k, v in runlog.scalars(e, "eval/").items()})
     return out
 
 
@@ -126,39 +126,39 @@ def test_log_with_none_and_a_missing_wandb(tiny_toy, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "samples" / "compare.png").is_file()
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
     with pytest.raises(ImportError, match=r"run\.log_with=wandb .*needs the 'wandb' module.*'dgpo\[wandb\]'"):
-        io.tracker_setup("wandb", "dgpo", tmp_path)
+        runlog.tracker_setup("wandb", "dgpo", tmp_path)
 
 
 def test_captions_wrap_instead_of_being_cut():
     font = ImageFont.load_default()
     text = "a red circle left of a blue square"
-    lines = io.wrap_caption(text, font, 124)
+    lines = plots.wrap_caption(text, font, 124)
     assert len(lines) > 1 and " ".join(lines) == text  # no word lost
     assert all(font.getlength(line) <= 124 for line in lines)
-    long = io.wrap_caption("word " * 200, font, 124)
-    assert len(long) == io.CAPTION_LINES and long[-1].endswith("...")
-    assert [len(x) for x in io.wrap_caption("x" * 100, font, 30)] and all(
-        font.getlength(x) <= 30 for x in io.wrap_caption("x" * 100, font, 30))
+    long = plots.wrap_caption("word " * 200, font, 124)
+    assert len(long) == plots.CAPTION_LINES and long[-1].endswith("...")
+    assert [len(x) for x in plots.wrap_caption("x" * 100, font, 30)] and all(
+        font.getlength(x) <= 30 for x in plots.wrap_caption("x" * 100, font, 30))
 
 
 def test_grid_and_compare_layout(tmp_path):
     g = torch.Generator().manual_seed(0)
     before, after = torch.rand(3, 3, 8, 8, generator=g), torch.rand(3, 3, 8, 8, generator=g)
     caps = ["a photo of a red circle left of a blue square", "a cross", "a green triangle"]
-    io.save_grid(before, caps, tmp_path / "g.png", cols=8, scale=4)
+    plots.save_grid(before, caps, tmp_path / "g.png", cols=8, scale=4)
     grid = np.asarray(Image.open(tmp_path / "g.png"))
     assert grid.shape[1] == 3 * 32  # as many columns as images
-    io.save_grid(before, ["a cross"] * 3, tmp_path / "short.png", cols=8, scale=4)
+    plots.save_grid(before, ["a cross"] * 3, tmp_path / "short.png", cols=8, scale=4)
     short = np.asarray(Image.open(tmp_path / "short.png"))
     assert grid.shape[0] > short.shape[0]  # room for the wrapped lines
-    io.save_compare(before, after, caps, tmp_path / "c.png", cols=2, scale=4)
+    plots.save_compare(before, after, caps, tmp_path / "c.png", cols=2, scale=4)
     cmp = np.asarray(Image.open(tmp_path / "c.png").convert("RGB")).astype(int)
     font = ImageFont.load_default()
     head = font.getbbox("Ag")[3] + 4
     up = lambda t: np.kron((t.permute(1, 2, 0).numpy() * 255).round(), np.ones((4, 4, 1)))  # noqa: E731
-    pair_w = 2 * 32 + io.COMPARE_GAP
+    pair_w = 2 * 32 + plots.COMPARE_GAP
     assert cmp.shape[1] == 2 * pair_w
     assert np.array_equal(cmp[head:head + 32, 0:32], up(before[0]))  # prompt 0: before on the left ...
-    right = cmp[head:head + 32, 32 + io.COMPARE_GAP:pair_w]
+    right = cmp[head:head + 32, 32 + plots.COMPARE_GAP:pair_w]
     assert np.array_equal(right, up(after[0]))  # ... after on the right
     assert np.array_equal(cmp[head:head + 32, pair_w:pair_w + 32], up(before[1]))

@@ -149,7 +149,7 @@ def _build_run(folder: Path):
         p.grad = torch.randn_like(p)
     tr.opt.step()
     tr.step = 1
-    tr._save(1)  # the trainer's own checkpoint writer (io.save_checkpoint)
+    tr._save(1)  # the trainer's own checkpoint writer (checkpoints.save_checkpoint)
     return tr, folder / "tiny", folder / "run", shutil.copytree(folder / "run", folder / "run_pristine")
 
 

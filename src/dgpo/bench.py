@@ -29,11 +29,8 @@ from dgpo.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# bump when training or evaluation changes what a run measures; older raw results are rerun.
-# 2: the official sigma grids and integer timesteps (every arm, evals included), Flow-GRPO's
-#    official batching, uniform prompt sampling where not asked otherwise (the demo keeps balance)
-# 3: the 2026-11 toy base (0.42 M parameters, coordinates) and the demo's full fine-tuning; evals of at
-#    least eval_per_category images per category, prompts spread over each category
+# bump when training or evaluation changes what a run measures: older raw results are rerun (what
+# each version changed: docs/notes/toy-demo-tuning.md, "Bench results versions")
 RESULTS_VERSION = 3
 
 
@@ -53,10 +50,9 @@ def quick_spec(out: Path) -> BenchSpec:
 
 
 def default_spec(out: Path) -> BenchSpec:
-    # 360 s hold ~150 DGPO steps on 2 cores (where the demo recipe gains +0.06 to +0.10:
-    # docs/notes/toy-demo-tuning.md);
-    # an eval every 30 s resolves the early rise; >= 40 images per category keep an eval's noise
-    # (about +-0.03 overall) under the differences between arms
+    # a budget long enough for the demo recipe's gain to show, evals often enough to resolve the early
+    # rise, enough images per category to keep an eval's noise under the differences between arms
+    # (the numbers behind each: docs/notes/toy-demo-tuning.md, "The bench suite's defaults")
     return BenchSpec(out, list(SUITE_ARMS), [0, 1, 2], 360.0, 30.0, 40)
 
 

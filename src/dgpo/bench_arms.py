@@ -19,15 +19,15 @@ NFT_OFFICIAL = ["train.algorithm=nft", "advantages.std=global"]
 ARMS: dict[str, list[str]] = {
     "dgpo": [],
     "flow_grpo": FLOW_GRPO_OFFICIAL,
-    # the same at a third of the suite's learning rate: on the toy, Flow-GRPO drifts below its start at the
-    # suite's 3e-4 and collapses at 1e-3 (docs/bench/flow_grpo_on_the_toy.md)
+    # the same at a third of the suite's learning rate, where Flow-GRPO gains on the toy instead of
+    # drifting below its start (docs/results/toy.md)
     "flow_grpo_lr1e-4": [*FLOW_GRPO_OFFICIAL, "train.lr=1e-4"],
     "dgpo_sde": ["sampler.sde_noise=0.7"],
     "tmin_0": ["timesteps.mode=uniform", "timesteps.t_min=0.0"],
     "tmin_0.3": ["timesteps.mode=uniform", "timesteps.t_min=0.3"],
     "tmin_0.6": ["timesteps.mode=uniform", "timesteps.t_min=0.6"],
     "tmin_anneal": ["timesteps.mode=uniform", "timesteps.t_min=0.8", "timesteps.t_min_end=0.2"],
-    "dpo": ["train.algorithm=dpo", "dpo.beta=5000"],  # the bench's DPO arms ran at Diffusion-DPO's beta
+    "dpo": ["train.algorithm=dpo", "dpo.beta=5000"],  # Diffusion-DPO's beta
     "dgpo_offline": ["train.offline=true"],
     "dpo_offline": ["train.algorithm=dpo", "train.offline=true", "dpo.beta=5000"],
     # DiffusionNFT as its official code trains (configs/toy_nft_official.yaml): CFG-free rollouts and evals
@@ -48,8 +48,8 @@ ARMS: dict[str, list[str]] = {
 }
 
 # arms that train longer than the suite's budget, so that the time-to-target ratio can be measured
-# where they are slow (at 360 s Flow-GRPO has not yet moved from the start); every other statistic
-# (late score, final, conclusions) is read at the suite's budget, the same for every arm
+# where they are slow (Flow-GRPO barely moves within the suite's budget: docs/results/toy.md); every
+# other statistic (late score, final, conclusions) is read at the suite's budget, the same for every arm
 BUDGET_SCALE: dict[str, float] = {"flow_grpo": 3.0, "flow_grpo_lr1e-4": 3.0}
 SLOW_ARMS = list(BUDGET_SCALE)  # the headline ratio times DGPO against each of them
 
@@ -65,7 +65,8 @@ COMPARISONS: dict[str, list[str]] = {
     "Group weightings": ["dgpo", "w_rank", "w_softmax", "w_sign"],
 }
 QUICK_ARMS = ["dgpo", "flow_grpo", "dpo"]
-# the default suite: the paper's comparisons and two variants per ablation at most, 3 seeds each (~7 h on 2 cores);
+# the default suite: the paper's comparisons and two variants per ablation at most, 3 seeds each (run
+# time: docs/results/toy.md);
 # the other arms (a mid t_min, the annealed t_min, offline DPO, softmax weights) run with --arms and are
 # reported when present
 SUITE_ARMS = ["dgpo", "flow_grpo", "flow_grpo_lr1e-4", "dgpo_sde", "dpo", "tmin_0", "tmin_0.6", "dgpo_offline",

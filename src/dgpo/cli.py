@@ -84,8 +84,8 @@ def cmd_sample(a) -> None:
     import torch
 
     from dgpo.evaluation import model_image_fn
+    from dgpo.rewards.modality import modality_of
     from dgpo.toy.grammar import split
-    from dgpo.training.io import save_grid
 
     model = _load_flow_model(a)
     metas = [{"prompt": p} for p in a.prompts] or split("test")[::20][:16]
@@ -94,8 +94,55 @@ def cmd_sample(a) -> None:
     seeds = [a.seed + i for i in range(len(rows))]
     images = torch.cat([fn(rows[i : i + a.batch_size], seeds[i : i + a.batch_size]).cpu()
                         for i in range(0, len(rows), a.batch_size)])
+    if modality_of(model) == "video":
+        return _write_videos(images, rows, Path(a.out), a.n, a.fps)
+    from dgpo.training.plots import save_grid
+
     save_grid(images, [m["prompt"] for m in rows], Path(a.out), cols=max(a.n, 4))
     print(f"wrote {a.out} ({len(rows)} images)")
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].rstrip("_") or "video"
+
+
+def _write_videos(videos, rows: list[dict], out: Path, n: int, fps: float) -> None:
+    """A video model's samples [N, F, 3, H, W]: each video as OUT_STEM/PPP_S_prompt.mp4 (H.264, with the
+    'video' extra) and .gif; the captioned grid as OUT_STEM.mp4 and OUT_STEM.gif; at OUT itself the
+    animated grid (.webp) or a still of its middle frame (.png, .jpg)."""
+    import importlib.util
+
+    from dgpo.video_io import video_grid, write_gif, write_mp4, write_webp
+
+    if videos.ndim != 5:
+        raise InputError(f"dgpo sample: the video model's decode gave shape {list(videos.shape)}, not videos "
+                         "[B, F, 3, H, W]")
+    mp4 = importlib.util.find_spec("imageio_ffmpeg") is not None
+    folder = out.with_suffix("")
+    for i, (video, meta) in enumerate(zip(videos, rows)):
+        name = f"{i // n:03d}_{i % n}_{_slug(meta['prompt'])}"
+        if mp4:
+            write_mp4(video, folder / f"{name}.mp4", fps)
+        write_gif(video, folder / f"{name}.gif", fps)
+    h, w = videos.shape[-2:]
+    grid = video_grid(videos, [m["prompt"] for m in rows], cols=max(n, 4), scale=max(1, min(4, 256 // max(h, w))))
+    written = [str(folder) + "/"]
+    if mp4:
+        written.append(str(write_mp4(grid, out.with_suffix(".mp4"), fps)))
+    written.append(str(write_gif(grid, out.with_suffix(".gif"), fps)))
+    if out.suffix.lower() == ".webp":
+        write_webp(grid, out, fps)
+    else:
+        from PIL import Image
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        middle = (grid[len(grid) // 2].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(middle).save(out)
+    written.append(str(out))
+    note = "" if mp4 else " (no MP4s: pip install 'dgpo[video]' for H.264 files)"
+    print(f"wrote {', '.join(written)} ({len(rows)} videos of {videos.shape[1]} frames){note}")
 
 
 def cmd_eval(a) -> None:
@@ -178,12 +225,14 @@ def cmd_bench(a) -> None:
 
 def cmd_toy(a) -> None:
     if a.toy_cmd == "prompts":
-        from dgpo.toy.grammar import split, write_jsonl
+        from dgpo.toy import grammar, video_grammar
 
-        rows = split(a.split)
-        write_jsonl(rows, a.out)
+        rows = (video_grammar if a.world == "video" else grammar).split(a.split)
+        grammar.write_jsonl(rows, a.out)
         print(f"wrote {len(rows)} prompts to {a.out}")
         return
+    if a.world == "video":
+        return _pretrain_video(a)
     from dgpo.toy.model import ToyModelConfig
     from dgpo.toy.pretrain import parse_category_weights, pretrain
 
@@ -191,9 +240,22 @@ def cmd_toy(a) -> None:
     if a.init and (a.coords or a.channels):
         raise InputError("--coords and --channels shape a new model; an --init model keeps its architecture")
     cfg = ToyModelConfig(channels=a.channels or ToyModelConfig.channels, coords=a.coords)
-    last = pretrain(a.out, a.minutes, a.batch_size, a.lr, a.ema_decay, save_every=a.save_every, seed=a.seed,
+    last = pretrain(a.out, a.minutes, a.batch_size or 64, a.lr, a.ema_decay, save_every=a.save_every, seed=a.seed,
                     cfg=cfg, max_steps=a.max_steps, init=a.init, weights=weights or None,
                     pos_embed=a.pos_embed, t_mean=a.t_mean, resume=a.resume)
+    print(f"final EMA weights: {last}")
+
+
+def _pretrain_video(a) -> None:
+    """`dgpo toy pretrain --world video`: the toy video base (dgpo.toy.video_pretrain)."""
+    from dgpo.toy.video_pretrain import parse_video_weights, pretrain_video
+
+    if a.coords or a.channels or a.pos_embed:
+        raise InputError("--coords, --channels and --pos-embed shape the image model; the video model takes its "
+                         "spatial layers' architecture from its --init (default: the shipped image base)")
+    last = pretrain_video(a.out, a.minutes, a.batch_size or 16, a.lr, a.ema_decay, save_every=a.save_every,
+                          seed=a.seed, max_steps=a.max_steps, init=a.init or "image",
+                          weights=parse_video_weights(a.weights) or None, t_mean=a.t_mean, resume=a.resume)
     print(f"final EMA weights: {last}")
 
 

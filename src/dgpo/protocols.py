@@ -189,7 +189,7 @@ def summarize(name: str, rows: list[dict], rewards: list[str]) -> dict:
 
 def write_grid(images: torch.Tensor, captions: list[str], path: Path, cell: int = 128) -> None:
     """A captioned grid of the first images, each scaled to ``cell`` pixels."""
-    from dgpo.training.io import save_grid
+    from dgpo.training.plots import save_grid
 
     small = F.interpolate(images, size=(cell, cell), mode="bilinear", antialias=True, align_corners=False)
     save_grid(small.clamp(0, 1), captions, path, cols=8, scale=1)

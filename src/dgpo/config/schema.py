@@ -44,9 +44,19 @@ class ModelConfig:
     kind: Literal[MODEL_KINDS] = opt("toy", help="model family adapter")
     path: str = opt("", help="toy checkpoint folder ('' = the built-in base) or a diffusers folder / hub id")
     dtype: Literal["fp32", "bf16", "fp16"] = opt("fp32", help="diffusers models: weight dtype of the pipeline")
-    resolution: int = opt(0, 0, help="diffusers models: image size in pixels (0: the transformer's native size)")
-    max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma/Qwen tokens (0: SD3 128 as official, Flux 512, Sana 300, Qwen-Image 512)")
+    resolution: int = opt(0, 0, help="diffusers models: image size in pixels (0: the transformer's native size); "
+                          "video models: the frame height (0: Wan 480)")
+    width: int = opt(0, 0, help="video models: the frame width in pixels (0: Wan 832 when model.resolution is 0 "
+                     "too, else model.resolution); Wan sides are multiples of 16 (TI2V-5B: 32)")
+    frames: int = opt(0, 0, help="video models: frames per video (0: Wan 81, the pipeline's default); Wan needs "
+                      "frames - 1 to be a multiple of 4 (its VAE compresses time 4x after the first frame)")
+    max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma/Qwen tokens (0: SD3 128 as official, Flux 512, Sana 300, Qwen-Image 512, Wan 512)")
     guidance_scale: float = opt(3.5, 0.0, help="FLUX.1-dev: the embedded guidance (no CFG; schnell ignores it)")
+    guidance_scale_2: float = opt(0.0, 0.0, help="Wan2.2 A14B: the CFG scale of the low-noise expert "
+                                  "(transformer_2; sampler.cfg_scale is the high-noise one's); 0: sampler.cfg_scale, "
+                                  "as WanPipeline's default (the model card: 3.0 low, 4.0 high)")
+    boundary_ratio: float = opt(0.0, 0.0, 1.0, help="Wan2.2 A14B: timesteps >= boundary_ratio x 1000 go to the "
+                                "high-noise expert, the rest to transformer_2 (0: the pipeline's own, 0.875)")
     gradient_checkpointing: bool = opt(False, help="diffusers models: recompute transformer activations")
     offload: bool = opt(False, help="diffusers models: text encoders and VAE on the CPU during the training "
                         "forwards (they come to the GPU for encodes and decodes, once per epoch or eval)")
@@ -61,14 +71,15 @@ class SamplerConfig:
         "dpm", help="rollout ODE solver and its diffusers grid (official: DPM-Solver++, flow sigmas, int timesteps); "
         "SDE rollouts (Flow-GRPO, sde_noise > 0) walk the flow-matching Euler grid")
     steps: int = opt(10, 1, 1000, help="rollout steps (official: 10)")
-    shift: float = opt(0.0, 0.0, 20.0, help="time shift; 0 = the model's own (toy 1, SD3 3, Flux and Qwen-Image dynamic, Sana its flow_shift)")
+    shift: float = opt(0.0, 0.0, 20.0, help="time shift; 0 = the model's own (toy 1, SD3 3, Flux and Qwen-Image dynamic, Sana and Wan their flow_shift)")
     cfg_scale: float = opt(4.5, 1.0, 50.0, help="classifier-free guidance in rollouts (official 4.5)")
     sde_noise: float = opt(0.0, 0.0, 5.0, help="DGPO/DPO rollouts: 0 = the ODE (official); > 0 = Flow-GRPO's SDE with this noise level")
 
 
 RewardName = Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
                      "colorfulness", "ocr", "pickscore", "geneval", "aesthetic", "clipscore", "hpsv2", "imagereward",
-                     "unifiedreward", "remote"]
+                     "unifiedreward", "remote", "video_ocr", "temporal_consistency", "toy_video",
+                     "toy_video_strict"]
 BUILTIN_REWARDS: tuple[str, ...] = typing.get_args(RewardName)
 # a user's own reward: an importable "package.module:function" (contract: dgpo.rewards.custom)
 CUSTOM_REWARD = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -84,6 +95,8 @@ class RewardConfig:
         "pickscore: PickScore / 26 (official); geneval: GenEval's rules on Mask2Former + CLIP (real images); "
         "aesthetic: LAION aesthetic v2 (MLP on CLIP ViT-L/14); clipscore: CLIP's logits / 30 (official); "
         "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); imagereward: ImageReward v1.0 (BLIP, as Flow-GRPO); unifiedreward: a VLM judge's 'Final Score' / 5 from an OpenAI-compatible server (reward.judge_url); remote: a `dgpo reward serve` server (reward.url); "
+        "video models: video_ocr: Flow-GRPO's video OCR reward (every 4th frame, RapidOCR); temporal_consistency: "
+        "CLIP cosine of consecutive frames minus a penalty for too little motion; image rewards on frames: reward.frames; "
         "your own: 'package.module:function' (importable; fn(images, metas) -> scores [B]); "
         "a list: the weighted sum of several (reward.weights), each logged",
     )
@@ -126,6 +139,17 @@ class RewardConfig:
                             "groups are dropped from the epoch) before the run stops with an error")
     overlap: bool = opt(True, help="score each rollout chunk in a background thread while the next one is "
                         "generated (the same rewards as scoring after the rollout)")
+    frames: Literal["none", "first", "all", "every_k"] = opt(
+        "none", help="video models: score each image reward of reward.name on the frames of every video, in one "
+        "batch, reduced per video by reward.frames_reduce: first, all, or every_k (frames 0, k, 2k, ...: "
+        "reward.frames_every); none: rewards are used as they are (video rewards always are)")
+    frames_every: int = opt(0, 0, help="reward.frames=every_k: k (0: unset; every_k needs k >= 1)")
+    frames_reduce: Literal["mean", "min"] = opt("mean", help="reward.frames: a video's score from its frames' scores: "
+                                                "mean, or min (the worst frame); strict correctness needs every frame")
+    temporal_motion_min: float = opt(0.01, 0.0, 1.0, help="temporal_consistency: m0; a video whose mean absolute "
+                                     "change between consecutive frames (pixels in [0, 1]) is below it pays the penalty")
+    temporal_motion_weight: float = opt(10.0, 0.0, help="temporal_consistency: lambda in consistency - lambda * "
+                                        "max(0, m0 - motion); 10 x 0.01 puts a frozen clip at 0.9")
 
     def names(self) -> list[str]:
         return [self.name] if isinstance(self.name, str) else list(self.name)
@@ -266,8 +290,8 @@ class TrainConfig:
     fp8: Literal["none", "tensorwise", "rowwise"] = opt(
         "none", help="FP8 matmuls for the denoiser's block linears in every forward and backward of training and "
         "its evals (torchao float8 with dynamic scaling, pip install 'dgpo[fp8]'; GPUs with compute capability 8.9+: "
-        "Ada, Hopper, Blackwell; use with train.compile): rowwise scales are the more accurate (on an H200 with "
-        "SD3.5-M rowwise ran 5 % faster than bf16, tensorwise no faster); changes the numbers (FP8 rounding; see docs/results/performance.md). none: off")
+        "Ada, Hopper, Blackwell; use with train.compile): rowwise scales are the more accurate; changes the numbers "
+        "(FP8 rounding; speed and accuracy: docs/results/performance.md). none: off")
     ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
     ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")
     ema_cadence: Literal["per_batch", "per_step"] = opt(

@@ -34,18 +34,19 @@ class FlowModel(Protocol):
         ...
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """v(x_t [B, C, H, W], t [B], cond) -> [B, C, H, W]. ``t`` is the diffusers timestep on the
+        """v(x_t [B, *latent_shape], t [B], cond) -> [B, *latent_shape]. ``t`` is the diffusers timestep on the
         1000-step scale, as a rollout grid holds it (int64 999, 963, ... on the DPM grid; float
         1000 sigma on the Euler grid and for continuous training times); each family converts it as
         its pipeline does."""
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [B, C, H, W] -> images [B, 3, H', W'] in [0, 1]."""
+        """Latents [B, *latent_shape] -> images [B, 3, H', W'] in [0, 1], or for a video model
+        (``modality == "video"``) videos [B, F, 3, H', W'] in [0, 1]."""
         ...
 
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one latent."""
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image latent; (C, F', H, W) of one video latent (F' latent frames)."""
         ...
 
     device: torch.device
@@ -65,8 +66,12 @@ class FlowModel(Protocol):
         ...
 
     # Optional hooks:
+    # - ``modality``: "image" (the default when absent) or "video"; rewards declare theirs alike and
+    #   the loop refuses a pair that does not match (``dgpo.rewards.check_modality``);
     # - ``guide(v_c, v_u, scale) -> v``, a family's own CFG combination (Qwen-Image's norm rescale);
     #   without it ``guide`` below uses v_u + scale (v_c - v_u);
+    # - ``cfg_scales(t [B], scale) -> [B] or scale``, a CFG scale per sample from its timestep (Wan2.2: the
+    #   high-noise expert's ``scale``, the low-noise one's ``model.guidance_scale_2``);
     # - ``unused_modules() -> list[str]``, names of modules inside ``denoiser`` whose outputs never
     #   reach the velocity (Qwen-Image's last block's text stream): neither adapted nor trained, since
     #   they would never get a gradient (and DDP needs every trained parameter to get one).
@@ -85,9 +90,16 @@ def cond_where(mask: torch.Tensor, a: Cond, b: Cond) -> Cond:
     return {k: torch.where(mask.view(-1, *([1] * (a[k].dim() - 1))), a[k], b[k]) for k in a}
 
 
-def guide(model: FlowModel, v_c: torch.Tensor, v_u: torch.Tensor, scale: float) -> torch.Tensor:
+def guide(model: FlowModel, v_c: torch.Tensor, v_u: torch.Tensor, scale: float,
+          t: torch.Tensor | None = None) -> torch.Tensor:
     """The guided velocity v_u + s (v_c - v_u), or the family's own combination where it has one
-    (a ``guide(v_c, v_u, scale)`` method: Qwen-Image rescales it to the norm of v_c)."""
+    (a ``guide(v_c, v_u, scale)`` method: Qwen-Image rescales it to the norm of v_c). With the timesteps
+    ``t`` [B] and a family's ``cfg_scales(t, scale)``, s is per sample (Wan2.2: each expert its own)."""
+    per_sample = getattr(model, "cfg_scales", None)
+    if per_sample is not None and t is not None:
+        s = per_sample(t, scale)
+        if isinstance(s, torch.Tensor):
+            scale = s.to(v_c.device, v_c.dtype).view(-1, *([1] * (v_c.dim() - 1)))
     own = getattr(model, "guide", None)
     return own(v_c, v_u, scale) if own is not None else v_u + scale * (v_c - v_u)
 
@@ -99,4 +111,4 @@ def cfg_velocity(model: FlowModel, x: torch.Tensor, t: torch.Tensor, cond: Cond,
         return model.velocity(x, t, cond)
     v = model.velocity(torch.cat([x, x]), torch.cat([t, t]), cond_cat([cond, null]))
     v_c, v_u = v.chunk(2)
-    return guide(model, v_c, v_u, scale)
+    return guide(model, v_c, v_u, scale, t)

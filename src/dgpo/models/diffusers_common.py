@@ -164,9 +164,9 @@ class DiffusersFlowModel:
 
     def _compute_dtype(self) -> torch.dtype:
         """The denoiser's dtype (diffusers' ``ModelMixin.dtype``), looked up once per network and first
-        parameter dtype: diffusers walks every module for casting hooks on each lookup (~10 ms on
-        SD3.5-M's 3,000 modules with LoRA, host time in every forward). dgpo casts whole networks (it
-        does not use diffusers' layerwise casting, which this key would not see). A DDP wrapper (the
+        parameter dtype: diffusers walks every module for casting hooks on each lookup, host time in
+        every forward (docs/results/performance.md). dgpo casts whole networks (it does not use
+        diffusers' layerwise casting, which this key would not see). A DDP wrapper (the
         training forwards) is looked through."""
         net = self.denoiser
         if isinstance(net, torch.nn.parallel.DistributedDataParallel):

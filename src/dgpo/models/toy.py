@@ -21,8 +21,8 @@ class ToyFlowModel:
     frozen_prefixes = ("text_encoder.",)  # prompts are encoded once, frozen, as with real models
 
     def __init__(self, net: ToyUNet):
-        # channels-last convolutions: forwards 1.3-1.5x, forward+backward 1.1x faster on one CPU
-        # thread (benchmarks/toy_memory_format.py); results agree to float rounding (1e-5)
+        # channels-last convolutions: faster on the CPU, the same results to float rounding
+        # (docs/results/performance.md, benchmarks/perf/toy_memory_format.py)
         self.net = net.requires_grad_(False).to(memory_format=torch.channels_last)
         self.denoiser: torch.nn.Module = net
         self.device = torch.device("cpu")

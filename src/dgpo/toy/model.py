@@ -36,10 +36,10 @@ class ToyModelConfig:
     max_tokens: int = 16
     heads: int = 4
     # learned 2D position embeddings on the attention tokens (zero-initialised), so that attention can
-    # tell left from right; 1,500 steps with them did not teach relations (docs/notes/toy-demo-tuning.md)
+    # tell left from right; off in the shipped base, which uses ``coords`` (docs/notes/toy-demo-tuning.md)
     pos_embed: bool = False
     # two coordinate channels (x, y in [-1, 1]) appended to the input pixels (CoordConv), so that every
-    # layer can tell where it is: "left of" is representable from the first step (the 2026-11 base)
+    # layer can tell where it is: "left of" is representable from the first step (on in the shipped base)
     coords: bool = False
 
     def to_dict(self) -> dict:

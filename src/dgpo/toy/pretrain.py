@@ -30,6 +30,7 @@ from dgpo.toy.weights import load_toy, save_toy, with_pos_embed
 from dgpo.training import checkpoints
 
 log = logging.getLogger(__name__)
+RESUME_FIX = "move this checkpoint folder aside to resume from the one before, or pretrain into another --out"
 
 
 def parse_category_weights(text: str) -> dict[str, float]:
@@ -104,8 +105,8 @@ def _load_state(out: Path, model, ema, opt, rng: random.Random, gen: torch.Gener
     """Restore the newest complete :func:`_save_state` checkpoint; returns (step, minutes). A different
     recipe is an error naming what differs."""
     folder = checkpoints.for_resume(out)
-    meta = checkpoints.read_json(folder / "state.json")
-    tensors = checkpoints.read_tensors(folder / "train.safetensors")
+    meta = checkpoints.read_json(folder / "state.json", RESUME_FIX)
+    tensors = checkpoints.read_tensors(folder / "train.safetensors", RESUME_FIX)
     changed = sorted(k for k in recipe if meta["recipe"].get(k) != recipe[k])
     if changed:
         raise InputError(f"--resume: {out} was pretrained with other settings ({', '.join(changed)}: "

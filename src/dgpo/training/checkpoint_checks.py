@@ -1,39 +1,19 @@
-"""Reading a checkpoint's files back without trusting them: every failure is a
-:class:`~dgpo.errors.CheckpointError` naming the file and the fix, and nothing is loaded into a model
-or an optimizer before all of it has been checked. Tensors come from safetensors and everything else
-from JSON: no pickle, nothing in a checkpoint can run code."""
+"""Validation of a checkpoint's contents, once read (:mod:`dgpo.training.checkpoints` reads the files):
+tensors against the model, optimizer state against the optimizer, the trainer's state.json. Every failure
+is a :class:`~dgpo.errors.CheckpointError` naming the file and the fix, raised before anything is loaded
+into a model or an optimizer. This module reads no files."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from dgpo.errors import CheckpointError, short
 
 FIX = "move this checkpoint folder aside to resume from the one before, or train without --resume"
 ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
-
-
-def read_tensors(path: Path, fix: str = FIX) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({short(str(e))}); {fix}") from None
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deeply
-        raise CheckpointError(f"{path}: not readable JSON ({type(e).__name__}); {FIX}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}; {FIX}")
-    return data
 
 
 def _is_number(v) -> bool:

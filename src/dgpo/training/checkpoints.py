@@ -1,4 +1,5 @@
-"""Checkpoints that survive crashes: integrity, choice at resume, retention.
+"""Checkpoints: the one module that writes and reads them; they survive crashes (integrity, choice at
+resume, retention).
 
 A checkpoint is the folder ``checkpoints/step_NNNNNN``. It is written as ``step_NNNNNN.tmp``, its files
 flushed to disk, then ``manifest.json`` (every file's size and SHA-256) last, then renamed into place:
@@ -7,6 +8,11 @@ checkpoint or a ``.tmp`` folder that the next save removes. ``--resume`` takes t
 whose files match its manifest and says which newer ones it skipped and why; a failed save (disk full,
 permission denied) is a :class:`CheckpointError` that names the file and leaves the previous checkpoint
 as it was. After each save, all but the newest ``run.keep_checkpoints`` are deleted.
+
+Tensors are safetensors and everything else JSON: no pickle, nothing in a checkpoint can run code. Reading
+one back trusts none of it: every failure is a :class:`CheckpointError` naming the file and the fix, and
+the contents are checked (:mod:`dgpo.training.checkpoint_checks`) before anything goes into a model or an
+optimizer.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from dgpo.errors import CheckpointError, InputError, MissingPathError
+from dgpo.errors import CheckpointError, InputError, MissingPathError, short
+from dgpo.training.checkpoint_checks import FIX, check_trainer_state, optimizer_state
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -114,23 +122,31 @@ def for_resume(run_dir: Path) -> Path:
     return ckpt
 
 
-def read_tensors(path: Path) -> dict:
-    """A checkpoint's safetensors file; a truncated or corrupted one is a CheckpointError naming it."""
+def read_tensors(path: Path, fix: str = FIX) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; missing, truncated or corrupted: a CheckpointError naming it
+    and ``fix``."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
+        raise CheckpointError(f"checkpoint file {path} is missing; {fix}")
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint file {path} is unreadable (truncated or corrupted): {e}") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({short(str(e))}); {fix}") from None
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, fix: str = FIX) -> dict:
+    """A checkpoint's JSON file, which must hold an object; missing, unreadable or not an object: a
+    CheckpointError naming it and ``fix``."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
+        raise CheckpointError(f"checkpoint file {path} is missing; {fix}")
     try:
-        return json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"checkpoint file {path} is unreadable (truncated or corrupted): {e}") from None
+        data = json.loads(path.read_bytes())
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({short(str(e))}); {fix}") from None
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deeply
+        raise CheckpointError(f"{path}: not readable JSON ({type(e).__name__}); {fix}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}; {fix}")
+    return data
 
 
 def _remove(path: Path) -> None:
@@ -166,6 +182,56 @@ def writing(path: Path, step: int, keep: int) -> Iterator[Path]:
         prune(path.parent, path, keep)
     except OSError as e:
         log.warning("checkpoint retention: could not delete an old checkpoint (%s)", e)
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """(the optimizer state's tensors by ``"<param index>.<key>"``, the rest for optimizer.json)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(path: Path, parts: dict[str, dict[str, torch.Tensor]], opt, state: dict, keep: int = 0) -> None:
+    """Tensors in safetensors (one file per part), optimizer in safetensors + JSON, state in JSON; written
+    through :func:`writing` (a temporary folder, the manifest last, a rename); afterwards only the newest
+    ``keep`` checkpoints stay (0: all)."""
+    tensors, meta = _flatten_optimizer(opt)
+    with writing(path, state["step"], keep) as tmp:
+        for name, part in parts.items():
+            save_file({k: v.detach().contiguous() for k, v in part.items()}, str(tmp / f"{name}.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+
+
+def load_checkpoint(path: Path, names: list[str], opt) -> tuple[dict, dict]:
+    """(parts, trainer state) of a checkpoint written by :func:`save_checkpoint`; the optimizer state
+    goes into ``opt``. A checkpoint that cannot be read back (a file missing, truncated or corrupt, the
+    optimizer of another model) raises a CheckpointError naming the file, before ``opt`` is touched."""
+    for f in [*(f"{n}.safetensors" for n in names), "optimizer.safetensors", "optimizer.json", "state.json"]:
+        if not (path / f).is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: missing {f}; {FIX}")
+    parts = {n: read_tensors(path / f"{n}.safetensors") for n in names}
+    opt_state = optimizer_state(read_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json"),
+                                opt, path)
+    state = read_json(path / "state.json")
+    check_trainer_state(state, path / "state.json")
+    opt.load_state_dict(opt_state)
+    return parts, state
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of a run whose files match their manifest (newer broken ones are logged)."""
+    ckpt, skipped = pick(run_dir)
+    for line in skipped:
+        log.warning("skipped checkpoint %s", line)
+    return ckpt
 
 
 def remove_leftovers(ckpt_dir: Path) -> None:

@@ -17,8 +17,7 @@ from dgpo.errors import CheckpointError, InputError, MissingPathError, user_path
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import apply_lora, load_model, pipeline_kind
 from dgpo.training import checkpoints
-from dgpo.training.checkpoint_checks import match_tensors, read_tensors
-from dgpo.training.io import latest_checkpoint
+from dgpo.training.checkpoint_checks import match_tensors
 from dgpo.training.policy import Policy, parse_targets
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -30,7 +29,7 @@ def load_run(run_dir: str | Path, weights: str = "ema_slow", checkpoint: str | P
     if not (run / "config.yaml").is_file():
         raise MissingPathError(f"{run} is not a run directory (no config.yaml)")
     cfg = load_config(run / "config.yaml")
-    ckpt = user_path(checkpoint, "--checkpoint") if checkpoint else latest_checkpoint(run)
+    ckpt = user_path(checkpoint, "--checkpoint") if checkpoint else checkpoints.latest_checkpoint(run)
     if ckpt is None or not (ckpt / f"{weights}.safetensors").is_file():
         raise MissingPathError(f"run {run} has no complete checkpoint with {weights}.safetensors (train it until a "
                                "checkpoint is saved, or name one with --checkpoint)")
@@ -39,7 +38,8 @@ def load_run(run_dir: str | Path, weights: str = "ema_slow", checkpoint: str | P
     model = load_model(cfg.model)
     policy = Policy(model, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.run.seed,
                     parse_targets(cfg.train.lora_targets))
-    tensors = read_tensors(ckpt / f"{weights}.safetensors", "name another checkpoint of the run with --checkpoint")
+    tensors = checkpoints.read_tensors(ckpt / f"{weights}.safetensors",
+                                       "name another checkpoint of the run with --checkpoint")
     if weights != "policy":  # the EMAs' tensors are "0".."n-1" in the policy's order
         match_tensors(tensors, [(str(i), p) for i, p in enumerate(policy.params)], f"{ckpt / weights}.safetensors")
         tensors = {n: tensors[str(i)] for i, n in enumerate(policy.names)}
@@ -101,7 +101,8 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False, weight
 
             save_toy(net, out, {"exported_from": str(run_dir), "weights": weights})
         else:
-            pipe.transformer = net
+            place = getattr(model, "place_denoiser", None)  # Wan2.2: its two experts back into their slots
+            place(net) if place is not None else setattr(pipe, "transformer", net)
             pipe.vae.to(net.dtype)  # decoded in fp32 in dgpo; saved in the dtype the pipeline was loaded in
             pipe.save_pretrained(out)
         return out
@@ -111,6 +112,8 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False, weight
     if pipe is None:
         policy.peft.save_pretrained(out)  # the toy model is not a diffusers pipeline: peft's own format
         return out
+    if hasattr(model, "save_lora"):  # Wan2.2: a second file for transformer_2
+        return model.save_lora(out, sd, meta, LORA_FILE)
     type(pipe).save_lora_weights(out, transformer_lora_layers=sd, transformer_lora_adapter_metadata=meta,
                                  weight_name=LORA_FILE)
     return out / LORA_FILE

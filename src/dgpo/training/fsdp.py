@@ -164,8 +164,9 @@ class Sharding:
         return out
 
     def optimizer_state(self, opt: torch.optim.Optimizer):
-        """What ``io.save_checkpoint`` / ``io.load_checkpoint`` take as the optimizer: ``opt`` itself,
-        or under FSDP a view whose state holds whole tensors (gathered now: every process calls it)."""
+        """What ``checkpoints.save_checkpoint`` / ``checkpoints.load_checkpoint`` take as the optimizer:
+        ``opt`` itself, or under FSDP a view whose state holds whole tensors (gathered now: every process
+        calls it)."""
         return FullOptimizerState(opt, self) if self.enabled else opt
 
 

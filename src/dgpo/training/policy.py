@@ -2,10 +2,10 @@
 full fine-tuning (reference = a frozen copy).
 
 The reference is entered for every training timestep. peft's ``disable_adapter()`` walks every module
-of the network and flips ``requires_grad`` on every LoRA tensor both ways (~50 ms of host time on
-SD3.5-M's 3,000 modules); without grad only the layers' switch matters, so the LoRA layers are listed
-once and their switch is flipped directly (checked at start-up; peft's context is used under grad or
-if the switch is not where this expects it).
+of the network and flips ``requires_grad`` on every LoRA tensor both ways, host time that grows with the
+module count (docs/results/performance.md); without grad only the layers' switch matters, so the LoRA
+layers are listed once and their switch is flipped directly (checked at start-up; peft's context is used
+under grad or if the switch is not where this expects it).
 """
 
 from __future__ import annotations

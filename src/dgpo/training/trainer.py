@@ -32,7 +32,7 @@ from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward_from_config
 from dgpo.rewards.retry import Backoff, GuardedCall
-from dgpo.training import checkpoints, io, speed
+from dgpo.training import checkpoints, plots, runlog, speed
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
 from dgpo.training.ema import SlowEMA
@@ -44,6 +44,7 @@ from dgpo.training.scoring import ChunkScorer
 log = logging.getLogger(__name__)
 GRID_PROMPTS = 16
 INNER_KEY = 1_000_003  # seeds of inner pass k > 0 use epoch + k * INNER_KEY
+BEFORE_FIX = "delete it (the resumed run then draws no samples/compare.png)"
 
 
 class Trainer:
@@ -54,7 +55,7 @@ class Trainer:
         ``cfg.reward.name``; ``algorithm``: an :class:`Algorithm` subclass instead of ``train.algorithm``."""
         self.cfg, c = cfg, cfg
         self.run_dir = Path(c.run.out_dir)
-        log_with, project, tracker_kwargs = io.tracker_setup(c.run.log_with, c.run.project, self.run_dir)
+        log_with, project, tracker_kwargs = runlog.tracker_setup(c.run.log_with, c.run.project, self.run_dir)
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision,
                                log_with=log_with, project_dir=str(self.run_dir))
         self._build_model(model)
@@ -121,13 +122,13 @@ class Trainer:
         if resume:
             self._resume()
         elif self.acc.is_main_process:
-            io.clear_run(self.run_dir)
+            runlog.clear_run(self.run_dir)
         if log_with:
-            self.acc.init_trackers(project, io.flat_config(to_dict(self.cfg)),
-                                   io.purge_from(tracker_kwargs, self.step))
+            self.acc.init_trackers(project, runlog.flat_config(to_dict(self.cfg)),
+                                   runlog.purge_from(tracker_kwargs, self.step))
             if resume and self.acc.is_main_process:
-                io.relog_step(self.acc, self.run_dir, self.step, self.evals)
-        self.metrics = io.MetricsLog(self.run_dir, self.acc.log)
+                runlog.relog_step(self.acc, self.run_dir, self.step, self.evals)
+        self.metrics = runlog.MetricsLog(self.run_dir, self.acc.log)
         (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
 
     # ----------------------------------------------------------------- the loop
@@ -290,7 +291,7 @@ class Trainer:
         if self.acc.is_main_process:
             with (self.run_dir / "evals.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        self.acc.log(io.scalars(row, "eval/"), step=self.step)
+        self.acc.log(runlog.scalars(row, "eval/"), step=self.step)
 
     def _evaluate(self, desc: str) -> dict:
         c = self.cfg
@@ -329,14 +330,14 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         captions, out = [m["prompt"] for m in metas], self.run_dir / "samples"
-        io.save_grid(images, captions, out / f"{name}.png")
-        io.log_image(self.acc.trackers, f"samples/{name}", out / f"{name}.png", self.step)
+        plots.save_grid(images, captions, out / f"{name}.png")
+        runlog.log_image(self.acc.trackers, f"samples/{name}", out / f"{name}.png", self.step)
         if name == "before":
             self._before = images.cpu()  # kept on disk too: a resumed run still draws compare.png
             save_file({"images": self._before.contiguous()}, str(out / "before.safetensors"))
         elif name == "after" and self._before is not None:  # same prompts, same seeds, side by side
-            io.save_compare(self._before, images.cpu(), captions, out / "compare.png")
-            io.log_image(self.acc.trackers, "samples/compare", out / "compare.png", self.step)
+            plots.save_compare(self._before, images.cpu(), captions, out / "compare.png")
+            runlog.log_image(self.acc.trackers, "samples/compare", out / "compare.png", self.step)
 
     def _save(self, epochs_done: int) -> None:
         gather = self.shards.gather  # FSDP: every process gathers whole tensors, the main one keeps them
@@ -347,13 +348,13 @@ class Trainer:
             return
         state = {"step": self.step, "epoch": epochs_done, "evals": self.evals, "train_time": self.train_time,
                  "images": self.images, "next_eval_s": self._next_eval_s, "guard": self.guard.state_dict()}
-        io.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, opt, state,
-                           self.cfg.run.keep_checkpoints)
+        checkpoints.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, opt, state,
+                                    self.cfg.run.keep_checkpoints)
 
     def _resume(self) -> None:
         ckpt = checkpoints.for_resume(self.run_dir)  # the newest whose files match its manifest
-        parts, state = io.load_checkpoint(ckpt, ["policy", "ema_old", "ema_slow"],
-                                          self.shards.optimizer_state(self.opt))
+        parts, state = checkpoints.load_checkpoint(ckpt, ["policy", "ema_old", "ema_slow"],
+                                                   self.shards.optimizer_state(self.opt))
         self.policy.load_state_dict(parts["policy"])
         self.algo.old_model.load_state_dict(parts["ema_old"])
         self.ema_slow.load_state_dict(parts["ema_slow"])
@@ -365,9 +366,9 @@ class Trainer:
         self.guard.load_state_dict(state.get("guard", {}))
         before = self.run_dir / "samples" / "before.safetensors"
         if before.is_file():
-            self._before = checkpoints.read_tensors(before)["images"]
+            self._before = checkpoints.read_tensors(before, BEFORE_FIX)["images"]
         if self.acc.is_main_process:  # what the killed process logged after the checkpoint goes
-            io.repair_logs(self.run_dir, self.step, self.evals)
+            runlog.repair_logs(self.run_dir, self.step, self.evals)
             checkpoints.remove_leftovers(ckpt.parent)
         log.info("resumed from %s (step %d, epoch %d)", ckpt, self.step, self.start_epoch)
 
@@ -380,7 +381,7 @@ class Trainer:
             self._grid("after")
             summary.update(eval_before=self.evals[0], eval_after=after, evals=self.evals)
         if self.acc.is_main_process:
-            io.write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
-            io.plot_curves(self.metrics.read(), self.evals, self.run_dir / "plots")
+            runlog.write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+            plots.plot_curves(self.metrics.read(), self.evals, self.run_dir / "plots")
         self.acc.end_training()
         return summary
