@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import numpy as np
 
 from dgpo import bench
@@ -58,6 +59,7 @@ def test_per_category_spreads_over_each_category():
     assert [m["prompt"] for m in per_category(metas, 3)] == ["0", "3", "6", "y"]
 
 
+@pytest.mark.slow
 def test_bench_runs_arms_writes_the_report_and_resumes(tiny_toy, tmp_path):
     spec = bench.BenchSpec(tmp_path / "b", ["dgpo", "flow_grpo", "dpo"], [0, 1], 0.5, 0.25, 2, extra=(
         f"model.path={tiny_toy}", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=8",

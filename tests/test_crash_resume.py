@@ -10,9 +10,13 @@ import shutil
 
 import pytest
 
+from dgpo.testing.toy import tiny_toy_checkpoint
+
 from dgpo.cli import main
 
 from benchmarks.robustness import crash_resume as harness
+
+pytestmark = pytest.mark.slow  # make test-all (CI); not in the fast tier
 
 EPOCHS = 3  # 2 optimizer steps each; checkpoints after every epoch, the newest 2 kept; an eval after epoch 2
 
@@ -21,7 +25,7 @@ EPOCHS = 3  # 2 optimizer steps each; checkpoints after every epoch, the newest 
 def reference(tmp_path_factory):
     """(toy model folder, the uninterrupted run), trained in this process with the same CLI."""
     work = tmp_path_factory.mktemp("crash")
-    model = harness.make_tiny_model(work / "tiny")
+    model = tiny_toy_checkpoint(work / "tiny")
     assert main(["train", *harness.overrides(model, work / "reference", EPOCHS)]) == 0
     return model, work / "reference"
 

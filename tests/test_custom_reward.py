@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -146,13 +145,11 @@ def test_build_reward_takes_names_and_callables(user_module):
 
 
 def _rc(name, weights=()):
-    """The fields of RewardConfig that build_reward_from_config reads."""
-    return SimpleNamespace(name=name, weights=list(weights), url="", token_env="DGPO_TEST_NO_TOKEN", timeout_s=1.0,
-                           retries=0, backoff_s=0.0, max_backoff_s=0.0, judge_url="", judge_model="",
-                           judge_concurrency=1, judge_token_env="", clip_path="", partial="corrected",
-                           aesthetic_path="", hps_path="", imagereward_path="", clipscore_divisor=30.0,
-                           model_path="", processor_path="",
-                           names=lambda: [name] if isinstance(name, str) else list(name))
+    """A RewardConfig as the config builds it (every field at its default but these)."""
+    from dgpo.config import RewardConfig
+
+    return RewardConfig(name=name, weights=list(weights), token_env="DGPO_TEST_NO_TOKEN", timeout_s=1.0, retries=0,
+                        backoff_s=0.0, max_backoff_s=0.0)
 
 
 def test_config_names_mix_user_and_built_in_rewards(user_module):

@@ -41,6 +41,7 @@ def _split_worker(rank: int, port: int, out: dict) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_a_group_split_across_two_processes_gets_the_weights_of_the_whole_group():
     dsm, ref, adv, gids = _case()
     whole = dgpo_loss(dsm, ref, adv, gids, 100.0, 4).weight
@@ -72,7 +73,7 @@ def _overrides(tiny, out, algo):
             "reward.name=colorfulness", f"train.algorithm={algo}"]
 
 
-@pytest.mark.parametrize("algo", ["dgpo", "flow_grpo", "dpo", "nft"])
+@pytest.mark.parametrize("algo", ["dgpo", *(pytest.param(a, marks=pytest.mark.slow) for a in ("flow_grpo", "dpo", "nft"))])
 def test_two_processes_train_the_same_adapter_as_one(tiny_toy, tmp_path, algo):
     Trainer(load_config(None, _overrides(tiny_toy, tmp_path / "one", algo))).fit()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
@@ -108,6 +109,7 @@ def _pipe_overrides(kind, path, out):
             "timesteps.count=1", "dgpo.kl_beta=0.1", "dgpo.clip_range=0.01", "reward.name=colorfulness"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sd3", "flux", "sana", "qwenimage"])
 def test_two_processes_train_a_diffusers_model_like_one(tiny_pipes, tmp_path, kind):
     """DDP with the diffusers adapters (the training forwards go through the DDP wrapper, which has no
@@ -128,3 +130,43 @@ def test_two_processes_train_a_diffusers_model_like_one(tiny_pipes, tmp_path, ki
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-5, rtol=0), (k, (one[k] - two[k]).abs().max())
     assert any("lora_B" in k and bool(one[k].abs().sum() > 0) for k in one)  # training did something
+
+
+def _wan_overrides(path, out, prompts):
+    # Wan2.2's two experts, uniform training times in [0.3, 1]: each micro-batch mixes samples of both
+    # experts (one process may hold samples of one expert only: the other still gets zero gradients)
+    return ["model.kind=wan", f"model.path={path}", "model.resolution=16", "model.width=32", "model.frames=5",
+            "model.max_sequence_length=16", "model.guidance_scale_2=2.0", f"run.out_dir={out}", "run.epochs=2",
+            "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false", "run.log_with=none",
+            f"train.prompts={prompts}", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=8",
+            "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-2", "sampler.steps=3", "timesteps.mode=uniform",
+            "timesteps.t_min=0.3", "timesteps.count=2", "dgpo.kl_beta=0.1",
+            "reward.name=tiny_diffusers:video_brightness"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_wan22_like_one(tmp_path):
+    """DDP on Wan2.2's two experts (one network, each sample routed by its timestep): 2 processes end at the
+    1-process adapters of both experts (DDP needs a gradient for every LoRA tensor at every backward)."""
+    from pathlib import Path
+
+    from tiny_diffusers import build_wan
+
+    pipe = build_wan(tmp_path / "wan22", "2.2")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue ball on grass\na green sign\n")
+    Trainer(load_config(None, _wan_overrides(pipe, tmp_path / "one", prompts))).fit()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "dgpo.cli", "train", *_wan_overrides(pipe, tmp_path / "two", prompts)]
+    tests = str(Path(__file__).parent)  # the reward tiny_diffusers:video_brightness
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = load_file(str(tmp_path / "one/checkpoints/step_000002/policy.safetensors"))
+    two = load_file(str(tmp_path / "two/checkpoints/step_000002/policy.safetensors"))
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5, rtol=0), (k, (one[k] - two[k]).abs().max())
+    for expert in (".transformer.", ".transformer_2."):  # training did something, to both experts
+        assert any(expert in k and "lora_B" in k and bool(one[k].abs().sum() > 0) for k in one), expert

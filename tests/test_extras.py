@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_pyproject_extras_and_version():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     extras = meta["project"]["optional-dependencies"]
-    assert set(extras) == {"dev", "ocr", "geneval", "hps", "server", "wandb", "fp8"}
+    assert set(extras) == {"dev", "ocr", "geneval", "hps", "server", "wandb", "fp8", "video"}
     assert set(EXTRAS) <= set(extras) and all(extras[e] for e in EXTRAS)  # a guarded part has packages
     assert meta["project"]["license"] == "Apache-2.0" and "Apache License" in (ROOT / "LICENSE").read_text()
     notice = (ROOT / "NOTICE").read_text()

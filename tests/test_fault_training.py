@@ -274,6 +274,7 @@ def test_an_eval_reward_failure_leaves_its_batch_unscored_and_the_run_goes_on(ti
     assert tr.reward_fn.calls == 3 + 2 + 2  # eval before (batch 0 twice, batch 1), 2 training chunks, eval after
 
 
+@pytest.mark.slow
 def test_a_fault_on_one_process_makes_every_process_skip_alike(tiny_toy, tmp_path):
     """Rank 1 alone sees a NaN forward (step 1) and a crashing reward (epoch 2): both processes skip the
     same steps and drop the same groups, and end where one process with those faults ends."""

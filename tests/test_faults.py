@@ -17,6 +17,7 @@ from dgpo.rewards import build_reward
 from dgpo.rewards.remote import RemoteReward, RemoteRewardError
 from dgpo.rewards.retry import Backoff, GuardedCall
 from dgpo.rewards.server import RewardServer
+from dgpo.rewards.wire import PROTOCOL
 from dgpo.training import RunHalted
 from dgpo.training.guards import masked_advantages, screen_rewards
 from dgpo.training.trainer import Trainer
@@ -173,7 +174,7 @@ class _Busy(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        self._send(200, {"protocol": 1, "scorer": "busy", "version": "1"})
+        self._send(200, {"protocol": PROTOCOL, "scorer": "busy", "version": "1"})
 
     def do_POST(self):
         metas = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["metas"]

@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 from dgpo.advantages import refill_zero_advantage
 from dgpo.config import load_config
 
+pytestmark = pytest.mark.slow  # make test-all (CI); not in the fast tier
+
 FSDP2_CONFIG = Path(__file__).parents[1] / "configs/accelerate/fsdp2_8gpu.yaml"
 PARTS = ("policy", "ema_old", "ema_slow", "optimizer")
 # measured: FSDP (2 processes) vs 1 process after 2 steps, max |difference| 1.8e-6 in the weights,
@@ -226,3 +228,41 @@ def test_lockstep_eval_runs_the_same_batches_on_every_shard_and_keeps_the_rows()
             assert res["reward"] == pytest.approx([20 / 3, 5.0][rank])  # rank 0: p0 p2 p4, rank 1: p1 p3
     assert calls[(False, 0)] == 2 and calls[(False, 1)] == 1  # 3 and 2 jobs in batches of 2
     assert calls[(True, 0)] == calls[(True, 1)] == 2
+
+
+@pytest.mark.slow
+def test_fsdp_wraps_wan22_and_equals_one_process(tmp_path):
+    """FSDP2 shards Wan2.2's two experts as one network (units: every WanTransformerBlock of both, then the
+    root), LoRA on both: every process runs both experts in every forward (an expert without samples on a
+    dummy token), so the collectives stay in step, and 2 processes train the 1-process adapters."""
+    from tiny_diffusers import build_wan
+
+    from dgpo.training.trainer import Trainer
+
+    pipe = build_wan(tmp_path / "wan22", "2.2")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue ball on grass\na green sign\n")
+    args = lambda run: ["model.kind=wan", f"model.path={pipe}", "model.resolution=16", "model.width=32",  # noqa: E731
+                        "model.frames=5", "model.max_sequence_length=16", f"run.out_dir={run}", "run.epochs=2",
+                        "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false", "run.log_with=none",
+                        f"train.prompts={prompts}", "train.prompts_per_epoch=2", "train.group_size=4",
+                        "train.batch_size=4", "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-3",
+                        "sampler.steps=3", "timesteps.mode=uniform", "timesteps.t_min=0.3", "timesteps.count=2",
+                        "dgpo.kl_beta=0.1", "reward.name=tiny_diffusers:video_brightness"]
+    Trainer(load_config(None, args(tmp_path / "one"))).fit()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CONFIG), "--num_processes", "2",
+           "--mixed_precision", "no", "--main_process_port", str(_free_port()), "-m", "dgpo.cli", "train",
+           *args(tmp_path / "fsdp")]
+    tests = str(Path(__file__).parent)  # the reward tiny_diffusers:video_brightness
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FSDP2: PeftModel sharded over 2 processes in 5 units" in proc.stderr  # 2 x 2 blocks + the root
+    one = load_file(str(tmp_path / "one/checkpoints/step_000002/policy.safetensors"))
+    two = load_file(str(tmp_path / "fsdp/checkpoints/step_000002/policy.safetensors"))
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=ATOL, rtol=0), (k, (one[k] - two[k]).abs().max())
+    for expert in (".transformer.", ".transformer_2."):
+        assert any(expert in k and "lora_B" in k and bool(one[k].abs().sum() > 0) for k in one), expert

@@ -5,7 +5,7 @@ import pytest
 
 from benchmarks.fuzz import inputs as fuzz_inputs
 
-FAST = {"config_yaml": 40, "overrides": 40, "prompts": 25, "server_requests": 40, "server_http": 20,
+FAST = {"config_yaml": 40, "overrides": 40, "prompts": 25, "server_requests": 60, "server_http": 20,
         "checkpoints": 25, "model_folders": 12, "run_dirs": 4, "lora_folders": 6, "diffusers_lora": 3}
 
 

@@ -18,6 +18,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = "dgpo"
 
@@ -192,6 +194,7 @@ def test_every_import_from_the_package_names_a_module_of_it():
     assert not stale, "imports of modules that do not exist:\n" + "\n".join(stale)
 
 
+@pytest.mark.slow
 def test_every_module_imports_in_a_fresh_interpreter():
     """``import dgpo``, then every dgpo.* module, in one fresh interpreter (sorted order). A module whose
     optional extra is not installed (a package that ``dgpo.extras.EXTRAS`` names) is let off."""

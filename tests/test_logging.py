@@ -82,6 +82,7 @@ def _wandb_records(path):
     return out
 
 
+@pytest.mark.slow
 def test_wandb_offline_gets_the_same_metrics_without_a_login(tiny_toy, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     for k in [k for k in os.environ if k.startswith("WANDB_")]:
@@ -120,6 +121,7 @@ def test_wandb_offline_gets_the_same_metrics_without_a_login(tiny_toy, tmp_path,
     assert len(list(runs[0].glob("files/media/images/samples/compare_*.png"))) == 1
 
 
+@pytest.mark.slow
 def test_log_with_none_and_a_missing_wandb(tiny_toy, tmp_path, monkeypatch):
     rows, _ = _fit(tiny_toy, tmp_path / "run", "none")
     assert rows and not (tmp_path / "run" / "tb").exists() and not (tmp_path / "run" / "wandb").exists()

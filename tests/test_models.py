@@ -81,6 +81,7 @@ def test_cond_where_replaces_whole_samples(tiny_toy):
         assert torch.equal(mixed[k][0], cond[k][0]) and torch.equal(mixed[k][1], null[k][1])
 
 
+@pytest.mark.slow
 def test_toy_vocabulary_is_the_same_in_every_process():
     import subprocess
     import sys

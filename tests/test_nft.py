@@ -137,6 +137,7 @@ def test_each_sample_trains_at_its_own_subset_of_the_grid(tiny_toy, tmp_path):
     assert torch.equal(order[:4], order[:1].expand(4, -1)) and not torch.equal(order[0], order[4])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_with_the_lagged_old_model(tiny_toy, tmp_path):
     """3 epochs of 2 optimizer steps (shuffled across groups, micro-batches of 3) in one go, or 1 epoch
     then a resumed 2: the same policy, 'old' model and slow EMA, bit for bit (the old model is blended
@@ -154,6 +155,7 @@ def test_resume_equals_uninterrupted_with_the_lagged_old_model(tiny_toy, tmp_pat
     assert not torch.equal(old["0"], next(iter(policy.values())))  # the old model lags
 
 
+@pytest.mark.slow
 def test_batched_reference_forwards_train_like_per_micro_batch_ones(tiny_toy, tmp_path):
     """train.reference_batch_size: the 'old' and reference forwards of a step's 3 timesteps x 2-3
     micro-batches in one forward, the same 4 steps to rounding (lr 1e-2 moves weights by ~1e-2)."""
@@ -221,6 +223,7 @@ def test_evals_use_eval_method_and_rollouts_sampler_method(tiny_toy, tmp_path, m
         assert seen.pop() == expected
 
 
+@pytest.mark.slow
 def test_a_run_halted_mid_epoch_resumes_without_blending_the_old_model_twice(tiny_toy, tmp_path):
     """Epoch 1's step is skipped (NaN forward) in both runs. A: once only, the run goes on. B: epoch 2's
     step too, so max_bad_steps=2 halts B inside epoch 2 (its checkpoint: 'retry epoch 2'); B resumed
@@ -261,6 +264,7 @@ def test_group_noise_gives_a_group_its_timesteps_and_noise(tiny_toy, tmp_path):
     assert not torch.allclose(eps[0], eps[1], atol=0.1)
 
 
+@pytest.mark.slow
 def test_fsdp_full_fine_tuning_equals_one_process(tiny_toy, tmp_path):
     """FSDP2 on 2 CPU processes (accelerate's shipped config): 2 steps of DiffusionNFT with full
     fine-tuning end at the 1-process policy, 'old' model, slow EMA and Adam moments (measured 2.5e-6)."""

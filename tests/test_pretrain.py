@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from dgpo.models.toy import ToyFlowModel
@@ -7,6 +8,7 @@ from dgpo.toy.model import ToyModelConfig
 from dgpo.toy.pretrain import pretrain
 
 
+@pytest.mark.slow
 def test_pretrain_lowers_flow_matching_loss_and_writes_a_loadable_checkpoint(tmp_path):
     cfg = ToyModelConfig(channels=(8, 16, 16), text_dim=16, heads=2)
     last = pretrain(tmp_path, minutes=5, batch_size=16, lr=3e-3, save_every=20, cfg=cfg, max_steps=40)
@@ -51,6 +53,7 @@ def test_position_embeddings_start_as_the_same_function_then_learn(tiny_toy, tmp
     assert load_toy(last).cfg.pos_embed  # the config says so, and loads strictly
 
 
+@pytest.mark.slow
 def test_resumed_pretraining_equals_an_uninterrupted_run(tmp_path):
     """--resume continues bit for bit: the same batches, noise, AdamW moments and EMA."""
     from safetensors.torch import load_file

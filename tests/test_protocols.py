@@ -28,6 +28,7 @@ def test_shipped_prompt_sets_have_the_papers_sizes():
     assert protocol_prompts("geneval", 2)[1]["prompt"] == "a photo of a cow"
 
 
+@pytest.mark.slow
 def test_eval_geneval_protocol_writes_geneval_layout(sd3, tmp_path, capsys):
     det, clip = build_mask2former(tmp_path / "det"), build_clip(tmp_path / "clip")
     out = tmp_path / "ev"

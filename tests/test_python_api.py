@@ -3,6 +3,8 @@ function named in YAML as ``reward.name: "package.module:function"``."""
 
 import textwrap
 
+import pytest
+
 import torch
 
 from dgpo.config import load_config
@@ -53,3 +55,13 @@ def test_yaml_names_the_reward_as_package_module_function(tiny_toy, tmp_path, mo
 
     assert sum(my_rewards.CALLS) == 2 * 8  # every rollout of both epochs scored by the user's function
     assert (tmp_path / "run" / "config.yaml").read_text().count("my_rewards:brightness") == 1
+
+
+def test_a_video_reward_on_an_image_model_is_a_clear_error_before_training(tiny_toy, tmp_path):
+    from dgpo.errors import InputError
+
+    cfg = load_config(None, [f"model.path={tiny_toy}", f"run.out_dir={tmp_path / 'run'}", *SMALL,
+                             "reward.name=toy_video"])
+    with pytest.raises(InputError, match="video") as e:
+        Trainer(cfg)
+    assert "toy_video" in str(e.value) and not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -17,7 +17,7 @@ from PIL import Image
 from dgpo.rewards import build_reward
 from dgpo.rewards.remote import RemoteReward, RemoteRewardError
 from dgpo.rewards.server import RewardServer, check_bind
-from dgpo.rewards.wire import Limits, encode_images
+from dgpo.rewards.wire import PROTOCOL, Limits, encode_images
 
 TOKEN = "t0k3n-" + "x" * 26
 
@@ -64,7 +64,7 @@ def _recv_all(s):
 def _body(images=None, metas=None, **extra):
     images = _images(2) if images is None else images
     metas = [{"prompt": f"p{i}"} for i in range(len(images))] if metas is None else metas
-    return json.dumps({"protocol": 1, "images": encode_images(images), "metas": metas, **extra}).encode()
+    return json.dumps({"protocol": PROTOCOL, "images": encode_images(images), "metas": metas, **extra}).encode()
 
 
 def _png_claiming(width, height):
@@ -200,11 +200,13 @@ def test_one_gpu_lock_busy_is_503_and_a_long_wait_504():
 class _Scripted(BaseHTTPRequestHandler):
     """A fake server: /health answers as a dgpo server; /score answers the next scripted status."""
 
+    protocol = PROTOCOL
+
     def log_message(self, *a):
         pass
 
     def do_GET(self):
-        self._send(200, {"protocol": 1, "scorer": "fake", "version": "1", "limits": {"max_items": 4}})
+        self._send(200, {"protocol": self.protocol, "scorer": "fake", "version": "1", "limits": {"max_items": 4}})
 
     def do_POST(self):
         n = int(self.headers["Content-Length"])
@@ -294,3 +296,97 @@ def test_cli_serves_a_reward_on_loopback(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# ---------------------------------------------------------------------------------------------- videos
+def _videos(n=3, frames=3, h=16, w=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, frames, 3, h, w, generator=g) * 255).round() / 255
+
+
+def _video_body(videos=None, metas=None, shape=None, images=None, **extra):
+    videos = _videos(2) if videos is None else videos
+    metas = [{"prompt": f"p{i}"} for i in range(len(videos))] if metas is None else metas
+    return json.dumps({"protocol": PROTOCOL, "shape": list(videos.shape) if shape is None else shape,
+                       "images": encode_images(videos) if images is None else images, "metas": metas,
+                       **extra}).encode()
+
+
+@pytest.fixture(scope="module")
+def video_server():
+    from dgpo.rewards.video import FrameReward
+
+    fn = FrameReward(build_reward("toy_geneval"), "every_k", every=2, reduce="min")
+    limits = Limits(max_body_bytes=200_000, max_items=8, max_pixels=64 * 64)
+    with RewardServer(fn, "toy_geneval on frames", token=TOKEN, limits=limits, batch_size=2, read_timeout_s=5) as srv:
+        yield srv, fn
+
+
+def test_remote_video_scores_equal_in_process_scores(video_server):
+    from dgpo.data.prompts import load_prompts
+
+    srv, fn = video_server
+    remote = RemoteReward(srv.url, token=TOKEN)
+    assert remote.modality == "video" and remote.info["modality"] == "video" and remote.info["protocol"] == 2
+    videos, metas = _videos(5, frames=3), load_prompts("toy:test")[:5]
+    # max_items 8 counts frames: requests of 2 videos (6 PNGs), 2 and 1
+    assert torch.equal(remote(videos, metas), fn(videos, metas))
+    assert [c for c, _ in remote.eval_scores(videos, metas)] == [c for c, _ in fn.eval_scores(videos, metas)]
+    with pytest.raises(RemoteRewardError, match=r"video \(9 frames\) 0 alone .* 8 images per request"):
+        remote(_videos(1, frames=9), metas[:1])
+
+
+def _bad_video_requests():
+    v = _videos(2, frames=3)
+    pngs = encode_images(v)
+    return [
+        (_video_body(v, images=pngs[:-1]), 400, "declares 2 videos of 3 frames (6 PNGs) but 'images' holds 5"),
+        (_video_body(v, shape=[2, 4, 3, 16, 16]), 400, "declares 2 videos of 4 frames (8 PNGs) but 'images' holds 6"),
+        (_video_body(v, shape=[2, 3, 4, 16, 16]), 400, "'shape' must be [B, 3, H, W] (images) or [B, F, 3, H, W]"),
+        (_video_body(v, shape=[2, 3, 16]), 400, "'shape' must be"),
+        (_video_body(v, shape=[2, 3, 3, 16]), 400, "declares 2 images (2 PNGs) but 'images' holds 6"),
+        (_video_body(v, shape=[2, True, 3, 16, 16]), 400, "'shape' must be"),
+        (_video_body(v, shape="2x3"), 400, "'shape' must be"),
+        (_video_body(v, shape=[2, 3, 3, 16, 17]), 400, "images[0] (video 0, frame 0) is 16x16 but the declared "
+                                                         "shape's size is 17x16"),
+        (_video_body(v, shape=[1, 10**30, 3, 16, 16]), 413, "exceeds the server's limit of 8 images"),
+        (_video_body(v, shape=[2, 3, 3, 1000, 1000]), 400, "1000x1000 pixels per image exceeds the server's limit of 4096"),
+        (_video_body(v, images=pngs[:4] + [pngs[4][:-40], pngs[5]]), 400, "images[4] (video 1, frame 1): corrupt PNG"),
+        (_video_body(v, metas=[{"prompt": "x"}] * 6), 400, "'metas' must be a list of 2 JSON objects, one per video"),
+        (_video_body(v)[: len(_video_body(v)) // 2], 400, "malformed JSON"),  # a truncated body
+        (_video_body(v, protocol=1), 400, "protocol 1 is not supported: this server speaks protocol 2"),
+        (_body(_images(2, 16, 16)), 400, "scores videos [B, F, 3, H, W]; this request holds images"),
+    ]
+
+
+VIDEO_BAD_IDS = ["fewer-frames", "more-declared", "not-rgb", "short-shape", "image-shape", "bool", "string", "size", "huge",
+                 "pixels", "corrupt-frame", "metas-per-frame", "truncated-body", "old-protocol", "images-to-video"]
+
+
+@pytest.mark.parametrize("body,status,message", _bad_video_requests(), ids=VIDEO_BAD_IDS)
+def test_bad_video_requests_are_4xx_and_the_server_keeps_serving(video_server, body, status, message):
+    srv, _ = video_server
+    got, payload, _ = _raw(srv, "POST", "/score", body)
+    assert got == status and message in payload["error"], payload
+    from dgpo.data.prompts import load_prompts
+
+    ok, answer, _ = _raw(srv, "POST", "/score", _video_body(metas=load_prompts("toy:test")[:2]))
+    assert ok == 200 and len(answer["rewards"]) == 2
+
+
+def test_videos_to_an_image_scorer_and_old_clients_and_servers_are_clear_errors(server, scripted):
+    got, payload, _ = _raw(server, "POST", "/score", _video_body())
+    assert got == 400 and "scores images [B, 3, H, W]; this request holds videos" in payload["error"]
+    got, payload, _ = _raw(server, "POST", "/score", json.dumps(
+        {"protocol": 1, "images": encode_images(_images(1)), "metas": [{}]}).encode())  # a protocol-1 client
+    assert got == 400 and "protocol 1 is not supported: this server speaks protocol 2" in payload["error"]
+    with pytest.raises(RemoteRewardError, match="the server speaks protocol 1 .* this client protocol 2"):
+        _Scripted.protocol = 1  # an older server
+        try:
+            RemoteReward(f"http://127.0.0.1:{scripted.server_address[1]}", retries=0)
+        finally:
+            _Scripted.protocol = PROTOCOL
+    remote = RemoteReward(server.url, token=TOKEN)
+    assert remote.modality == "image"
+    with pytest.raises(RemoteRewardError, match="answered 400: .*this request holds videos"):
+        remote(_videos(2), [{"prompt": "a"}, {"prompt": "b"}])

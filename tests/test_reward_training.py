@@ -82,6 +82,7 @@ def test_overlapped_scoring_trains_exactly_like_sequential_scoring(tiny_toy, tmp
     assert all(torch.equal(pol_a[k], pol_b[k]) for k in pol_a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["weighted_sum", "per_component"])
 def test_multi_reward_run_logs_every_component(tiny_toy, tmp_path, mode):
     out = tmp_path / "multi"
@@ -99,6 +100,7 @@ def test_multi_reward_run_logs_every_component(tiny_toy, tmp_path, mode):
     assert 0.0 <= after["overall"] <= 1.0  # strict toy GenEval accuracy, from the toy_geneval component
 
 
+@pytest.mark.slow
 def test_training_with_the_remote_reward_equals_the_in_process_reward(tiny_toy, tmp_path, monkeypatch):
     from dgpo.rewards import build_reward
 

@@ -38,6 +38,7 @@ def _toy_cfg(run, *extra):
                               "timesteps.count=2", *extra])
 
 
+@pytest.mark.slow
 def test_regional_compile_trains_like_eager(sd3, tmp_path):
     """One DGPO epoch on a tiny SD3 with train.compile (inductor; rollouts with CFG, reference with
     LoRA disabled, EMA 'old', forward + backward) ends at the eager run's weights and metrics."""
@@ -153,6 +154,7 @@ def _counting(tr, calls):
     tr.algo.old_model.applied = applied
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,algo", [("toy", "dgpo"), ("toy", "dpo"), ("sd3", "dgpo")])
 def test_batched_reference_forwards_train_like_per_micro_batch_ones(sd3, tmp_path, kind, algo):
     """train.reference_batch_size runs the reference (CFG'd: kl_cfg 2) and EMA-'old' forwards of an
@@ -312,6 +314,7 @@ def test_fp8_runs_the_block_linears_in_fp8_close_to_exact(sd3, tmp_path, recipe)
     assert torch.nn.functional.cosine_similarity(grads, exact[3], dim=0) > 0.99
 
 
+@pytest.mark.slow
 def test_fp8_dgpo_epoch_updates_like_the_exact_one(sd3, tmp_path, monkeypatch):
     """One DGPO epoch with train.fp8=rowwise moves the LoRA weights in the exact run's direction
     (AdamW's first step, nearly a sign per weight, is the most sensitive case)."""
@@ -387,6 +390,7 @@ def fp8_pipes(tmp_path_factory):
     return {k: BUILDERS[k](root / k) for k in ("flux", "sana", "qwenimage")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["flux", "sana", "qwenimage"])
 def test_fp8_trains_flux_sana_and_qwenimage_like_exact(fp8_pipes, tmp_path, kind):
     """FLUX's two block kinds, Sana's and Qwen-Image's blocks run their linears in FP8 (Sana's attention

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dgpo.evaluation import model_image_fn
@@ -9,6 +10,8 @@ from dgpo.toy.grammar import CATEGORIES
 from dgpo.training.export import load_any
 
 from benchmarks.studies import toy_sampler_eval as tse
+
+pytestmark = pytest.mark.slow  # make test-all (CI); not in the fast tier
 
 METAS = [{"prompt": "a photo of a red circle"}, {"prompt": "a photo of two blue squares"}]
 

@@ -21,8 +21,8 @@ def _snapshot(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.denoiser.named_parameters()}
 
 
-@pytest.mark.parametrize("lora,algo", [(True, "dgpo"), (False, "dgpo"), (True, "flow_grpo"), (True, "dpo"),
-                                       (True, "nft")])
+@pytest.mark.parametrize("lora,algo", [(False, "dgpo"), *(pytest.param(True, a, marks=pytest.mark.slow)
+                                                        for a in ("dgpo", "flow_grpo", "dpo", "nft"))])
 def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy, tmp_path, lora, algo):
     extra = [] if lora else ["train.lora_rank=0"]
     tr = Trainer(_cfg(tiny_toy, tmp_path / "run", *extra, "dgpo.kl_beta=0.1", "train.text_dropout=0.2",
@@ -45,6 +45,7 @@ def test_short_run_changes_every_trainable_parameter_and_no_frozen_one(tiny_toy,
         assert (tmp_path / "run" / f).is_file(), f
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tiny_toy, tmp_path):
     Trainer(_cfg(tiny_toy, tmp_path / "a")).fit()
     Trainer(_cfg(tiny_toy, tmp_path / "b", "run.epochs=1")).fit()
@@ -58,6 +59,7 @@ def test_resume_equals_uninterrupted(tiny_toy, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_periodic_evals_by_epochs_and_by_training_time(tiny_toy, tmp_path):
     tr = Trainer(_cfg(tiny_toy, tmp_path / "e", "run.epochs=3", "run.eval_every=1"))
     summary = tr.fit()
@@ -73,8 +75,8 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_toy, tmp_path):
         Trainer(_cfg(tiny_toy, tmp_path / "empty"), resume=True)
 
 
-@pytest.mark.parametrize("window,precision,kind", [(0, "no", "sde"), (2, "no", "sde"), (0, "bf16", "sde"),
-                                                   (2, "no", "cps"), (2, "bf16", "cps")])
+@pytest.mark.parametrize("window,precision,kind", [(0, "no", "sde"), (2, "no", "cps"), *(
+    pytest.param(*case, marks=pytest.mark.slow) for case in ((2, "no", "sde"), (0, "bf16", "sde"), (2, "bf16", "cps")))])
 def test_flow_grpo_reevaluating_the_rollout_is_on_policy(tiny_toy, tmp_path, window, precision, kind):
     """Before any update the training forward reproduces the rollout's log-probs (ratio 1), in bf16
     too: both CFG branches in one autocast forward, as the rollout and the official compute_log_prob
@@ -146,6 +148,7 @@ def test_evals_and_grids_denoise_under_autocast_but_decode_and_score_in_full_pre
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.mark.slow
 def test_online_dpo_refreshes_its_reference_from_the_policy_rolls_out_from_it_and_resumes(tiny_toy, tmp_path):
     """dpo.ref_update_every=2 (Flow-GRPO's ref_update_step): before the rollouts of an epoch that starts
     at step 2, 4, ..., the reference becomes a copy of the policy; rollouts and the reference forwards
@@ -184,6 +187,7 @@ def test_online_dpo_refreshes_its_reference_from_the_policy_rolls_out_from_it_an
         assert all(torch.equal(a[k], b[k]) for k in a), part
 
 
+@pytest.mark.slow
 def test_flow_grpo_fast_windows_do_not_depend_on_the_rollout_chunk_and_cps_keeps_the_last_step_out(tiny_toy,
                                                                                                    tmp_path):
     """Windows are drawn per sampling batch, so the rollout chunk size (a memory knob) changes no window

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # make test-all (CI); not in the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

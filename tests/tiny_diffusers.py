@@ -1,5 +1,6 @@
 """Tiny, randomly initialised SD3 / FLUX / Sana / Qwen-Image pipelines built offline from configs and saved as
-ordinary diffusers folders (64 px images, 8x8 latents). Only for tests: no hub access."""
+ordinary diffusers folders (64 px images, 8x8 latents), and Wan's video pipelines (Wan2.1, Wan2.2's two
+experts, TI2V-5B). Only for tests: no hub access."""
 
 from __future__ import annotations
 
@@ -131,3 +132,50 @@ def build_qwenimage(folder: Path) -> Path:
 
 
 BUILDERS["qwenimage"] = build_qwenimage
+
+
+def wan_transformer(seed: int, channels: int = 16):
+    """diffusers' own tiny Wan test transformer (tests/pipelines/wan)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                 in_channels=channels, out_channels=channels, text_dim=32, freq_dim=256, ffn_dim=32,
+                                 num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                 rope_max_seq_len=32)
+
+
+def build_wan(folder: Path, variant: str = "2.1") -> Path:
+    """A tiny WanPipeline: ``"2.1"`` (one transformer), ``"2.2"`` (A14B's two experts, boundary 0.875, the
+    card's shift 12) or ``"ti2v"`` (TI2V-5B's 48-channel VAE, 16x spatial, per-token timesteps). The
+    scheduler is the model cards' UniPC with flow sigmas (its flow_shift is the family's default shift)."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    from dgpo.testing.random_pipelines import umt5_encoder, wan_vae
+
+    tok = t5_tokenizer()
+    ti2v = variant == "ti2v"
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+                                    flow_shift=12.0 if variant == "2.2" else 3.0)
+    extra = {}
+    if variant == "2.2":
+        extra = {"transformer_2": wan_transformer(3), "boundary_ratio": 0.875}
+    elif ti2v:
+        extra = {"expand_timesteps": True}
+    pipe = WanPipeline(tokenizer=tok, text_encoder=umt5_encoder(tok, 32, 1), vae=wan_vae(2, ti2v=ti2v),
+                       scheduler=sched, transformer=wan_transformer(0, 48 if ti2v else 16), **extra)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+BUILDERS["wan"] = build_wan
+
+
+def video_brightness(videos: torch.Tensor, metas: list[dict]) -> torch.Tensor:
+    """A video reward for tests (``reward.name=tiny_diffusers:video_brightness`` with tests/ on PYTHONPATH):
+    each video's mean pixel value."""
+    assert videos.dim() == 5 and videos.shape[2] == 3, videos.shape  # [B, F, 3, H, W]
+    return videos.mean(dim=(1, 2, 3, 4))
+
+
+video_brightness.modality = "video"

@@ -1,5 +1,8 @@
 """Fuzz targets for the reward server: request bodies parsed and scored in-process (``server_requests``),
-and whole HTTP requests over a socket to a running server (``server_http``). The answer must be a 200
+and whole HTTP requests over a socket to a running server (``server_http``). Bodies hold images or videos
+(protocol 2: ``shape`` [B, F, 3, H, W] and B * F frame PNGs), valid, with a shape the PNGs do not fill,
+damaged, or of the wrong kind for the scorer (two image scorers, two video scorers: image rewards on
+frames). The answer must be a 200
 with finite rewards, or a 4xx (501 for an unknown method) with a JSON ``error`` message; a 500, a
 dropped connection or no answer is a crash, an answer slower than the case limit a hang."""
 
@@ -55,8 +58,21 @@ def _setup(folder: Path):
 
     folder.mkdir(parents=True, exist_ok=True)
     limits = Limits(**LIMITS)
+    from dgpo.rewards.video import FrameReward
+
     apps = [RewardApp(build_reward(n), n, limits, batch_size=2) for n in ("toy_geneval", "colorfulness")]
-    return SimpleNamespace(apps=apps, limits=limits, rows=load_prompts("toy:test")[::40], pool=_image_pool())
+    apps += [RewardApp(FrameReward(build_reward("toy_geneval"), "every_k", 2, "min"), "toy_geneval on frames", limits,
+                       batch_size=2),
+             RewardApp(FrameReward(build_reward("colorfulness")), "colorfulness on frames", limits, batch_size=2)]
+    return SimpleNamespace(apps=apps, limits=limits, rows=load_prompts("toy:test")[::40], pool=_image_pool(),
+                           frames=_frame_pool())
+
+
+def _frame_pool() -> list[str]:
+    """Base64 16x16 frames: 4 colours (videos that differ), then a 32x32 one and a truncated one."""
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    good = [_png((16, 16), color=c) for c in ((200, 30, 30), (30, 200, 30), (20, 20, 20), (240, 240, 240))]
+    return [*map(b64, good), b64(_png((32, 32))), b64(good[0][: len(good[0]) // 2])]
 
 
 def _body_strategy(state):
@@ -64,7 +80,7 @@ def _body_strategy(state):
     meta = st.one_of(st.sampled_from(state.rows), st.tuples(st.sampled_from(state.rows), json_mutation).map(
         lambda rm: _loads_or(mutate_json(rm[0], rm[1]), rm[0])), json_values, st.just({}))
     request = st.fixed_dictionaries(
-        {}, optional={"protocol": st.one_of(st.just(1), json_values), "mode": st.one_of(st.sampled_from(["reward", "eval"]),
+        {}, optional={"protocol": st.one_of(st.sampled_from([2, 2, 1]), json_values), "mode": st.one_of(st.sampled_from(["reward", "eval"]),
                                                                                       json_values),
                       "images": st.one_of(st.lists(image, max_size=7), json_values),
                       "metas": st.one_of(st.lists(meta, max_size=7), json_values), "extra": json_values})
@@ -77,7 +93,46 @@ def _body_strategy(state):
         b'{"images": ["x"], "metas": [{"prompt": Infinity}]}', "{\"a\": \"\\ud800\"}".encode(), b"\xff\xfe{}",
         json.dumps({"images": ["A" * 900_000], "metas": [{}]}).encode()]))
     mutated = st.tuples(paired, st.sampled_from(["cut", "flip", "utf16"]), st.floats(0, 1)).map(_damage)
-    return st.one_of(paired, paired, rendered, rendered, raw, mutated)
+    videos = _video_strategy(state)
+    damaged = st.tuples(videos, st.sampled_from(["cut", "flip"]), st.floats(0, 1)).map(_damage)
+    return st.one_of(paired, paired, rendered, rendered, raw, mutated, videos, videos, damaged)
+
+
+DAMAGE = ["bad_frame", "fewer", "big_frame", "huge", "giant", "more", "frames+1", "as_images", "size", "absent", "rgba", "zero",
+          "bool", "float", "string", "nested", "short"]
+
+
+def _video_strategy(state):
+    """Video requests: B videos of F frames sent as B * F PNGs with a declared ``shape``, the shape or the
+    frames sometimes damaged (fewer or more frames than declared, a wrong axis, a junk value)."""
+
+    @st.composite
+    def body(draw):
+        b, f = draw(st.integers(1, 2)), draw(st.integers(1, 3))  # at most 6 PNGs: the limit
+        images = [draw(st.sampled_from(state.frames[:4])) for _ in range(b * f)]
+        shape: object = [b, f, 3, 16, 16]
+        how = draw(st.one_of(st.just("exact"), st.sampled_from(DAMAGE)))
+        if how == "fewer":
+            images = images[: draw(st.integers(0, max(0, len(images) - 1)))]
+        elif how == "more":
+            images = images + images[:1]
+        elif how in ("big_frame", "bad_frame"):  # one frame of another size, or a truncated PNG
+            images[draw(st.integers(0, len(images) - 1))] = state.frames[4 if how == "big_frame" else 5]
+        else:
+            shape = {"exact": shape, "frames+1": [b, f + 1, 3, 16, 16], "absent": None, "as_images": [b * f, 3, 16, 16],
+                     "size": [b, f, 3, 16, 17], "rgba": [b, f, 4, 16, 16], "zero": [b, 0, 3, 16, 16],
+                     "bool": [b, True, 3, 16, 16], "huge": [b, 10**40, 3, 16, 16], "giant": [b, f, 3, 10**4000, 10**4000], "float": [b, f + 0.0, 3, 16, 16],
+                     "string": f"{b}x{f}", "nested": [[b], f, 3, 16, 16], "short": [f, 3, 16]}[how]
+        rows = [draw(st.sampled_from(state.rows)) for _ in range(b)]
+        if draw(st.integers(0, 9)) == 0:
+            rows = rows * f  # one row per frame instead of one per video
+        req = {"protocol": draw(st.sampled_from([2] * 5 + [1])), "mode": draw(st.sampled_from(["reward", "eval"])),
+               "images": images, "metas": rows}
+        if shape is not None:
+            req["shape"] = shape
+        return json.dumps(req).encode()
+
+    return body()
 
 
 def scalar_json():
@@ -122,7 +177,7 @@ def _check_answer(status: int, payload, n_images: int | None = None):
 def _run_requests(state, body: bytes):
     from dgpo.rewards.wire import WireError, parse_score_request
 
-    app = state.apps[len(body) % 2]
+    app = state.apps[len(body) % len(state.apps)]  # images and videos reach image and video scorers
     try:
         status, payload = app.score(parse_score_request(body, state.limits))
     except WireError as e:
@@ -198,7 +253,10 @@ def _run_http(state, case):
     status = int(head.split(b" ", 2)[1])
     if case[0] == "HEAD" and status != 500:
         return "error", f"{status}: HEAD"
-    return _check_answer(status, json.loads(payload))
+    answer = json.loads(payload)
+    if status == 200 and case[0] == "GET" and isinstance(answer, dict) and answer.get("status") == "ok":
+        return "ok"  # GET /health with the token: the server's description, not scores
+    return _check_answer(status, answer)
 
 
 TARGETS_SERVER = {

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from dgpo.testing.toy import tiny_toy_checkpoint
 from benchmarks.robustness.crash_compare import compare
 
 TOY = ["run.epochs={epochs}", "run.save_every=1", "run.eval_every=2", "run.sample_every=2",
@@ -40,19 +41,6 @@ TOY = ["run.epochs={epochs}", "run.save_every=1", "run.eval_every=2", "run.sampl
        "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.switch_ema_ref=0", "eval.max_prompts=4",
        "eval.batch_size=8", "reward.name=jpeg_incompressibility", "run.log_with=tensorboard"]
 BAR = re.compile(r"^(eval [^:]+|dgpo): *\d+%\|.*?\| *(\d+)/(\d+)(.*)$")
-
-
-def make_tiny_model(folder: Path) -> Path:
-    """A small randomly initialised toy checkpoint (seeded: the same in every process)."""
-    from dgpo.toy.model import ToyModelConfig, ToyUNet
-    from dgpo.toy.weights import save_toy
-
-    torch.manual_seed(0)
-    net = ToyUNet(ToyModelConfig(channels=(8, 16, 16), text_dim=16, heads=2))
-    for p in net.out.parameters():  # the real init zeroes the output; make velocities non-trivial
-        torch.nn.init.normal_(p, std=0.02)
-    save_toy(net, folder)
-    return folder
 
 
 def overrides(model: Path, run_dir: Path, epochs: int) -> list[str]:
@@ -275,7 +263,7 @@ def episode(model: Path, ref: Path, run: Path, epochs: int, plan: list, rng: ran
 def run_harness(work: Path, n_kills: int, seed: int, epochs: int, kills_per_episode: int,
                 corrupt_at: int = 0) -> dict:
     rng = random.Random(seed)
-    model = make_tiny_model(work / "tiny")
+    model = tiny_toy_checkpoint(work / "tiny")
     t0 = time.monotonic()
     ref = work / "reference"
     ref_res = launch(overrides(model, ref, epochs), ref, work / "reference.log", None)

@@ -149,16 +149,30 @@ def cmd_eval(a) -> None:
     if a.protocol:
         return cmd_eval_protocol(a)
     from dgpo.data.prompts import load_prompts
-    from dgpo.evaluation import evaluate, markdown_table, model_image_fn, oracle_image_fn, write_eval
+    from dgpo.evaluation import (
+        evaluate,
+        markdown_table,
+        model_image_fn,
+        oracle_image_fn,
+        oracle_video_fn,
+        write_eval,
+    )
 
     metas = load_prompts(a.split)
+    video = any("motion" in m for m in metas)  # the toy video world's prompts (toy_video:test)
     if a.model == "oracle":
-        fn, name = oracle_image_fn(), "oracle (renderer)"
+        fn, name = (oracle_video_fn() if video else oracle_image_fn()), "oracle (renderer)"
     else:
         model = _load_flow_model(a)
         fn = model_image_fn(model, a.steps or 10, a.shift or model.default_shift(), a.cfg_scale, a.method or "dpm")
         name = a.model or "toy base"
-    res = evaluate(fn, metas, a.images_per_prompt or 1, a.seed, a.batch_size or 64, "eval", a.min_per_category)
+    score_fn = None
+    if video:
+        from dgpo.rewards.toy_video import ToyVideoReward
+
+        score_fn = ToyVideoReward().eval_scores
+    res = evaluate(fn, metas, a.images_per_prompt or 1, a.seed, a.batch_size or 64, "eval", a.min_per_category,
+                   score_fn=score_fn)
     write_eval(res, a.out, name)
     print(markdown_table({name: res}), end="")
     print(f"wrote {a.out}/eval.json and {a.out}/eval.md ({res['n_images']} images)")

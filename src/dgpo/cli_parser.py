@@ -93,7 +93,8 @@ def _reward_args(sub) -> None:
     sv = rw_sub.add_parser("serve", help="serve one reward over HTTP (JSON + PNG) for `reward.name: remote`",
                            description="The bearer token comes from $DGPO_REWARD_TOKEN or --token-file; without "
                            "one only a loopback address is served.")
-    sv.add_argument("--reward", required=True, help="reward name, e.g. aesthetic, clipscore, hpsv2, imagereward, pickscore, geneval")
+    sv.add_argument("--reward", required=True, help="reward name, e.g. aesthetic, clipscore, hpsv2, imagereward, pickscore, geneval; "
+                    "video rewards (video_ocr, temporal_consistency) take videos")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)")
     sv.add_argument("--port", type=integer(0, 65535), default=8765)
     sv.add_argument("--token-file", default="", help="file holding the bearer token (else $DGPO_REWARD_TOKEN)")
@@ -108,7 +109,7 @@ def _reward_args(sub) -> None:
     sv.add_argument("--timeout-s", type=number(0, above=True), default=600.0, help="longest wait for the GPU before 504")
     sv.add_argument("--read-timeout-s", type=number(0, above=True), default=120.0, help="longest wait for a request's body (408)")
     sv.add_argument("--max-body-mb", type=number(0, 1 << 20, above=True), default=256.0, help="largest request body (413)")
-    sv.add_argument("--max-items", type=integer(1), default=512, help="most images per request (413)")
+    sv.add_argument("--max-items", type=integer(1), default=512, help="most images (or video frames) per request (413)")
     sv.add_argument("--max-pixels", type=integer(1), default=4096 * 4096, help="most pixels per image (400)")
 
 
@@ -116,14 +117,17 @@ def _toy_and_geneval_args(sub) -> None:
     toy = sub.add_parser("toy", help="the shapes toy world")
     toy_sub = toy.add_subparsers(dest="toy_cmd", required=True)
     pt = toy_sub.add_parser("pretrain", help="train the toy base model from scratch")
+    pt.add_argument("--world", choices=["image", "video"], default="image",
+                    help="image: the shapes UNet; video: the space-time model on moving shapes (dgpo.toy.video_pretrain)")
     pt.add_argument("--out", default="runs/toy-pretrain")
     pt.add_argument("--minutes", type=number(0, above=True), default=60.0)
     pt.add_argument("--max-steps", type=integer(1), default=None)
-    pt.add_argument("--batch-size", type=integer(1), default=64)
+    pt.add_argument("--batch-size", type=integer(1), default=None, help="images (default 64) or clips (video: 16)")
     pt.add_argument("--lr", type=number(0, 1, above=True), default=1e-3)
     pt.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
     pt.add_argument("--ema-decay", type=number(0, 1), default=0.999)
-    pt.add_argument("--init", default=None, help="continue from a toy checkpoint folder")
+    pt.add_argument("--init", default=None, help="continue from a toy checkpoint folder; video: 'image' (default: "
+                    "the shipped image base's spatial layers), 'scratch', or an image or video checkpoint folder")
     pt.add_argument("--weights", default="", help="category weights, e.g. single_object=4,colors=3")
     pt.add_argument("--pos-embed", action="store_true",
                     help="position embeddings on the attention tokens (added, zero-initialised, to an --init model)")
@@ -135,6 +139,7 @@ def _toy_and_geneval_args(sub) -> None:
                     help="location of the logit-normal timestep density (positive: more high-noise samples)")
     pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
     pp.add_argument("split", choices=["train", "test"])
+    pp.add_argument("--world", choices=["image", "video"], default="image", help="video: the motion prompts")
     pp.add_argument("--out", required=True)
 
     ge = sub.add_parser("geneval", help="GenEval's prompt sets")
@@ -159,15 +164,19 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     cf.add_argument("action", choices=["show", "options"], help="show: resolved config; options: all keys")
     cf.add_argument("args", nargs="*", help="[config.yaml] [key=value ...]")
 
-    sa = sub.add_parser("sample", help="write a PNG grid for prompts")
+    sa = sub.add_parser("sample", help="write a PNG grid for prompts (a video model: MP4/GIF files and an "
+                        "animated grid)")
     sa.add_argument("prompts", nargs="*", help="prompts (default: 16 held-out toy prompts)")
     sa.add_argument("--model", default="",
                     help="run dir, toy checkpoint folder, diffusers folder or hub id (default: the built-in toy base)")
     sa.add_argument("--out", type=image_file, default="samples.png",
-                    help="the grid's file (.png, .jpg, .webp), or an existing folder for FOLDER/samples.png")
+                    help="the grid's file (.png, .jpg, .webp), or an existing folder for FOLDER/samples.png; a video "
+                    "model also writes OUT_STEM.mp4 / .gif (the animated grid) and OUT_STEM/ (each video)")
     sa.add_argument("--n", type=integer(1, 4096), default=4, help="images per prompt")
     sa.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
     sa.add_argument("--batch-size", type=integer(1), default=8, help="images generated at once")
+    sa.add_argument("--fps", type=number(0, 240, above=True), default=8.0,
+                    help="video models: frames per second of the MP4 / GIF files (default 8, as Flow-GRPO's Wan logs)")
     _sampler_args(sa)
     _model_args(sa, resolution=0)
 

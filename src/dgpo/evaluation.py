@@ -17,6 +17,7 @@ from dgpo.models.base import FlowModel
 from dgpo.samplers.rollout import generate
 from dgpo.toy import scorer
 from dgpo.toy.grammar import CATEGORIES
+from dgpo.toy.video_grammar import CATEGORIES as VIDEO_CATEGORIES
 
 log = logging.getLogger(__name__)
 ImageFn = Callable[[list[dict], list[int]], torch.Tensor]
@@ -45,6 +46,18 @@ def oracle_image_fn() -> ImageFn:
 
     def fn(metas: list[dict], seeds: list[int]) -> torch.Tensor:
         return torch.stack([torch.from_numpy(render(m, random.Random(s))) for m, s in zip(metas, seeds)])
+
+    return fn
+
+
+def oracle_video_fn() -> ImageFn:
+    """The toy video renderer as a "model": clips [B, F, 3, H, W] (proves the video scorer)."""
+    import random
+
+    from dgpo.toy.video_render import render_clip
+
+    def fn(metas: list[dict], seeds: list[int]) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(render_clip(m, random.Random(s))) for m, s in zip(metas, seeds)])
 
     return fn
 
@@ -113,7 +126,8 @@ def evaluate(
             if start + n >= real:  # lockstep padding
                 break
             rows.append({"index": i, "sample": k, "tag": meta.get("tag", "reward"), "prompt": meta["prompt"],
-                         "correct": ok, "reward": part, **(extra[0] if extra else {}), **image_quality(img[None])})
+                         "correct": ok, "reward": part, **(extra[0] if extra else {}),
+                         **image_quality(img if img.ndim == 4 else img[None])})  # a video: over its frames
     if gather is not None:
         rows = gather(rows)
         unscored = len(every) - len(rows)  # every process's unscored images
@@ -160,7 +174,7 @@ def per_category(metas: list[dict], k: int) -> list[dict]:
 
 def _by_category(by_tag: dict[str, list]) -> dict[str, float]:
     """{"overall": mean of the category means, category: mean} (GenEval's summary)."""
-    cats = {t: float(np.mean(by_tag[t])) for t in CATEGORIES if t in by_tag}
+    cats = {t: float(np.mean(by_tag[t])) for t in (*CATEGORIES, *VIDEO_CATEGORIES) if t in by_tag}
     cats.update({t: float(np.mean(v)) for t, v in by_tag.items() if t not in cats})
     return {"overall": float(np.mean(list(cats.values()))) if cats else 0.0, **cats}
 
@@ -199,7 +213,8 @@ def summarize(rows: list[dict], images_per_prompt: int = 1) -> dict:
 
 def markdown_table(results: dict[str, dict]) -> str:
     """One row per named result, columns overall + categories (strict accuracy)."""
-    cols = ["overall", *[c for c in CATEGORIES if any(c in r for r in results.values())], "reward"]
+    cols = ["overall", *[c for c in (*CATEGORIES, *VIDEO_CATEGORIES) if any(c in r for r in results.values())],
+            "reward"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{r.get(c, float('nan')):.3f}" for c in cols) + " |")

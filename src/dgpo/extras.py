@@ -12,6 +12,7 @@ EXTRAS = {
     "hps": ("open_clip",),
     "wandb": ("wandb",),
     "fp8": ("torchao.float8",),
+    "video": ("imageio_ffmpeg",),
 }
 NOTES = {"hps": "; open-clip-torch needs torchvision: install the one matching your torch first"}
 

@@ -90,7 +90,7 @@ class FlowGRPO(Algorithm):
             if not grad:
                 return cfg_velocity(model, x, t, cond, null, scale)
             v_c, v_u = model.velocity(torch.cat([x, x]), torch.cat([t, t]), cond_cat([cond, null])).chunk(2)
-            return guide(model, v_c, v_u.detach() if self.cfg.grpo.detach_uncond else v_u, scale)
+            return guide(model, v_c, v_u.detach() if self.cfg.grpo.detach_uncond else v_u, scale, t)
 
     def select(self, batch, rewards, adv, zero, group_ids):
         c = self.cfg

@@ -7,9 +7,12 @@ from typing import TYPE_CHECKING
 
 from dgpo.config.schema import BUILTIN_REWARDS, CUSTOM_REWARD
 from dgpo.errors import ConfigError, short
+from dgpo.models.families import VIDEO_KINDS
 
 if TYPE_CHECKING:
-    from dgpo.config.schema import Config, RewardConfig
+    from dgpo.config.schema import Config, ModelConfig, RewardConfig
+
+VIDEO_REWARDS = ("video_ocr", "temporal_consistency", "toy_video", "toy_video_strict")  # modality "video"
 
 
 def check(cfg: Config) -> None:
@@ -17,7 +20,28 @@ def check(cfg: Config) -> None:
     _train(cfg)
     _flow_grpo(cfg)
     _nft(cfg)
+    _model(cfg.model)
     _reward(cfg.reward)
+
+
+def _model(m: ModelConfig) -> None:
+    """The Wan keys: read by the diffusers video families only, and frame counts and sizes Wan can make.
+    (The adapter checks sizes again against the loaded pipeline: TI2V-5B's sides are multiples of 32.)"""
+    if m.kind not in VIDEO_KINDS:
+        for key in ("frames", "width", "guidance_scale_2", "boundary_ratio"):
+            if getattr(m, key):
+                raise ConfigError(f"model.{key}={getattr(m, key)}: only the diffusers video families "
+                                  f"{list(VIDEO_KINDS)} read it (model.kind={m.kind!r}); set it to 0")
+        return
+    if m.frames and (m.frames - 1) % 4:
+        lo = (m.frames - 1) // 4 * 4 + 1
+        raise ConfigError(f"model.frames={m.frames}: Wan's VAE compresses time 4x after the first frame, so "
+                          f"frames - 1 must be a multiple of 4 (e.g. {lo} or {lo + 4})")
+    for key in ("resolution", "width"):
+        size = getattr(m, key)
+        if size % 16:
+            raise ConfigError(f"model.{key}={size}: Wan frame sides are multiples of 16 (the VAE's 8x times the "
+                              "transformer's 2x2 patches; TI2V-5B: 32)")
 
 
 def _timesteps(cfg: Config) -> None:
@@ -102,6 +126,23 @@ def _reward(r: RewardConfig) -> None:
     if "unifiedreward" in names and not r.judge_url:
         raise ConfigError("reward.judge_url: the unifiedreward judge needs its OpenAI-compatible server's base URL "
                           "(e.g. http://127.0.0.1:17140/v1)")
+    _frames(r, names)
     if {"pickscore", "geneval"} <= set(names) and r.model_path:
         raise ConfigError("reward.model_path: pickscore and geneval would both read it; use their default "
                           "weights or train with one of them")
+
+
+def _frames(r: RewardConfig, names: list[str]) -> None:
+    """reward.frames (image rewards on a video's frames) and the keys only it reads."""
+    if r.frames == "every_k" and r.frames_every < 1:
+        raise ConfigError("reward.frames=every_k scores frames 0, k, 2k, ...: set reward.frames_every=k (k >= 1)")
+    if r.frames_every and r.frames != "every_k":
+        raise ConfigError(f"reward.frames_every={r.frames_every} is read only with reward.frames=every_k "
+                          f"(reward.frames={r.frames!r}); set it to 0 or reward.frames=every_k")
+    if r.frames_reduce != "mean" and r.frames == "none":
+        raise ConfigError(f"reward.frames_reduce={r.frames_reduce!r} is read only when image rewards score frames; "
+                          "set reward.frames (first, all or every_k)")
+    video = [n for n in names if n in VIDEO_REWARDS]
+    if r.frames != "none" and len(video) == len(names):
+        raise ConfigError(f"reward.frames={r.frames!r} scores image rewards on frames, but reward.name {names} "
+                          "holds only video rewards; set reward.frames=none")

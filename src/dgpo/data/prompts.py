@@ -11,18 +11,23 @@ from dgpo.toy import grammar
 
 
 SHIPPED_TEST_SETS = ("ocr", "pickscore", "drawbench")  # data/eval_prompts/<name>/test.txt (Flow-GRPO's, DrawBench)
-NAMED = ("named sets: toy:train / toy:test / geneval:train / geneval:test; for evaluation: ocr:test / "
-         "pickscore:test / drawbench:test")
+NAMED = ("named sets: toy:train / toy:test / toy_video:train / toy_video:test / geneval:train / "
+         "geneval:test; for evaluation: ocr:test / pickscore:test / drawbench:test")
 
 
 def load_prompts(spec: str) -> list[dict]:
-    """``toy:train`` / ``toy:test``, ``geneval:train`` / ``geneval:test`` (GenEval's 553 prompts and
+    """``toy:train`` / ``toy:test``, ``toy_video:train`` / ``toy_video:test`` (the toy video world's
+    motion prompts), ``geneval:train`` / ``geneval:test`` (GenEval's 553 prompts and
     the shipped training prompts), ``ocr:test`` / ``pickscore:test`` / ``drawbench:test`` (the shipped
     evaluation sets), a GenEval-format ``.jsonl`` (metadata per prompt, checked as the GenEval rules
     read it) or a ``.txt`` with one prompt per line (metadata = {"prompt": ...}, for rewards that need
     no metadata)."""
     if spec.startswith("toy:"):
         return grammar.split(spec[4:])
+    if spec.startswith("toy_video:"):  # the toy video world's motion prompts (dgpo.toy.video_grammar)
+        from dgpo.toy import video_grammar
+
+        return video_grammar.split(spec[10:])
     if spec.startswith("geneval:"):
         from dgpo.data.geneval import load_split
 

@@ -10,6 +10,8 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "flux": ("dgpo.models.flux", "FluxFlowModel", "FluxPipeline"),
     "sana": ("dgpo.models.sana", "SanaFlowModel", "SanaPipeline"),
     "qwenimage": ("dgpo.models.qwenimage", "QwenImageFlowModel", "QwenImagePipeline"),
+    "wan": ("dgpo.models.wan", "WanFlowModel", "WanPipeline"),
 }
-MODEL_KINDS = ("toy", *FAMILIES)  # the toy world's model, then the diffusers families
+VIDEO_KINDS = ("wan",)  # the diffusers families that make videos (modality "video"; model.frames, model.width)
+MODEL_KINDS = ("toy", "toy_video", *FAMILIES)  # the toy worlds (image, video), then the diffusers families
 PIPELINE_KINDS = {pipeline: kind for kind, (_, _, pipeline) in FAMILIES.items()}

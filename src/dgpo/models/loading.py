@@ -17,6 +17,10 @@ def load_model(cfg: ModelConfig) -> FlowModel:
         from dgpo.models.toy import ToyFlowModel
 
         return ToyFlowModel.load(cfg.path or None)
+    if cfg.kind == "toy_video":
+        from dgpo.models.toy_video import ToyVideoFlowModel
+
+        return ToyVideoFlowModel.load(cfg.path or None)
     if cfg.kind not in FAMILIES:
         raise ValueError(f"model.kind={cfg.kind!r} has no adapter; allowed: {list(MODEL_KINDS)}")
     module, cls, _ = FAMILIES[cfg.kind]
@@ -59,19 +63,27 @@ def apply_lora(model: FlowModel, lora: str) -> None:
     if not name.endswith(".safetensors"):
         raise InputError(f"--lora {lora!r}: only .safetensors LoRA files are read (no pickle); export the run "
                          "again with `dgpo export RUN`")
-    if not (folder / name).is_file():
-        raise MissingPathError(f"--lora {lora!r}: no {name} (export a run with `dgpo export RUN`)")
+    # (pipeline component, file, load_lora_weights arguments): one file, or a family's own (Wan2.2: two experts)
+    parts = getattr(model, "lora_parts", lambda n: [("transformer", n, {})])(name)
+    for _, file, _ in parts:
+        if not (folder / file).is_file():
+            raise MissingPathError(f"--lora {lora!r}: no {file} (export a run with `dgpo export RUN`)")
     from safetensors import SafetensorError
 
     try:
-        pipe.load_lora_weights(str(folder), weight_name=name, adapter_name="dgpo_lora")
+        for _, file, kwargs in parts:
+            pipe.load_lora_weights(str(folder), weight_name=file, adapter_name="dgpo_lora", **kwargs)
     except (ValueError, KeyError, RuntimeError, TypeError, IndexError, OSError, SafetensorError) as e:
         pipe.unload_lora_weights()  # a half-loaded adapter: the pipeline as it was
         raise InputError(f"--lora {lora!r}: cannot load it into {type(pipe).__name__} "
                          f"({type(e).__name__}: {short(str(e))}); is it a LoRA of this model?") from None
-    pipe.fuse_lora(adapter_names=["dgpo_lora"])
-    pipe.unload_lora_weights()
-    model.denoiser = pipe.transformer
+    if len(parts) == 1:
+        pipe.fuse_lora(adapter_names=["dgpo_lora"])
+        pipe.unload_lora_weights()
+        model.denoiser = pipe.transformer
+    else:  # fused in place: the experts' wrapper (model.denoiser) holds the same networks
+        pipe.fuse_lora(components=[c for c, _, _ in parts], adapter_names=["dgpo_lora"])
+        pipe.unload_lora_weights()
 
 
 LORA_MAX_RANK = 4096

@@ -1,7 +1,10 @@
 """Rewards: callables (images [B, 3, H, W] in [0, 1], metadata rows) -> Tensor [B].
 
 A reward is a built-in name, a user's ``"package.module:function"`` or a Python callable
-(:mod:`dgpo.rewards.custom` has the contract every reward follows)."""
+(:mod:`dgpo.rewards.custom` has the contract every reward follows). A video reward (``modality =
+"video"``: ``video_ocr``, ``temporal_consistency``, an image reward on frames,
+:class:`~dgpo.rewards.video.FrameReward`) takes videos [B, F, 3, H, W] instead; :func:`check_modality`
+refuses a reward that does not score what the model makes."""
 
 from __future__ import annotations
 
@@ -11,6 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from dgpo.errors import InputError
+from dgpo.rewards.modality import check_modality, modality_of
+
+__all__ = ["RewardFn", "build_reward", "build_reward_from_config", "check_modality", "modality_of"]
 
 if TYPE_CHECKING:
     from dgpo.config import RewardConfig
@@ -22,11 +28,13 @@ def build_reward(name: str | RewardFn, model_path: str = "", processor_path: str
                  clip_path: str = "", partial: str = "corrected", aesthetic_path: str = "",
                  hps_path: str = "", imagereward_path: str = "", remote: dict | None = None,
                  judge: dict | None = None, clipscore_divisor: float = 30.0,
-                 paper_units: bool = False, key: str = "reward.name") -> RewardFn:
+                 paper_units: bool = False, motion_min: float = 0.01, motion_weight: float = 10.0,
+                 key: str = "reward.name") -> RewardFn:
     """The one name -> reward map, at the config boundary. ``remote`` / ``judge``: RemoteReward's /
     JudgeReward's keyword arguments. ``paper_units``: scores as paper tables report them, not as the
     official training rewards scale them (PickScore raw, not / 26; CLIPScore 100 max(cos, 0), not
     logits / 30; JPEG compressibility -kB, not -kB / 500; UnifiedReward 1-5, not / 5).
+    ``motion_min`` / ``motion_weight``: temporal_consistency's motion term (:mod:`dgpo.rewards.temporal`).
     ``name`` may also be a user's ``"package.module:function"`` (imported; errors name ``key``) or a
     Python callable, either wrapped by :func:`dgpo.rewards.custom.as_reward`."""
     from dgpo.rewards.custom import as_reward, is_custom_name, load_reward
@@ -37,14 +45,19 @@ def build_reward(name: str | RewardFn, model_path: str = "", processor_path: str
         return load_reward(name, device, key)
     from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
+    from dgpo.rewards.toy_video import ToyVideoReward
 
     table = {
         "toy_geneval": lambda: ToyGenEvalReward(strict=False),
         "toy_geneval_strict": lambda: ToyGenEvalReward(strict=True),
+        "toy_video": lambda: ToyVideoReward(strict=False),
+        "toy_video_strict": lambda: ToyVideoReward(strict=True),
         "jpeg_compressibility": lambda: JpegCompressibility(-1.0 if paper_units else -1.0 / 500),
         "jpeg_incompressibility": lambda: JpegCompressibility(1.0),
         "colorfulness": lambda: colorfulness,
         "ocr": _ocr,
+        "video_ocr": _video_ocr,
+        "temporal_consistency": lambda: _temporal(clip_path, device, motion_min, motion_weight),
         "pickscore": lambda: _pickscore(model_path, processor_path, device, paper_units),
         "geneval": lambda: _geneval(model_path, clip_path, partial, device),
         "aesthetic": lambda: _aesthetic(aesthetic_path, clip_path, device),
@@ -63,15 +76,28 @@ def build_reward(name: str | RewardFn, model_path: str = "", processor_path: str
 def build_reward_from_config(rc: RewardConfig, device="cpu", reward: RewardFn | None = None) -> RewardFn:
     """``reward.*`` -> one reward, or a :class:`~dgpo.rewards.multi.MultiReward` for a list / weights.
     ``reward``: the user's own reward object instead of ``reward.name`` (a callable with the contract of
-    :mod:`dgpo.rewards.custom`, wrapped by its ``as_reward``; a ``MultiReward`` is used as it is)."""
+    :mod:`dgpo.rewards.custom`, wrapped by its ``as_reward``; a ``MultiReward`` is used as it is).
+    With ``reward.frames`` other than ``none``, every image reward (of the list, or the user's own) is
+    scored on the frames of videos (:class:`~dgpo.rewards.video.FrameReward`); video rewards stay as
+    they are."""
     import os
 
     from dgpo.rewards.multi import MultiReward
 
+    frames = rc.frames
+
+    def on_frames(fn):
+        if frames == "none" or modality_of(fn) != "image":
+            return fn
+        from dgpo.rewards.video import FrameReward
+
+        return FrameReward(fn, frames, rc.frames_every, rc.frames_reduce)
+
     if reward is not None:
         from dgpo.rewards.custom import as_reward
 
-        return as_reward(reward)
+        fn = as_reward(reward)
+        return fn if isinstance(fn, MultiReward) else on_frames(fn)
 
     remote = {"url": rc.url, "token": os.environ.get(rc.token_env, ""), "timeout_s": rc.timeout_s,
               "retries": rc.retries, "backoff_s": rc.backoff_s, "max_backoff_s": rc.max_backoff_s}
@@ -81,9 +107,11 @@ def build_reward_from_config(rc: RewardConfig, device="cpu", reward: RewardFn | 
     weights = list(rc.weights) or [1.0] * len(names)
     paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,
              "hps_path": rc.hps_path, "imagereward_path": rc.imagereward_path, "remote": remote,
-             "judge": judge, "clipscore_divisor": rc.clipscore_divisor}
+             "judge": judge, "clipscore_divisor": rc.clipscore_divisor,
+             "motion_min": rc.temporal_motion_min, "motion_weight": rc.temporal_motion_weight}
     keys = ["reward.name"] if isinstance(rc.name, str) else [f"reward.name[{i}]" for i in range(len(names))]
-    fns = {n: build_reward(n, rc.model_path, rc.processor_path, device, **paths, key=k) for n, k in zip(names, keys)}
+    fns = {n: on_frames(build_reward(n, rc.model_path, rc.processor_path, device, **paths, key=k))
+           for n, k in zip(names, keys)}
     if isinstance(rc.name, str) and weights == [1.0]:
         return fns[rc.name]
     return MultiReward(fns, dict(zip(names, weights)))
@@ -93,6 +121,18 @@ def _ocr() -> RewardFn:
     from dgpo.rewards.ocr import OCRReward
 
     return OCRReward()
+
+
+def _video_ocr() -> RewardFn:
+    from dgpo.rewards.ocr import VideoOCRReward
+
+    return VideoOCRReward()
+
+
+def _temporal(clip_path: str, device, motion_min: float, motion_weight: float) -> RewardFn:
+    from dgpo.rewards.temporal import TemporalConsistencyReward
+
+    return TemporalConsistencyReward(clip_path, device, motion_min, motion_weight)
 
 
 def _pickscore(model_path: str, processor_path: str, device, paper_units: bool) -> RewardFn:

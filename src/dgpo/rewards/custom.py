@@ -43,7 +43,11 @@ Optional methods of a reward object, used where present (the built-in rewards' p
 * ``eval_scores(images, metas) -> [(correct, score)] * B`` (a third item, a dict of extra numbers
   per image, joins the eval rows): what ``dgpo eval`` and in-training evals report as correct /
   reward; without it an eval reports the score as both;
-* ``version``: a string naming the scorer and its weights (logged; ``dgpo reward serve`` reports it).
+* ``version``: a string naming the scorer and its weights (logged; ``dgpo reward serve`` reports it);
+* ``modality``: ``"image"`` (the default when absent) or ``"video"``: a video reward is called with
+  videos, float32 ``[B, F, 3, H, W]`` in ``[0, 1]`` (B videos of F frames), and returns one score per
+  video. A reward that does not score what the model makes is refused before training
+  (:func:`dgpo.rewards.check_modality`); ``reward.frames`` scores an image reward on a video's frames.
 
 Component rewards and their weights (``.parts`` / ``.weights``) are read from a
 :class:`~dgpo.rewards.multi.MultiReward` only, which :func:`as_reward` passes through unchanged: an
@@ -63,6 +67,7 @@ from typing import Any
 import torch
 
 from dgpo.errors import InputError, short
+from dgpo.rewards.modality import modality_of
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 CUSTOM_NAME = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
@@ -189,6 +194,7 @@ class CustomReward:
                              "function (images [B, 3, H, W] in [0, 1], metas) -> scores [B]")
         self.fn, self.name = fn, name or _describe(fn)
         self.version = str(getattr(fn, "version", None) or self.name)
+        self.modality = modality_of(fn)
         if callable(getattr(fn, "details", None)):
             self.details = self._details
         if callable(getattr(fn, "eval_scores", None)):

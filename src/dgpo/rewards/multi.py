@@ -4,11 +4,18 @@
 gives each raw ``r_k``, which the trainer logs as ``reward_<name>_mean`` and, with
 ``advantages.combine: per_component``, normalises group by group before weighting
 (:func:`dgpo.advantages.multi_reward_advantages`).
+
+All components score one kind of input: images [B, 3, H, W], or videos [B, F, 3, H, W] (each part
+gets the same tensor); ``modality`` is theirs, and a mixed list is refused (an image reward joins video
+rewards through :class:`~dgpo.rewards.video.FrameReward`: ``reward.frames``).
 """
 
 from __future__ import annotations
 
 import torch
+
+from dgpo.errors import InputError
+from dgpo.rewards.modality import modality_of
 
 
 class MultiReward:
@@ -16,6 +23,12 @@ class MultiReward:
         if set(components) != set(weights):
             raise ValueError(f"multi-reward: components {sorted(components)}, weights for {sorted(weights)}")
         self.parts, self.weights = dict(components), dict(weights)
+        kinds = {n: modality_of(f) for n, f in self.parts.items()}
+        if len(set(kinds.values())) > 1:
+            listed = ", ".join(f"{n} ({k})" for n, k in kinds.items())
+            raise InputError(f"reward.name: the rewards {listed} do not score one kind of input; a video model "
+                             "scores its image rewards on frames with reward.frames=all (or first / every_k)")
+        self.modality = next(iter(kinds.values()), "image")
         self.version = " + ".join(f"{w:g}*{n}[{getattr(f, 'version', type(f).__name__)}]"
                                   for n, f, w in zip(self.parts, self.parts.values(), self.weights.values()))
 

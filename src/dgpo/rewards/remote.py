@@ -1,7 +1,8 @@
 """The ``remote`` reward: a ``dgpo reward serve`` server scores the images (:mod:`dgpo.rewards.wire`).
 
-The client reads the server's limits from ``/health`` (which also checks the token) and splits a batch
-into requests that respect them. It retries only what a retry can fix -- a failed connection and
+The client reads the server's limits and the kind of input its scorer takes (``modality``: images, or
+videos [B, F, 3, H, W]) from ``/health`` (which also checks the token and the protocol), and splits a
+batch into requests that respect the limits (whole videos: a request's item limit counts their frames). It retries only what a retry can fix -- a failed connection and
 the answers 502, 503 (busy) and 504 (timed out) -- ``retries`` times with exponential backoff
 (``Retry-After`` honoured, capped: :class:`~dgpo.rewards.retry.Backoff`), then raises
 :class:`RemoteRewardError` naming the server, the attempts and the last error. Any other answer
@@ -23,8 +24,9 @@ from urllib.parse import urlsplit
 
 import torch
 
-from dgpo.rewards.retry import Backoff
+from dgpo import __version__
 from dgpo.errors import InputError
+from dgpo.rewards.retry import Backoff
 from dgpo.rewards.wire import PROTOCOL, Limits, WireError, check_scores, dumps, encode_images, loads
 
 log = logging.getLogger(__name__)
@@ -151,11 +153,17 @@ class RemoteReward(JsonClient):
         self.info = self.health()
         known = Limits().as_dict()
         self.limits = Limits(**{k: int(v) for k, v in self.info.get("limits", {}).items() if k in known})
+        self.modality = "video" if self.info.get("modality") == "video" else "image"
         self.version = f"remote {self.url}: {self.info.get('scorer')} [{self.info.get('version')}]"
         log.info("remote reward: %s", self.version)
 
     def health(self) -> dict:
         info = self._request("GET", "/health")
+        theirs = info.get("protocol") if isinstance(info, dict) else None
+        if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs != PROTOCOL:
+            raise RemoteRewardError(f"remote reward {self.url}: the server speaks protocol {theirs} (dgpo "
+                                    f"{str(info.get('dgpo'))[:20]}), this client protocol {PROTOCOL} (dgpo {__version__}); "
+                                    "run the same dgpo version on both sides", permanent=True)
         if not isinstance(info, dict) or info.get("protocol") != PROTOCOL:
             raise RemoteRewardError(f"remote reward {self.url}: /health did not answer as a dgpo reward "
                                     f"server (protocol {PROTOCOL}): {str(info)[:200]}", permanent=True)
@@ -172,11 +180,14 @@ class RemoteReward(JsonClient):
     def _score(self, images: torch.Tensor, metas: list[dict], mode: str) -> dict:
         if len(images) != len(metas):
             raise ValueError(f"remote reward: {len(images)} images but {len(metas)} metadata rows")
-        encoded = encode_images(images)
+        frames = images.shape[1] if images.ndim == 5 else 1  # a video's PNGs travel together
+        flat = encode_images(images)
+        encoded = [flat[i * frames : (i + 1) * frames] for i in range(len(images))]
         rewards: list[float] = []
         correct: list[float] = []
         for a, b in self._split(encoded, metas):
-            body = dumps({"protocol": PROTOCOL, "mode": mode, "images": encoded[a:b], "metas": metas[a:b]})
+            body = dumps({"protocol": PROTOCOL, "mode": mode, "shape": [b - a, *images.shape[1:]],
+                          "images": [png for item in encoded[a:b] for png in item], "metas": metas[a:b]})
             out = self._request("POST", "/score", body)
             try:
                 rewards += check_scores(out.get("rewards"), b - a, "rewards")
@@ -186,18 +197,21 @@ class RemoteReward(JsonClient):
                 raise RemoteRewardError(f"remote reward {self.url}: a bad answer: {e}") from None
         return {"rewards": rewards, "correct": correct}
 
-    def _split(self, encoded: list[str], metas: list[dict]) -> list[tuple[int, int]]:
-        """[a, b) ranges of at most max_items images whose bodies stay under max_body_bytes."""
-        spans, start, size, budget = [], 0, 0, self.limits.max_body_bytes - 1024
-        for i, (img, meta) in enumerate(zip(encoded, metas)):
-            item = len(img) + len(dumps(meta)) + 8
-            if item > budget:
-                raise RemoteRewardError(f"remote reward {self.url}: image {i} alone ({item} bytes) exceeds "
-                                        f"the server's body limit of {self.limits.max_body_bytes} bytes",
-                                     permanent=True)
-            if i > start and (i - start >= self.limits.max_items or size + item > budget):
+    def _split(self, encoded: list[list[str]], metas: list[dict]) -> list[tuple[int, int]]:
+        """[a, b) ranges of images (or videos: each a list of its frames' PNGs) of at most max_items PNGs
+        whose bodies stay under max_body_bytes."""
+        spans, start, size, count, budget = [], 0, 0, 0, self.limits.max_body_bytes - 1024
+        for i, (pngs, meta) in enumerate(zip(encoded, metas)):
+            unit = "image" if len(pngs) == 1 else f"video ({len(pngs)} frames)"
+            item = sum(len(p) + 3 for p in pngs) + len(dumps(meta)) + 8
+            if item > budget or len(pngs) > self.limits.max_items:
+                raise RemoteRewardError(f"remote reward {self.url}: {unit} {i} alone ({item} bytes, {len(pngs)} "
+                                        f"PNGs) exceeds the server's limits of {self.limits.max_body_bytes} bytes "
+                                        f"and {self.limits.max_items} images per request", permanent=True)
+            if i > start and (count + len(pngs) > self.limits.max_items or size + item > budget):
                 spans.append((start, i))
-                start, size = i, 0
+                start, size, count = i, 0, 0
             size += item
+            count += len(pngs)
         spans.append((start, len(encoded)))
         return spans

@@ -8,7 +8,8 @@ checked before the body is read (413); item and pixel limits checked before any 
 (413 / 400); a socket timeout and a whole-body deadline (408); at most ``max_connections`` handler
 threads (503); one GPU lock with a bounded queue in front of it (503 when full, 504 when the wait
 outlasts ``timeout_s``). JSON only (:mod:`dgpo.rewards.wire`); the answer to every error is a JSON
-message and the server keeps serving. For other hosts, keep it behind a TLS proxy or an SSH tunnel.
+message and the server keeps serving. A video reward (``modality = "video"``) is served the same way:
+its requests carry videos [B, F, 3, H, W]; a request of the other kind is a 400. For other hosts, keep it behind a TLS proxy or an SSH tunnel.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from dgpo import __version__
 from dgpo.errors import InputError, UserError, one_line
+from dgpo.rewards.modality import SHAPES, modality_of
 from dgpo.rewards.wire import PROTOCOL, Limits, ScoreRequest, WireError, dumps, parse_score_request
 
 log = logging.getLogger("dgpo.reward_server")
@@ -68,6 +70,7 @@ class RewardApp:
     def __init__(self, reward_fn, name: str, limits: Limits = Limits(), batch_size: int = 32,
                  queue_size: int = 8, timeout_s: float = 600.0, device: str = "cpu"):
         self.fn, self.name, self.limits, self.batch_size = reward_fn, name, limits, batch_size
+        self.modality = modality_of(reward_fn)
         self.timeout_s, self.device, self.queue_size = timeout_s, device, queue_size
         self.gpu_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(queue_size + 1)  # the one scoring + those waiting
@@ -75,11 +78,14 @@ class RewardApp:
 
     def health(self) -> dict:
         return {"status": "ok", "scorer": self.name, "version": describe(self.fn), "dgpo": __version__,
-                "protocol": PROTOCOL, "device": self.device, "batch_size": self.batch_size,
+                "protocol": PROTOCOL, "modality": self.modality, "device": self.device, "batch_size": self.batch_size,
                 "limits": self.limits.as_dict(), "queue_size": self.queue_size, "in_flight": self.in_flight,
                 "served": self.served}
 
     def score(self, req: ScoreRequest) -> tuple[int, dict]:
+        if req.modality != self.modality:
+            return 400, {"error": f"the scorer {self.name!r} scores {SHAPES[self.modality]}; this request holds "
+                                  f"{SHAPES[req.modality]} (videos need 'shape' [B, F, 3, H, W])"}
         if not self._slots.acquire(blocking=False):
             return 503, {"error": f"busy: {self.queue_size} requests already wait for the GPU; retry later"}
         self._count(+1)
@@ -119,7 +125,7 @@ class RewardApp:
                 rewards += r
                 correct += r
         if len(rewards) != len(req.images) or not all(math.isfinite(v) for v in rewards + correct):
-            raise ValueError(f"returned {len(rewards)} values for {len(req.images)} images, "
+            raise ValueError(f"returned {len(rewards)} values for {len(req.images)} {req.modality}s, "
                              "or a non-finite one")
         out = {"protocol": PROTOCOL, "scorer": self.name, "rewards": rewards}
         return {**out, "correct": correct} if req.mode == "eval" else out

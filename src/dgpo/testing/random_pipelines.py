@@ -1,6 +1,6 @@
 """Random-weight pipeline parts built offline from configs (no hub access): tokenizers with a tiny
-vocabulary, CLIP / T5 text encoders and a KL VAE of any width. The tests build tiny SD3 / FLUX / Sana
-pipelines from them; ``benchmarks/gpu/sd35m_gpu.py`` builds an SD3.5-M-sized one for timing."""
+vocabulary, CLIP / T5 / UMT5 text encoders, a KL VAE of any width and Wan's video VAE. The tests build
+tiny SD3 / FLUX / Sana / Wan pipelines from them; ``benchmarks/gpu/sd35m_gpu.py`` builds an SD3.5-M-sized one for timing."""
 
 from __future__ import annotations
 
@@ -67,3 +67,30 @@ def kl_vae(latent_channels: int, seed: int):
                          block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
                          up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4, layers_per_block=1,
                          use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.06, scaling_factor=1.5)
+
+
+def umt5_encoder(tok, d_model: int, seed: int, layers: int = 2):
+    """Wan's text encoder (UMT5, google/umt5-xxl's architecture) at any width."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = UMT5Config(vocab_size=len(tok), d_model=d_model, d_ff=37, d_kv=8, num_layers=layers, num_heads=4,
+                     decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return UMT5EncoderModel(cfg).eval()
+
+
+def wan_vae(seed: int, ti2v: bool = False):
+    """Wan's video VAE, tiny (diffusers' own test sizes): Wan2.1's (16 channels, 8x spatial, 4x temporal), or
+    Wan2.2 TI2V-5B's (48 channels, residual blocks, 2x2 patches: 16x spatial). Per-channel latent statistics
+    that are not 0 / 1, so that decoding checks the de-normalisation."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    z = 48 if ti2v else 16
+    g = torch.Generator().manual_seed(seed)
+    stats = {"latents_mean": (torch.randn(z, generator=g) * 0.3).tolist(),
+             "latents_std": (torch.rand(z, generator=g) + 0.5).tolist()}
+    extra = ({"is_residual": True, "patch_size": 2, "scale_factor_spatial": 16, "in_channels": 12, "out_channels": 12}
+             if ti2v else {})  # TI2V's VAE reads and writes 2x2-patchified RGB: 12 channels
+    return AutoencoderKLWan(base_dim=3, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], **stats, **extra)

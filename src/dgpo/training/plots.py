@@ -8,31 +8,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from dgpo import video_io
+from dgpo.video_io import wrap_caption
 
 CAPTION_LINES = 6  # longer captions end in "..." (the toy's longest caption takes 3 lines at 128 px)
-
-
-def wrap_caption(text: str, font, width: float, max_lines: int = CAPTION_LINES) -> list[str]:
-    """``text`` broken into lines of at most ``width`` pixels (words whole where they fit); past
-    ``max_lines`` the last line ends in "..."."""
-    lines: list[str] = []
-    for word in text.split():
-        while font.getlength(word) > width and len(word) > 1:  # a word wider than the line: split it
-            cut = 1
-            while font.getlength(word[: cut + 1]) <= width:
-                cut += 1
-            lines.append(word[:cut])
-            word = word[cut:]
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    if len(lines) > max_lines:
-        last = lines[max_lines - 1]
-        while last and font.getlength(last + "...") > width:
-            last = last[:-1]
-        lines = [*lines[: max_lines - 1], last + "..."]
-    return lines
 
 
 def _compose(tiles: list[Image.Image], captions: list[str], cols: int, header: tuple = ()) -> Image.Image:
@@ -41,7 +20,7 @@ def _compose(tiles: list[Image.Image], captions: list[str], cols: int, header: t
     font = ImageFont.load_default()
     cols = min(cols, len(tiles))
     tile_w, tile_h = tiles[0].size
-    wrapped = [wrap_caption(c, font, tile_w - 4) for c in captions]
+    wrapped = [wrap_caption(c, font, tile_w - 4, CAPTION_LINES) for c in captions]
     line_h = font.getbbox("Ag")[3] + 2
     cap_h = line_h * max(len(w) for w in wrapped) + 4
     head_h = line_h + 2 if header else 0
@@ -128,3 +107,28 @@ def plot_curves(metrics: list[dict], evals: list[dict], out_dir: Path) -> None:
         fig.tight_layout()
         fig.savefig(out_dir / "eval.png", dpi=110)
         plt.close(fig)
+
+
+def grid_file(images: torch.Tensor, captions: list[str], stem: Path) -> Path:
+    """The sample grid of images [B, 3, H, W] as ``stem.png``, or of videos [B, F, 3, H, W] as an animated
+    ``stem.gif`` (and ``stem.mp4`` with the 'video' extra); returns the file the trackers show."""
+    if images.dim() == 4:
+        save_grid(images, captions, stem.with_suffix(".png"))
+        return stem.with_suffix(".png")
+    return _animated(video_io.video_grid(images, [_short(c) for c in captions], cols=4, scale=2), stem)
+
+
+def compare_file(before: torch.Tensor, after: torch.Tensor, captions: list[str], stem: Path) -> Path:
+    """Before / after side by side: ``stem.png`` for images, an animated ``stem.gif`` (+ ``.mp4``) for videos."""
+    if before.dim() == 4:
+        save_compare(before, after, captions, stem.with_suffix(".png"))
+        return stem.with_suffix(".png")
+    return _animated(video_io.compare_video(before, after, [_short(c) for c in captions], scale=2), stem)
+
+
+def _animated(frames: torch.Tensor, stem: Path) -> Path:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    gif = video_io.write_gif(frames, stem.with_suffix(".gif"))
+    if video_io.has_mp4():
+        video_io.write_mp4(frames, stem.with_suffix(".mp4"))
+    return gif

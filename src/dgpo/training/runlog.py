@@ -150,3 +150,20 @@ def log_image(trackers: list, tag: str, path: Path, step: int) -> None:
             t.log_images({tag: arr[None]}, step=step, dataformats="NHWC")
         else:
             t.log_images({tag: [arr]}, step=step)
+
+
+def log_video(trackers: list, tag: str, path: Path, step: int) -> None:
+    """A saved animated grid (GIF) to each tracker: TensorBoard shows it in its images tab (the encoded
+    GIF as an image summary, as ``add_video`` writes it, without moviepy); W&B as a video."""
+    for t in trackers:
+        if t.name == "tensorboard":
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            with Image.open(path) as im:
+                width, height = im.size
+            img = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=path.read_bytes())
+            t.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=img)]), step)
+        else:
+            import wandb
+
+            t.log({tag: wandb.Video(str(path), format="gif")}, step=step)

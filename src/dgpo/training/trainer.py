@@ -30,7 +30,8 @@ from dgpo.data.prompts import epoch_prompts, load_prompts
 from dgpo.evaluation import evaluate, model_image_fn, per_category, reward_scorer
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
-from dgpo.rewards import build_reward_from_config
+from dgpo.rewards import build_reward_from_config, check_modality
+from dgpo.rewards.modality import modality_of
 from dgpo.rewards.retry import Backoff, GuardedCall
 from dgpo.training import checkpoints, plots, runlog, speed
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
@@ -64,6 +65,8 @@ class Trainer:
         self.travel = (TravelMeter(self.policy.params, self.layout.all_sum if self.shards.enabled else None)
                        if c.train.travel_metrics else None)
         self.reward_fn = build_reward_from_config(c.reward, self.acc.device, reward=reward)
+        self.modality = modality_of(self.model)  # images or videos: the reward must score the same
+        check_modality(self.reward_fn, self.modality, "reward.name")
         r = c.reward  # every reward call is retried, timed out, and its failure survived (rewards/retry.py)
         self.reward_call = GuardedCall(Backoff(r.retries, r.backoff_s, r.max_backoff_s), r.call_timeout_s)
         self._load_prompts()
@@ -330,14 +333,20 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         captions, out = [m["prompt"] for m in metas], self.run_dir / "samples"
-        plots.save_grid(images, captions, out / f"{name}.png")
-        runlog.log_image(self.acc.trackers, f"samples/{name}", out / f"{name}.png", self.step)
+        self._show(f"samples/{name}", plots.grid_file(images, captions, out / name), self.step)
         if name == "before":
-            self._before = images.cpu()  # kept on disk too: a resumed run still draws compare.png
+            self._before = images.cpu()  # kept on disk too: a resumed run still draws the comparison
             save_file({"images": self._before.contiguous()}, str(out / "before.safetensors"))
         elif name == "after" and self._before is not None:  # same prompts, same seeds, side by side
-            plots.save_compare(self._before, images.cpu(), captions, out / "compare.png")
-            runlog.log_image(self.acc.trackers, "samples/compare", out / "compare.png", self.step)
+            self._show("samples/compare", plots.compare_file(self._before, images.cpu(), captions, out / "compare"),
+                       self.step)
+
+    def _show(self, tag: str, path: Path, step: int) -> None:
+        """A grid (PNG) or an animated grid (GIF, beside its MP4) to the run's trackers."""
+        if path.suffix == ".png":
+            runlog.log_image(self.acc.trackers, tag, path, step)
+        else:
+            runlog.log_video(self.acc.trackers, tag, path, step)
 
     def _save(self, epochs_done: int) -> None:
         gather = self.shards.gather  # FSDP: every process gathers whole tensors, the main one keeps them
