@@ -20,9 +20,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 # the tests also cover train.fp8 (the extra 'dgpo[fp8]'), so `make test` adds torchao to the venv. `make demo`
 # alone does not: transformers imports torchao whenever it is installed, which costs every command 0.4 s and,
-# without CUDA, logs that its GPU kernels failed to load
+# without CUDA, logs that its GPU kernels failed to load. ruff: the linter tests/test_lint.py runs (its rules in
+# pyproject.toml's [tool.ruff.lint])
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q torchao==0.18.0 pytest-timeout==2.4.0 mkdocs==1.6.1 mkdocs-material==9.8.2
+	$(PY) -m pip install -q torchao==0.18.0 pytest-timeout==2.4.0 mkdocs==1.6.1 mkdocs-material==9.8.2 ruff==0.17.6
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

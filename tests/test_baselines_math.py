@@ -73,7 +73,8 @@ def test_cps_step_preserves_the_flows_noise_coefficient():
     assert torch.allclose(step.mean, (1 - s_next) * x0 + math.sqrt(s_next**2 - float(step.std) ** 2) * x1, atol=1e-5)
     lp = step_logprob(x_next, step)  # official cps: -(x_next - mean)^2, averaged, no variance or constants
     assert torch.allclose(lp, -((x_next - step.mean) ** 2).mean(1))
-    assert make_step("sde", x, v, s, s_next, 0.9, a).kind == "sde" and make_step("cps", x, v, s, s_next, 0.9, a).kind == "cps"
+    assert make_step("sde", x, v, s, s_next, 0.9, a).kind == "sde"
+    assert make_step("cps", x, v, s, s_next, 0.9, a).kind == "cps"
     with pytest.raises(ValueError, match="sde_type"):
         make_step("ode", x, v, s, s_next, 0.9, a)
 

@@ -1,8 +1,8 @@
 import json
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 
 from dgpo import bench
 
@@ -74,7 +74,8 @@ def test_bench_runs_arms_writes_the_report_and_resumes(tiny_toy, tmp_path):
             assert {"overall", "sharpness", "off_palette", "images"} <= set(r["evals"][-1])
     report = (tmp_path / "b" / "report.md").read_text()
     assert "DGPO vs Flow-GRPO" in report and "| dpo | 2 |" in report and "ratio" in report
-    assert (tmp_path / "b" / "img").is_dir() and len(list((tmp_path / "b" / "img").glob("*.png"))) == 2  # comparisons with 2+ arms present
+    img = tmp_path / "b" / "img"
+    assert img.is_dir() and len(list(img.glob("*.png"))) == 2  # comparisons with 2+ arms present
     raw = tmp_path / "b" / "raw" / "dgpo__s0.json"
     before = raw.stat().st_mtime_ns
     bench.run_suite(spec)  # resumes: finished runs are not run again
@@ -166,7 +167,8 @@ def test_report_reads_a_slow_arms_level_over_its_whole_longer_run(tmp_path):
     report = render_report(spec, results).read_text()
     # flow_grpo_lr1e-4 is flat within the suite's 60 s but ends at 0.54 over its 180 s (the mean of its evals
     # at >= 120 s); its seed-mean curve reaches 0.54 at 150 s, DGPO's (0.5 -> 0.6 over 30 s) at 12 s: 12.5x
-    line = next(ln for ln in report.splitlines() if ln.startswith("- Flow-GRPO (flow_grpo_lr1e-4)'s late score 0.540, by s"))
+    line = next(ln for ln in report.splitlines() if ln.startswith("- Flow-GRPO (flow_grpo_lr1e-4)'s late score 0.540, "
+                                                                  "by s"))
     assert "reaches it at 150" in line and "DGPO reaches it at 12;" in line and "**12.5x**" in line
     # plain Flow-GRPO ends below its start: no level to time
     assert "- Flow-GRPO's late score: no ratio, undefined as a target: it ends where it starts or below" in report

@@ -98,7 +98,8 @@ def test_non_utf8_config_file_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ("train: {lr: !!python/object/apply:os.system ['touch {marker}']}\n", "not valid YAML: could not determine a constructor"),
+    ("train: {lr: !!python/object/apply:os.system ['touch {marker}']}\n", "not valid YAML: could not determine a "
+                                                                          "constructor"),
     ("train: {lr: " + "[" * 5000 + "]" * 5000 + "}\n", "nested more than 64 levels deep"),
     ("reward: {weights: [&a [x], &b [*a, *a, *a], &c [*b, *b, *b], *c]}\n", r"reward\.weights\[0\]: expected float"),
     ("train: {lr: !!bool maybe}\n", r"cannot read a value \(KeyError"),

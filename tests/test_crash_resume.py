@@ -10,9 +10,8 @@ import shutil
 
 import pytest
 
-from dgpo.testing.toy import tiny_toy_checkpoint
-
 from dgpo.cli import main
+from dgpo.testing.toy import tiny_toy_checkpoint
 
 from benchmarks.robustness import crash_resume as harness
 

@@ -11,8 +11,15 @@ import torch
 from dgpo.errors import InputError, UserError
 from dgpo.evaluation import reward_scorer
 from dgpo.rewards import build_reward, build_reward_from_config
-from dgpo.rewards.custom import (CustomReward, RewardOutputError, as_reward, is_custom_name, load_reward, resolve,
-                                 spec_of)
+from dgpo.rewards.custom import (
+    CustomReward,
+    RewardOutputError,
+    as_reward,
+    is_custom_name,
+    load_reward,
+    resolve,
+    spec_of,
+)
 from dgpo.rewards.multi import MultiReward, score_parts
 from dgpo.rewards.retry import Backoff, GuardedCall
 
@@ -127,7 +134,8 @@ def test_a_module_that_fails_to_import_is_reported(tmp_path, monkeypatch):
     (tmp_path / "broken_dep_rewards.py").write_text("import no_such_dependency_xyz\n")
     (tmp_path / "syntax_rewards.py").write_text("def f(:\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(InputError, match="importing 'broken_dep_rewards' failed: No module named 'no_such_dependency_xyz'"):
+    with pytest.raises(InputError, match="importing 'broken_dep_rewards' failed: No module named "
+                                         "'no_such_dependency_xyz'"):
         resolve("broken_dep_rewards:f")
     with pytest.raises(InputError, match="importing 'syntax_rewards' failed: SyntaxError"):
         resolve("syntax_rewards:f")

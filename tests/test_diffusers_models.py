@@ -92,7 +92,8 @@ def test_sd3_encodes_128_t5_tokens_and_flow_grpo_walks_its_scheduler_grid(folder
     sched = tr.model.pipe.scheduler
     assert type(sched).__name__ == "FlowMatchEulerDiscreteScheduler" and sched.config.shift == 3.0
     sched.set_timesteps(10)
-    assert torch.equal(tr.algo.grid.sigmas, sched.sigmas.double()) and torch.equal(tr.algo.grid.timesteps, sched.timesteps)
+    assert torch.equal(tr.algo.grid.sigmas, sched.sigmas.double())
+    assert torch.equal(tr.algo.grid.timesteps, sched.timesteps)
 
 
 def test_text_embeddings_are_cached_per_prompt(folders):
@@ -220,7 +221,8 @@ def test_missing_or_malformed_model_folder_is_a_clear_error(tmp_path):
         _adapter("flux", tmp_path / "empty")
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"]}')
+    (bad / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", '
+                                          '"SD3Transformer2DModel"]}')
     with pytest.raises(ValueError, match="cannot load it as StableDiffusion3Pipeline"):
         _adapter("sd3", bad)
     with pytest.raises(ValueError, match="model.path is required"):
@@ -246,8 +248,8 @@ def test_flow_grpo_on_qwenimage_reevaluates_its_rollout_on_policy(folders, tmp_p
     from dgpo.data.prompts import epoch_prompts
 
     cfg = load_config(None, [*_model_overrides("qwenimage", folders["qwenimage"]), f"run.out_dir={tmp_path}",
-                             "train.algorithm=flow_grpo", "sampler.steps=3", "timesteps.trunc_steps=2", "timesteps.count=2",
-                             "train.prompts_per_epoch=2",
+                             "train.algorithm=flow_grpo", "sampler.steps=3", "timesteps.trunc_steps=2",
+                             "timesteps.count=2", "train.prompts_per_epoch=2",
                              "train.group_size=2", "train.batch_size=4", "reward.name=colorfulness"])
     tr = Trainer(cfg)
     batch = tr.algo.rollout(epoch_prompts(tr.prompts, 2, 0, 0), 0, 0)
@@ -276,7 +278,8 @@ def test_offload_moves_each_part_once_until_released(folders, monkeypatch):
         monkeypatch.setattr(module, "to", lambda *a, name=name, to=module.to, **k: moves.append(name) or to(*a, **k))
     for batch in (["a cat"], ["a dog"], ["a fox"]):
         m.decode(torch.zeros(1, *m.latent_shape()) + len(m.encode_prompts(batch)["embeds"]))
-    assert moves == ["text_encoder", "vae"] and m._resident == {"text_encoder", "text_encoder_2", "text_encoder_3", "vae"}
+    assert moves == ["text_encoder", "vae"]
+    assert m._resident == {"text_encoder", "text_encoder_2", "text_encoder_3", "vae"}
     m.release_aux()
     assert moves == ["text_encoder", "vae", "text_encoder", "vae"] and not m._resident
     m.encode_prompts(["a cat"])  # cached: nothing moves

@@ -73,7 +73,8 @@ def _overrides(tiny, out, algo):
             "reward.name=colorfulness", f"train.algorithm={algo}"]
 
 
-@pytest.mark.parametrize("algo", ["dgpo", *(pytest.param(a, marks=pytest.mark.slow) for a in ("flow_grpo", "dpo", "nft"))])
+@pytest.mark.parametrize("algo", ["dgpo", *(pytest.param(a, marks=pytest.mark.slow)
+                                             for a in ("flow_grpo", "dpo", "nft"))])
 def test_two_processes_train_the_same_adapter_as_one(tiny_toy, tmp_path, algo):
     Trainer(load_config(None, _overrides(tiny_toy, tmp_path / "one", algo))).fit()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

@@ -110,7 +110,8 @@ def _policy_and_opt(tiny_toy):
 
 @pytest.mark.parametrize("damage, match", [
     ("shape", r"has shape \(.*\), the model's"), ("dtype", "holds torch.int64, not floats"),
-    ("moment_shape", "does not fit its shape"), ("lr", "param_groups lr='fast'"), ("state", "'step' must be an integer"),
+    ("moment_shape", "does not fit its shape"), ("lr", "param_groups lr='fast'"),
+    ("state", "'step' must be an integer"),
     ("json", "optimizer.json: not readable JSON"),
 ])
 def test_checkpoint_damage_is_refused_before_anything_loads(tiny_toy, tmp_path, damage, match):

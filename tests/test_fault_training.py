@@ -34,7 +34,8 @@ def _rows(out):
 def _state(tr):
     """Everything a skipped step must leave as it was."""
     return {"params": [p.detach().clone() for p in tr.policy.params],
-            "ema_old": [s.clone() for s in tr.algo.old_model.shadow], "ema_slow": [s.clone() for s in tr.ema_slow.shadow],
+            "ema_old": [s.clone() for s in tr.algo.old_model.shadow],
+            "ema_slow": [s.clone() for s in tr.ema_slow.shadow],
             "opt": copy.deepcopy(tr.opt.state_dict()["state"]), "step": tr.step}
 
 
@@ -125,16 +126,27 @@ def test_nan_steps_in_a_row_stop_the_run_with_its_last_good_checkpoint(tiny_toy,
     assert not (out / "summary.json").exists()
 
 
-def test_a_nan_reward_drops_its_group_only(tiny_toy, tmp_path):
+@pytest.mark.parametrize("where", ["in_process", "remote"])
+def test_a_nan_reward_drops_its_group_only(tiny_toy, tmp_path, where):
+    """In-process, or served by `dgpo reward serve` (its NaN is a null on the wire: protocol 3)."""
+    from contextlib import nullcontext
+
+    from dgpo.rewards.server import RewardServer
+
     out = tmp_path / "run"
-    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=2", "advantages.std=global"))
-    tr.reward_fn = Poisoned(lambda call, i: call == 2 and i == 1)  # epoch 1, group 0 (chunk 0), member 1
-    calls, _ = _spy(tr, lambda i: False)
-    tr.fit()
+    poisoned = Poisoned(lambda call, i: call == 2 and i == 1)  # epoch 1, group 0 (chunk 0), member 1
+    with RewardServer(poisoned, "poisoned") if where == "remote" else nullcontext() as srv:
+        remote = [f"reward.url={srv.url}", "reward.name=remote"] if srv else []
+        tr = Trainer(_cfg(tiny_toy, out, "run.epochs=2", "advantages.std=global", *remote))
+        if srv is None:
+            tr.reward_fn = poisoned
+        calls, _ = _spy(tr, lambda i: False)
+        tr.fit()
+    assert poisoned.calls == 4  # one call per rollout chunk: the NaN failed no call, nothing was retried
     rows = _rows(out)
     assert rows[0]["dropped_groups"] == 0 and rows[1]["dropped_groups"] == 1
     assert rows[1]["nonfinite_rewards"] == 1 and rows[1]["reward_failures"] == 0 and rows[1]["bad_step"] == 0
-    kept = tr.reward_fn.returned[3]  # group 1's rewards: the logged mean is theirs alone
+    kept = poisoned.returned[3]  # group 1's rewards: the logged mean is theirs alone
     assert rows[1]["reward_mean"] == pytest.approx(float(kept.mean()), abs=1e-6)
     assert rows[1]["reward_std"] == pytest.approx(float(kept.std()), abs=1e-6)
     assert calls[1][3].tolist() == [4, 5, 6, 7]  # the step trains group 1's samples only
@@ -272,6 +284,114 @@ def test_an_eval_reward_failure_leaves_its_batch_unscored_and_the_run_goes_on(ti
     assert before["step"] == 0 and before["unscored_images"] == 2 and math.isfinite(before["overall"])
     assert after["step"] == 1 and "unscored_images" not in after and tr.step == 1
     assert tr.reward_fn.calls == 3 + 2 + 2  # eval before (batch 0 twice, batch 1), 2 training chunks, eval after
+
+
+def _strict(text):
+    """JSON as strict parsers read it: NaN or Infinity is an error."""
+    def refuse(name):
+        raise ValueError(f"{name} in strict JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_an_eval_whose_reward_fails_throughout_is_missing_and_the_run_goes_on(tiny_toy, tmp_path):
+    out = tmp_path / "run"
+    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=1", "run.eval_at_ends=true", "reward.retries=1",
+                      "reward.call_timeout_s=0.3", "eval.max_prompts=4", "eval.batch_size=2",
+                      "eval.min_per_category=0"))
+    # the eval before: its 2 batches hang past the timeout (2 attempts each); training: 2 good chunks; the eval
+    # after: its 2 batches raise (2 attempts each)
+    tr.reward_fn = Flaky(lambda call: "hang" if call < 4 else None if call < 6 else "raise")
+    summary = tr.fit()
+    tr.reward_fn.release.set()
+    assert tr.step == 1 and tr.reward_fn.calls == 4 + 2 + 4  # trained between two missing evals
+    before, after = [_strict(x) for x in (out / "evals.jsonl").read_text().splitlines()]
+    for row, step, error in ((before, 0, "RewardCallTimeout"), (after, 1, "RuntimeError: scorer crashed")):
+        assert row["step"] == step and row["overall"] is None and row["reward"] is None  # not a score of 0
+        assert row["unscored_images"] == 4 and "no image scored" in row["missing"] and error in row["missing"]
+    saved = _strict((out / "summary.json").read_text())
+    assert saved["missing_evals"] == [0, 1] == summary["missing_evals"]
+    assert saved["eval_before"]["missing"] and saved["eval_after"]["missing"]
+    assert (out / "plots" / "eval.png").is_file() and (out / "plots" / "reward.png").is_file()
+    from dgpo.evaluation import markdown_table
+
+    assert "| after | missing |" in markdown_table({"after": saved["eval_after"]})
+
+
+def test_a_nan_eval_score_leaves_that_image_unscored():
+    from dgpo.evaluation import evaluate
+
+    metas = [{"prompt": f"p{i}", "tag": "reward"} for i in range(4)]
+    images = lambda ms, seeds: torch.zeros(len(ms), 3, 8, 8)  # noqa: E731
+    score = lambda imgs, ms: [(NAN, NAN) if m["prompt"] == "p1" else (0.5, 0.5) for m in ms]  # noqa: E731
+    res = evaluate(images, metas, batch_size=2, score_fn=score)
+    assert res["unscored_images"] == 1 and res["n_images"] == 3 and res["overall"] == res["reward"] == 0.5
+
+
+def _nan_forwards(tr, bad, stop=None):
+    """NaN out of the network in every training forward of the steps ``bad(i)`` names; ``stop(i)``: a
+    kill (an exception the run does not catch) at the start of step i."""
+    calls, flag = _spy(tr, bad)
+    inner = tr._optimizer_step
+
+    def step(*a, **k):
+        if stop is not None and stop(len(calls)):
+            raise KeyboardInterrupt(f"killed before step {len(calls)}")
+        return inner(*a, **k)
+
+    tr._optimizer_step = step
+    tr.train_net.register_forward_hook(lambda m, i, o: o * NAN if flag["on"] else None)
+    return calls
+
+
+def _same_rows(a, b):
+    drop = lambda r: {k: v for k, v in r.items() if k != "wall_time" and not k.startswith("time_")}  # noqa: E731
+    return [drop(r) for r in _rows(a)] == [drop(r) for r in _rows(b)]
+
+
+def test_a_halted_run_resumed_with_a_higher_limit_stops_where_an_uninterrupted_run_stops(tiny_toy, tmp_path):
+    """max_bad_steps=2 stops in epoch 2 (its step is retried by --resume); resumed with max_bad_steps=3, the
+    streak goes on from where epoch 2 began: the stop comes in epoch 3, as in a run with 3 from the start."""
+    ref = Trainer(_cfg(tiny_toy, tmp_path / "ref", "run.epochs=10", "train.max_bad_steps=3"))
+    _nan_forwards(ref, lambda i: i >= 1)
+    with pytest.raises(RunHalted, match="3 optimizer steps in a row"):
+        ref.fit()
+    out = tmp_path / "run"
+    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=10", "train.max_bad_steps=2"))
+    _nan_forwards(tr, lambda i: i >= 1)
+    with pytest.raises(RunHalted, match="2 optimizer steps in a row"):
+        tr.fit()
+    state = json.loads((out / "checkpoints/step_000001/state.json").read_text())
+    assert state["epoch"] == 2 and state["guard"] == {"bad_in_row": 1, "failed_epochs": 0}  # as epoch 2 began
+    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=10", "train.max_bad_steps=3"), resume=True)
+    calls = _nan_forwards(tr, lambda i: True)
+    with pytest.raises(RunHalted, match="3 optimizer steps in a row"):
+        tr.fit()
+    assert len(calls) == 2  # epochs 2 and 3
+    assert [(r["epoch"], r["bad_steps_in_row"]) for r in _rows(out)] == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert _same_rows(ref.run_dir, out)
+
+
+def test_a_run_killed_between_two_bad_steps_stops_where_an_uninterrupted_run_stops(tiny_toy, tmp_path):
+    ref = Trainer(_cfg(tiny_toy, tmp_path / "ref", "run.epochs=10", "train.max_bad_steps=3"))
+    _nan_forwards(ref, lambda i: i >= 1)
+    with pytest.raises(RunHalted, match="3 optimizer steps in a row"):
+        ref.fit()
+    out = tmp_path / "run"
+    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=10", "train.max_bad_steps=3"))
+    _nan_forwards(tr, lambda i: i >= 1)
+    save = tr._save
+    tr._save = lambda done, **k: (_ for _ in ()).throw(KeyboardInterrupt) if done == 3 else save(done, **k)
+    with pytest.raises(KeyboardInterrupt):  # killed after epoch 2's bad step, before its checkpoint
+        tr.fit()
+    assert [r["bad_cause"] for r in _rows(out)] == ["", "loss", "loss"]
+    assert json.loads((out / "checkpoints/step_000001/state.json").read_text())["guard"]["bad_in_row"] == 1
+    tr = Trainer(_cfg(tiny_toy, out, "run.epochs=10", "train.max_bad_steps=3"), resume=True)
+    calls = _nan_forwards(tr, lambda i: True)
+    with pytest.raises(RunHalted, match="3 optimizer steps in a row"):
+        tr.fit()
+    assert len(calls) == 2  # epochs 2 (again) and 3: the streak of 1 saved after epoch 1 went on
+    assert _same_rows(ref.run_dir, out)  # epoch 2's row of the killed process is not kept twice
 
 
 @pytest.mark.slow

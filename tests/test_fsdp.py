@@ -36,7 +36,8 @@ def _free_port() -> int:
 
 def _overrides(tiny, out, lora_rank=0):
     return [f"model.path={tiny}", f"run.out_dir={out}", "run.epochs=2", "run.sample_every=0", "run.save_every=1",
-            "run.eval_at_ends=true", "eval.max_prompts=3", "eval.min_per_category=0", "eval.batch_size=1", "eval.steps=2",
+            "run.eval_at_ends=true", "eval.max_prompts=3", "eval.min_per_category=0", "eval.batch_size=1",
+            "eval.steps=2",
             "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=4", f"train.lora_rank={lora_rank}",
             "train.lora_alpha=8", "train.lr=1e-3", "train.ema_every=1", "sampler.steps=3", "timesteps.trunc_steps=2",
             "timesteps.count=2", "dgpo.switch_ema_ref=0", "dgpo.kl_beta=0.1", "train.text_dropout=0.25",
@@ -44,7 +45,8 @@ def _overrides(tiny, out, lora_rank=0):
 
 
 def _launch(args: list[str], resume: bool = False) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CONFIG), "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CONFIG),
+           "--num_processes", "2",
            "--mixed_precision", "no", "--main_process_port", str(_free_port()), "-m", "dgpo.cli", "train", *args,
            *(["--resume"] if resume else [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -119,7 +121,8 @@ def test_fsdp_with_fp8_equals_one_process_with_fp8(tiny_toy, tmp_path):
     assert "FSDP2: ToyUNet sharded over 2 processes in 8 units" in proc.stderr
     from dgpo.toy.weights import load_toy
 
-    one, two, base = _ckpt(tmp_path / "one")["policy"], _ckpt(tmp_path / "fsdp")["policy"], load_toy(tiny_toy).state_dict()
+    one, two = _ckpt(tmp_path / "one")["policy"], _ckpt(tmp_path / "fsdp")["policy"]
+    base = load_toy(tiny_toy).state_dict()
     assert one.keys() == two.keys() and set(one) <= set(base)
     update = lambda ckpt: torch.cat([(ckpt[k] - base[k]).flatten() for k in one])  # noqa: E731
     # FP8's dynamic scales are taken over each process's own rows, so the runs are not equal to float
@@ -250,7 +253,8 @@ def test_fsdp_wraps_wan22_and_equals_one_process(tmp_path):
                         "sampler.steps=3", "timesteps.mode=uniform", "timesteps.t_min=0.3", "timesteps.count=2",
                         "dgpo.kl_beta=0.1", "reward.name=tiny_diffusers:video_brightness"]
     Trainer(load_config(None, args(tmp_path / "one"))).fit()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CONFIG), "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CONFIG),
+           "--num_processes", "2",
            "--mixed_precision", "no", "--main_process_port", str(_free_port()), "-m", "dgpo.cli", "train",
            *args(tmp_path / "fsdp")]
     tests = str(Path(__file__).parent)  # the reward tiny_diffusers:video_brightness

@@ -93,7 +93,8 @@ def test_geneval_colour_prompts_follow_the_clip_classifier(scorers):
     full = Detection("dog", 1.0, (0, 0, 40, 48), np.ones((48, 40), bool))  # what the detector finds
     seen = ColorClassifier(scorers["clip"]).classify(pixels, [full])[0]
     other = next(c for c in COLORS if c != seen)
-    metas = [_meta("colors", [{"class": "dog", "count": 1, "color": c}], f"a photo of a {c} dog") for c in (seen, other)]
+    metas = [_meta("colors", [{"class": "dog", "count": 1, "color": c}], f"a photo of a {c} dog")
+             for c in (seen, other)]
     verdicts = fn.verdicts(image.expand(2, -1, -1, -1), metas)
     assert [v.correct for v in verdicts] == [True, False]
     assert f"expected {other} dog>=1, found 0 {other}; and 1 {seen}" in verdicts[1].reason

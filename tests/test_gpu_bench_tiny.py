@@ -1,12 +1,13 @@
 """benchmarks/gpu/sd35m_gpu.py --tiny: the GPU benchmark's every non-compiled arm runs on the CPU and
 writes a complete result (the compiled path is tested in test_speed.py)."""
 
-import pytest
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 pytestmark = pytest.mark.slow  # make test-all (CI); not in the fast tier
 

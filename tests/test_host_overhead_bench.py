@@ -1,12 +1,13 @@
 """benchmarks/perf/host_overhead.py (without --compiled): runs on the SD3.5-M module tree on the meta
 device and writes every before/after pair."""
 
-import pytest
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 pytestmark = pytest.mark.slow  # make test-all (CI); not in the fast tier
 

@@ -121,6 +121,87 @@ def test_wandb_offline_gets_the_same_metrics_without_a_login(tiny_toy, tmp_path,
     assert len(list(runs[0].glob("files/media/images/samples/compare_*.png"))) == 1
 
 
+def _offline_wandb(monkeypatch, tmp_path):
+    pytest.importorskip("wandb")
+    for k in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no cached API key
+    (tmp_path / "wb").mkdir()
+
+
+def _history(run_folder):
+    """(the run id of an offline W&B run folder, {step: {key: value}} of its history rows)."""
+    records, deadline = [], time.time() + 60
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.time() < deadline:
+        time.sleep(0.2)  # W&B's service process may still be writing the file after wandb.finish()
+        records = _wandb_records(next(run_folder.glob("run-*.wandb")))
+    run_ids = {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}
+    steps = {}
+    for rec in records:
+        if rec.WhichOneof("record_type") == "history":
+            row = {(i.key or i.nested_key[0]): json.loads(i.value_json) for i in rec.history.item
+                   if len(i.nested_key) <= 1}
+            steps.setdefault(row["_step"], {}).update({k: v for k, v in row.items() if not k.startswith("_")})
+    return run_ids, steps
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_its_wandb_run(tiny_toy, tmp_path, monkeypatch):
+    """--resume logs into the W&B run the first process started (its id kept in the run folder), on the same
+    step axis: the second process's rows start at the checkpoint's step, not at 0."""
+    _offline_wandb(monkeypatch, tmp_path)
+    monkeypatch.delenv("WANDB_DIR")  # W&B keeps the first WANDB_DIR it saw in a process; the run folder's own
+    out = tmp_path / "run"
+
+    def fit(epochs, resume):
+        cfg = load_config(None, [
+            f"model.path={tiny_toy}", f"run.out_dir={out}", f"run.epochs={epochs}", "run.sample_every=0",
+            "run.save_every=1", "run.eval_at_ends=false", "train.prompts_per_epoch=2", "train.group_size=4",
+            "train.batch_size=4", "train.lora_rank=4", "train.lora_alpha=8", "sampler.steps=3",
+            "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.switch_ema_ref=0",
+            "reward.name=jpeg_incompressibility", "run.log_with=wandb"])
+        Trainer(cfg, resume=resume).fit()
+
+    fit(2, False)
+    fit(4, True)
+    first, second = sorted((out / "wandb").glob("offline-run-*"))  # `wandb sync` merges them
+    run_id = first.name.rsplit("-", 1)[1]
+    assert second.name.rsplit("-", 1)[1] == run_id  # one W&B run
+    assert (out / "wandb_run_id").read_text().strip() == run_id
+    (ids1, steps1), (ids2, steps2) = _history(first), _history(second)
+    assert ids1 == ids2 == {run_id}
+    assert sorted(steps1) == [1, 2] and sorted(steps2) == [2, 3, 4]  # step 2 (the checkpoint's) logged again
+    rows = {r["step"]: r for r in (json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())}
+    for step, got in {**steps1, **steps2}.items():
+        assert got["reward_mean"] == pytest.approx(rows[step]["reward_mean"], rel=1e-6), step
+    fit(1, False)  # a fresh start in the folder is a new W&B run
+    assert (out / "wandb_run_id").read_text().strip() != run_id
+
+
+def test_wandb_run_id_is_kept_in_the_run_folder(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    kwargs = {"wandb": {"name": "run"}}
+    assert runlog.wandb_resume({}, tmp_path, False) == {}  # TensorBoard or none: nothing to keep
+    fresh = runlog.wandb_resume(kwargs, tmp_path, False)["wandb"]
+    assert fresh["resume"] == "allow" and fresh["name"] == "run" and len(fresh["id"]) == 8
+    assert (tmp_path / "wandb_run_id").read_text() == fresh["id"] + "\n"
+    assert runlog.wandb_resume(kwargs, tmp_path, True)["wandb"]["id"] == fresh["id"]  # --resume: the same run
+    assert runlog.wandb_resume(kwargs, tmp_path, False)["wandb"]["id"] != fresh["id"]  # a fresh start: a new one
+    (tmp_path / "wandb_run_id").write_text("not an id!\n")
+    again = runlog.wandb_resume(kwargs, tmp_path, True)["wandb"]["id"]
+    assert "not a W&B run id" in caplog.text and (tmp_path / "wandb_run_id").read_text() == again + "\n"
+    monkeypatch.setenv("WANDB_RUN_ID", "mine-42")  # the user's own id, kept for the resumes
+    (tmp_path / "new").mkdir()
+    assert runlog.wandb_resume(kwargs, tmp_path / "new", False)["wandb"]["id"] == "mine-42"
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "wandb_run_id").write_text("x")
+    runlog.clear_run(tmp_path / "keep")
+    assert not (tmp_path / "keep" / "wandb_run_id").exists()  # a fresh start forgets the old W&B run
+
+
 @pytest.mark.slow
 def test_log_with_none_and_a_missing_wandb(tiny_toy, tmp_path, monkeypatch):
     rows, _ = _fit(tiny_toy, tmp_path / "run", "none")

@@ -128,7 +128,8 @@ def test_each_sample_trains_at_its_own_subset_of_the_grid(tiny_toy, tmp_path):
     assert order.shape == (8, 9)  # int(10 x 0.99)
     assert all(len(set(row.tolist())) == 9 for row in order)  # distinct grid steps per sample
     assert len({tuple(row.tolist()) for row in order}) == 8  # each sample its own order
-    assert torch.equal(order, torch.stack(tr.algo.units(SimpleNamespace(n_total=8), 0, 0), 1))  # a function of seed and epoch
+    again = tr.algo.units(SimpleNamespace(n_total=8), 0, 0)
+    assert torch.equal(order, torch.stack(again, 1))  # a function of seed and epoch
     tr.cfg.nft.trunc_steps = 4  # the high-noise end only: 4 of the grid indices 0..4 per sample
     order = torch.stack(tr.algo.units(SimpleNamespace(n_total=8), 0, 0), 1)
     assert order.shape == (8, 4) and int(order.max()) <= 4 and all(len(set(row.tolist())) == 4 for row in order)
@@ -151,7 +152,8 @@ def test_resume_equals_uninterrupted_with_the_lagged_old_model(tiny_toy, tmp_pat
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (part, k)
-    old, policy = (load_file(str(tmp_path / f"a/checkpoints/step_000002/{p}.safetensors")) for p in ("ema_old", "policy"))
+    old, policy = (load_file(str(tmp_path / f"a/checkpoints/step_000002/{p}.safetensors"))
+                   for p in ("ema_old", "policy"))
     assert not torch.equal(old["0"], next(iter(policy.values())))  # the old model lags
 
 

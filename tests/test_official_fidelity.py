@@ -125,8 +125,9 @@ class LinearFlow:
 
 
 CASES = [  # (group_size, groups, clip_dsm, clip_kl, use_ema_ref, kl_cfg, kl_beta)
-    (2, 5, True, False, False, 1.0, 0.02), (4, 3, False, True, False, 1.0, 0.02), (4, 3, True, True, False, 4.5, 0.02),
-    (8, 2, True, False, True, 1.0, 0.001), (8, 2, False, True, True, 4.5, 0.001), (3, 4, False, False, False, 4.5, 0.02),
+    (2, 5, True, False, False, 1.0, 0.02), (4, 3, False, True, False, 1.0, 0.02),
+    (4, 3, True, True, False, 4.5, 0.02), (8, 2, True, False, True, 1.0, 0.001),
+    (8, 2, False, True, True, 4.5, 0.001), (3, 4, False, False, False, 4.5, 0.02),
     (16, 2, True, True, True, 1.0, 0.0), (6, 3, False, False, False, 1.0, 0.0),
 ]
 
@@ -265,7 +266,8 @@ def test_the_trainer_wires_the_official_cadence_and_the_per_step_option(tiny_toy
     demo = _trainer(tiny_toy, tmp_path)
     assert demo.ema_slow.cadence == "per_step"  # the toy demo's choice
     defaults = load_config("")
-    assert (defaults.train.ema_cadence, defaults.train.sampling_batches, defaults.train.ema_every) == ("per_batch", 2, 8)
+    t = defaults.train
+    assert (t.ema_cadence, t.sampling_batches, t.ema_every) == ("per_batch", 2, 8)
     with pytest.raises(ValueError, match="train.sampling_batches=3 must be a multiple of train.steps_per_epoch=2"):
         load_config("", ["train.sampling_batches=3", "train.steps_per_epoch=2"])
 

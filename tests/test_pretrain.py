@@ -18,7 +18,8 @@ def test_pretrain_lowers_flow_matching_loss_and_writes_a_loadable_checkpoint(tmp
     assert (tmp_path / "step_000020" / "model.safetensors").is_file()
     model = ToyFlowModel.load(last)
     assert json.loads((last / "config.json").read_text())["info"]["step"] == 40
-    assert model.velocity(torch.zeros(1, 3, 32, 32), torch.full((1,), 1000.0), model.encode_prompts([""])).shape == (1, 3, 32, 32)
+    v = model.velocity(torch.zeros(1, 3, 32, 32), torch.full((1,), 1000.0), model.encode_prompts([""]))
+    assert v.shape == (1, 3, 32, 32)
 
 
 def test_continued_pretraining_moves_every_ema_parameter(tiny_toy, tmp_path):
@@ -94,7 +95,8 @@ def test_coordinate_channels_reach_the_output_and_round_trip(tmp_path):
 
     grid = coord_grid(torch.zeros(2, 3, 4, 6))
     assert grid.shape == (2, 2, 4, 6)
-    assert torch.equal(grid[0, 0, 0], torch.linspace(-1, 1, 6)) and torch.equal(grid[1, 1, :, 5], torch.linspace(-1, 1, 4))
+    assert torch.equal(grid[0, 0, 0], torch.linspace(-1, 1, 6))
+    assert torch.equal(grid[1, 1, :, 5], torch.linspace(-1, 1, 4))
     torch.manual_seed(0)
     model = ToyUNet(ToyModelConfig(channels=(8, 16, 16), text_dim=16, heads=2, coords=True)).eval()
     torch.nn.init.normal_(model.out[-1].weight)  # zero-initialised output: give it a response

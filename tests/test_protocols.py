@@ -54,7 +54,8 @@ def test_eval_geneval_protocol_writes_geneval_layout(sd3, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     # GenEval's evaluate_images.py on the same folder writes results.jsonl; one verdict differs here
     official = [{"filename": f"{out}/{r['file']}", "tag": r["tag"], "prompt": r["prompt"],
-                 "correct": r["correct"] != (k == 0), "reason": "", "metadata": "{}"} for k, r in enumerate(res["rows"])]
+                 "correct": r["correct"] != (k == 0), "reason": "", "metadata": "{}"}
+                for k, r in enumerate(res["rows"])]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(o) + "\n" for o in official))
     assert main(["eval", "--protocol", "geneval", "--out", str(out), "--official-results",
                  str(tmp_path / "results.jsonl")]) == 0
@@ -78,8 +79,7 @@ def test_eval_drawbench_scores_every_available_reward(tiny_toy, tmp_path):
 def test_load_any_applies_an_exported_lora(sd3, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
-    from dgpo.training.export import load_any
-    from dgpo.training.export import LORA_FILE, lora_state_dict
+    from dgpo.training.export import LORA_FILE, load_any, lora_state_dict
     from dgpo.training.policy import Policy
 
     trained = load_any(str(sd3), resolution=64)

@@ -4,7 +4,6 @@ function named in YAML as ``reward.name: "package.module:function"``."""
 import textwrap
 
 import pytest
-
 import torch
 
 from dgpo.config import load_config

@@ -263,17 +263,67 @@ def test_client_connection_refused_is_retried_then_a_clear_error():
         RemoteReward(f"http://127.0.0.1:{port}", retries=2, backoff_s=0.01)
 
 
-def test_slow_body_is_408_and_a_non_finite_score_is_500():
-    nan_reward = lambda images, metas: torch.full((len(images),), float("nan"))  # noqa: E731
-    with RewardServer(nan_reward, "nan", read_timeout_s=0.5) as srv:
+def test_slow_body_is_408_and_a_wrong_count_is_500():
+    short_reward = lambda images, metas: torch.zeros(len(images) - 1)  # noqa: E731
+    with RewardServer(short_reward, "short", read_timeout_s=0.5) as srv:
         host, port = srv.httpd.server_address[:2]
         with socket.create_connection((host, port), timeout=10) as s:
             s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # then stalls
             assert _recv_all(s).startswith(b"HTTP/1.0 408")
         status, payload, _ = _raw(srv, "POST", "/score", _body(), token="")
-        assert status == 500 and "non-finite" in payload["error"]
-        with pytest.raises(RemoteRewardError, match="answered 500: the scorer 'nan' failed"):
+        assert status == 500 and "returned 1 values for 2 images" in payload["error"]
+        with pytest.raises(RemoteRewardError, match="answered 500: the scorer 'short' failed"):
             RemoteReward(srv.url, retries=3, backoff_s=0.01)(_images(2), [{}, {}])
+
+
+class _NonFinite:
+    """The colourfulness reward with NaN for the sample whose prompt is "nan" and inf for "inf"."""
+
+    def __init__(self):
+        self.fn = build_reward("colorfulness")
+
+    def __call__(self, images, metas):
+        r = self.fn(images, metas).clone()
+        for i, m in enumerate(metas):
+            r[i] = {"nan": float("nan"), "inf": float("inf")}.get(m["prompt"], r[i])
+        return r
+
+
+def test_a_non_finite_score_is_null_on_the_wire_and_nan_for_its_sample_only():
+    metas = [{"prompt": "a"}, {"prompt": "nan"}, {"prompt": "b"}, {"prompt": "inf"}]
+    images = _images(4)
+    with RewardServer(_NonFinite(), "nonfinite") as srv:
+        for mode in ("reward", "eval"):
+            host, port = srv.httpd.server_address[:2]
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            conn.request("POST", "/score", body=_body(images, metas, mode=mode))
+            resp = conn.getresponse()
+            raw = resp.read()
+            conn.close()
+            assert resp.status == 200 and b"NaN" not in raw and b"Infinity" not in raw  # strict JSON
+            payload = json.loads(raw)
+            assert payload["protocol"] == PROTOCOL == 3
+            for key in ("rewards", "correct") if mode == "eval" else ("rewards",):
+                assert [v is None for v in payload[key]] == [False, True, False, True], key
+        remote = RemoteReward(srv.url, retries=0)
+        got, want = remote(images, metas), build_reward("colorfulness")(images, metas)
+        assert torch.isnan(got[1]) and torch.isnan(got[3])  # inf comes back as NaN: a non-finite score either way
+        assert torch.allclose(got[[0, 2]], want[[0, 2]])
+        scores = remote.eval_scores(images, metas)
+        assert [c != c for c, _ in scores] == [False, True, False, True]  # NaN != NaN
+
+
+@pytest.mark.parametrize("answer,error", [
+    ([1.0, "x"], r"'x' is not a finite number or null"),
+    ([1.0, True], r"True is not a finite number or null"),
+    ([1.0], r"expected a list of 2 numbers"),
+])
+def test_a_malformed_score_in_an_answer_is_still_an_error(answer, error):
+    from dgpo.rewards.wire import WireError, check_scores
+
+    assert check_scores([1.0, None], 2, "rewards")[1] != check_scores([1.0, None], 2, "rewards")[1]  # NaN
+    with pytest.raises(WireError, match=error):
+        check_scores(answer, 2, "rewards")
 
 
 def test_cli_serves_a_reward_on_loopback(tmp_path):
@@ -327,7 +377,7 @@ def test_remote_video_scores_equal_in_process_scores(video_server):
 
     srv, fn = video_server
     remote = RemoteReward(srv.url, token=TOKEN)
-    assert remote.modality == "video" and remote.info["modality"] == "video" and remote.info["protocol"] == 2
+    assert remote.modality == "video" and remote.info["modality"] == "video" and remote.info["protocol"] == 3
     videos, metas = _videos(5, frames=3), load_prompts("toy:test")[:5]
     # max_items 8 counts frames: requests of 2 videos (6 PNGs), 2 and 1
     assert torch.equal(remote(videos, metas), fn(videos, metas))
@@ -350,17 +400,19 @@ def _bad_video_requests():
         (_video_body(v, shape=[2, 3, 3, 16, 17]), 400, "images[0] (video 0, frame 0) is 16x16 but the declared "
                                                          "shape's size is 17x16"),
         (_video_body(v, shape=[1, 10**30, 3, 16, 16]), 413, "exceeds the server's limit of 8 images"),
-        (_video_body(v, shape=[2, 3, 3, 1000, 1000]), 400, "1000x1000 pixels per image exceeds the server's limit of 4096"),
+        (_video_body(v, shape=[2, 3, 3, 1000, 1000]), 400, "1000x1000 pixels per image exceeds the server's limit of "
+                                                           "4096"),
         (_video_body(v, images=pngs[:4] + [pngs[4][:-40], pngs[5]]), 400, "images[4] (video 1, frame 1): corrupt PNG"),
         (_video_body(v, metas=[{"prompt": "x"}] * 6), 400, "'metas' must be a list of 2 JSON objects, one per video"),
         (_video_body(v)[: len(_video_body(v)) // 2], 400, "malformed JSON"),  # a truncated body
-        (_video_body(v, protocol=1), 400, "protocol 1 is not supported: this server speaks protocol 2"),
+        (_video_body(v, protocol=1), 400, "protocol 1 is not supported: this server speaks protocol 3"),
         (_body(_images(2, 16, 16)), 400, "scores videos [B, F, 3, H, W]; this request holds images"),
     ]
 
 
-VIDEO_BAD_IDS = ["fewer-frames", "more-declared", "not-rgb", "short-shape", "image-shape", "bool", "string", "size", "huge",
-                 "pixels", "corrupt-frame", "metas-per-frame", "truncated-body", "old-protocol", "images-to-video"]
+VIDEO_BAD_IDS = ["fewer-frames", "more-declared", "not-rgb", "short-shape", "image-shape", "bool", "string", "size",
+                 "huge", "pixels", "corrupt-frame", "metas-per-frame", "truncated-body", "old-protocol",
+                 "images-to-video"]
 
 
 @pytest.mark.parametrize("body,status,message", _bad_video_requests(), ids=VIDEO_BAD_IDS)
@@ -374,14 +426,16 @@ def test_bad_video_requests_are_4xx_and_the_server_keeps_serving(video_server, b
     assert ok == 200 and len(answer["rewards"]) == 2
 
 
-def test_videos_to_an_image_scorer_and_old_clients_and_servers_are_clear_errors(server, scripted):
+@pytest.mark.parametrize("old", [1, 2])
+def test_videos_to_an_image_scorer_and_old_clients_and_servers_are_clear_errors(server, scripted, old):
     got, payload, _ = _raw(server, "POST", "/score", _video_body())
     assert got == 400 and "scores images [B, 3, H, W]; this request holds videos" in payload["error"]
     got, payload, _ = _raw(server, "POST", "/score", json.dumps(
-        {"protocol": 1, "images": encode_images(_images(1)), "metas": [{}]}).encode())  # a protocol-1 client
-    assert got == 400 and "protocol 1 is not supported: this server speaks protocol 2" in payload["error"]
-    with pytest.raises(RemoteRewardError, match="the server speaks protocol 1 .* this client protocol 2"):
-        _Scripted.protocol = 1  # an older server
+        {"protocol": old, "images": encode_images(_images(1)), "metas": [{}]}).encode())  # an older client
+    assert got == 400 and f"protocol {old} is not supported: this server speaks protocol 3" in payload["error"]
+    assert "protocol 3 non-finite scores as null" in payload["error"]
+    with pytest.raises(RemoteRewardError, match=f"the server speaks protocol {old} .* this client protocol 3"):
+        _Scripted.protocol = old  # an older server
         try:
             RemoteReward(f"http://127.0.0.1:{scripted.server_address[1]}", retries=0)
         finally:

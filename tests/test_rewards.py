@@ -48,11 +48,11 @@ def test_pickscore_reward_is_scaled_cosine_of_clip_embeddings(tmp_path):
     from dgpo.testing.random_pipelines import clip_tokenizer
 
     tok = clip_tokenizer()
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                      num_attention_heads=4, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                                      pad_token_id=tok.eos_token_id),
-                     vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                                        image_size=32, patch_size=8), projection_dim=16)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37,
+                                      num_hidden_layers=1, num_attention_heads=4, eos_token_id=tok.eos_token_id,
+                                      bos_token_id=tok.bos_token_id, pad_token_id=tok.eos_token_id),
+                     vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                        num_attention_heads=4, image_size=32, patch_size=8), projection_dim=16)
     torch.manual_seed(0)
     CLIPModel(cfg).save_pretrained(tmp_path / "clip")
     proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32), tokenizer=tok)

@@ -347,7 +347,8 @@ def test_fp8_errors_name_the_key(sd3, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
     assert "A100-SXM4-80GB has 8.0" in speed.fp8_device_error(torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert speed.fp8_device_error(torch.device("cuda", 0)) is None and speed.fp8_device_error(torch.device("cpu")) is None
+    assert speed.fp8_device_error(torch.device("cuda", 0)) is None
+    assert speed.fp8_device_error(torch.device("cpu")) is None
     m.repeated_blocks = ["NoSuchBlock"]
     with pytest.raises(ConfigError, match=r"no module of class \['NoSuchBlock'\]"):
         speed.use_fp8(m, pol, "rowwise")
@@ -400,8 +401,9 @@ def test_fp8_trains_flux_sana_and_qwenimage_like_exact(fp8_pipes, tmp_path, kind
     for fp8 in ("none", "rowwise"):
         cfg = load_config(None, [f"model.kind={kind}", f"model.path={fp8_pipes[kind]}", "model.resolution=64",
                                  "model.max_sequence_length=16", f"run.out_dir={tmp_path / fp8}", "run.epochs=1",
-                                 "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false", "run.log_with=none",
-                                 "train.prompts_per_epoch=2", "train.group_size=2", "train.batch_size=4",
+                                 "run.sample_every=0", "run.save_every=0", "run.eval_at_ends=false",
+                                 "run.log_with=none", "train.prompts_per_epoch=2", "train.group_size=2",
+                                 "train.batch_size=4",
                                  "train.lora_rank=4", "train.lora_alpha=8", "train.lr=1e-3", "sampler.steps=3",
                                  "timesteps.trunc_steps=1", "timesteps.count=1", "reward.name=colorfulness",
                                  f"train.fp8={fp8}"])

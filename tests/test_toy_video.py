@@ -11,7 +11,7 @@ import torch
 from dgpo.data.prompts import check_row, load_prompts
 from dgpo.toy import video_grammar as vg
 from dgpo.toy.grammar import HELDOUT_BINDINGS, SHAPES
-from dgpo.toy.render import CANVAS, PALETTE
+from dgpo.toy.render import CANVAS
 from dgpo.toy.scorer import detect
 from dgpo.toy.video_render import FRAMES, draw, plan, render_clip
 from dgpo.toy.video_scorer import direction_checks, relative_checks, score_clip, track
@@ -91,7 +91,7 @@ def test_renderer_clips_shape_range_determinism_and_constant_motion():
         assert np.array_equal(clip, render_clip(m, random.Random(3)))
         objs = plan(m, random.Random(3))
         assert len(objs) == sum(o["count"] for o in m["include"])
-        for shape, color, s, x, y, vx, vy in objs:
+        for _shape, _color, s, x, y, vx, vy in objs:
             assert abs(vx) + abs(vy) in ((0,) if m["motion"] == ["still"] else (1, 2))
             for f in (0, FRAMES - 1):  # inside the canvas in every frame
                 assert 0 <= x + vx * f <= CANVAS - s and 0 <= y + vy * f <= CANVAS - s

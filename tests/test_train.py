@@ -76,7 +76,8 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_toy, tmp_path):
 
 
 @pytest.mark.parametrize("window,precision,kind", [(0, "no", "sde"), (2, "no", "cps"), *(
-    pytest.param(*case, marks=pytest.mark.slow) for case in ((2, "no", "sde"), (0, "bf16", "sde"), (2, "bf16", "cps")))])
+    pytest.param(*case, marks=pytest.mark.slow)
+    for case in ((2, "no", "sde"), (0, "bf16", "sde"), (2, "bf16", "cps")))])
 def test_flow_grpo_reevaluating_the_rollout_is_on_policy(tiny_toy, tmp_path, window, precision, kind):
     """Before any update the training forward reproduces the rollout's log-probs (ratio 1), in bf16
     too: both CFG branches in one autocast forward, as the rollout and the official compute_log_prob

@@ -58,8 +58,9 @@ def test_check_modality_names_the_reward_the_model_and_the_fix():
     check_modality(brightness, "image", "reward.name")  # images on an image model: fine
     check_modality(FrameReward(brightness), "video", "reward.name")
     check_modality(brightness, modality_of(ImageModel()), "x")
-    with pytest.raises(InputError, match=r"reward.name: the reward brightness scores images \[B, 3, H, W\] but the "
-                                         r"model is a video model .*reward.frames=all.*video_ocr, temporal_consistency"):
+    with pytest.raises(InputError, match=r"reward.name: the reward brightness scores images \[B, 3, H, W\] but "
+                                         r"the model is a video model .*reward.frames=all.*video_ocr, "
+                                         r"temporal_consistency"):
         check_modality(brightness, modality_of(VideoModel()), "reward.name")
     with pytest.raises(InputError, match=r"dgpo eval: the reward brightness on frames scores videos "
                                          r"\[B, F, 3, H, W\] but the model is an image model"):
@@ -126,7 +127,8 @@ def test_reward_frames_config_wraps_every_image_reward_and_its_rules(tmp_path):
     expected = torch.stack([colorful(videos[:, k], [{}, {}]) for k in (0, 3, 6)]).min(0).values
     assert torch.allclose(parts["colorfulness"], expected)
     single = build_reward_from_config(load_config("", ["reward.name=colorfulness", "reward.frames=first"]).reward)
-    assert isinstance(single, FrameReward) and torch.allclose(single(videos, [{}, {}]), colorful(videos[:, 0], [{}, {}]))
+    assert isinstance(single, FrameReward)
+    assert torch.allclose(single(videos, [{}, {}]), colorful(videos[:, 0], [{}, {}]))
     plain = build_reward_from_config(load_config("", ["reward.name=colorfulness"]).reward)
     assert modality_of(plain) == "image"  # frames=none: as it is
     # your own reward from Python is wrapped too

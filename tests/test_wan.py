@@ -88,8 +88,8 @@ def test_wan22_routes_each_sample_to_its_expert_and_guides_it_with_its_scale(wan
     with torch.no_grad():
         v = m.velocity(x, t, cond)
         for i, expert in ((0, m.pipe.transformer), (1, m.pipe.transformer_2), (2, m.pipe.transformer)):
-            alone = expert(hidden_states=x[i : i + 1], timestep=t[i : i + 1], encoder_hidden_states=cond["embeds"][i : i + 1],
-                           return_dict=False)[0]
+            alone = expert(hidden_states=x[i : i + 1], timestep=t[i : i + 1],
+                           encoder_hidden_states=cond["embeds"][i : i + 1], return_dict=False)[0]
             assert torch.allclose(v[i : i + 1], alone, atol=1e-6, rtol=0), i
     assert m.cfg_scales(t, 4.5).tolist() == [4.5, 2.0, 4.5]
     plain = _adapter("2.2", wan["2.2"])  # guidance_scale_2 unset: the pipeline's default, guidance_scale for both

@@ -37,8 +37,9 @@ def build_flux(folder: Path, guidance: bool = True) -> Path:
     sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                             base_image_seq_len=256, max_image_seq_len=4096)
     tok2 = t5_tokenizer()
-    pipe = FluxPipeline(transformer=tr, scheduler=sched, vae=kl_vae(4, 1), text_encoder=clip_encoder(clip_tokenizer(), False, 2),
-                        tokenizer=clip_tokenizer(), text_encoder_2=t5_encoder(tok2, 32, 3), tokenizer_2=tok2)
+    pipe = FluxPipeline(transformer=tr, scheduler=sched, vae=kl_vae(4, 1),
+                        text_encoder=clip_encoder(clip_tokenizer(), False, 2), tokenizer=clip_tokenizer(),
+                        text_encoder_2=t5_encoder(tok2, 32, 3), tokenizer_2=tok2)
     pipe.save_pretrained(folder)
     return folder
 

@@ -28,8 +28,8 @@ def _marker_check(marker: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- run directories
-RUN_FILES = ["config.yaml", "checkpoints/step_000001/ema_slow.safetensors", "checkpoints/step_000001/policy.safetensors",
-             "checkpoints", "checkpoints/step_000001"]
+RUN_FILES = ["config.yaml", "checkpoints/step_000001/ema_slow.safetensors",
+             "checkpoints/step_000001/policy.safetensors", "checkpoints", "checkpoints/step_000001"]
 CONFIG_EDITS = [("model", "path", "/nonexistent"), ("train", "lora_rank", 8), ("train", "lora_rank", 0),
                 ("train", "lora_targets", "to_q"), ("model", "kind", "sd3"), ("train", "lora_alpha", -1.0)]
 
@@ -41,7 +41,8 @@ def _setup_runs(folder: Path):
 
 def _run_strategy(state):
     edit = st.tuples(st.just("config_edit"), st.one_of(st.sampled_from(CONFIG_EDITS), st.tuples(
-        st.sampled_from(["model", "train", "run"]), st.sampled_from(["path", "lora_rank", "seed", "kind"]), json_values)))
+        st.sampled_from(["model", "train", "run"]), st.sampled_from(["path", "lora_rank", "seed", "kind"]),
+        json_values)))
     ops = st.lists(st.one_of(damage_op(RUN_FILES, RUN_FILES[1:3], []), edit), max_size=3)
     return st.tuples(ops, st.booleans(), st.sampled_from(["ema_slow", "policy"]), st.sampled_from(["", "named"]))
 
@@ -125,8 +126,7 @@ def _setup_diffusers(folder: Path):
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    from dgpo.training.export import load_any
-    from dgpo.training.export import LORA_FILE, lora_state_dict
+    from dgpo.training.export import LORA_FILE, load_any, lora_state_dict
     from dgpo.training.policy import Policy
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,8 @@ def _setup_diffusers(folder: Path):
 
 
 def _diffusers_strategy(state):
-    name = st.sampled_from(["", "", "pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin", "missing.safetensors"])
+    name = st.sampled_from(["", "", "pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin",
+                            "missing.safetensors"])
     plant = st.tuples(st.just("pickle"), st.booleans())
     files = ["pytorch_lora_weights.safetensors"]
     return st.tuples(st.lists(st.one_of(damage_op(files, files, []), plant), max_size=3), name)

@@ -158,10 +158,9 @@ def fuzz(cases: int, seed_value: int = 0, timeout_s: float = 5.0, names: list[st
          per_target: int | None = None) -> dict:
     """Run the targets (all by default) for about ``cases`` cases in all, or ``per_target`` each."""
     import logging
+    import warnings
 
     import hypothesis
-
-    import warnings
 
     logging.disable(logging.CRITICAL)  # the loaders' and the server's own logs would drown the report
     warnings.filterwarnings("ignore")

@@ -1,6 +1,6 @@
 """Fuzz targets for the reward server: request bodies parsed and scored in-process (``server_requests``),
 and whole HTTP requests over a socket to a running server (``server_http``). Bodies hold images or videos
-(protocol 2: ``shape`` [B, F, 3, H, W] and B * F frame PNGs), valid, with a shape the PNGs do not fill,
+(since protocol 2: ``shape`` [B, F, 3, H, W] and B * F frame PNGs), valid, with a shape the PNGs do not fill,
 damaged, or of the wrong kind for the scorer (two image scorers, two video scorers: image rewards on
 frames). The answer must be a 200
 with finite rewards, or a 4xx (501 for an unknown method) with a JSON ``error`` message; a 500, a
@@ -76,12 +76,14 @@ def _frame_pool() -> list[str]:
 
 
 def _body_strategy(state):
+    from dgpo.rewards.wire import PROTOCOL
+
     image = st.one_of(st.sampled_from(state.pool[:1]), st.sampled_from(state.pool), scalar_json())
     meta = st.one_of(st.sampled_from(state.rows), st.tuples(st.sampled_from(state.rows), json_mutation).map(
         lambda rm: _loads_or(mutate_json(rm[0], rm[1]), rm[0])), json_values, st.just({}))
     request = st.fixed_dictionaries(
-        {}, optional={"protocol": st.one_of(st.sampled_from([2, 2, 1]), json_values), "mode": st.one_of(st.sampled_from(["reward", "eval"]),
-                                                                                      json_values),
+        {}, optional={"protocol": st.one_of(st.sampled_from([PROTOCOL, PROTOCOL, PROTOCOL - 1, 1]), json_values),
+                      "mode": st.one_of(st.sampled_from(["reward", "eval"]), json_values),
                       "images": st.one_of(st.lists(image, max_size=7), json_values),
                       "metas": st.one_of(st.lists(meta, max_size=7), json_values), "extra": json_values})
     rendered = st.tuples(request, st.booleans()).map(_encode)
@@ -90,7 +92,7 @@ def _body_strategy(state):
         lambda p: json.dumps({"images": [i for i, _ in p[0]], "metas": [m for _, m in p[0]], "mode": p[1]}).encode())
     raw = st.one_of(st.binary(max_size=300), st.sampled_from([
         deep(100_000).encode(), b'{"images": [' + b"[" * 50_000, b'{"images": 1' + b"0" * 5000 + b"}", b"NaN",
-        b'{"images": ["x"], "metas": [{"prompt": Infinity}]}', "{\"a\": \"\\ud800\"}".encode(), b"\xff\xfe{}",
+        b'{"images": ["x"], "metas": [{"prompt": Infinity}]}', b"{\"a\": \"\\ud800\"}", b"\xff\xfe{}",
         json.dumps({"images": ["A" * 900_000], "metas": [{}]}).encode()]))
     mutated = st.tuples(paired, st.sampled_from(["cut", "flip", "utf16"]), st.floats(0, 1)).map(_damage)
     videos = _video_strategy(state)
@@ -98,13 +100,14 @@ def _body_strategy(state):
     return st.one_of(paired, paired, rendered, rendered, raw, mutated, videos, videos, damaged)
 
 
-DAMAGE = ["bad_frame", "fewer", "big_frame", "huge", "giant", "more", "frames+1", "as_images", "size", "absent", "rgba", "zero",
-          "bool", "float", "string", "nested", "short"]
+DAMAGE = ["bad_frame", "fewer", "big_frame", "huge", "giant", "more", "frames+1", "as_images", "size", "absent", "rgba",
+          "zero", "bool", "float", "string", "nested", "short"]
 
 
 def _video_strategy(state):
     """Video requests: B videos of F frames sent as B * F PNGs with a declared ``shape``, the shape or the
     frames sometimes damaged (fewer or more frames than declared, a wrong axis, a junk value)."""
+    from dgpo.rewards.wire import PROTOCOL
 
     @st.composite
     def body(draw):
@@ -121,13 +124,14 @@ def _video_strategy(state):
         else:
             shape = {"exact": shape, "frames+1": [b, f + 1, 3, 16, 16], "absent": None, "as_images": [b * f, 3, 16, 16],
                      "size": [b, f, 3, 16, 17], "rgba": [b, f, 4, 16, 16], "zero": [b, 0, 3, 16, 16],
-                     "bool": [b, True, 3, 16, 16], "huge": [b, 10**40, 3, 16, 16], "giant": [b, f, 3, 10**4000, 10**4000], "float": [b, f + 0.0, 3, 16, 16],
+                     "bool": [b, True, 3, 16, 16], "huge": [b, 10**40, 3, 16, 16],
+                     "giant": [b, f, 3, 10**4000, 10**4000], "float": [b, f + 0.0, 3, 16, 16],
                      "string": f"{b}x{f}", "nested": [[b], f, 3, 16, 16], "short": [f, 3, 16]}[how]
         rows = [draw(st.sampled_from(state.rows)) for _ in range(b)]
         if draw(st.integers(0, 9)) == 0:
             rows = rows * f  # one row per frame instead of one per video
-        req = {"protocol": draw(st.sampled_from([2] * 5 + [1])), "mode": draw(st.sampled_from(["reward", "eval"])),
-               "images": images, "metas": rows}
+        req = {"protocol": draw(st.sampled_from([PROTOCOL] * 5 + [PROTOCOL - 1, 1])),
+               "mode": draw(st.sampled_from(["reward", "eval"])), "images": images, "metas": rows}
         if shape is not None:
             req["shape"] = shape
         return json.dumps(req).encode()
@@ -202,7 +206,8 @@ def _teardown_http(state) -> None:
 def _http_strategy(state):
     text = st.text(max_size=20)
     method = st.one_of(st.sampled_from(["POST"] * 4 + ["GET", "PUT", "HEAD", "DELETE", "OPTIONS", "BREW"]), text)
-    path = st.one_of(st.sampled_from(["/score"] * 4 + ["/health", "/", "/score?x=1", "//score", "/x" * 3000, "*"]), text)
+    path = st.one_of(st.sampled_from(["/score"] * 4 + ["/health", "/", "/score?x=1", "//score", "/x" * 3000, "*"]),
+                     text)
     version = st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/9", "", "FOO"])
     auth = st.sampled_from([f"Bearer {TOKEN}"] * 4 + ["", "Bearer", "Bearer wrong", f"bearer  {TOKEN} ", "Basic Zm9v",
                                                       f"Bearer {TOKEN}\u00e9"])
@@ -260,7 +265,8 @@ def _run_http(state, case):
 
 
 TARGETS_SERVER = {
-    "server_requests": SimpleNamespace(name="server_requests", setup=_setup, strategy=_body_strategy, run=_run_requests),
+    "server_requests": SimpleNamespace(name="server_requests", setup=_setup, strategy=_body_strategy,
+                                       run=_run_requests),
     "server_http": SimpleNamespace(name="server_http", setup=_setup_http, strategy=_http_strategy, run=_run_http,
                                    teardown=_teardown_http),
 }

@@ -45,7 +45,8 @@ raw_json_lines = st.one_of(
 # ---------------------------------------------------------------------------- mutations of JSON docs
 json_mutation = st.one_of(
     st.tuples(st.just("set"), st.integers(0, 10**6), json_values),
-    st.tuples(st.just("set"), st.integers(0, 10**6), st.sampled_from([HUGE_INT, -1, 0, 2**64, 1e30, "1", [], {}, None])),
+    st.tuples(st.just("set"), st.integers(0, 10**6),
+              st.sampled_from([HUGE_INT, -1, 0, 2**64, 1e30, "1", [], {}, None])),
     st.tuples(st.just("delete"), st.integers(0, 10**6)),
     st.tuples(st.just("whole"), json_values),
     st.tuples(st.just("raw"), raw_json_lines),

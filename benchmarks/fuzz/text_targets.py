@@ -17,8 +17,16 @@ from types import SimpleNamespace
 import yaml
 from hypothesis import strategies as st
 
-from benchmarks.fuzz.strategies import (MARKER_NAME, deep, json_mutation, json_text, json_values, mutate_json,
-                                       raw_json_lines, yaml_payloads)
+from benchmarks.fuzz.strategies import (
+    MARKER_NAME,
+    deep,
+    json_mutation,
+    json_text,
+    json_values,
+    mutate_json,
+    raw_json_lines,
+    yaml_payloads,
+)
 from benchmarks.fuzz.strategies import scalars as scalar_values
 
 
@@ -51,13 +59,13 @@ def _yaml_snippets(marker: str) -> list[str]:
 def _config_strategy(state):
     opts = state.options
     value = st.one_of(scalar_values, json_values, st.sampled_from(_literals()), st.sampled_from(state.snippet_values))
-    section = st.dictionaries(st.one_of(st.sampled_from(sorted({k for v in opts.values() for k in v})), st.text(max_size=8)),
-                              value, max_size=6)
+    keys = st.one_of(st.sampled_from(sorted({k for v in opts.values() for k in v})), st.text(max_size=8))
+    section = st.dictionaries(keys, value, max_size=6)
     doc = st.dictionaries(st.one_of(st.sampled_from(list(opts)), st.text(max_size=8), st.integers()),
                           st.one_of(section, value), max_size=5)
     structured = st.tuples(st.just("doc"), doc, st.booleans())
-    snippet = st.tuples(st.just("snippet"), st.sampled_from(list(opts)), st.sampled_from(sorted(opts["train"] + opts["run"])),
-                        st.sampled_from(state.snippets))
+    snippet = st.tuples(st.just("snippet"), st.sampled_from(list(opts)),
+                        st.sampled_from(sorted(opts["train"] + opts["run"])), st.sampled_from(state.snippets))
     laughs = st.tuples(st.just("laughs"), st.sampled_from(["train: {lr: LAUGHS}", "reward: {weights: LAUGHS}",
                                                           "reward: {name: LAUGHS}", "run: LAUGHS"]))
     raw = st.tuples(st.just("bytes"), st.one_of(st.binary(max_size=400), st.sampled_from(

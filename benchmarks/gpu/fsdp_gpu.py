@@ -69,7 +69,8 @@ def config(run_dir: Path, a, epochs: int = 2):
         f"run.out_dir={run_dir}", f"run.epochs={epochs}", "run.sample_every=0", "run.save_every=1",
         "run.eval_at_ends=false", "reward.name=colorfulness", "train.lora_rank=0", "train.lr=1e-5",
         "train.ema_every=1", "train.prompts_per_epoch=2", "train.group_size=4", "train.batch_size=4",
-        "sampler.steps=4", "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.kl_beta=0.02", "dgpo.switch_ema_ref=0", *a.overrides])
+        "sampler.steps=4", "timesteps.trunc_steps=2", "timesteps.count=2", "dgpo.kl_beta=0.02", "dgpo.switch_ema_ref=0",
+        *a.overrides])
 
 
 def train(run_dir: Path, a, resume: bool = False) -> Trainer:

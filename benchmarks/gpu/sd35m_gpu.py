@@ -15,8 +15,8 @@ state), ``dgpo_bf16_compile`` (and ``train.compile``), ``dgpo_fp8_compile``
 (tensorwise scales), ``dgpo_fp32_compile`` (compile alone), ``dgpo_fp8`` (FP8 alone, eager, bf16
 weights); ``_rb`` adds ``train.reference_batch_size`` = all 4 timesteps x B: one reference and one
 EMA-'old' forward of 64 samples per iteration instead of 4 of 16 (``dgpo_bf16_compile_rb``: every exact
-option; its ``calls`` time the reference forward at both sizes). ``--compare`` runs them all, in an order that puts the ones that matter first (``--budget-s``
-skips the arms that would start after it).
+option; its ``calls`` time the reference forward at both sizes). ``--compare`` runs them all, in an order
+that puts the ones that matter first (``--budget-s`` skips the arms that would start after it).
 Loop overhead = 1 - (the arm's model calls timed alone, composed as its loop calls them) / its
 measured iteration: everything outside model calls (sampler, VAE, reward, loss, optimizer, EMAs).
 
@@ -132,13 +132,15 @@ def call_times(model, reference, old, autocast, B: int, reps: int, need_old: boo
         loss.backward()
         model.denoiser.zero_grad(set_to_none=True)
 
-    out = {"rollout_step_cfg": timed(rollout_step, reps), "frozen_batch": fb, "reference_fwd": timed(nograd(reference), reps),
+    out = {"rollout_step_cfg": timed(rollout_step, reps), "frozen_batch": fb,
+           "reference_fwd": timed(nograd(reference), reps),
            "old_fwd": timed(nograd(old), reps) if need_old else 0.0, "policy_fwd_bwd": timed(fwd_bwd, reps)}
     if fb != B:  # the same forwards at the micro-batch's size, for the ratio
         out["reference_fwd_at_B"] = timed(nograd(reference, B), reps)
         out["old_fwd_at_B"] = timed(nograd(old, B), reps) if need_old else 0.0
     frozen_calls = TRAIN_T * B / fb  # reference and 'old' forwards per iteration
-    out["composed_per_sample"] = (STEPS * out["rollout_step_cfg"] + frozen_calls * (out["reference_fwd"] + out["old_fwd"])
+    out["composed_per_sample"] = (STEPS * out["rollout_step_cfg"]
+                                  + frozen_calls * (out["reference_fwd"] + out["old_fwd"])
                                   + TRAIN_T * out["policy_fwd_bwd"]) / B
     return out
 
@@ -174,7 +176,7 @@ def run_official(algorithm, pipe, template, device, tiny, iters) -> dict:
 
         out["calls"] = call_times(model, tr.disable_adapter, contextmanager(ema_swap), lambda: loop.autocast,
                                   B, 2 if tiny else 3)
-    del loop, tr, model
+    loop = tr = model = None  # the arm's GPU memory goes (rebound, not del: ema_swap closes over loop)
     pipe.transformer = template  # drop the arm's copy (the template stays on the CPU)
     return out
 
@@ -186,12 +188,13 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path |
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [
             "model.kind=sd3", f"model.resolution={S['res']}", f"model.max_sequence_length={S['tokens']}",
-            f"train.mixed_precision={'bf16' if cuda else 'no'}", f"train.compile={'compile' in arm}", f"train.fp8={fp8}",
-            f"train.reference_batch_size={frozen_B}",
+            f"train.mixed_precision={'bf16' if cuda else 'no'}", f"train.compile={'compile' in arm}",
+            f"train.fp8={fp8}", f"train.reference_batch_size={frozen_B}",
             f"run.out_dir={tmp}", f"run.epochs={epochs}", "run.sample_every=0", "run.save_every=0",
             "run.eval_at_ends=false", "run.log_with=none", "sampler.shift=3.0", "sampler.method=dpm",
             f"sampler.steps={STEPS}", "sampler.cfg_scale=4.5", "reward.name=colorfulness", "train.lora_rank=64",
-            "train.lora_alpha=128", "train.lr=3e-4", f"train.prompts_per_epoch={PROMPTS}", f"train.group_size={S['group']}",
+            "train.lora_alpha=128", "train.lr=3e-4", f"train.prompts_per_epoch={PROMPTS}",
+            f"train.group_size={S['group']}",
             f"train.batch_size={PROMPTS * S['group']}", "train.sampling_batches=1", f"timesteps.count={TRAIN_T}",
             "dgpo.kl_beta=0.02", "dgpo.kl_cfg=1.0", "dgpo.clip_range=0.01", "dgpo.switch_ema_ref=500"])
         model = fresh_model(pipe, template, torch.bfloat16 if bf16 and cuda else torch.float32, device, cfg.model)
@@ -310,7 +313,8 @@ def main() -> None:
     arms = a.arms.split(",") if a.arms else list(ARMS) if a.compare else eager if a.tiny else list(DEFAULT_ARMS)
     bad = [p for p in a.profile.split(",") if p and (p not in ARMS + EXTRA_ARMS or p.startswith("official"))]
     if bad:
-        raise SystemExit(f"--profile: {bad} are not dgpo arms; allowed: {', '.join(x for x in ARMS if x.startswith('dgpo'))}")
+        raise SystemExit(f"--profile: {bad} are not dgpo arms; allowed: "
+                         f"{', '.join(x for x in ARMS if x.startswith('dgpo'))}")
     for arm in arms:
         if arm not in ARMS + EXTRA_ARMS:
             raise SystemExit(f"unknown arm {arm!r}; allowed: {', '.join(ARMS + EXTRA_ARMS)}")

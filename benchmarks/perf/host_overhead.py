@@ -130,10 +130,10 @@ def compiled_forwards(reps: int) -> dict:
     DGPO epoch of warm-up, each kind of call the best of two rounds."""
     import tempfile
 
-    import benchmarks.gpu.sd35m_gpu as bench
-
     from dgpo.config import load_config
     from dgpo.training.trainer import Trainer
+
+    import benchmarks.gpu.sd35m_gpu as bench
 
     bench.S = {**bench.TINY, "transformer": {**bench.TINY_SD3, "num_layers": 24,
                                              "dual_attention_layers": list(range(13))}}

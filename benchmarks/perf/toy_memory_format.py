@@ -36,7 +36,8 @@ def main() -> None:
     x, t = torch.randn(a.batch, 3, 32, 32), torch.rand(a.batch)
     nets = {"contiguous": load_toy(), "channels_last": load_toy().to(memory_format=torch.channels_last)}
     with torch.no_grad():
-        text = nets["contiguous"].text_encoder(tokenize(["a photo of a red circle left of a blue square"] * a.batch, 16))
+        prompts = ["a photo of a red circle left of a blue square"] * a.batch
+        text = nets["contiguous"].text_encoder(tokenize(prompts, 16))
     result: dict = {"batch": a.batch, "torch_threads": torch.get_num_threads(),
                     "machine": platform.processor() or platform.machine()}
     outs = {}

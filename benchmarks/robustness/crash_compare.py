@@ -79,7 +79,8 @@ def compare(ref: Path, run: Path) -> list[str]:
     pngs = sorted(p.relative_to(ref).as_posix() for p in [*ref.glob("samples/*.png"), *ref.glob("plots/*.png")])
     if pngs != sorted(p.relative_to(run).as_posix() for p in [*run.glob("samples/*.png"), *run.glob("plots/*.png")]):
         diffs.append("PNG files (samples/, plots/) differ in names")
-    diffs += [f"{p}: bytes differ" for p in pngs if (run / p).is_file() and (ref / p).read_bytes() != (run / p).read_bytes()]
+    diffs += [f"{p}: bytes differ" for p in pngs
+              if (run / p).is_file() and (ref / p).read_bytes() != (run / p).read_bytes()]
     sa, _ = tensorboard_scalars(ref / "tb")
     sb, dup = tensorboard_scalars(run / "tb")
     diffs += [f"TensorBoard tag {t}: a step shown twice" for t in dup]

@@ -8,10 +8,10 @@ Each launch is ``python -m dgpo.cli train`` (``--resume`` once a checkpoint exis
 random delay, as soon as its n-th checkpoint write starts, or a random moment into its n-th periodic or
 its final eval; where the kill landed is read from what the process left (a ``.tmp``/``.trash``
 checkpoint folder, else its last progress line). After the second kill of each run the newest checkpoint
-gets a flipped byte (if there are two): the resume must skip it. A finished run is compared with the uninterrupted one: the retained
-checkpoints (tensors with ``torch.equal``, optimizer.json, state.json), metrics.jsonl, evals.jsonl,
-summary.json, TensorBoard scalars (one value per tag and step), grids and plots (PNG bytes), wall-clock
-fields aside; no torn line or leftover folder may remain.
+gets a flipped byte (if there are two): the resume must skip it. A finished run is compared with the
+uninterrupted one: the retained checkpoints (tensors with ``torch.equal``, optimizer.json, state.json),
+metrics.jsonl, evals.jsonl, summary.json, TensorBoard scalars (one value per tag and step), grids and plots
+(PNG bytes), wall-clock fields aside; no torn line or leftover folder may remain.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 from dgpo.testing.toy import tiny_toy_checkpoint
+
 from benchmarks.robustness.crash_compare import compare
 
 TOY = ["run.epochs={epochs}", "run.save_every=1", "run.eval_every=2", "run.sample_every=2",

@@ -86,6 +86,7 @@ def _proc_one(pid: int) -> tuple[float, float]:
 
 def measure(pid: int) -> dict | None:
     """RSS (MB) and CPU seconds of ``pid`` and all its descendants; None once it is gone."""
+    gone = (OSError, ValueError) if psutil is None else (psutil.Error, OSError)  # what a vanished process raises
     try:
         if psutil is not None:
             root = psutil.Process(pid)
@@ -95,7 +96,7 @@ def measure(pid: int) -> dict | None:
         else:
             procs = [pid, *_proc_children(pid)]
             rss, cpu = map(sum, zip(*(_proc_one(p) for p in procs)))
-    except (OSError, ValueError) if psutil is None else (psutil.Error, OSError):
+    except gone:
         return None
     if rss <= 0:  # a zombie: exited, not yet reaped
         return None

@@ -153,7 +153,8 @@ def epoch_stats(epochs: list[dict], segs: list[dict], t0: float, drift_bound: fl
              "wall_delta_s": _drift(wall[keep], hours[keep])}
     for key, verdict in (("phases_s", "within_bound"), ("cpu_s", "cpu_within_bound")):
         if stats[key]:
-            stats[verdict] = bool(stats[key]["drift"] < drift_bound)  # a slowdown fails; a speed-up (less contention) does not
+            # a slowdown fails; a speed-up (less contention) does not
+            stats[verdict] = bool(stats[key]["drift"] < drift_bound)
     return stats, {"epoch": np.array([e["epoch"] for e in epochs]), "secs": secs, "cpu": cpu, "warm": warm}
 
 

@@ -60,7 +60,8 @@ def main() -> None:
             test.write_text("".join(json.dumps(m) + "\n" for m in load_prompts("toy:test")))
             for name, prompts in (("held_out", "toy:train"), ("in_distribution", str(test))):
                 runs[name] = rl_run(name, prompts, a.steps, [f"model.path={a.model}", *a.overrides], Path(tmp))
-        print(markdown_table({"before": runs["held_out"]["before"], **{f"after ({k})": r["after"] for k, r in runs.items()}}))
+        after = {f"after ({k})": r["after"] for k, r in runs.items()}
+        print(markdown_table({"before": runs["held_out"]["before"], **after}))
         result.update(rl=runs, overrides=a.overrides)
     write_result(result, a.out)
 

@@ -119,7 +119,8 @@ def group_weights(
         for g in group_ids.unique():
             m = group_ids == g
             vals = r[m]
-            raw[m] = (vals[:, None] > vals[None]).double().sum(1) + 0.5 * ((vals[:, None] == vals[None]).double().sum(1) - 1)
+            raw[m] = ((vals[:, None] > vals[None]).double().sum(1)
+                      + 0.5 * ((vals[:, None] == vals[None]).double().sum(1) - 1))
     elif mode == "softmax":
         k = int(group_ids.max()) + 1
         z = r / temperature

@@ -20,10 +20,27 @@ import torch
 
 # the arm table and the statistics live below this module (the report reads them too); their names
 # stay importable from here
-from dgpo.bench_arms import (ARMS, BUDGET_SCALE, COMPARISONS, FLOW_GRPO_OFFICIAL, LABEL,  # noqa: F401
-                             NFT_OFFICIAL, QUICK_ARMS, SLOW_ARMS, SUITE_ARMS)  # noqa: F401
-from dgpo.bench_stats import (compare, curve_at, late_scores, mean_curve, speed_ratio,  # noqa: F401
-                              summary_row, time_to_reach, upto)  # noqa: F401
+from dgpo.bench_arms import (  # noqa: F401
+    ARMS,
+    BUDGET_SCALE,
+    COMPARISONS,
+    FLOW_GRPO_OFFICIAL,
+    LABEL,
+    NFT_OFFICIAL,
+    QUICK_ARMS,
+    SLOW_ARMS,
+    SUITE_ARMS,
+)
+from dgpo.bench_stats import (  # noqa: F401
+    compare,
+    curve_at,
+    late_scores,
+    mean_curve,
+    speed_ratio,
+    summary_row,
+    time_to_reach,
+    upto,
+)
 from dgpo.config import load_config
 from dgpo.errors import InputError
 

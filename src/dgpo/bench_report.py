@@ -143,7 +143,8 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
              "sampler CFG: 4.5, or 1 where an arm sets sampler.cfg_scale=1.0); "
              f"{_threads(results)}. {_longer(spec)}"
              + _overrides(results) +
-             "Columns: start/final/late/best overall (mean over seeds; final +- std; late: the mean of the evals in the last third of the budget), optimizer steps and images "
+             "Columns: start/final/late/best overall (mean over seeds; final +- std; late: the mean of the evals in "
+             "the last third of the budget), optimizer steps and images "
              "in the budget, sharpness (mean |Laplacian|, blur lowers it) and off-palette pixel share "
              "(artifacts) of the final eval images.")
     how = ("Ratio = training time (or images) Flow-GRPO's seed-mean curve needs to reach a level / what DGPO's "
@@ -171,7 +172,8 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
         for arm in present:
             r = summary_row(arm, results[arm], spec.budget_s)
             lines.append(f"| {LABEL.get(arm, arm)} | {r['n']} | {r['start']:.3f} | {r['final']:.3f} +- "
-                         f"{r['final_std']:.3f} | {r['late']:.3f} | {r['best']:.3f} | {r['steps']:.0f} | {r['images']:.0f} | "
+                         f"{r['final_std']:.3f} | {r['late']:.3f} | {r['best']:.3f} | {r['steps']:.0f} | "
+                         f"{r['images']:.0f} | "
                          f"{r['sharpness']:.3f} | {r['off_palette']:.4f} |")
         lines += ["", *_conclusions(present, results, spec.budget_s), ""]
     (out / "report.md").write_text("\n".join(lines))

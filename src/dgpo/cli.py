@@ -187,9 +187,10 @@ def cmd_eval_protocol(a) -> None:
         compare_official(a.out, a.official_results)
         print((Path(a.out) / "compare.md").read_text(), end="")
         return
-    settings = EvalSettings(steps=a.steps or 40, cfg_scale=a.cfg_scale, shift=a.shift or 0.0, method=a.method or "euler",
-                            seed=a.seed, batch_size=a.batch_size or 8, images_per_prompt=a.images_per_prompt or 0,
-                            max_prompts=a.max_prompts, rewards=tuple(r.strip() for r in a.rewards.split(",") if r.strip()))
+    rewards = tuple(r.strip() for r in a.rewards.split(",") if r.strip())
+    settings = EvalSettings(steps=a.steps or 40, cfg_scale=a.cfg_scale, shift=a.shift or 0.0,
+                            method=a.method or "euler", seed=a.seed, batch_size=a.batch_size or 8,
+                            images_per_prompt=a.images_per_prompt or 0, max_prompts=a.max_prompts, rewards=rewards)
     paths = RewardPaths(a.detector, a.clip, a.pickscore_model, a.pickscore_processor, a.partial,
                         a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.aesthetic, a.hps, a.imagereward,
                         a.judge_url, a.judge_model, a.judge_token_env)
@@ -286,7 +287,8 @@ def _read_token(path: str) -> str:
 
     p = user_path(path, "--token-file")
     if not p.is_file():
-        raise MissingPathError(f"--token-file {path!r}: no such file; write the token into it or set $DGPO_REWARD_TOKEN")
+        raise MissingPathError(f"--token-file {path!r}: no such file; write the token into it or set "
+                               "$DGPO_REWARD_TOKEN")
     return read_utf8(p).strip()
 
 

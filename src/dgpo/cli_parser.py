@@ -21,7 +21,8 @@ from dgpo.models.families import MODEL_KINDS
 def _sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=integer(1, 1000), default=10, help="ODE steps (default 10)")
     p.add_argument("--cfg-scale", type=number(0, 100), default=4.5, help="CFG scale (default 4.5)")
-    p.add_argument("--shift", type=number(0, 100), default=0.0, help="time shift (default 0: the model's own; toy 1, SD3 3)")
+    p.add_argument("--shift", type=number(0, 100), default=0.0, help="time shift (default 0: the model's own; toy 1, "
+                                                                     "SD3 3)")
     p.add_argument("--method", choices=["dpm", "euler"], default="dpm")
 
 
@@ -39,9 +40,12 @@ def _export_and_bench_args(sub) -> None:
     be.add_argument("--out", default="runs/bench", help="output folder (rerun to resume: finished runs are kept)")
     be.add_argument("--arms", default="", help="comma-separated arms (default: the suite; see --list for every arm)")
     be.add_argument("--seeds", type=integer(1, 1000), default=None, help="seeds per arm (default 3; quick 1)")
-    be.add_argument("--budget-s", type=number(0, above=True), default=None, help="training seconds per run (default 360; quick 60; Flow-GRPO 3x)")
-    be.add_argument("--eval-every-s", type=number(0, above=True), default=None, help="eval interval in training seconds (default 30; quick 30)")
-    be.add_argument("--eval-per-category", type=integer(1), default=None, help="eval prompts and at least as many images per category (40; quick 6)")
+    be.add_argument("--budget-s", type=number(0, above=True), default=None, help="training seconds per run (default "
+                                                                                 "360; quick 60; Flow-GRPO 3x)")
+    be.add_argument("--eval-every-s", type=number(0, above=True), default=None, help="eval interval in training "
+                                                                                     "seconds (default 30; quick 30)")
+    be.add_argument("--eval-per-category", type=integer(1), default=None, help="eval prompts and at least as many "
+                                                                               "images per category (40; quick 6)")
     be.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every arm (repeatable), e.g. --set train.batch_size=256 (not a key "
                     "the bench or a chosen arm sets); runs made with other overrides or on another device are rerun")
@@ -93,7 +97,8 @@ def _reward_args(sub) -> None:
     sv = rw_sub.add_parser("serve", help="serve one reward over HTTP (JSON + PNG) for `reward.name: remote`",
                            description="The bearer token comes from $DGPO_REWARD_TOKEN or --token-file; without "
                            "one only a loopback address is served.")
-    sv.add_argument("--reward", required=True, help="reward name, e.g. aesthetic, clipscore, hpsv2, imagereward, pickscore, geneval; "
+    sv.add_argument("--reward", required=True,
+                    help="reward name, e.g. aesthetic, clipscore, hpsv2, imagereward, pickscore, geneval; "
                     "video rewards (video_ocr, temporal_consistency) take videos")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)")
     sv.add_argument("--port", type=integer(0, 65535), default=8765)
@@ -106,9 +111,12 @@ def _reward_args(sub) -> None:
     sv.add_argument("--partial", choices=["corrected", "official"], default="corrected", help="as reward.partial")
     sv.add_argument("--batch-size", type=integer(1), default=32, help="images per scorer call (default 32)")
     sv.add_argument("--queue", type=integer(1), default=8, help="requests waiting for the GPU before 503 (default 8)")
-    sv.add_argument("--timeout-s", type=number(0, above=True), default=600.0, help="longest wait for the GPU before 504")
-    sv.add_argument("--read-timeout-s", type=number(0, above=True), default=120.0, help="longest wait for a request's body (408)")
-    sv.add_argument("--max-body-mb", type=number(0, 1 << 20, above=True), default=256.0, help="largest request body (413)")
+    sv.add_argument("--timeout-s", type=number(0, above=True), default=600.0,
+                    help="longest wait for the GPU before 504")
+    sv.add_argument("--read-timeout-s", type=number(0, above=True), default=120.0, help="longest wait for a request's "
+                                                                                        "body (408)")
+    sv.add_argument("--max-body-mb", type=number(0, 1 << 20, above=True), default=256.0, help="largest request body "
+                                                                                              "(413)")
     sv.add_argument("--max-items", type=integer(1), default=512, help="most images (or video frames) per request (413)")
     sv.add_argument("--max-pixels", type=integer(1), default=4096 * 4096, help="most pixels per image (400)")
 
@@ -118,7 +126,8 @@ def _toy_and_geneval_args(sub) -> None:
     toy_sub = toy.add_subparsers(dest="toy_cmd", required=True)
     pt = toy_sub.add_parser("pretrain", help="train the toy base model from scratch")
     pt.add_argument("--world", choices=["image", "video"], default="image",
-                    help="image: the shapes UNet; video: the space-time model on moving shapes (dgpo.toy.video_pretrain)")
+                    help="image: the shapes UNet; video: the space-time model on moving shapes "
+                         "(dgpo.toy.video_pretrain)")
     pt.add_argument("--out", default="runs/toy-pretrain")
     pt.add_argument("--minutes", type=number(0, above=True), default=60.0)
     pt.add_argument("--max-steps", type=integer(1), default=None)
@@ -146,8 +155,10 @@ def _toy_and_geneval_args(sub) -> None:
     ge_sub = ge.add_subparsers(dest="geneval_cmd", required=True)
     gp = ge_sub.add_parser("prompts", help="write GenEval-style training prompts (default: the shipped file)")
     gp.add_argument("--out", required=True)
-    gp.add_argument("--seed", type=integer(0, SEED_MAX), default=None, help="generator seed (default: the shipped file's)")
-    gp.add_argument("--size", type=integer(1, 10_000_000), default=None, help="number of prompts (default: the shipped file's)")
+    gp.add_argument("--seed", type=integer(0, SEED_MAX), default=None, help="generator seed (default: the shipped "
+                                                                            "file's)")
+    gp.add_argument("--size", type=integer(1, 10_000_000), default=None, help="number of prompts (default: the shipped "
+                                                                              "file's)")
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -185,7 +196,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                     help="run dir, toy checkpoint folder, diffusers folder or hub id, or 'oracle' (the toy renderer)")
     ev.add_argument("--split", default="toy:test", help="toy:test, toy:train, geneval:test, a GenEval .jsonl or a .txt "
                     "(no --protocol)")
-    ev.add_argument("--images-per-prompt", type=integer(1, 4096), default=None, help="default 1; with --protocol the protocol's")
+    ev.add_argument("--images-per-prompt", type=integer(1, 4096), default=None, help="default 1; with --protocol the "
+                                                                                     "protocol's")
     ev.add_argument("--min-per-category", type=integer(0), default=40,
                     help="small categories get more images per prompt, to at least this many images (no --protocol)")
     ev.add_argument("--out", default="eval")

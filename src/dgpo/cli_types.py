@@ -54,7 +54,8 @@ def channel_list(text: str) -> tuple[int, int, int]:
     except ValueError:
         widths = ()
     if len(widths) != 3 or any(not 8 <= w <= 4096 or w % 8 for w in widths):
-        raise argparse.ArgumentTypeError(f"expected three multiples of 8 in [8, 4096] such as 16,32,64, got {text[:40]!r}")
+        raise argparse.ArgumentTypeError("expected three multiples of 8 in [8, 4096] such as 16,32,64, got "
+                                         f"{text[:40]!r}")
     return widths
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -98,8 +99,9 @@ def evaluate(
     third element, a dict (a multi-reward's ``{"reward_<name>": value}``), joins the row and its mean
     the summary; a ``score_fn`` that returns None for a batch (its reward failed after the caller's
     retries) leaves that batch unscored: the summary is over the scored images and counts the others
-    in ``unscored_images``. ``lockstep``: every process runs the same number of batches (FSDP: each
-    forward is a collective); shorter shards repeat a job and drop its rows.
+    in ``unscored_images``, and so does an image whose score is not finite (a reward's NaN).
+    ``lockstep``: every process runs the same number of batches (FSDP: each forward is a collective);
+    shorter shards repeat a job and drop its rows.
     """
     sizes: dict[str, int] = defaultdict(int)
     for m in metas:
@@ -125,6 +127,9 @@ def evaluate(
         for n, ((i, k), img, meta, (ok, part, *extra)) in enumerate(zip(chunk, arrays, batch, scores)):
             if start + n >= real:  # lockstep padding
                 break
+            if not (_finite(ok) and _finite(part)):  # a NaN score: unscored, as a failed call's
+                unscored += 1
+                continue
             rows.append({"index": i, "sample": k, "tag": meta.get("tag", "reward"), "prompt": meta["prompt"],
                          "correct": ok, "reward": part, **(extra[0] if extra else {}),
                          **image_quality(img if img.ndim == 4 else img[None])})  # a video: over its frames
@@ -134,11 +139,19 @@ def evaluate(
     return {**summarize(rows, images_per_prompt), **({"unscored_images": unscored} if unscored else {})}
 
 
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return True
+
+
 def reward_scorer(reward_fn, guard=None) -> Callable[[torch.Tensor, list[dict]], list[tuple] | None]:
     """Score eval images with a training reward: its own ``eval_scores`` when it has one (GenEval's
     strict correctness, a multi-reward's components), else (reward, reward): overall = the mean reward.
     With ``guard`` (a :class:`~dgpo.rewards.retry.GuardedCall`) each batch's call is retried like a
-    training reward call, and a batch whose call still fails scores None (left unscored, logged)."""
+    training reward call, and a batch whose call still fails scores None (left unscored, logged; the
+    scorer's ``last_error`` keeps the error)."""
     if hasattr(reward_fn, "eval_scores"):
         score = reward_fn.eval_scores
     else:
@@ -152,10 +165,12 @@ def reward_scorer(reward_fn, guard=None) -> Callable[[torch.Tensor, list[dict]],
     def guarded(images: torch.Tensor, metas: list[dict]) -> list[tuple] | None:
         out, report = guard(score, images, metas)
         if report.failed:
+            guarded.last_error = report.error
             log.warning("eval: a batch of %d images left unscored: the reward failed after %d attempts (%s)",
                         len(metas), report.attempts, report.error)
         return out
 
+    guarded.last_error = ""
     return guarded
 
 
@@ -212,12 +227,14 @@ def summarize(rows: list[dict], images_per_prompt: int = 1) -> dict:
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-    """One row per named result, columns overall + categories (strict accuracy)."""
+    """One row per named result, columns overall + categories (strict accuracy); a missing eval's
+    (its reward failed throughout: ``overall`` null) cells read "missing"."""
     cols = ["overall", *[c for c in (*CATEGORIES, *VIDEO_CATEGORIES) if any(c in r for r in results.values())],
             "reward"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r.get(c, float('nan')):.3f}" for c in cols) + " |")
+        cell = lambda v: "missing" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"| {name} | " + " | ".join(cell(r.get(c, float("nan"))) for c in cols) + " |")
         if "pass_at_n" in r:
             p = r["pass_at_n"]
             lines.append(f"| {name} pass@{p['n']} | " + " | ".join(

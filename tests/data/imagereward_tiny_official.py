@@ -59,8 +59,8 @@ stand_in("torchvision")
 stand_in("torchvision.transforms", Compose=unused, Resize=unused, CenterCrop=unused, ToTensor=unused,
          Normalize=unused, InterpolationMode=types.SimpleNamespace(BICUBIC=None))
 sys.path.insert(0, sys.argv[1])
-import ImageReward.ImageReward as official
-from ImageReward.models.BLIP import blip_pretrain, vit
+import ImageReward.ImageReward as official  # noqa: E402 - after the stand-ins above
+from ImageReward.models.BLIP import blip_pretrain, vit  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "cat", "dog", "red", "blue", "two",
          "on", "the", "table", "##s", "green", "apple", "and", "with", "in", "car", "tree", "big", "small"]

@@ -7,8 +7,19 @@ key (``train.lr``) and what is allowed; a key that moved names its new place.
 
 from dgpo.config.loading import DEFAULT_CONFIG, MOVED, dump_yaml, load_config, to_dict
 from dgpo.config.schema import (
-    AdvantageConfig, Config, DGPOConfig, DPOConfig, EvalConfig, GRPOConfig, ModelConfig, NFTConfig, RewardConfig,
-    RunConfig, SamplerConfig, TimestepConfig, TrainConfig,
+    AdvantageConfig,
+    Config,
+    DGPOConfig,
+    DPOConfig,
+    EvalConfig,
+    GRPOConfig,
+    ModelConfig,
+    NFTConfig,
+    RewardConfig,
+    RunConfig,
+    SamplerConfig,
+    TimestepConfig,
+    TrainConfig,
 )
 from dgpo.errors import ConfigError
 

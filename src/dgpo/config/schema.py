@@ -50,7 +50,8 @@ class ModelConfig:
                      "too, else model.resolution); Wan sides are multiples of 16 (TI2V-5B: 32)")
     frames: int = opt(0, 0, help="video models: frames per video (0: Wan 81, the pipeline's default); Wan needs "
                       "frames - 1 to be a multiple of 4 (its VAE compresses time 4x after the first frame)")
-    max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma/Qwen tokens (0: SD3 128 as official, Flux 512, Sana 300, Qwen-Image 512, Wan 512)")
+    max_sequence_length: int = opt(0, 0, help="diffusers models: T5/Gemma/Qwen tokens (0: SD3 128 as official, Flux "
+                                              "512, Sana 300, Qwen-Image 512, Wan 512)")
     guidance_scale: float = opt(3.5, 0.0, help="FLUX.1-dev: the embedded guidance (no CFG; schnell ignores it)")
     guidance_scale_2: float = opt(0.0, 0.0, help="Wan2.2 A14B: the CFG scale of the low-noise expert "
                                   "(transformer_2; sampler.cfg_scale is the high-noise one's); 0: sampler.cfg_scale, "
@@ -71,9 +72,11 @@ class SamplerConfig:
         "dpm", help="rollout ODE solver and its diffusers grid (official: DPM-Solver++, flow sigmas, int timesteps); "
         "SDE rollouts (Flow-GRPO, sde_noise > 0) walk the flow-matching Euler grid")
     steps: int = opt(10, 1, 1000, help="rollout steps (official: 10)")
-    shift: float = opt(0.0, 0.0, 20.0, help="time shift; 0 = the model's own (toy 1, SD3 3, Flux and Qwen-Image dynamic, Sana and Wan their flow_shift)")
+    shift: float = opt(0.0, 0.0, 20.0, help="time shift; 0 = the model's own (toy 1, SD3 3, Flux and Qwen-Image "
+                                            "dynamic, Sana and Wan their flow_shift)")
     cfg_scale: float = opt(4.5, 1.0, 50.0, help="classifier-free guidance in rollouts (official 4.5)")
-    sde_noise: float = opt(0.0, 0.0, 5.0, help="DGPO/DPO rollouts: 0 = the ODE (official); > 0 = Flow-GRPO's SDE with this noise level")
+    sde_noise: float = opt(0.0, 0.0, 5.0, help="DGPO/DPO rollouts: 0 = the ODE (official); > 0 = Flow-GRPO's SDE with "
+                                               "this noise level")
 
 
 RewardName = Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
@@ -94,10 +97,12 @@ class RewardConfig:
         "colorfulness: Hasler-Suesstrunk (smooth); ocr: Flow-GRPO's edit-distance reward (RapidOCR); "
         "pickscore: PickScore / 26 (official); geneval: GenEval's rules on Mask2Former + CLIP (real images); "
         "aesthetic: LAION aesthetic v2 (MLP on CLIP ViT-L/14); clipscore: CLIP's logits / 30 (official); "
-        "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); imagereward: ImageReward v1.0 (BLIP, as Flow-GRPO); unifiedreward: a VLM judge's 'Final Score' / 5 from an OpenAI-compatible server (reward.judge_url); remote: a `dgpo reward serve` server (reward.url); "
+        "hpsv2: HPSv2.1 (open_clip ViT-H-14, dgpo[hps]); imagereward: ImageReward v1.0 (BLIP, as Flow-GRPO); "
+        "unifiedreward: a VLM judge's 'Final Score' / 5 from an OpenAI-compatible server (reward.judge_url); remote: a "
+        "`dgpo reward serve` server (reward.url); "
         "video models: video_ocr: Flow-GRPO's video OCR reward (every 4th frame, RapidOCR); temporal_consistency: "
-        "CLIP cosine of consecutive frames minus a penalty for too little motion; image rewards on frames: reward.frames; "
-        "your own: 'package.module:function' (importable; fn(images, metas) -> scores [B]); "
+        "CLIP cosine of consecutive frames minus a penalty for too little motion; image rewards on frames: "
+        "reward.frames; your own: 'package.module:function' (importable; fn(images, metas) -> scores [B]); "
         "a list: the weighted sum of several (reward.weights), each logged",
     )
     weights: list[float] = opt([], help="weights of the rewards in a reward.name list ([] = 1 each); "
@@ -128,8 +133,8 @@ class RewardConfig:
                          "token (never written to config.yaml)")
     timeout_s: float = opt(600.0, 1.0, help="remote, unifiedreward: seconds to wait for one request's answer")
     retries: int = opt(4, 0, 20, help="retries of a failed reward call in training (it raised or timed out), "
-                       "with exponential backoff; remote, unifiedreward: also of a request after a connection error or a "
-                       "502/503/504 (a call whose requests spent these retries is not retried again)")
+                       "with exponential backoff; remote, unifiedreward: also of a request after a connection error or "
+                       "a 502/503/504 (a call whose requests spent these retries is not retried again)")
     backoff_s: float = opt(0.5, 0.0, 600.0, help="wait before the first retry; doubles on each further retry")
     max_backoff_s: float = opt(30.0, 0.0, 3600.0, help="longest wait between retries")
     call_timeout_s: float = opt(
@@ -147,7 +152,8 @@ class RewardConfig:
     frames_reduce: Literal["mean", "min"] = opt("mean", help="reward.frames: a video's score from its frames' scores: "
                                                 "mean, or min (the worst frame); strict correctness needs every frame")
     temporal_motion_min: float = opt(0.01, 0.0, 1.0, help="temporal_consistency: m0; a video whose mean absolute "
-                                     "change between consecutive frames (pixels in [0, 1]) is below it pays the penalty")
+                                     "change between consecutive frames (pixels in [0, 1]) is below it pays the "
+                                     "penalty")
     temporal_motion_weight: float = opt(10.0, 0.0, help="temporal_consistency: lambda in consistency - lambda * "
                                         "max(0, m0 - motion); 10 x 0.01 puts a frozen clip at 0.9")
 
@@ -166,7 +172,8 @@ class TimestepConfig:
     trunc_steps: int = opt(4, 0, help="grid mode: candidates are rollout-grid indices 0..trunc_steps")
     count: int = opt(4, 1, help="training timesteps per epoch (official num_train_timesteps 4)")
     t_min: float = opt(0.6, 0.0, 1.0, help="uniform mode: t ~ U[t_min, 1] (paper Alg. 1)")
-    t_min_end: float = opt(-1.0, -1.0, 1.0, help="uniform mode: anneal t_min linearly to this by the last step (-1: off)")
+    t_min_end: float = opt(-1.0, -1.0, 1.0, help="uniform mode: anneal t_min linearly to this by the last step (-1: "
+                                                 "off)")
 
 
 @dataclass
@@ -228,9 +235,9 @@ class DPOConfig:
     beta: float = opt(100.0, 0.0, help="beta on mean-over-elements denoising losses (Flow-GRPO's DPO script 100; "
                       "Diffusion-DPO's SD1.5 recipe 5000)")
     ref_update_every: int = opt(0, 0, help="Flow-GRPO's online DPO (its ref_update_step, e.g. 40): the reference is a "
-                                "copy of the policy, refreshed before an epoch's rollouts when the optimizer-step count "
-                                "is a positive multiple of it (official), and the rollouts come from it; 0: the frozen "
-                                "base model is the reference")
+                                "copy of the policy, refreshed before an epoch's rollouts when the optimizer-step "
+                                "count is a positive multiple of it (official), and the rollouts come from it; 0: the "
+                                "frozen base model is the reference")
 
 
 @dataclass
@@ -246,10 +253,12 @@ class NFTConfig:
     trunc_steps: int = opt(-1, -1, help="candidates: grid indices 0..trunc_steps only, the high-noise end (as "
                            "timesteps.trunc_steps; 4 of 0..4 with the fraction 0.99); -1: every step (official)")
     group_noise: bool = opt(False, help="the members of a group train at the group's timesteps with the group's "
-                            "noise (DGPO's shared noise; not in the official code); false: each sample its own (official)")
+                            "noise (DGPO's shared noise; not in the official code); false: each sample its own "
+                            "(official)")
     decay_flat: int = opt(0, 0, help="'old' model: blended towards the policy after each epoch with decay 0 before "
                           "this optimizer step (official decay_type 1: 0, type 2 (OCR): 75)")
-    decay_rate: float = opt(1e-3, 0.0, help="'old' model decay (step - decay_flat) x rate (type 1: 0.001, type 2: 0.0075)")
+    decay_rate: float = opt(1e-3, 0.0, help="'old' model decay (step - decay_flat) x rate (type 1: 0.001, type 2: "
+                                            "0.0075)")
     decay_max: float = opt(0.5, 0.0, 1.0, help="'old' model decay cap (type 1: 0.5, type 2: 0.999)")
 
 
@@ -276,7 +285,8 @@ class TrainConfig:
     sampling_batches: int = opt(
         2, 1, help="the official num_batches_per_epoch, sampling batches per process and epoch (DGPO GenEval/OCR 2, "
         "PickScore 4; Flow-GRPO 4): sets the per_batch slow-EMA cadence and Flow-GRPO's zero-advantage refill")
-    inner_epochs: int = opt(1, 1, help="passes over each epoch's rollouts, each with its own optimizer steps (official: 1)")
+    inner_epochs: int = opt(1, 1, help="passes over each epoch's rollouts, each with its own optimizer steps "
+                                       "(official: 1)")
     lr: float = opt(3e-4, 0.0, 1.0, help="AdamW learning rate (official 3e-4)")
     weight_decay: float = opt(1e-4, 0.0, help="AdamW weight decay (official 1e-4)")
     max_grad_norm: float = opt(1.0, 0.0, help="grad-norm clip (official 1.0)")

@@ -9,7 +9,6 @@ from pathlib import Path
 from dgpo.errors import InputError, MissingPathError, short, user_path
 from dgpo.toy import grammar
 
-
 SHIPPED_TEST_SETS = ("ocr", "pickscore", "drawbench")  # data/eval_prompts/<name>/test.txt (Flow-GRPO's, DrawBench)
 NAMED = ("named sets: toy:train / toy:test / toy_video:train / toy_video:test / geneval:train / "
          "geneval:test; for evaluation: ocr:test / pickscore:test / drawbench:test")

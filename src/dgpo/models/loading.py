@@ -50,8 +50,6 @@ def apply_lora(model: FlowModel, lora: str) -> None:
     """Merge an exported LoRA into ``model``: diffusers' ``pytorch_lora_weights.safetensors`` (a file or
     its folder) for pipelines, a peft adapter folder for the toy model. Weights are read from
     safetensors only (a pickled ``.bin`` is refused: loading never runs code from a file)."""
-    from pathlib import Path
-
     p = user_path(lora, "--lora")
     if not p.exists():
         raise MissingPathError(f"--lora {lora!r}: no such file or folder")
@@ -130,5 +128,6 @@ def _check_lora_config(cfg, lora: str) -> None:
     if cfg.get("megatron_config") is not None:  # peft would import the module named by megatron_core
         raise InputError(f"{bad}: megatron_config must be null (dgpo's LoRAs are plain peft LoRAs)")
     targets = cfg.get("target_modules")
-    if not (isinstance(targets, str) or isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
+    names = isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)
+    if not (isinstance(targets, str) or names):
         raise InputError(f"{bad}: target_modules must be a module name pattern or a list of names")

@@ -2,13 +2,17 @@
 
 The client reads the server's limits and the kind of input its scorer takes (``modality``: images, or
 videos [B, F, 3, H, W]) from ``/health`` (which also checks the token and the protocol), and splits a
-batch into requests that respect the limits (whole videos: a request's item limit counts their frames). It retries only what a retry can fix -- a failed connection and
-the answers 502, 503 (busy) and 504 (timed out) -- ``retries`` times with exponential backoff
-(``Retry-After`` honoured, capped: :class:`~dgpo.rewards.retry.Backoff`), then raises
-:class:`RemoteRewardError` naming the server, the attempts and the last error. Any other answer
-(400, 401, 413, 500) fails at once with the server's message; so does a response that does not
-arrive within ``timeout_s`` (the server may still be scoring it: sending it again at once would only
-add load).
+batch into requests that respect the limits (whole videos: a request's item limit counts their frames). It
+retries only what a retry can fix -- a failed connection and the answers 502, 503 (busy) and 504 (timed
+out) -- ``retries`` times with exponential backoff (``Retry-After`` honoured, capped:
+:class:`~dgpo.rewards.retry.Backoff`), then raises :class:`RemoteRewardError` naming the server, the
+attempts and the last error. Any other answer (400, 401, 413, 500) fails at once with the server's
+message; so does a response that does not arrive within ``timeout_s`` (the server may still be scoring
+it: sending it again at once would only add load).
+
+A sample the scorer gave a non-finite value comes back as NaN (``null`` on the wire, protocol 3): in
+training only its group is dropped, in an eval only that image is left unscored, as with an in-process
+reward.
 
 In training, the trainer's guarded call (:mod:`dgpo.rewards.retry`) retries a failed call as a whole
 after a backoff -- a 500 or a timeout, not an error marked ``retried`` (the retries here are spent)
@@ -162,7 +166,8 @@ class RemoteReward(JsonClient):
         theirs = info.get("protocol") if isinstance(info, dict) else None
         if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs != PROTOCOL:
             raise RemoteRewardError(f"remote reward {self.url}: the server speaks protocol {theirs} (dgpo "
-                                    f"{str(info.get('dgpo'))[:20]}), this client protocol {PROTOCOL} (dgpo {__version__}); "
+                                    f"{str(info.get('dgpo'))[:20]}), this client protocol {PROTOCOL} (dgpo "
+                                    f"{__version__}); "
                                     "run the same dgpo version on both sides", permanent=True)
         if not isinstance(info, dict) or info.get("protocol") != PROTOCOL:
             raise RemoteRewardError(f"remote reward {self.url}: /health did not answer as a dgpo reward "

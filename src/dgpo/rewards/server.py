@@ -9,7 +9,8 @@ checked before the body is read (413); item and pixel limits checked before any 
 threads (503); one GPU lock with a bounded queue in front of it (503 when full, 504 when the wait
 outlasts ``timeout_s``). JSON only (:mod:`dgpo.rewards.wire`); the answer to every error is a JSON
 message and the server keeps serving. A video reward (``modality = "video"``) is served the same way:
-its requests carry videos [B, F, 3, H, W]; a request of the other kind is a 400. For other hosts, keep it behind a TLS proxy or an SSH tunnel.
+its requests carry videos [B, F, 3, H, W]; a request of the other kind is a 400. For other hosts, keep it
+behind a TLS proxy or an SSH tunnel.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import math
 import socket
 import threading
 import time
@@ -28,7 +28,7 @@ import torch
 from dgpo import __version__
 from dgpo.errors import InputError, UserError, one_line
 from dgpo.rewards.modality import SHAPES, modality_of
-from dgpo.rewards.wire import PROTOCOL, Limits, ScoreRequest, WireError, dumps, parse_score_request
+from dgpo.rewards.wire import PROTOCOL, Limits, ScoreRequest, WireError, dumps, parse_score_request, score_values
 
 log = logging.getLogger("dgpo.reward_server")
 MIN_TOKEN_CHARS = 16
@@ -124,11 +124,11 @@ class RewardApp:
                 r = torch.as_tensor(self.fn(images, metas)).float().reshape(-1).tolist()
                 rewards += r
                 correct += r
-        if len(rewards) != len(req.images) or not all(math.isfinite(v) for v in rewards + correct):
-            raise ValueError(f"returned {len(rewards)} values for {len(req.images)} {req.modality}s, "
-                             "or a non-finite one")
-        out = {"protocol": PROTOCOL, "scorer": self.name, "rewards": rewards}
-        return {**out, "correct": correct} if req.mode == "eval" else out
+        if len(rewards) != len(req.images) or len(correct) != len(req.images):
+            raise ValueError(f"returned {len(rewards)} values for {len(req.images)} {req.modality}s")
+        # a non-finite score is that sample's null: the client drops its group, not the whole call
+        out = {"protocol": PROTOCOL, "scorer": self.name, "rewards": score_values(rewards)}
+        return {**out, "correct": score_values(correct)} if req.mode == "eval" else out
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,17 +1,20 @@
 """The reward server's wire format: JSON only (never pickle), images as lossless 8-bit PNG in base64.
 
-Request  ``POST /score``: ``{"protocol": 2, "mode": "reward" | "eval", "shape": [B, 3, H, W] or
+Request  ``POST /score``: ``{"protocol": 3, "mode": "reward" | "eval", "shape": [B, 3, H, W] or
 [B, F, 3, H, W], "images": [PNG base64, ...], "metas": [{"prompt": ...}, ...]}``: B images, or B videos
 of F frames each sent as B * F PNGs, video after video (video b's frame f is ``images[b * F + f]``);
 all PNGs one size, ``H`` x ``W``; one metadata row per image or video. ``shape`` may be left out for
 images (then ``[len(images), 3, H, W]``); a video request needs it.
-Response: ``{"protocol": 2, "scorer": NAME, "rewards": [float, ...]}`` (one per image or video), plus
-``"correct"`` in eval mode; errors ``{"error": MESSAGE}`` with 400 (malformed, a shape the PNGs do not
+Response: ``{"protocol": 3, "scorer": NAME, "rewards": [float | null, ...]}`` (one per image or video;
+``null``: the scorer's value for that sample was not finite, NaN or an infinity), plus ``"correct"`` (the
+same) in eval mode; errors ``{"error": MESSAGE}`` with 400 (malformed, a shape the PNGs do not
 fill, an older protocol, or input the scorer refuses: metadata, images for a video scorer or the
-reverse), 401 (token), 413 (too large), 503 (busy), 504 (timed out), 500 (the scorer failed). NaN and
-infinities are refused in both directions.
+reverse), 401 (token), 413 (too large), 503 (busy), 504 (timed out), 500 (the scorer failed). The JSON is
+strict both ways: the constants NaN and Infinity are refused; a non-finite score travels as ``null``, and
+the client turns it back into NaN, so that one bad sample costs its own group only, as in-process.
 
-Protocol 2 added the frame axis (``shape``, ``/health``'s ``modality``); protocol 1 had images only.
+Protocol 3 carries a non-finite score as ``null`` (protocol 2 failed the whole request with a 500);
+protocol 2 added the frame axis (``shape``, ``/health``'s ``modality``); protocol 1 had images only.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from PIL import Image, UnidentifiedImageError
 
 from dgpo.errors import short
 
-PROTOCOL = 2
+PROTOCOL = 3
+CHANGES = "protocol 2 added videos, protocol 3 non-finite scores as null"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODES = ("reward", "eval")
 
@@ -163,7 +167,7 @@ def parse_score_request(body: bytes, limits: Limits) -> ScoreRequest:
     protocol = req.get("protocol", PROTOCOL)
     if protocol != PROTOCOL or isinstance(protocol, bool):
         raise WireError(f"protocol {short(protocol)} is not supported: this server speaks protocol {PROTOCOL} "
-                        "(protocol 2 added videos); run the same dgpo version on the client and the server")
+                        f"({CHANGES}); run the same dgpo version on the client and the server")
     mode = req.get("mode", "reward")
     if mode not in MODES:
         raise WireError(f"mode {short(mode)} is not one of {list(MODES)}")
@@ -197,13 +201,22 @@ def parse_score_request(body: bytes, limits: Limits) -> ScoreRequest:
     return ScoreRequest(pixels, metas, mode)
 
 
+def score_values(values: list[float]) -> list[float | None]:
+    """Scores for an answer: a non-finite one as None (``null``; strict JSON has no NaN)."""
+    return [float(v) if math.isfinite(v) else None for v in values]
+
+
 def check_scores(values: Any, n: int, what: str) -> list[float]:
-    """A list of ``n`` finite numbers, or a WireError naming ``what``."""
+    """An answer's list of ``n`` scores, each a finite number or ``null`` (NaN here), or a WireError naming
+    ``what``."""
     if not isinstance(values, list) or len(values) != n:
         raise WireError(f"{what}: expected a list of {n} numbers")
     out = []
     for v in values:
+        if v is None:  # the scorer's value was not finite: this sample's group is dropped, not the call
+            out.append(float("nan"))
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-            raise WireError(f"{what}: {v!r} is not a finite number")
+            raise WireError(f"{what}: {v!r} is not a finite number or null")
         out.append(float(v))
     return out

@@ -1,6 +1,7 @@
 """Random-weight pipeline parts built offline from configs (no hub access): tokenizers with a tiny
 vocabulary, CLIP / T5 / UMT5 text encoders, a KL VAE of any width and Wan's video VAE. The tests build
-tiny SD3 / FLUX / Sana / Wan pipelines from them; ``benchmarks/gpu/sd35m_gpu.py`` builds an SD3.5-M-sized one for timing."""
+tiny SD3 / FLUX / Sana / Wan pipelines from them; ``benchmarks/gpu/sd35m_gpu.py`` builds an SD3.5-M-sized one
+for timing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 def _byte_alphabet() -> list[str]:
     """GPT-2's reversible byte -> printable-unicode map (the CLIP tokenizer's base alphabet)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = [], 0
     for b in range(256):
         if b in keep:

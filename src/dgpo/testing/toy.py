@@ -21,3 +21,17 @@ def tiny_toy_checkpoint(folder: str | Path) -> Path:
         torch.nn.init.normal_(p, std=0.02)
     save_toy(net, folder)
     return folder
+
+
+def tiny_video_checkpoint(folder: str | Path, frames: int = 5) -> Path:
+    """A small randomly initialised toy VIDEO checkpoint (``frames`` frames of 32 x 32), deterministic
+    like :func:`tiny_toy_checkpoint`: for tests that train or sample a video model fast."""
+    from dgpo.toy.video_model import ToyVideoModelConfig, ToyVideoUNet, save_video_toy
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    net = ToyVideoUNet(ToyVideoModelConfig(frames=frames, channels=(8, 16, 16), text_dim=16, heads=2))
+    for p in net.out.parameters():  # the real init zeroes the output; make velocities non-trivial
+        torch.nn.init.normal_(p, std=0.02)
+    save_video_toy(net, folder)
+    return folder

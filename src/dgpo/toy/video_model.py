@@ -29,8 +29,8 @@ from torch import nn
 
 from dgpo.errors import InputError, MissingPathError, short, user_path
 from dgpo.toy.model import VOCAB, Stage, TextEncoder, coord_grid, timestep_embedding
-from dgpo.toy.weights import save_toy
 from dgpo.toy.video_grammar import DIRECTIONS, NUMBERS
+from dgpo.toy.weights import save_toy
 
 _VIDEO_WORDS = ["video", "moving", "standing", *DIRECTIONS, "apart", "towards", "each", "other",
                 *NUMBERS.values()]

@@ -73,8 +73,8 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict, opt: torch.opt
         step = st["step"]
         ok_step = (torch.is_tensor(step) and step.numel() == 1 and step.dtype.is_floating_point
                    and bool(torch.isfinite(step).all()) and float(step) >= 0) or (_is_number(step) and step >= 0)
-        moments_ok = all(torch.is_tensor(st[k]) and tuple(st[k].shape) == tuple(p.shape) and st[k].dtype.is_floating_point
-                         for k in keys[1:])
+        moments_ok = all(torch.is_tensor(st[k]) and tuple(st[k].shape) == tuple(p.shape)
+                         and st[k].dtype.is_floating_point for k in keys[1:])
         if not ok_step or not moments_ok:
             raise CheckpointError(f"{bad}: the state of parameter {idx} does not fit its shape {tuple(p.shape)}; {FIX}")
     return {"state": state, "param_groups": groups}

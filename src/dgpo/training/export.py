@@ -60,7 +60,12 @@ def load_any(spec: str = "", lora: str = "", kind: str = "", dtype: str = "fp32"
     path = user_path(spec, "--model") if spec else None
     if path is not None and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
         model = load_run_model(path)
-    elif path is None or kind == "toy" or (path / "config.json").is_file() and not (path / "model_index.json").is_file():
+    elif kind == "toy_video" or path is not None and _toy_kind(path) == "toy_video":
+        from dgpo.models.toy_video import ToyVideoFlowModel
+
+        model = ToyVideoFlowModel.load(path)
+    elif (path is None or kind == "toy"
+          or (path / "config.json").is_file() and not (path / "model_index.json").is_file()):
         from dgpo.models.toy import ToyFlowModel
 
         model = ToyFlowModel.load(path)
@@ -70,6 +75,19 @@ def load_any(spec: str = "", lora: str = "", kind: str = "", dtype: str = "fp32"
     if lora:
         apply_lora(model, lora)
     return model
+
+
+def _toy_kind(path: Path) -> str:
+    """The ``kind`` a toy checkpoint folder's config.json names ("toy" when it names none)."""
+    import json
+
+    config = path / "config.json"
+    if not config.is_file() or (path / "model_index.json").is_file():
+        return ""
+    try:
+        return str(json.loads(config.read_text()).get("kind", "toy"))
+    except (ValueError, OSError, AttributeError):
+        return "toy"  # the toy loader reports what is wrong with the file
 
 
 def lora_state_dict(policy: Policy) -> tuple[dict, dict]:

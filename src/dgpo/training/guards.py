@@ -14,6 +14,10 @@ counter stays. A step left without samples because all its groups were dropped i
 non-finite skips in a row (causes ``loss``, ``grad``, ``reward``) stop the run; ``reward_failure``
 skips leave that count alone (``reward.max_failures`` counts them). The run stops by
 :class:`RunHalted`, after the trainer saved its last good state.
+
+Both counts live in the checkpoint's loop state (:meth:`FaultGuard.state_dict`), so ``--resume`` continues
+a streak instead of starting it again: a run that keeps failing stops at the same step however often it
+was killed, halted and resumed.
 """
 
 from __future__ import annotations
@@ -92,13 +96,23 @@ class FaultGuard:
     def __init__(self, max_bad_steps: int, max_failures: int, layout: Layout):
         self.max_bad_steps, self.max_failures, self.layout = max_bad_steps, max_failures, layout
         self.bad_in_row, self.failed_epochs = 0, 0
+        self._epoch_start = self.state_dict()
 
-    def state_dict(self) -> dict[str, int]:
-        """The counters a resumed run continues from (so that a resume does not reset a fault's streak)."""
+    def begin_epoch(self) -> None:
+        """Mark the counts an epoch starts from (what a checkpoint that retries this epoch stores)."""
+        self._epoch_start = self.state_dict()
+
+    def state_dict(self, retry_epoch: bool = False) -> dict[str, int]:
+        """The counters a resumed run continues from (so that a resume does not reset a fault's streak).
+        ``retry_epoch``: for a checkpoint whose resume runs the current epoch again (a halt inside it): the
+        counts as the epoch began, so that its steps and its reward calls are not counted twice."""
+        if retry_epoch:
+            return dict(self._epoch_start)
         return {"bad_in_row": self.bad_in_row, "failed_epochs": self.failed_epochs}
 
     def load_state_dict(self, state: dict) -> None:
         self.bad_in_row, self.failed_epochs = int(state.get("bad_in_row", 0)), int(state.get("failed_epochs", 0))
+        self._epoch_start = self.state_dict()
 
     def nonfinite(self, loss: float, grad_norm: float) -> str:
         """The cause that makes every process skip this step ("" for none): the loss, else the gradient."""

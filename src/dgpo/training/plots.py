@@ -75,7 +75,8 @@ def save_compare(before: torch.Tensor, after: torch.Tensor, captions: list[str],
 
 
 def plot_curves(metrics: list[dict], evals: list[dict], out_dir: Path) -> None:
-    """plots/reward.png (rollout reward per step) and plots/eval.png (held-out strict accuracy)."""
+    """plots/reward.png (rollout reward per step) and plots/eval.png (held-out strict accuracy; an eval
+    whose reward failed throughout, ``overall`` null, is a dotted line labelled "eval missing")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,11 +96,15 @@ def plot_curves(metrics: list[dict], evals: list[dict], out_dir: Path) -> None:
         plt.close(fig)
     if evals:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        steps = [e["step"] for e in evals]
         from dgpo.toy.grammar import CATEGORIES
 
-        for key in ["overall", *[k for k in CATEGORIES if k in evals[0]]]:
-            ax.plot(steps, [e[key] for e in evals], marker="o", lw=2 if key == "overall" else 1, label=key)
+        scored = [e for e in evals if e.get("overall") is not None]
+        for key in ["overall", *[k for k in CATEGORIES if any(k in e for e in scored)]]:
+            points = [(e["step"], e[key]) for e in scored if e.get(key) is not None]
+            ax.plot(*zip(*points), marker="o", lw=2 if key == "overall" else 1, label=key)
+        for i, e in enumerate(e for e in evals if e.get("overall") is None):  # the reward failed throughout
+            ax.axvline(e["step"], color="grey", ls=":", lw=1.5,
+                       label="eval missing (reward failed)" if i == 0 else None)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("held-out strict accuracy")
         ax.grid(alpha=0.3)

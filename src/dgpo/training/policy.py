@@ -33,7 +33,8 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
 def _targets_under(net: torch.nn.Module, prefixes: tuple[str, ...], targets: list[str]) -> list[str] | None:
     """The modules LoRA would adapt inside ``prefixes`` (the model's ``unused_modules``), which it skips:
     they never get a gradient, and DDP needs every trained parameter to get one."""
-    hits = [n for n, _ in net.named_modules() if _under(n, prefixes) and any(n == t or n.endswith("." + t) for t in targets)]
+    hits = [n for n, _ in net.named_modules()
+            if _under(n, prefixes) and any(n == t or n.endswith("." + t) for t in targets)]
     return hits or None
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +60,13 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-def repair_logs(run_dir: Path, step: int, evals: list[dict]) -> None:
-    """At a resume from the checkpoint of ``step``: ``metrics.jsonl`` keeps its rows up to ``step`` (the
-    killed run's later rows are recomputed; a torn line goes) and ``evals.jsonl`` is rewritten from the
-    checkpoint's evals, so no step appears twice or goes missing."""
+def repair_logs(run_dir: Path, step: int, epoch: int, evals: list[dict]) -> None:
+    """At a resume from the checkpoint of ``step`` written after ``epoch`` epochs: ``metrics.jsonl`` keeps
+    its rows of those epochs (the killed run's later rows are recomputed, a skipped step's too although it
+    did not advance the step; a torn line goes) and ``evals.jsonl`` is rewritten from the checkpoint's
+    evals, so no row appears twice or goes missing."""
     rows, torn = read_jsonl(run_dir / "metrics.jsonl")
-    kept = [r for r in rows if r["step"] <= step]
+    kept = [r for r in rows if r["step"] <= step and r.get("epoch", -1) < epoch]
     write_text_atomic(run_dir / "metrics.jsonl", _jsonl(kept))
     write_text_atomic(run_dir / "evals.jsonl", _jsonl(evals))
     if torn or len(kept) < len(rows):
@@ -86,7 +89,9 @@ def relog_step(acc, run_dir: Path, step: int, evals: list[dict]) -> None:
         log_image(acc.trackers, f"samples/{grid.stem}", grid, step)
 
 
-FRESH_START_REMOVES = ("metrics.jsonl", "evals.jsonl", "summary.json", "checkpoints", "samples/before.safetensors")
+WANDB_ID = "wandb_run_id"  # the run's W&B id: a --resume continues that W&B run
+FRESH_START_REMOVES = ("metrics.jsonl", "evals.jsonl", "summary.json", "checkpoints", "samples/before.safetensors",
+                       WANDB_ID)
 
 
 def clear_run(run_dir: Path) -> None:
@@ -111,7 +116,7 @@ def scalars(row: dict, prefix: str = "") -> dict:
 def tracker_setup(log_with: str, project: str, run_dir: Path) -> tuple[str | None, str, dict]:
     """``Accelerator(log_with=...)``, then ``init_trackers``' project name and init_kwargs for
     ``run.log_with``: TensorBoard writes ``<run_dir>/tb``; W&B names the run after the run folder and
-    keeps its files there unless ``WANDB_DIR`` says otherwise."""
+    keeps its files there unless ``WANDB_DIR`` says otherwise (its id: :func:`wandb_resume`)."""
     if log_with == "none":
         return None, "", {}
     if log_with == "tensorboard":
@@ -121,6 +126,30 @@ def tracker_setup(log_with: str, project: str, run_dir: Path) -> tuple[str | Non
     if not os.environ.get("WANDB_DIR"):
         kwargs["dir"] = str(run_dir)
     return "wandb", project, {"wandb": kwargs}
+
+
+def wandb_resume(init_kwargs: dict, run_dir: Path, resume: bool) -> dict:
+    """``init_trackers`` kwargs with the run's W&B id (``resume="allow"``), kept in ``<run_dir>/wandb_run_id``:
+    a fresh start draws one (``$WANDB_RUN_ID`` if set) and writes it, a ``--resume`` reads it, so that the
+    resumed process logs into the same W&B run and its steps continue that run's step axis. Without W&B the
+    kwargs are returned as they are; a run folder without the file (a run started before dgpo kept it)
+    gets a new id. Call it on the main process only (it writes the file)."""
+    if "wandb" not in init_kwargs:
+        return init_kwargs
+    path = run_dir / WANDB_ID
+    run_id = path.read_text().strip() if resume and path.is_file() else ""
+    if run_id and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+        log.warning("%s holds %r, not a W&B run id; the resumed run starts a new W&B run", path, run_id[:80])
+        run_id = ""
+    if not run_id:
+        if resume:
+            log.warning("no W&B run id in %s: the resumed run starts a new W&B run", path)
+        run_id = os.environ.get("WANDB_RUN_ID") or "".join(secrets.choice(ID_CHARS) for _ in range(8))
+        write_text_atomic(path, run_id + "\n")
+    return {**init_kwargs, "wandb": {**init_kwargs["wandb"], "id": run_id, "resume": "allow"}}
+
+
+ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"  # as W&B's own ids
 
 
 def purge_from(init_kwargs: dict, step: int) -> dict:

@@ -127,6 +127,8 @@ class Trainer:
         elif self.acc.is_main_process:
             runlog.clear_run(self.run_dir)
         if log_with:
+            if self.acc.is_main_process:  # W&B: --resume continues the run's W&B run (its id in the run folder)
+                tracker_kwargs = runlog.wandb_resume(tracker_kwargs, self.run_dir, resume)
             self.acc.init_trackers(project, runlog.flat_config(to_dict(self.cfg)),
                                    runlog.purge_from(tracker_kwargs, self.step))
             if resume and self.acc.is_main_process:
@@ -142,11 +144,12 @@ class Trainer:
             self._grid("before")
         budget = f" ({c.run.time_budget_s:.0f} s budget)" if c.run.time_budget_s else ""
         epochs = range(self.start_epoch, c.run.epochs)
-        bar = tqdm(iter(epochs) if budget else epochs, desc=(self.algo.name or c.train.algorithm) + budget, unit="epoch",
-                   initial=self.start_epoch, total=None if budget else c.run.epochs,
+        bar = tqdm(iter(epochs) if budget else epochs, desc=(self.algo.name or c.train.algorithm) + budget,
+                   unit="epoch", initial=self.start_epoch, total=None if budget else c.run.epochs,
                    disable=not self.acc.is_main_process)
         for epoch in bar:
             t0 = time.time()
+            self.guard.begin_epoch()  # a halt inside this epoch saves the counts it started from (it is retried)
             metas = epoch_prompts(self.prompts, c.train.prompts_per_epoch, c.run.seed, epoch,
                                   c.train.balance_categories)
             bar.set_postfix_str("rollout")
@@ -156,7 +159,7 @@ class Trainer:
                 t1 = time.time()
                 bar.set_postfix_str("reward")
                 local, local_parts = scoring.result()
-            gather = lambda t: self.layout.gather(t.float().cpu(), batch.index, batch.n_total)  # noqa: E731
+            gather = lambda t, index=batch.index, n=batch.n_total: self.layout.gather(t.float().cpu(), index, n)
             rewards, parts = gather(local), {k: gather(v) for k, v in local_parts.items()}
             correct = None if scoring.correct is None else gather(scoring.correct)  # strict 0/1 (GenEval)
             group_ids = torch.arange(batch.n_total) // c.train.group_size
@@ -283,7 +286,9 @@ class Trainer:
 
     def _halt(self, why: str, epoch: int, epochs_done: int) -> None:
         """Stop the run (every process alike): save the last good state, end the trackers, raise."""
-        self._save(epochs_done)  # a skipped step changed nothing: the state is that of the last good step
+        # a skipped step changed nothing: the state is that of the last good step. A resume that retries this
+        # epoch counts its faults again, so the fault counts saved are those the epoch started from
+        self._save(epochs_done, retry_epoch=epochs_done == epoch)
         self.acc.end_training()
         raise RunHalted(f"{why}. The run stopped in epoch {epoch}; its last good state (step {self.step}) is saved "
                         f"in {self.run_dir / 'checkpoints' / f'step_{self.step:06d}'} (--resume continues from it); "
@@ -297,21 +302,29 @@ class Trainer:
         self.acc.log(runlog.scalars(row, "eval/"), step=self.step)
 
     def _evaluate(self, desc: str) -> dict:
+        """The eval row of this step. Its reward calls are the training calls' (retried, timed out); a batch
+        whose call still fails stays unscored, and an eval left without any score is *missing*: ``overall``
+        and ``reward`` null, ``missing`` says why, and the run goes on."""
         c = self.cfg
         fn = self._image_fn()
+        score_fn = reward_scorer(self.reward_fn, self.reward_call)
         with self.ema_slow.applied():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
                            shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
-                           lockstep=self.shards.enabled,
-                           score_fn=reward_scorer(self.reward_fn, self.reward_call))
-        if res.get("unscored_images"):
-            log.warning("%s: %d of %d images left unscored (the reward failed after its retries); the scores are "
-                        "over the rest", desc, res["unscored_images"], res["unscored_images"] + res["n_images"])
-            if not res["n_images"]:
-                res["overall"] = float("nan")
-        return {"step": self.step, "train_time_s": self.train_time, "images": self.images,
-                **{k: v for k, v in res.items() if k not in ("rows", "n_images")}}
+                           lockstep=self.shards.enabled, score_fn=score_fn)
+        unscored, scored = res.get("unscored_images", 0), res["n_images"]
+        if unscored and scored:
+            log.warning("%s: %d of %d images left unscored (the reward failed after its retries, or scored "
+                        "NaN); the scores are over the rest", desc, unscored, unscored + scored)
+        elif unscored:  # no score at all: a missing eval, not a score of 0
+            error = getattr(score_fn, "last_error", "")
+            why = (f"no image scored: the reward failed after its retries (or scored NaN) on all {unscored}"
+                   + (f"; the last error here: {error}" if error else ""))
+            log.warning("%s is missing (%s); the run goes on", desc, why)
+            res = {"overall": None, "reward": None, "unscored_images": unscored, "missing": why}
+        return finite_row({"step": self.step, "train_time_s": self.train_time, "images": self.images,
+                           **{k: v for k, v in res.items() if k not in ("rows", "n_images")}})
 
     def _image_fn(self):
         c = self.cfg  # autocast for the denoiser only: the VAE and the reward in full precision
@@ -348,7 +361,7 @@ class Trainer:
         else:
             runlog.log_video(self.acc.trackers, tag, path, step)
 
-    def _save(self, epochs_done: int) -> None:
+    def _save(self, epochs_done: int, retry_epoch: bool = False) -> None:
         gather = self.shards.gather  # FSDP: every process gathers whole tensors, the main one keeps them
         parts = {"policy": gather(self.policy.state_dict()), "ema_old": gather(self.algo.old_model.state_dict()),
                  "ema_slow": gather(self.ema_slow.state_dict())}
@@ -356,7 +369,7 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         state = {"step": self.step, "epoch": epochs_done, "evals": self.evals, "train_time": self.train_time,
-                 "images": self.images, "next_eval_s": self._next_eval_s, "guard": self.guard.state_dict()}
+                 "images": self.images, "next_eval_s": self._next_eval_s, "guard": self.guard.state_dict(retry_epoch)}
         checkpoints.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, opt, state,
                                     self.cfg.run.keep_checkpoints)
 
@@ -377,7 +390,7 @@ class Trainer:
         if before.is_file():
             self._before = checkpoints.read_tensors(before, BEFORE_FIX)["images"]
         if self.acc.is_main_process:  # what the killed process logged after the checkpoint goes
-            runlog.repair_logs(self.run_dir, self.step, self.evals)
+            runlog.repair_logs(self.run_dir, self.step, self.start_epoch, self.evals)
             checkpoints.remove_leftovers(ckpt.parent)
         log.info("resumed from %s (step %d, epoch %d)", ckpt, self.step, self.start_epoch)
 
@@ -389,6 +402,9 @@ class Trainer:
                 self._record_eval(after)
             self._grid("after")
             summary.update(eval_before=self.evals[0], eval_after=after, evals=self.evals)
+        missing = [e["step"] for e in self.evals if e.get("missing")]
+        if missing:  # evals whose reward failed throughout (their rows say why)
+            summary["missing_evals"] = missing
         if self.acc.is_main_process:
             runlog.write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
             plots.plot_curves(self.metrics.read(), self.evals, self.run_dir / "plots")
