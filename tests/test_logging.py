@@ -1,6 +1,7 @@
 """Trackers (TensorBoard, W&B offline, none) get the same metrics, evals and grids; grids people read."""
 
 import json
+import logging
 import os
 import struct
 import sys
@@ -191,6 +192,9 @@ def test_wandb_run_id_is_kept_in_the_run_folder(tmp_path, monkeypatch, caplog):
     assert runlog.wandb_resume(kwargs, tmp_path, True)["wandb"]["id"] == fresh["id"]  # --resume: the same run
     assert runlog.wandb_resume(kwargs, tmp_path, False)["wandb"]["id"] != fresh["id"]  # a fresh start: a new one
     (tmp_path / "wandb_run_id").write_text("not an id!\n")
+    monkeypatch.setattr(runlog.log, "disabled", False)  # other tests' libraries may have turned loggers off
+    monkeypatch.setattr(runlog.log, "propagate", True)
+    caplog.set_level(logging.WARNING, logger=runlog.log.name)
     again = runlog.wandb_resume(kwargs, tmp_path, True)["wandb"]["id"]
     assert "not a W&B run id" in caplog.text and (tmp_path / "wandb_run_id").read_text() == again + "\n"
     monkeypatch.setenv("WANDB_RUN_ID", "mine-42")  # the user's own id, kept for the resumes
