@@ -51,7 +51,7 @@ def test_a_video_model_trains_and_its_run_shows_animated_grids(tiny_video, tmp_p
         assert gif[:6] in (b"GIF87a", b"GIF89a")  # the animated grid itself
 
 
-def test_the_shared_noise_of_a_group_has_the_videos_shape(tiny_video):
+def test_the_shared_noise_of_a_group_has_the_videos_shape():
     from dgpo.timesteps import shared_noise
 
     eps = shared_noise((3, 5, 32, 32), torch.tensor([0, 0, 1]), 0, 0, 0)
