@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # machine, `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`
 TORCH_INDEX ?=
 
-.PHONY: demo test test-all docs install bench clean-venv
+.PHONY: demo test test-all docs options-doc install bench clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,6 +43,12 @@ test-all: $(TEST_STAMP)
 # the docs site at http://127.0.0.1:8000
 docs: $(TEST_STAMP)
 	$(VENV)/bin/mkdocs serve
+
+# regenerate the generated part of docs/reference/options.md (the hand-written tables after it are kept)
+options-doc: $(STAMP)
+	$(PY) -c "from pathlib import Path; from dgpo.config.docs import options_markdown; \
+	p = Path('docs/reference/options.md'); t = p.read_text(); \
+	p.write_text(t[:t.index('| key |')] + options_markdown().rstrip() + '\n\n' + t[t.index('## Slow-EMA'):])"
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m benchmarks.perf.epoch_phases
