@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dgpo.models.base import FlowModel
+from dgpo.models.base import FlowModel, encode_nulls, encode_rows
 from dgpo.samplers.rollout import generate
 from dgpo.toy import scorer
 from dgpo.toy.grammar import CATEGORIES
@@ -31,8 +31,7 @@ def model_image_fn(model: FlowModel, steps=10, shift=1.0, cfg_scale=4.5, method=
 
     def fn(metas: list[dict], seeds: list[int]) -> torch.Tensor:
         with autocast():
-            cond = model.encode_prompts([m["prompt"] for m in metas])
-            null = model.encode_prompts([""] * len(metas))
+            cond, null = encode_rows(model, metas), encode_nulls(model, metas)
             x0 = generate(model, cond, null, seeds, steps, shift, cfg_scale, method)
         return model.decode(x0)
 

@@ -19,7 +19,7 @@ import torch
 
 from dgpo.algorithms.context import LoopContext, Rollouts, StepLoss
 from dgpo.losses.dgpo import dsm
-from dgpo.models.base import cfg_velocity, cond_cat, cond_index, cond_where
+from dgpo.models.base import cfg_velocity, cond_cat, cond_index, cond_where, encode_nulls, encode_rows
 from dgpo.samplers.rollout import generate, initial_noise
 from dgpo.samplers.sde import sample_sde
 from dgpo.schedules import interpolate
@@ -165,8 +165,8 @@ class Algorithm:
         ctx, g = self.ctx, self.cfg.train.group_size
         idx = ctx.layout.local_indices(len(metas), g)
         group_ids = idx // g
-        cond = cond_index(ctx.model.encode_prompts([m["prompt"] for m in metas]), group_ids)
-        null = ctx.model.encode_prompts([""] * len(idx))
+        cond = cond_index(encode_rows(ctx.model, metas), group_ids)
+        null = encode_nulls(ctx.model, [metas[i] for i in group_ids.tolist()])
         seeds = [derive_seed(self.cfg.run.seed, epoch, Stream.ROLLOUT, int(i)) for i in idx]
         return Rollouts(index=idx, group_ids=group_ids, cond=cond, null=null, seeds=seeds,
                         metas=[metas[i] for i in group_ids.tolist()], n_total=len(metas) * g,

@@ -72,9 +72,26 @@ class FlowModel(Protocol):
     #   without it ``guide`` below uses v_u + scale (v_c - v_u);
     # - ``cfg_scales(t [B], scale) -> [B] or scale``, a CFG scale per sample from its timestep (Wan2.2: the
     #   high-noise expert's ``scale``, the low-noise one's ``model.guidance_scale_2``);
+    # - ``encode_metas(metas) -> Cond``, the condition of prompt metadata rows, for families conditioned on
+    #   more than text (editing: each row's ``source_images``); ``encode_rows`` / ``encode_nulls`` below
+    #   call it instead of ``encode_prompts``, with the prompt blanked for CFG's unconditional branch;
     # - ``unused_modules() -> list[str]``, names of modules inside ``denoiser`` whose outputs never
     #   reach the velocity (Qwen-Image's last block's text stream): neither adapted nor trained, since
     #   they would never get a gradient (and DDP needs every trained parameter to get one).
+
+
+def encode_rows(model: FlowModel, metas: list[dict]) -> Cond:
+    """The condition of each metadata row: its prompt, or for a family with ``encode_metas`` (editing)
+    the whole row (prompt and source images)."""
+    own = getattr(model, "encode_metas", None)
+    return own(metas) if own is not None else model.encode_prompts([m["prompt"] for m in metas])
+
+
+def encode_nulls(model: FlowModel, metas: list[dict]) -> Cond:
+    """CFG's unconditional condition of each row: the empty prompt (an editing family keeps each row's
+    source images, as its pipeline's negative branch does)."""
+    own = getattr(model, "encode_metas", None)
+    return own([{**m, "prompt": ""} for m in metas]) if own is not None else model.encode_prompts([""] * len(metas))
 
 
 def cond_index(cond: Cond, idx: torch.Tensor | slice) -> Cond:
