@@ -174,3 +174,36 @@ def test_report_reads_a_slow_arms_level_over_its_whole_longer_run(tmp_path):
     assert "- Flow-GRPO's late score: no ratio, undefined as a target: it ends where it starts or below" in report
     # DGPO's level (0.61 at 60 s): neither Flow-GRPO arm gets there, a bound by its whole run
     assert report.count("never gets there within its run (more than") == 4
+
+
+def test_report_has_out_of_domain_columns_and_names_an_arm_that_hacks_its_reward(tmp_path):
+    from dgpo.bench_report import _extra_names, _hacking_line, render_report
+
+    def runs(reward, sharp):
+        """Three seeds; the target reward and toy_sharpness move linearly by ``reward`` / ``sharp`` per
+        30 s over 0..90 s, every per-image standard error 0.01 (noise threshold 2 sqrt(2) 0.01 = 0.028)."""
+        return [{"arm": "x", "seed": s, "steps": 10, "evals": [
+            {"train_time_s": t, "images": 10 * t, "step": t, "overall": 0.5 + t / 1000, "sharpness": 0.1,
+             "off_palette": 0.0, "reward": 0.5 + reward * t / 30, "reward_se": 0.01,
+             "extra": {"toy_sharpness": 0.3 + sharp * t / 30 + s / 100, "toy_off_palette": 0.9},
+             "extra_se": {"toy_sharpness": 0.01, "toy_off_palette": 0.01}} for t in (0, 30, 60, 90)]}
+            for s in range(3)]
+
+    results = {"dgpo": runs(0.05, 0.01), "flow_grpo": runs(0.05, -0.02)}  # Flow-GRPO's sharpness falls 0.06
+    spec = bench.BenchSpec(tmp_path, ["dgpo", "flow_grpo"], [0, 1, 2], 90.0, 30.0, 2)
+    report = render_report(spec, results).read_text()
+    header = next(ln for ln in report.splitlines() if ln.startswith("| arm |"))
+    assert header.endswith("| toy_sharpness (late) | toy_off_palette (late) |")
+    # late: the evals at >= 60 s; seeds offset by 0, 0.01, 0.02 -> mean 0.01
+    dgpo_row = next(ln for ln in report.splitlines() if ln.startswith("| DGPO") or ln.startswith("| dgpo"))
+    assert dgpo_row.endswith(f"| {0.3 + 0.01 * 2.5 + 0.01:.4f} | 0.9000 |")
+    fg_row = next(ln for ln in report.splitlines() if ln.startswith("| Flow-GRPO") or ln.startswith("| flow_grpo"))
+    assert fg_row.endswith(f"| {0.3 - 0.02 * 2.5 + 0.01:.4f} | 0.9000 |")
+    hack = next(ln for ln in report.splitlines() if ln.startswith("- Reward hacking"))
+    assert "seed 0: toy_sharpness fell; seed 1: toy_sharpness fell; seed 2: toy_sharpness fell" in hack
+    assert "DGPO" not in hack.split("):", 1)[1] and "dgpo" not in hack.split("):", 1)[1]
+    calm = {"dgpo": runs(0.05, 0.01), "flow_grpo": runs(0.05, -0.005)}
+    assert _hacking_line(["dgpo", "flow_grpo"], calm, 90.0).endswith("): no arm flagged.")  # 0.015: noise
+    plain = {a: [{**r, "evals": [{k: v for k, v in e.items() if k != "extra"} for e in r["evals"]]} for r in rs]
+             for a, rs in results.items()}
+    assert _extra_names(plain) == []  # older results: no out-of-domain columns, no hacking line

@@ -10,15 +10,16 @@ from tiny_diffusers import BUILDERS
 
 from dgpo.config import load_config
 from dgpo.models.base import cfg_velocity
-from dgpo.models.families import FAMILIES, PIPELINE_KINDS, VIDEO_KINDS
+from dgpo.models.families import EDIT_KINDS, FAMILIES, PIPELINE_KINDS, VIDEO_KINDS
 from dgpo.models.loading import load_model
 from dgpo.samplers.ode import sample_ode
 from dgpo.samplers.rollout import initial_noise
 from dgpo.training.export import LORA_FILE, export_run, load_run
 from dgpo.training.trainer import Trainer
 
-# every image family, each with a tiny pipeline in tiny_diffusers.BUILDERS (the video families: tests/test_wan.py)
-KINDS = [k for k in FAMILIES if k not in VIDEO_KINDS]
+# every text-to-image family, each with a tiny pipeline in tiny_diffusers.BUILDERS (the video families:
+# tests/test_wan.py; the editing families: tests/test_edit_models.py)
+KINDS = [k for k in FAMILIES if k not in VIDEO_KINDS and k not in EDIT_KINDS]
 
 
 def test_every_family_has_a_tiny_pipeline_and_loads_by_its_pipeline_class():

@@ -298,3 +298,65 @@ def test_samplers_and_losses_treat_a_video_latent_as_its_elements():
         nxt = s1.mean + 0.1 * eps
         assert torch.allclose(step_logprob(nxt, s1), step_logprob(nxt.reshape(4, 3, 10, 6), s2), atol=1e-6, rtol=0)
         assert torch.allclose(step_kl(s1.mean, x_t, s1.std), step_kl(s2.mean, fx_t, s2.std), atol=1e-6, rtol=0)
+
+
+def test_the_wan_benchmark_is_wan21_1_3b_at_flow_grpos_size_with_its_wan_noise():
+    """benchmarks/gpu/wan_gpu.py: the transformer config has Wan2.1-T2V-1.3B's 1.419 B parameters (built on the
+    meta device), 240 x 416 x 33 frames are latents [16, 9, 30, 52] = 3,510 tokens; Flow-GRPO's Wan SDE step
+    has std_dev = s_min + (s_max - s_min) s (no noise_level) and reduces to the Euler step without noise."""
+    from diffusers import WanTransformer3DModel
+
+    from benchmarks.gpu import wan_gpu
+
+    with torch.device("meta"):
+        tr = WanTransformer3DModel(**wan_gpu.WAN21_1_3B)
+    assert sum(p.numel() for p in tr.parameters()) == 1_418_996_800
+    assert wan_gpu.FULL is wan_gpu.S and wan_gpu.latent_shape() == (16, 9, 30, 52)
+    f, h, w = wan_gpu.latent_shape()[1:]
+    assert f * (h // 2) * (w // 2) == 3510
+    x, v = torch.tensor([1.0]), torch.tensor([2.0])
+    mean, std = wan_gpu.fg_wan_step(x, v, 0.5, 0.25, 0.98, 0.0)  # std_dev 0.49, dt -0.25
+    assert std == pytest.approx(0.49 * 0.5)
+    assert float(mean) == pytest.approx(1 - 0.49**2 / 1.0 * 0.25 + 2 * (1 + 0.49**2 * 0.5 / 1.0) * -0.25)
+    mean, std = wan_gpu.fg_wan_step(x, v, 0.5, 0.25, 0.0, 0.0)
+    assert std == 0 and float(mean) == pytest.approx(1 + 2 * -0.25)
+
+
+def test_the_trainer_refuses_an_image_reward_on_wan_and_a_video_reward_on_an_image_model(wan, tiny_toy, tmp_path):
+    """The modality check is wired into the Trainer, both ways, before anything trains: colorfulness (an image
+    reward, no reward.frames) on Wan's videos; Flow-GRPO's video OCR on the toy image model."""
+    from dgpo.errors import InputError
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\n")
+    wan_run = _train_overrides("2.1", wan["2.1"], tmp_path / "a", prompts)
+    image_on_video = [*(o for o in wan_run if not o.startswith("reward.")), "reward.name=colorfulness"]
+    with pytest.raises(InputError, match=r"reward\.name: the reward colorfulness scores images .* video model "
+                                         r".*reward\.frames"):
+        Trainer(load_config(None, image_on_video))
+    video_on_image = ["model.kind=toy", f"model.path={tiny_toy}", "reward.name=video_ocr", f"run.out_dir={tmp_path}/b",
+                      "run.log_with=none"]
+    with pytest.raises(InputError, match=r"reward\.name: the reward video_ocr scores videos .* image model"):
+        Trainer(load_config(None, video_on_image))
+
+
+@pytest.mark.slow  # two training runs: about 10 s
+def test_wan22_memory_options_leave_the_update_unchanged(wan, tmp_path):
+    """The Wan recipes' memory options are exact: gradient checkpointing (both experts), training micro-batches of
+    one group (train.batch_size 4 of 8: two backwards into one optimizer step) and rollout chunks of 2 videos
+    give the LoRA weights of the plain run (one epoch) to 1e-5, an update that moves them by more than 1e-3."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue ball on grass\na green sign\n")
+    weights = {}
+    for name, extra in (("plain", []), ("memory", ["model.gradient_checkpointing=true", "train.batch_size=4",
+                                                   "train.rollout_batch_size=2"])):
+        tr = Trainer(load_config(None, [*_train_overrides("2.2", wan["2.2"], tmp_path / name, prompts, epochs=1),
+                                        *extra]))
+        start = [p.detach().clone() for p in tr.policy.params]
+        assert tr.fit()["steps"] == 1
+        weights[name] = [p.detach().clone() for p in tr.policy.params]
+        if name == "memory":
+            assert tr.model.experts.transformer_2.gradient_checkpointing
+    moved = max((w - s).abs().max() for w, s in zip(weights["plain"], start))
+    assert moved > 1e-3
+    assert max((a - b).abs().max() for a, b in zip(weights["plain"], weights["memory"])) <= 1e-5

@@ -172,6 +172,19 @@ def build_wan(folder: Path, variant: str = "2.1") -> Path:
 BUILDERS["wan"] = build_wan
 
 
+def _edit_builders():
+    """The editing families' tiny pipelines (dgpo.testing.random_pipelines; tests/test_edit_models.py)."""
+    from functools import partial
+
+    from dgpo.testing.random_pipelines import build_flux_kontext, build_qwenimage_edit
+
+    return {"flux_kontext": build_flux_kontext, "qwenimage_edit": build_qwenimage_edit,
+            "qwenimage_edit_plus": partial(build_qwenimage_edit, plus=True)}
+
+
+BUILDERS.update(_edit_builders())
+
+
 def video_brightness(videos: torch.Tensor, metas: list[dict]) -> torch.Tensor:
     """A video reward for tests (``reward.name=tiny_diffusers:video_brightness`` with tests/ on PYTHONPATH):
     each video's mean pixel value."""

@@ -181,7 +181,10 @@ def run_official(algorithm, pipe, template, device, tiny, iters) -> dict:
     return out
 
 
-def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path | None = None, save=None) -> dict:
+def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path | None = None, save=None,
+             extra: tuple[str, ...] = (), calls: bool = True) -> dict:
+    """dgpo's Trainer on the arm (its name sets the precision, compile, FP8 and reference batching;
+    ``extra`` config overrides follow), timed per phase; ``calls``: each model call timed alone too."""
     fp8 = FP8_ARMS.get(arm, "none")
     bf16 = "bf16" in arm or fp8 != "none"
     frozen_B = TRAIN_T * PROMPTS * S["group"] if arm.endswith("_rb") else 0
@@ -196,7 +199,7 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path |
             "train.lora_alpha=128", "train.lr=3e-4", f"train.prompts_per_epoch={PROMPTS}",
             f"train.group_size={S['group']}",
             f"train.batch_size={PROMPTS * S['group']}", "train.sampling_batches=1", f"timesteps.count={TRAIN_T}",
-            "dgpo.kl_beta=0.02", "dgpo.kl_cfg=1.0", "dgpo.clip_range=0.01", "dgpo.switch_ema_ref=500"])
+            "dgpo.kl_beta=0.02", "dgpo.kl_cfg=1.0", "dgpo.clip_range=0.01", "dgpo.switch_ema_ref=500", *extra])
         model = fresh_model(pipe, template, torch.bfloat16 if bf16 and cuda else torch.float32, device, cfg.model)
         t0 = time.perf_counter()
         trainer = Trainer(cfg, model=model)
@@ -213,9 +216,11 @@ def run_dgpo(arm, pipe, template, device, tiny, epochs, cuda, profile_to: Path |
                "trainable_params": sum(p.numel() for p in trainer.policy.params),
                "trainable_dtype": str(trainer.policy.params[0].dtype),
                "frozen_dtype": str(next(p for p in trainer.model.denoiser.parameters() if not p.requires_grad).dtype),
-               "compile_info": trainer.compile_info, "fp8_info": trainer.fp8_info}
-        out["calls"] = call_times(trainer.model, trainer.policy.reference, trainer.algo.old_model.applied,
-                                  trainer.acc.autocast, B, 2 if tiny else 3, frozen_B=frozen_B)
+               "compile_info": trainer.compile_info, "fp8_info": trainer.fp8_info,
+               "rollout_levers": trainer.rollout_levers.info(), "mean_reward": [r["reward_mean"] for r in rows]}
+        if calls:
+            out["calls"] = call_times(trainer.model, trainer.policy.reference, trainer.algo.old_model.applied,
+                                      trainer.acc.autocast, B, 2 if tiny else 3, frozen_B=frozen_B)
         if profile_to is not None:  # after every timing above: the profiler slows the host
             if save is not None:
                 save({**out, "profile": "running"})  # the timings are on disk should the profiler crash

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 
 from dgpo.bench_arms import BUDGET_SCALE, COMPARISONS, LABEL, SLOW_ARMS
 from dgpo.bench_stats import compare, late_scores, mean_curve, speed_ratio, summary_row, upto
+from dgpo.training.ood import NOISE_SES, verdict
 
 
 def _slug(title: str) -> str:
@@ -108,6 +109,35 @@ def _conclusions(arms: list[str], results: dict, end: float) -> list[str]:
     return out
 
 
+def _extra_names(results: dict) -> list[str]:
+    """The out-of-domain rewards (``eval.extra_rewards``) any run logged, in order of appearance."""
+    return list(dict.fromkeys(n for runs in results.values() for r in runs for e in r["evals"]
+                              for n in (e.get("extra") or {})))
+
+
+def _late_extra(runs: list[dict], name: str, end: float) -> float:
+    """An arm's late value of an out-of-domain reward: per seed the mean of its evals in the last third
+    (as the target's late score), then over the seeds that logged it (NaN: none did)."""
+    per_seed = late_scores(upto(runs, end), value=lambda e: (e.get("extra") or {}).get(name))
+    per_seed = per_seed[~np.isnan(per_seed)]
+    return float(per_seed.mean()) if len(per_seed) else float("nan")
+
+
+def _hacking_line(arms: list[str], results: dict, end: float) -> str:
+    """A comparison's line on reward hacking: the arms with a seed whose target reward rose while an
+    out-of-domain reward fell (first eval to the last at the budget, beyond the eval noise)."""
+    flagged = []
+    for arm in arms:
+        hits = [(r.get("seed", i), v["fell"]) for i, r in enumerate(upto(results[arm], end))
+                if (v := verdict(r["evals"]))["flagged"]]
+        if hits:
+            seeds = "; ".join(f"seed {s}: {', '.join(fell)} fell" for s, fell in hits)
+            flagged.append(f"**{LABEL.get(arm, arm)}** ({seeds})")
+    rule = (f"the target reward rose while an out-of-domain reward fell, first eval to last, each beyond "
+            f"{NOISE_SES:g} standard errors of the eval noise")
+    return (f"- Reward hacking ({rule}): " + ("; ".join(flagged) if flagged else "no arm flagged") + ".")
+
+
 def _longer(spec) -> str:
     arms = ", ".join(f"{a} {BUDGET_SCALE[a]:g}x ({spec.budget_s * BUDGET_SCALE[a]:.0f} s)" for a in BUDGET_SCALE)
     return (f"Trained longer, so that the time they need to reach DGPO's level can be measured: {arms}; every "
@@ -146,7 +176,9 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
              "Columns: start/final/late/best overall (mean over seeds; final +- std; late: the mean of the evals in "
              "the last third of the budget), optimizer steps and images "
              "in the budget, sharpness (mean |Laplacian|, blur lowers it) and off-palette pixel share "
-             "(artifacts) of the final eval images.")
+             "(artifacts) of the final eval images; then each out-of-domain reward (`eval.extra_rewards`, scored on "
+             "the same eval images as the target: reward hacking shows as these falling while the target rises), "
+             "late (the mean of its evals in the last third, then over seeds).")
     how = ("Ratio = training time (or images) Flow-GRPO's seed-mean curve needs to reach a level / what DGPO's "
            "needs (curves linear between evals), for two levels: the late score DGPO ends at, and the one "
            "Flow-GRPO ends at over its whole (longer) run (late scores, not best evals: a best eval is biased "
@@ -160,6 +192,7 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
                   f"budget, runs what is missing and keeps the rest): {', '.join(todo)}.")
     lines = ["# dgpo bench: the paper's comparisons on the toy world", "", intro, "",
              "## Headline: DGPO vs Flow-GRPO speed", "", how, "", _ratio_text(results, spec.budget_s)]
+    extras = _extra_names(results)
     for title, arms in COMPARISONS.items():
         present = [a for a in arms if a in results]
         if len(present) < 2:
@@ -167,15 +200,18 @@ def render_report(spec, results: dict[str, list[dict]]) -> Path:
         png = out / "img" / f"{_slug(title)}.png"
         plot_comparison(title, present, results, png)
         lines += [f"## {title}", "", f"![{title}](img/{png.name})", "",
-                  "| arm | seeds | start | final | late | best | steps | images | sharpness | off-palette |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| arm | seeds | start | final | late | best | steps | images | sharpness | off-palette |"
+                  + "".join(f" {n} (late) |" for n in extras), "|---" * (10 + len(extras)) + "|"]
         for arm in present:
             r = summary_row(arm, results[arm], spec.budget_s)
+            ood = [_late_extra(results[arm], n, spec.budget_s) for n in extras]
             lines.append(f"| {LABEL.get(arm, arm)} | {r['n']} | {r['start']:.3f} | {r['final']:.3f} +- "
                          f"{r['final_std']:.3f} | {r['late']:.3f} | {r['best']:.3f} | {r['steps']:.0f} | "
                          f"{r['images']:.0f} | "
-                         f"{r['sharpness']:.3f} | {r['off_palette']:.4f} |")
-        lines += ["", *_conclusions(present, results, spec.budget_s), ""]
+                         f"{r['sharpness']:.3f} | {r['off_palette']:.4f} |"
+                         + "".join(" n/a |" if np.isnan(v) else f" {v:.4f} |" for v in ood))
+        lines += ["", *_conclusions(present, results, spec.budget_s)]
+        lines += [_hacking_line(present, results, spec.budget_s), ""] if extras else [""]
     (out / "report.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     return out / "report.md"

@@ -83,14 +83,19 @@ def speed_ratio(results: dict[str, list[dict]], fast: str = "dgpo", slow: str = 
             "first_interval": bool(ratio and t_fast <= first + 1e-9)}
 
 
-def late_scores(runs: list[dict], frac: float = 1 / 3) -> np.ndarray:
+def late_scores(runs: list[dict], frac: float = 1 / 3, value=None) -> np.ndarray:
     """Per seed: the mean of the evals in the last ``frac`` of the run's training time (less noisy
-    than the final eval alone)."""
+    than the final eval alone); ``value(eval)``: what is averaged (default its ``overall``; a None from
+    it is left out, a seed with none there is NaN)."""
     out = []
     for r in runs:
         t = np.array([e["train_time_s"] for e in r["evals"]])
-        v = np.array([e["overall"] for e in r["evals"]])
-        out.append(v[t >= (1 - frac) * t[-1] - 1e-9].mean())
+        if value is None:
+            v = np.array([e["overall"] for e in r["evals"]])
+            out.append(v[t >= (1 - frac) * t[-1] - 1e-9].mean())
+            continue
+        v = np.array([value(e) for e in r["evals"]], dtype=float)[t >= (1 - frac) * t[-1] - 1e-9]
+        out.append(v[~np.isnan(v)].mean() if (~np.isnan(v)).any() else np.nan)
     return np.array(out)
 
 

@@ -9,12 +9,13 @@ status 2; ``--debug`` adds the traceback. Any other exception is a bug in dgpo a
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 from dgpo.cli_parser import build_parser
 from dgpo.errors import InputError, MissingPathError, UserError, one_line, user_path
-from dgpo.training import RunHalted
+from dgpo.training import PeerLost, RunHalted
 
 DESCRIPTION = """Online RL post-training of text-to-image flow models: DGPO, Flow-GRPO, online DPO and
 DiffusionNFT on the built-in toy world (the default) or SD3/3.5, FLUX.1, Sana and Qwen-Image through
@@ -48,24 +49,50 @@ def _load_flow_model(a):
     return model.to(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def _say_why_on_sigterm() -> None:
+    """One line on stderr when a launcher or scheduler stops the run (SIGTERM: torchrun and accelerate stop
+    every process when one fails; a preemption); the process still ends by the signal."""
+    import signal
+
+    def handler(signum, frame):
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+        who = f"process {rank} of {world}" if rank is not None and world != "1" else "the run"
+        print(f"dgpo train: stopped: {who} got SIGTERM (a launcher stops every process when one fails; or a "
+              "preemption); the newest complete checkpoint is kept: relaunch with --resume", file=sys.stderr,
+              flush=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_train(a) -> None:
     from dgpo.config import load_config
     from dgpo.evaluation import markdown_table
-    from dgpo.training import checkpoints
+    from dgpo.training import checkpoints, ood
     from dgpo.training.trainer import Trainer
 
     path, overrides = _split_cfg_args(a.args)
     cfg = load_config(path, overrides)
     checkpoints.check_run_dir(Path(cfg.run.out_dir), a.resume)
-    summary = Trainer(cfg, resume=a.resume).fit()
+    from dgpo.training.distributed import peers_watched
+
+    _say_why_on_sigterm()
+    with peers_watched():  # another process died: one line, not a collective's traceback
+        summary = Trainer(cfg, resume=a.resume, change_processes=a.change_processes).fit()
     name = {"dgpo": "DGPO", "flow_grpo": "Flow-GRPO", "dpo": "DPO", "nft": "DiffusionNFT"}[cfg.train.algorithm]
+    hacking = ood.hacking_line(summary)  # out-of-domain rewards: one line, the reward-hacking verdict
     if "eval_after" not in summary:
         print(f"{name}: {summary['steps']} optimizer steps; run directory: {cfg.run.out_dir}")
+        if hacking:
+            print(hacking)
         return
     before = {k: v for k, v in summary["eval_before"].items() if k != "step"}
     after = {k: v for k, v in summary["eval_after"].items() if k != "step"}
     print(f"\n{name}: {summary['steps']} optimizer steps; held-out toy GenEval (strict, slow-EMA weights):")
     print(markdown_table({"base (before)": before, f"{name} (after)": after}))
+    if hacking:
+        print(hacking)
     print(f"run directory: {cfg.run.out_dir} (summary.json, metrics.jsonl, samples/, plots/, tb/)")
 
 
@@ -87,8 +114,10 @@ def cmd_sample(a) -> None:
     from dgpo.rewards.modality import modality_of
     from dgpo.toy.grammar import split
 
+    _check_size_flags(a)  # before the minutes a large model takes to load
     model = _load_flow_model(a)
-    metas = [{"prompt": p} for p in a.prompts] or split("test")[::20][:16]
+    _apply_sizes(model, a)
+    metas = _sample_metas(a) or split("test")[::20][:16]
     rows = [m for m in metas for _ in range(a.n)]
     fn = model_image_fn(model, a.steps, a.shift or model.default_shift(), a.cfg_scale, a.method)
     seeds = [a.seed + i for i in range(len(rows))]
@@ -98,8 +127,76 @@ def cmd_sample(a) -> None:
         return _write_videos(images, rows, Path(a.out), a.n, a.fps)
     from dgpo.training.plots import save_grid
 
-    save_grid(images, [m["prompt"] for m in rows], Path(a.out), cols=max(a.n, 4))
+    captions, cols = [m["prompt"] for m in rows], max(a.n, 4)
+    if any("source_images" in m for m in metas):  # edits: each row's first source image, then its results
+        images, captions, cols = _with_sources(images, metas, a.n)
+    save_grid(images, captions, Path(a.out), cols=cols)
     print(f"wrote {a.out} ({len(rows)} images)")
+
+
+def _sample_metas(a) -> list[dict]:
+    """`dgpo sample`'s rows: the prompts given, or the rows of --prompt-file (an edit prompt file: instructions
+    with their source images)."""
+    if a.prompt_file and a.prompts:
+        raise InputError("give prompts or --prompt-file, not both")
+    if a.prompt_file:
+        from dgpo.data.prompts import load_prompts
+
+        return load_prompts(a.prompt_file)
+    return [{"prompt": p} for p in a.prompts]
+
+
+def _with_sources(images, metas: list[dict], n: int):
+    """Grid tiles: each row's first source image (resized to the results' size) before its ``n`` results."""
+    import torch
+    import torch.nn.functional as F
+
+    from dgpo.data.edits import load_source
+
+    tiles, captions = [], []
+    for i, m in enumerate(metas):
+        src = load_source(m["source_images"][0])[None]
+        tiles += [F.interpolate(src, size=images.shape[-2:], mode="bilinear", antialias=True)[0].clamp(0, 1),
+                  *images[i * n : (i + 1) * n]]
+        captions += [f"source: {m['prompt']}", *[m["prompt"]] * n]
+    return torch.stack(tiles), captions, n + 1
+
+
+VIDEO_FLAGS = ("--frames", "--height", "--width")
+
+
+def _check_size_flags(a) -> None:
+    """`dgpo sample`'s video sizes against Wan's rules (config/rules.py), named by their flags."""
+    from dgpo.config.rules import check_video_size
+
+    if a.height and a.resolution:
+        raise InputError("--height and --resolution both set the height; give one (--resolution: an image "
+                         "model's size, or a video model's square frames)")
+    check_video_size(a.frames, a.height, a.width, keys=VIDEO_FLAGS)
+
+
+def _apply_sizes(model, a) -> None:
+    """--resolution (also where loading did not read it: a run directory) and the video flags, checked
+    against the loaded pipeline (TI2V-5B: sides multiples of 32); refused where the size is fixed (toy)."""
+    from dgpo.rewards.modality import modality_of
+
+    video = [f for f, v in zip(VIDEO_FLAGS, (a.frames, a.height, a.width)) if v]
+    if not (a.resolution or video):
+        return
+    image = modality_of(model) != "video"
+    if image and video:
+        raise InputError(f"{', '.join(video)}: only video models read them; this model makes images (its size: "
+                         "--resolution)")
+    if not hasattr(model, "resolution"):
+        fixed = " x ".join(map(str, model.latent_shape()[1:]))
+        raise InputError(f"{', '.join(video or ['--resolution'])}: this toy model's size is fixed by its checkpoint "
+                         f"({fixed} px)")
+    if image:
+        model.resolution = a.resolution
+        return
+    side = "--height" if a.height else "--resolution"  # --resolution alone: square frames, as model.resolution
+    model.set_size(a.frames, a.height or a.resolution, a.width or a.resolution,
+                   keys=("--frames", side, "--width" if a.width else side))
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -153,6 +250,7 @@ def cmd_eval(a) -> None:
         evaluate,
         markdown_table,
         model_image_fn,
+        oracle_edit_fn,
         oracle_image_fn,
         oracle_video_fn,
         write_eval,
@@ -160,8 +258,10 @@ def cmd_eval(a) -> None:
 
     metas = load_prompts(a.split)
     video = any("motion" in m for m in metas)  # the toy video world's prompts (toy_video:test)
+    edit = any("target_scene" in m for m in metas)  # the toy editing world's rows (toy_edit:test)
     if a.model == "oracle":
-        fn, name = (oracle_video_fn() if video else oracle_image_fn()), "oracle (renderer)"
+        oracle = oracle_video_fn() if video else oracle_edit_fn() if edit else oracle_image_fn()
+        fn, name = oracle, "oracle (renderer)"
     else:
         model = _load_flow_model(a)
         fn = model_image_fn(model, a.steps or 10, a.shift or model.default_shift(), a.cfg_scale, a.method or "dpm")
@@ -171,11 +271,45 @@ def cmd_eval(a) -> None:
         from dgpo.rewards.toy_video import ToyVideoReward
 
         score_fn = ToyVideoReward().eval_scores
+    elif edit:
+        from dgpo.rewards.toy_edit import ToyEditReward
+
+        score_fn = ToyEditReward().eval_scores
+    if a.reward or (not edit and any("source_images" in m for m in metas)):
+        score_fn = _eval_reward(a)  # the named rewards (an edit prompt file's: image_similarity, geneval, ...)
     res = evaluate(fn, metas, a.images_per_prompt or 1, a.seed, a.batch_size or 64, "eval", a.min_per_category,
                    score_fn=score_fn)
     write_eval(res, a.out, name)
     print(markdown_table({name: res}), end="")
     print(f"wrote {a.out}/eval.json and {a.out}/eval.md ({res['n_images']} images)")
+
+
+def _eval_reward(a):
+    """--reward: ``evaluate``'s scorer, the weighted sum of the named rewards (--reward-weights; the strict
+    correctness of the first that has one). An edit prompt file needs it: the toy GenEval scorer cannot tell
+    an edit."""
+    if not a.reward:
+        raise InputError(f"--split {a.split}: an edit prompt file is scored by rewards: give --reward, e.g. "
+                         "image_similarity, or geneval,image_similarity with --reward-weights 0.5,0.5")
+    import torch
+
+    from dgpo.rewards import build_reward
+    from dgpo.rewards.multi import MultiReward
+
+    names = [n.strip() for n in a.reward.split(",") if n.strip()]
+    try:
+        weights = [float(w) for w in a.reward_weights.split(",")] if a.reward_weights else [1.0] * len(names)
+    except ValueError:
+        raise InputError(f"--reward-weights {a.reward_weights!r}: comma-separated numbers") from None
+    if len(weights) != len(names):
+        raise InputError(f"--reward-weights: {len(weights)} weights for {len(names)} rewards (--reward)")
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    judge = {"url": a.judge_url, "model": a.judge_model,
+             "token": os.environ.get(a.judge_token_env, "") if a.judge_token_env else ""}
+    fns = {n: build_reward(n, a.pickscore_model if n == "pickscore" else a.detector, a.pickscore_processor, device,
+                           clip_path=a.clip, partial=a.partial, aesthetic_path=a.aesthetic, hps_path=a.hps,
+                           imagereward_path=a.imagereward, judge=judge, key="--reward") for n in names}
+    return MultiReward(fns, dict(zip(names, weights))).eval_scores
 
 
 def cmd_eval_protocol(a) -> None:
@@ -240,14 +374,14 @@ def cmd_bench(a) -> None:
 
 def cmd_toy(a) -> None:
     if a.toy_cmd == "prompts":
-        from dgpo.toy import grammar, video_grammar
+        from dgpo.toy import edit_grammar, grammar, video_grammar
 
-        rows = (video_grammar if a.world == "video" else grammar).split(a.split)
+        rows = {"video": video_grammar, "edit": edit_grammar}.get(a.world, grammar).split(a.split)
         grammar.write_jsonl(rows, a.out)
         print(f"wrote {len(rows)} prompts to {a.out}")
         return
-    if a.world == "video":
-        return _pretrain_video(a)
+    if a.world != "image":
+        return _pretrain_world(a)
     from dgpo.toy.model import ToyModelConfig
     from dgpo.toy.pretrain import parse_category_weights, pretrain
 
@@ -255,22 +389,33 @@ def cmd_toy(a) -> None:
     if a.init and (a.coords or a.channels):
         raise InputError("--coords and --channels shape a new model; an --init model keeps its architecture")
     cfg = ToyModelConfig(channels=a.channels or ToyModelConfig.channels, coords=a.coords)
-    last = pretrain(a.out, a.minutes, a.batch_size or 64, a.lr, a.ema_decay, save_every=a.save_every, seed=a.seed,
-                    cfg=cfg, max_steps=a.max_steps, init=a.init, weights=weights or None,
-                    pos_embed=a.pos_embed, t_mean=a.t_mean, resume=a.resume)
+    last = pretrain(a.out, cfg=cfg, init=a.init, weights=weights or None, pos_embed=a.pos_embed,
+                    **_loop_options(a, 64))
     print(f"final EMA weights: {last}")
 
 
-def _pretrain_video(a) -> None:
-    """`dgpo toy pretrain --world video`: the toy video base (dgpo.toy.video_pretrain)."""
-    from dgpo.toy.video_pretrain import parse_video_weights, pretrain_video
+def _loop_options(a, batch_size: int) -> dict:
+    """The shared pretraining loop's settings (dgpo.toy.pretrain_loop.LoopOptions) from the flags."""
+    return dict(minutes=a.minutes, batch_size=a.batch_size or batch_size, lr=a.lr, ema_decay=a.ema_decay,
+                save_every=a.save_every, seed=a.seed, max_steps=a.max_steps, t_mean=a.t_mean, resume=a.resume)
 
+
+def _pretrain_world(a) -> None:
+    """`dgpo toy pretrain --world video|edit`: the toy video base (dgpo.toy.video_pretrain) or the toy
+    editing base (dgpo.toy.edit_pretrain), both started from the shipped image base by default."""
     if a.coords or a.channels or a.pos_embed:
-        raise InputError("--coords, --channels and --pos-embed shape the image model; the video model takes its "
-                         "spatial layers' architecture from its --init (default: the shipped image base)")
-    last = pretrain_video(a.out, a.minutes, a.batch_size or 16, a.lr, a.ema_decay, save_every=a.save_every,
-                          seed=a.seed, max_steps=a.max_steps, init=a.init or "image",
-                          weights=parse_video_weights(a.weights) or None, t_mean=a.t_mean, resume=a.resume)
+        raise InputError(f"--coords, --channels and --pos-embed shape the image model; the {a.world} model takes "
+                         "its spatial layers' architecture from its --init (default: the shipped image base)")
+    if a.world == "video":
+        from dgpo.toy.video_pretrain import parse_video_weights, pretrain_video
+
+        last = pretrain_video(a.out, init=a.init or "image", weights=parse_video_weights(a.weights) or None,
+                              **_loop_options(a, 16))
+    else:
+        from dgpo.toy.edit_pretrain import parse_edit_weights, pretrain_edit
+
+        last = pretrain_edit(a.out, init=a.init or "image", weights=parse_edit_weights(a.weights) or None,
+                             **_loop_options(a, 64))
     print(f"final EMA weights: {last}")
 
 
@@ -330,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
                 "geneval": cmd_geneval, "reward": cmd_reward}
     try:
         handlers[a.cmd](a)
+    except PeerLost as e:  # not the input's fault: its own exit status, for launchers and scripts
+        sys.stdout.flush()
+        print(f"dgpo {a.cmd}: stopped: {one_line(str(e))}", file=sys.stderr)
+        return 3
     except (UserError, OSError, RunHalted) as e:
         if isinstance(e, OSError) and not isinstance(e, UserError) and e.filename is None:
             raise  # an OSError on no path (a socket, a library's internals) is not the user's to fix

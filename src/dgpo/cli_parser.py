@@ -65,6 +65,16 @@ def _model_args(p: argparse.ArgumentParser, resolution: int) -> None:
     g.add_argument("--device", default="", help="default: cuda if available, else cpu")
 
 
+def _video_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("video models", "the frame count and frame size a video model (Wan) samples at; 0 "
+                             "keeps the model's own (a run's, else the pipeline's 81 frames of 480 x 832)")
+    g.add_argument("--frames", type=integer(0, 100_000), default=0,
+                   help="frames per video (Wan: frames - 1 a multiple of 4, e.g. 33 or 81)")
+    g.add_argument("--height", type=integer(0, 16384), default=0,
+                   help="frame height in pixels (Wan: a multiple of 16, TI2V-5B 32); not with --resolution")
+    g.add_argument("--width", type=integer(0, 16384), default=0, help="frame width in pixels (as --height)")
+
+
 def _protocol_args(ev: argparse.ArgumentParser) -> None:
     g = ev.add_argument_group("paper protocols", "--protocol: sampler defaults 40 Euler steps, CFG 4.5, the "
                               "model's shift, 512 px (Flow-GRPO / DiffusionNFT evaluation)")
@@ -87,6 +97,11 @@ def _protocol_args(ev: argparse.ArgumentParser) -> None:
     g.add_argument("--judge-token-env", default="", help="unifiedreward: environment variable holding the server's "
                    "API key (default: none)")
     g.add_argument("--rewards", default="", help="drawbench: comma-separated rewards (default: all available)")
+    r = ev.add_argument_group("rewards (no --protocol)", "score with rewards instead of the toy GenEval scorer (an "
+                              "edit prompt file needs them); the paths above are theirs")
+    r.add_argument("--reward", default="", help="comma-separated reward names (built-in or package.module:function), "
+                   "e.g. image_similarity, geneval,image_similarity, unifiedreward_edit")
+    r.add_argument("--reward-weights", default="", help="comma-separated weights of --reward (default 1 each)")
     g.add_argument("--official-results", default="",
                    help="geneval: GenEval's results.jsonl on the images in --out; compare, generate nothing")
 
@@ -125,18 +140,21 @@ def _toy_and_geneval_args(sub) -> None:
     toy = sub.add_parser("toy", help="the shapes toy world")
     toy_sub = toy.add_subparsers(dest="toy_cmd", required=True)
     pt = toy_sub.add_parser("pretrain", help="train the toy base model from scratch")
-    pt.add_argument("--world", choices=["image", "video"], default="image",
+    pt.add_argument("--world", choices=["image", "video", "edit"], default="image",
                     help="image: the shapes UNet; video: the space-time model on moving shapes "
-                         "(dgpo.toy.video_pretrain)")
+                         "(dgpo.toy.video_pretrain); edit: the editing model on instructions and source images "
+                         "(dgpo.toy.edit_pretrain)")
     pt.add_argument("--out", default="runs/toy-pretrain")
     pt.add_argument("--minutes", type=number(0, above=True), default=60.0)
     pt.add_argument("--max-steps", type=integer(1), default=None)
-    pt.add_argument("--batch-size", type=integer(1), default=None, help="images (default 64) or clips (video: 16)")
+    pt.add_argument("--batch-size", type=integer(1), default=None, help="images (default 64; edit: 64 edits) or clips "
+                                                                        "(video: 16)")
     pt.add_argument("--lr", type=number(0, 1, above=True), default=1e-3)
     pt.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
     pt.add_argument("--ema-decay", type=number(0, 1), default=0.999)
-    pt.add_argument("--init", default=None, help="continue from a toy checkpoint folder; video: 'image' (default: "
-                    "the shipped image base's spatial layers), 'scratch', or an image or video checkpoint folder")
+    pt.add_argument("--init", default=None, help="continue from a toy checkpoint folder; video / edit: 'image' "
+                    "(default: the shipped image base's layers), 'scratch', or an image or video / edit checkpoint "
+                    "folder")
     pt.add_argument("--weights", default="", help="category weights, e.g. single_object=4,colors=3")
     pt.add_argument("--pos-embed", action="store_true",
                     help="position embeddings on the attention tokens (added, zero-initialised, to an --init model)")
@@ -148,7 +166,8 @@ def _toy_and_geneval_args(sub) -> None:
                     help="location of the logit-normal timestep density (positive: more high-noise samples)")
     pp = toy_sub.add_parser("prompts", help="write a split as GenEval-format JSONL")
     pp.add_argument("split", choices=["train", "test"])
-    pp.add_argument("--world", choices=["image", "video"], default="image", help="video: the motion prompts")
+    pp.add_argument("--world", choices=["image", "video", "edit"], default="image",
+                    help="video: the motion prompts; edit: the editing instructions with their scenes")
     pp.add_argument("--out", required=True)
 
     ge = sub.add_parser("geneval", help="GenEval's prompt sets")
@@ -170,6 +189,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="DGPO training (no config: the toy-world default)")
     tr.add_argument("args", nargs="*", help="[config.yaml] [key=value ...]")
     tr.add_argument("--resume", action="store_true", help="continue the run in run.out_dir")
+    tr.add_argument("--change-processes", action="store_true",
+                    help="with --resume: continue a checkpoint written by another number of processes (same samples "
+                    "and objective; float sums in another order, so not bit for bit; not for flow_grpo)")
 
     cf = sub.add_parser("config", help="config tools")
     cf.add_argument("action", choices=["show", "options"], help="show: resolved config; options: all keys")
@@ -178,6 +200,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     sa = sub.add_parser("sample", help="write a PNG grid for prompts (a video model: MP4/GIF files and an "
                         "animated grid)")
     sa.add_argument("prompts", nargs="*", help="prompts (default: 16 held-out toy prompts)")
+    sa.add_argument("--prompt-file", default="", help="a prompt file or set instead of prompts, e.g. an edit prompt "
+                    "file for an editing model (JSON lines with 'prompt' and 'source'; the grid shows each source "
+                    "before its results)")
     sa.add_argument("--model", default="",
                     help="run dir, toy checkpoint folder, diffusers folder or hub id (default: the built-in toy base)")
     sa.add_argument("--out", type=image_file, default="samples.png",
@@ -190,6 +215,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                     help="video models: frames per second of the MP4 / GIF files (default 8, as Flow-GRPO's Wan logs)")
     _sampler_args(sa)
     _model_args(sa, resolution=0)
+    _video_args(sa)
 
     ev = sub.add_parser("eval", help="GenEval-style eval (toy), or a paper protocol: eval.json + eval.md")
     ev.add_argument("--model", default="",

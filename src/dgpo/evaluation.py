@@ -17,6 +17,7 @@ from tqdm import tqdm
 from dgpo.models.base import FlowModel, encode_nulls, encode_rows
 from dgpo.samplers.rollout import generate
 from dgpo.toy import scorer
+from dgpo.toy.edit_grammar import CATEGORIES as EDIT_CATEGORIES
 from dgpo.toy.grammar import CATEGORIES
 from dgpo.toy.video_grammar import CATEGORIES as VIDEO_CATEGORIES
 
@@ -62,17 +63,53 @@ def oracle_video_fn() -> ImageFn:
     return fn
 
 
+def oracle_edit_fn() -> ImageFn:
+    """The toy editing world's target scenes drawn, as an editing "model" (proves the edit scorer)."""
+    from dgpo.toy.edit_grammar import render_scene
+
+    def fn(metas: list[dict], seeds: list[int]) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(render_scene(m["target_scene"])) for m in metas])
+
+    return fn
+
+
 def image_quality(images: np.ndarray) -> dict[str, float]:
     """Signals of the "blurred outputs" failure beside the reward, per batch [B, 3, H, W] in [0, 1]:
     ``sharpness``: mean |Laplacian| of the grey image (blur lowers it); ``off_palette``: share of
-    pixels farther than 0.25 (max over channels) from black and from every toy colour (artifacts)."""
-    from dgpo.toy.render import PALETTE
+    off-palette pixels (artifacts); the statistics of :mod:`dgpo.rewards.toy_ood`."""
+    from dgpo.rewards.toy_ood import laplacian_sharpness, off_palette_share
 
-    grey = images.mean(1)
-    lap = 4 * grey[:, 1:-1, 1:-1] - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1] - grey[:, 1:-1, :-2] - grey[:, 1:-1, 2:]
-    colours = np.array([(0.0, 0.0, 0.0), *PALETTE.values()])  # [K, 3]
-    dist = np.abs(images.transpose(0, 2, 3, 1)[..., None, :] - colours).max(-1).min(-1)  # [B, H, W]
-    return {"sharpness": float(np.abs(lap).mean()), "off_palette": float((dist > 0.25).mean())}
+    return {"sharpness": float(laplacian_sharpness(images).mean()),
+            "off_palette": float(off_palette_share(images).mean())}
+
+
+ExtraFn = Callable[[torch.Tensor, list[dict]], dict[str, list]]
+
+
+def extra_scorer(fns: dict[str, Callable], guard=None) -> ExtraFn:
+    """Out-of-domain rewards (``eval.extra_rewards``) on a batch of eval images: {name: [score or None]}.
+    With ``guard`` (a :class:`~dgpo.rewards.retry.GuardedCall`) each call is retried as the target's;
+    a call that still fails, raises anything, or returns the wrong number of scores gives None for the
+    batch, as does a non-finite score for its image: the eval goes on."""
+
+    def score(images: torch.Tensor, metas: list[dict]) -> dict[str, list]:
+        return {name: _extra_values(name, fn, images, metas, guard) for name, fn in fns.items()}
+
+    return score
+
+
+def _extra_values(name: str, fn: Callable, images: torch.Tensor, metas: list[dict], guard) -> list:
+    try:
+        out, report = guard(fn, images, metas) if guard is not None else (fn(images, metas), None)
+        error = report.error if report is not None and out is None else ""
+        values = [] if out is None else torch.as_tensor(out).float().flatten().cpu().tolist()
+    except Exception as e:  # noqa: BLE001 - an out-of-domain reward never stops the eval
+        error, values = f"{type(e).__name__}: {e}", []
+    if len(values) != len(metas):
+        log.warning("eval: extra reward %s left %d images unscored (%s)", name, len(metas),
+                    error or f"{len(values)} scores for {len(metas)} images")
+        return [None] * len(metas)
+    return [v if math.isfinite(v) else None for v in values]
 
 
 def evaluate(
@@ -87,6 +124,7 @@ def evaluate(
     gather: Callable[[list[dict]], list[dict]] | None = None,
     score_fn: Callable[[torch.Tensor, list[dict]], list[tuple[float, float]]] | None = None,
     lockstep: bool = False,
+    extra: ExtraFn | None = None,
 ) -> dict:
     """Strict GenEval accuracy per category, ``overall`` (mean of categories), partial reward, rows.
 
@@ -101,6 +139,8 @@ def evaluate(
     in ``unscored_images``, and so does an image whose score is not finite (a reward's NaN).
     ``lockstep``: every process runs the same number of batches (FSDP: each forward is a collective);
     shorter shards repeat a job and drop its rows.
+    ``extra``: out-of-domain rewards (:func:`extra_scorer`) on the same images; each row keeps
+    ``extra: {name: score}`` and the summary their means (:func:`summarize`).
     """
     sizes: dict[str, int] = defaultdict(int)
     for m in metas:
@@ -123,15 +163,17 @@ def evaluate(
         if scores is None:  # the reward failed for this batch: its images stay unscored
             unscored += max(0, min(len(chunk), real - start))
             continue
-        for n, ((i, k), img, meta, (ok, part, *extra)) in enumerate(zip(chunk, arrays, batch, scores)):
+        ood = extra(images, batch) if extra is not None else {}
+        for n, ((i, k), img, meta, (ok, part, *more)) in enumerate(zip(chunk, arrays, batch, scores)):
             if start + n >= real:  # lockstep padding
                 break
             if not (_finite(ok) and _finite(part)):  # a NaN score: unscored, as a failed call's
                 unscored += 1
                 continue
             rows.append({"index": i, "sample": k, "tag": meta.get("tag", "reward"), "prompt": meta["prompt"],
-                         "correct": ok, "reward": part, **(extra[0] if extra else {}),
-                         **image_quality(img if img.ndim == 4 else img[None])})  # a video: over its frames
+                         "correct": ok, "reward": part, **(more[0] if more else {}),
+                         **image_quality(img if img.ndim == 4 else img[None]),  # a video: over its frames
+                         **({"extra": {k: v[n] for k, v in ood.items()}} if ood else {})})
     if gather is not None:
         rows = gather(rows)
         unscored = len(every) - len(rows)  # every process's unscored images
@@ -188,7 +230,7 @@ def per_category(metas: list[dict], k: int) -> list[dict]:
 
 def _by_category(by_tag: dict[str, list]) -> dict[str, float]:
     """{"overall": mean of the category means, category: mean} (GenEval's summary)."""
-    cats = {t: float(np.mean(by_tag[t])) for t in (*CATEGORIES, *VIDEO_CATEGORIES) if t in by_tag}
+    cats = {t: float(np.mean(by_tag[t])) for t in (*CATEGORIES, *VIDEO_CATEGORIES, *EDIT_CATEGORIES) if t in by_tag}
     cats.update({t: float(np.mean(v)) for t, v in by_tag.items() if t not in cats})
     return {"overall": float(np.mean(list(cats.values()))) if cats else 0.0, **cats}
 
@@ -208,8 +250,11 @@ def pass_at_n(rows: list[dict], n: int) -> dict[str, float]:
 
 
 def summarize(rows: list[dict], images_per_prompt: int = 1) -> dict:
-    """Strict accuracy by category (pass@1 over every image), mean partial reward, quality signals;
-    with ``images_per_prompt`` > 1 also ``pass_at_n`` (a dict like the strict scores)."""
+    """Strict accuracy by category (pass@1 over every image), mean partial reward and its standard error
+    (``reward_se``: the per-image scores' std / sqrt(n)), quality signals; with ``images_per_prompt`` > 1
+    also ``pass_at_n`` (a dict like the strict scores); with out-of-domain rewards in the rows,
+    ``extra`` / ``extra_se``: {name: mean / standard error} over the images each scored (None: none
+    scored), and ``extra_unscored``: {name: images left unscored} where any were."""
     by_tag: dict[str, list[bool]] = defaultdict(list)
     for r in rows:
         by_tag[r["tag"]].append(r["correct"])
@@ -218,18 +263,37 @@ def summarize(rows: list[dict], images_per_prompt: int = 1) -> dict:
         **_by_category(by_tag),
         **extra,
         "reward": float(np.mean([r["reward"] for r in rows])) if rows else 0.0,
+        "reward_se": _se([r["reward"] for r in rows]),
         **{k: float(np.mean([r[k] for r in rows])) for k in ("sharpness", "off_palette") if rows and k in rows[0]},
         **{k: float(np.mean([r[k] for r in rows])) for k in (rows[0] if rows else ()) if k.startswith("reward_")},
+        **_extra_summary(rows),
         "n_images": len(rows),
         "rows": rows,
     }
 
 
+def _se(values: list) -> float | None:
+    """The standard error of the mean of ``values`` (None with fewer than 2)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+
+
+def _extra_summary(rows: list[dict]) -> dict:
+    """``extra``, ``extra_se`` and ``extra_unscored`` of the rows' out-of-domain scores."""
+    names = list(dict.fromkeys(k for r in rows for k in r.get("extra", {})))
+    if not names:
+        return {}
+    scores = {n: [r["extra"][n] for r in rows if r.get("extra", {}).get(n) is not None] for n in names}
+    left = {n: len(rows) - len(v) for n, v in scores.items() if len(v) < len(rows)}
+    return {"extra": {n: float(np.mean(v)) if v else None for n, v in scores.items()},
+            "extra_se": {n: _se(v) for n, v in scores.items()}, **({"extra_unscored": left} if left else {})}
+
+
 def markdown_table(results: dict[str, dict]) -> str:
     """One row per named result, columns overall + categories (strict accuracy); a missing eval's
     (its reward failed throughout: ``overall`` null) cells read "missing"."""
-    cols = ["overall", *[c for c in (*CATEGORIES, *VIDEO_CATEGORIES) if any(c in r for r in results.values())],
-            "reward"]
+    known = (*CATEGORIES, *VIDEO_CATEGORIES, *EDIT_CATEGORIES)
+    cols = ["overall", *[c for c in known if any(c in r for r in results.values())], "reward"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         cell = lambda v: "missing" if v is None else f"{v:.3f}"  # noqa: E731

@@ -22,6 +22,8 @@ class Stream(IntEnum):
     SHUFFLE = 8  # Flow-GRPO / DiffusionNFT: the optimizer steps' shuffle across groups
     NFT_ORDER = 9  # DiffusionNFT: each sample's order of grid steps
     NFT_NOISE = 10  # DiffusionNFT: each sample's own re-noising noise
+    AWM_TIMESTEPS = 11  # AWM: each sample's grid index in each stratum
+    AWM_NOISE = 12  # AWM: each sample's own re-noising noise per timestep slot
 
 
 def derive_seed(*key: int) -> int:

@@ -24,7 +24,7 @@ from dgpo.samplers.rollout import generate, initial_noise
 from dgpo.samplers.sde import sample_sde
 from dgpo.schedules import interpolate
 from dgpo.seeds import Stream, derive_seed
-from dgpo.timesteps import TrainTime, shared_noise, train_timesteps
+from dgpo.timesteps import AdaptiveTMin, TrainTime, shared_noise, train_timesteps
 from dgpo.training.ema import OldModelEMA, ParamEMA
 
 __all__ = ["Algorithm", "LoopContext", "Rollouts", "StepLoss", "hook"]
@@ -44,6 +44,9 @@ class Algorithm:
         self.grid = ctx.model.rollout_grid(self.rollout_method(), self.cfg.sampler.steps, ctx.shift)
         self.old_model = self.make_old_model(ctx.params)
         self._frozen: dict = {}  # (timestep slot, first position) -> reference / 'old' velocities
+        d = self.cfg.timesteps  # timesteps.mode=adaptive: the online t_min, saved in checkpoints
+        self.t_min_rule = (AdaptiveTMin(d.t_min, d.adaptive_lo, d.adaptive_hi, d.adaptive_rate, d.adaptive_ratio,
+                                        d.adaptive_decay) if d.mode == "adaptive" else None)
 
     # ------------------------------------------------------------------ hooks
     @hook
@@ -151,12 +154,24 @@ class Algorithm:
 
     # ------------------------------------------------------------------ shared helpers
     def t_min(self, step: int) -> float:
-        """Paper's t_min, optionally annealed linearly to ``timesteps.t_min_end`` over the run's steps."""
+        """Paper's t_min, optionally annealed linearly to ``timesteps.t_min_end`` over the run's steps, or
+        the adaptive rule's current value."""
         d, epochs = self.cfg.timesteps, self.cfg.run.epochs
+        if self.t_min_rule is not None:
+            return self.t_min_rule.t_min
         if d.t_min_end < 0:
             return d.t_min
         frac = min(1.0, step / max(1, epochs * self.cfg.train.steps_per_epoch - 1))
         return d.t_min + frac * (d.t_min_end - d.t_min)
+
+    def state_dict(self) -> dict:
+        """The algorithm's own state for checkpoints' state.json (JSON numbers), beside its 'old' model."""
+        return {"t_min_rule": self.t_min_rule.state_dict()} if self.t_min_rule is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """:meth:`state_dict` from a checkpoint (a run that saved none keeps its starting state)."""
+        if self.t_min_rule is not None and "t_min_rule" in state:
+            self.t_min_rule.load_state_dict(state["t_min_rule"])
 
     def conditions(self, metas: list[dict], epoch: int) -> Rollouts:
         """This process's samples of the epoch, without x0: global index, group, condition, null

@@ -13,6 +13,7 @@ from dgpo.losses.dgpo import dgpo_velocity_loss
 
 class DGPO(Algorithm):
     name = "dgpo"
+    t_min_now: float | None = None  # the t_min this epoch's training times were drawn from
 
     def select(self, batch, rewards, adv, zero, group_ids):
         d = self.cfg.dgpo
@@ -27,6 +28,15 @@ class DGPO(Algorithm):
         need_ref = not d.use_ema_ref or d.kl_beta > 0  # the frozen reference feeds the DGPO term or the KL
         return need_old, need_ref
 
+    def units(self, batch, epoch, step):
+        self.t_min_now = self.t_min(step)  # logged by micro_loss as the step's t_min
+        return super().units(batch, epoch, step)
+
+    def after_step(self, step: int) -> None:
+        super().after_step(step)
+        if self.t_min_rule is not None:  # the adaptive t_min moves on the step's agreements
+            self.t_min_rule.update(self.ctx.layout.all_sum)
+
     def micro_loss(self, batch, signal, mb, unit, slot, epoch) -> StepLoss:
         d = self.cfg.dgpo
         need_ref = self.frozen_needs()[1]
@@ -37,6 +47,11 @@ class DGPO(Algorithm):
                                  clip_range=d.clip_range, clip_dsm=d.clip_dsm, clip_kl=d.clip_kl,
                                  kl_beta=d.kl_beta, use_ema_ref=d.use_ema_ref)
         stats = {"dgpo": out.dgpo, "kl": out.kl, "clip": out.clipped.float().mean(), "weight": out.weight.mean()}
+        if self.t_min_now is not None and self.cfg.timesteps.mode in ("uniform", "adaptive"):
+            stats["t_min"] = torch.tensor(self.t_min_now)
+        if self.t_min_rule is not None:  # the rule reads A and delta against the DGPO term's reference
+            ref = o["dsm_old"] if d.use_ema_ref else o["dsm_ref"]
+            self.t_min_rule.observe(slot, unit.sigma, a, o["dsm"].detach() - ref.to(a.device))
         if need_ref:
             stats["v_mse_ref"] = (o["v"] - o["v_ref"]).detach().pow(2).mean()
         return StepLoss(out.loss * len(mb), stats)

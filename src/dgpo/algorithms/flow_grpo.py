@@ -3,7 +3,8 @@ flow-matching Euler grid with per-step Gaussian log-probs averaged over elements
 objective on the trained steps (the first int(steps x timestep_fraction), or a Flow-GRPO-Fast SDE
 window), CFG during training (the unconditional branch detached by default), closed-form KL to the
 reference, samples with advantage exactly 0 dropped (and some re-added to fill the sampling
-batches), optimizer steps over a random shuffle of the samples across groups."""
+batches), optimizer steps over a random shuffle of the samples across groups. ``grpo.guard``: GRPO-Guard
+(arXiv 2510.22319) on top, RatioNorm on the rollout's stored step means and the 1 / |dt| reweight."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from dgpo.advantages import refill_zero_advantage
 from dgpo.algorithms.base import Algorithm, StepLoss
-from dgpo.losses.flow_grpo import flow_grpo_loss, step_kl
+from dgpo.losses.flow_grpo import GRPOLoss, flow_grpo_loss, grpo_guard_loss, step_kl
 from dgpo.models.base import cfg_velocity, cond_cat, cond_index, guide
 from dgpo.samplers.rollout import initial_noise
 from dgpo.samplers.sde import make_step, sample_sde, step_logprob
@@ -65,7 +66,8 @@ class FlowGRPO(Algorithm):
                 x = initial_noise(model.latent_shape(), seeds).to(model.device)
                 step_seeds = [derive_seed(sd, Stream.SDE_STEP) for sd in seeds]
                 steps = self.sde_steps(epoch, sampling_batch)
-                parts.append(sample_sde(fn, x, self.grid, c.grpo.noise_level, step_seeds, steps, c.grpo.sde_type))
+                parts.append(sample_sde(fn, x, self.grid, c.grpo.noise_level, step_seeds, steps, c.grpo.sde_type,
+                                        keep_means=c.grpo.guard))
                 starts += [steps[0]] * len(seeds)
                 if on_chunk is not None:
                     on_chunk(parts[-1].x0, batch.metas[sl])
@@ -73,6 +75,8 @@ class FlowGRPO(Algorithm):
         batch.latents = torch.cat([p.latents for p in parts])
         batch.log_probs = torch.cat([p.log_probs for p in parts])
         batch.sde_start = torch.tensor(starts)  # per local sample: its sampling batch's first stochastic step
+        if c.grpo.guard:  # GRPO-Guard: the rollout policy's step means
+            batch.extra["sde_means"] = torch.cat([p.means for p in parts])
         return batch
 
     def velocity(self, x, t, cond, null, grad: bool, rollout: bool = False):
@@ -141,8 +145,22 @@ class FlowGRPO(Algorithm):
                 ref = make_step(g.sde_type, x, self.velocity(x, tt, cond, null, grad=False), s, s_next, guard,
                                 g.noise_level)
             kl = step_kl(step.mean, ref.mean, step.std if g.kl_paper else step.std_t)
-        out = flow_grpo_loss(log_prob, batch.log_probs[mb, j], signal[mb].to(x.device), g.clip_range, kl, g.kl_beta)
-        # clip: the official clipfrac (|ratio - 1| > clip_range, on either side); ratio_dev: the largest |ratio - 1|
-        dev = (out.ratio - 1).abs()
-        return StepLoss(out.loss * len(mb), {"policy": out.policy, "kl": out.kl,
-                                             "clip": (dev > g.clip_range).float().mean(), "ratio_dev": dev.max()})
+        adv, old = signal[mb].to(x.device), batch.log_probs[mb, j]
+        if g.guard:
+            out = grpo_guard_loss(log_prob, old, step.mean, batch.extra["sde_means"][mb, j], step.std,
+                                  s - s_next if g.guard_reweight else None, adv, g.clip_range, kl, g.kl_beta)
+        else:
+            out = flow_grpo_loss(log_prob, old, adv, g.clip_range, kl, g.kl_beta)
+        return StepLoss(out.loss * len(mb), self._ratio_stats(out, log_prob.detach() - old))
+
+    def _ratio_stats(self, out: GRPOLoss, raw_log_ratio: torch.Tensor) -> dict:
+        """clip: the official clipfrac (|ratio - 1| > clip_range), clip_hi / clip_lo its two sides (official
+        clipfrac_gt_one / lt_one); ratio_dev: the largest |ratio - 1|; logr: the mean log-ratio the clip
+        sees (GRPO-Guard: the RatioNorm one; logr_raw: exp(lp - lp_old)'s)."""
+        eps, dev = self.cfg.grpo.clip_range, out.ratio - 1
+        stats = {"policy": out.policy, "kl": out.kl, "clip": (dev.abs() > eps).float().mean(),
+                 "clip_hi": (dev > eps).float().mean(), "clip_lo": (-dev > eps).float().mean(),
+                 "ratio_dev": dev.abs().max(), "logr": out.log_ratio.mean()}
+        if self.cfg.grpo.guard:
+            stats["logr_raw"] = raw_log_ratio.mean()
+        return stats

@@ -8,6 +8,7 @@ key (``train.lr``) and what is allowed; a key that moved names its new place.
 from dgpo.config.loading import DEFAULT_CONFIG, MOVED, dump_yaml, load_config, to_dict
 from dgpo.config.schema import (
     AdvantageConfig,
+    AWMConfig,
     Config,
     DGPOConfig,
     DPOConfig,
@@ -23,6 +24,6 @@ from dgpo.config.schema import (
 )
 from dgpo.errors import ConfigError
 
-__all__ = ["DEFAULT_CONFIG", "MOVED", "AdvantageConfig", "Config", "ConfigError", "DGPOConfig", "DPOConfig",
-           "EvalConfig", "GRPOConfig", "ModelConfig", "NFTConfig", "RewardConfig", "RunConfig", "SamplerConfig",
-           "TimestepConfig", "TrainConfig", "dump_yaml", "load_config", "to_dict"]
+__all__ = ["DEFAULT_CONFIG", "MOVED", "AWMConfig", "AdvantageConfig", "Config", "ConfigError", "DGPOConfig",
+           "DPOConfig", "EvalConfig", "GRPOConfig", "ModelConfig", "NFTConfig", "RewardConfig", "RunConfig",
+           "SamplerConfig", "TimestepConfig", "TrainConfig", "dump_yaml", "load_config", "to_dict"]

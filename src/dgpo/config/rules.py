@@ -20,8 +20,10 @@ def check(cfg: Config) -> None:
     _train(cfg)
     _flow_grpo(cfg)
     _nft(cfg)
+    _awm(cfg)
     _model(cfg.model)
     _reward(cfg.reward)
+    _extra_rewards(cfg)
 
 
 def _model(m: ModelConfig) -> None:
@@ -33,15 +35,26 @@ def _model(m: ModelConfig) -> None:
                 raise ConfigError(f"model.{key}={getattr(m, key)}: only the diffusers video families "
                                   f"{list(VIDEO_KINDS)} read it (model.kind={m.kind!r}); set it to 0")
         return
-    if m.frames and (m.frames - 1) % 4:
-        lo = (m.frames - 1) // 4 * 4 + 1
-        raise ConfigError(f"model.frames={m.frames}: Wan's VAE compresses time 4x after the first frame, so "
-                          f"frames - 1 must be a multiple of 4 (e.g. {lo} or {lo + 4})")
-    for key in ("resolution", "width"):
-        size = getattr(m, key)
-        if size % 16:
-            raise ConfigError(f"model.{key}={size}: Wan frame sides are multiples of 16 (the VAE's 8x times the "
-                              "transformer's 2x2 patches; TI2V-5B: 32)")
+    check_video_size(m.frames, m.resolution, m.width)
+
+
+VIDEO_SIZE_KEYS = ("model.frames", "model.resolution", "model.width")
+
+
+def check_video_size(frames: int, height: int, width: int, keys: tuple[str, str, str] = VIDEO_SIZE_KEYS,
+                     temporal: int = 4, vae: int = 8, patch: tuple[int, int] = (2, 2),
+                     note: str = "; TI2V-5B: 32") -> None:
+    """A Wan frame count and frame size (0: the model's default), as a ConfigError naming ``keys`` (the
+    config's, or `dgpo sample`'s flags); the defaults are Wan2.1's VAE and patches, the adapter passes
+    the loaded pipeline's."""
+    if frames and (frames - 1) % temporal:
+        lo = (frames - 1) // temporal * temporal + 1
+        raise ConfigError(f"{keys[0]}={frames}: Wan's VAE compresses time {temporal}x after the first frame, so "
+                          f"frames - 1 must be a multiple of {temporal} (e.g. {lo} or {lo + temporal})")
+    for key, size, p in zip(keys[1:], (height, width), patch):
+        if size % (vae * p):
+            raise ConfigError(f"{key}={size}: Wan frame sides are multiples of {vae * p} (the VAE's {vae}x times "
+                              f"the transformer's {p}-token patches{note})")
 
 
 def _timesteps(cfg: Config) -> None:
@@ -57,6 +70,12 @@ def _timesteps(cfg: Config) -> None:
     if d.t_min_end >= 0 and d.mode != "uniform":
         raise ConfigError(f"timesteps.t_min_end={d.t_min_end} anneals the uniform mode's t_min; "
                           f"timesteps.mode={d.mode!r} does not read it (set it to -1)")
+    if d.mode == "adaptive" and cfg.train.algorithm != "dgpo":
+        raise ConfigError(f"timesteps.mode=adaptive reads DGPO's loss; train.algorithm={cfg.train.algorithm!r} "
+                          "trains at fixed timesteps (use grid, uniform or logit_normal)")
+    if d.mode == "adaptive" and not d.adaptive_lo <= d.t_min <= d.adaptive_hi:
+        raise ConfigError(f"timesteps.t_min={d.t_min} (the adaptive rule's start) must lie in [timesteps.adaptive_lo, "
+                          f"timesteps.adaptive_hi] = [{d.adaptive_lo}, {d.adaptive_hi}]")
 
 
 def _train(cfg: Config) -> None:
@@ -67,9 +86,21 @@ def _train(cfg: Config) -> None:
     if cfg.dpo.ref_update_every and t.offline and t.algorithm == "dpo":
         raise ConfigError("dpo.ref_update_every: online DPO rolls out from its refreshed reference; "
                           "train.offline=true rolls out from the frozen base (set one of them)")
+    _levers(t)
     if t.reference_batch_size and t.algorithm == "flow_grpo":
         raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
                           "policy forward; set it to 0 (it applies to dgpo and dpo)")
+
+
+def _levers(t) -> None:
+    """The GPU speed levers' dependencies (docs/results/performance.md)."""
+    if t.compile_mode != "default" and not t.compile:
+        raise ConfigError(f"train.compile_mode={t.compile_mode}: set train.compile=true (the mode is inductor's)")
+    if t.fp8_cast_once and t.fp8 == "none":
+        raise ConfigError("train.fp8_cast_once: set train.fp8 (rowwise or tensorwise: the recipe of the cast)")
+    if t.cuda_graphs and t.compile_mode == "max-autotune":
+        raise ConfigError("train.cuda_graphs with train.compile_mode=max-autotune: inductor's own CUDA graphs "
+                          "cannot be recorded inside the rollouts' graphs; use max-autotune-no-cudagraphs")
 
 
 def _nft(cfg: Config) -> None:
@@ -87,6 +118,29 @@ def _nft(cfg: Config) -> None:
                           "fraction) = 0 timesteps")
 
 
+
+def _awm(cfg: Config) -> None:
+    a, steps = cfg.awm, cfg.sampler.steps
+    if cfg.train.algorithm != "awm":
+        return
+    if cfg.advantages.clip_max <= 0:
+        raise ConfigError("advantages.clip_max=0: AWM rescales advantages to A / clip_max x awm.advantage_max "
+                          "(official 5)")
+    if cfg.sampler.sde_noise > 0:
+        raise ConfigError(f"sampler.sde_noise={cfg.sampler.sde_noise}: AWM rolls out with SA-Solver (its noise is "
+                          "awm.noise_level) or the ODE; set sampler.sde_noise=0")
+    if a.noise_level > 0 and not a.sa_solver:
+        raise ConfigError(f"awm.noise_level={a.noise_level} is SA-Solver's stochasticity; with awm.sa_solver=false "
+                          "the rollouts are the ODE: set awm.noise_level=0 or awm.sa_solver=true")
+    if a.sa_solver and steps < 2:
+        raise ConfigError(f"sampler.steps={steps}: SA-Solver needs at least 2 steps (awm.sa_solver=true)")
+    first = 0 if a.time_type == "discrete" else 1
+    n = a.train_timesteps - (a.time_type == "discrete_with_init")
+    if int(steps * a.timestep_fraction) - first < n:
+        raise ConfigError(f"awm.train_timesteps={a.train_timesteps}: {n} strata of the grid indices {first}.."
+                          f"int(sampler.steps={steps} x awm.timestep_fraction={a.timestep_fraction}) - 1 leave one "
+                          "empty; train fewer timesteps or raise the fraction or the steps")
+
 def _flow_grpo(cfg: Config) -> None:
     g, n, flow_grpo = cfg.grpo, cfg.sampler.steps, cfg.train.algorithm == "flow_grpo"
     if g.sde_window > n:
@@ -94,6 +148,7 @@ def _flow_grpo(cfg: Config) -> None:
     if g.sde_type == "cps" and not 0 < g.noise_level < 2:
         raise ConfigError(f"grpo.noise_level={g.noise_level} with grpo.sde_type=cps: the step std is "
                           "sigma' sin(a pi / 2), which needs 0 < a < 2 (official Fast recipes 0.8)")
+    _guard(cfg)
     if not (flow_grpo and g.kl_beta > 0):
         return
     if g.noise_level == 0:
@@ -106,6 +161,23 @@ def _flow_grpo(cfg: Config) -> None:
                           "on the last step (sigma' = 0); keep it untrained (grpo.timestep_fraction < 1, or "
                           f"grpo.sde_window_range < sampler.steps={n}) or set grpo.kl_beta=0 (the official Fast "
                           "recipes)")
+
+
+def _guard(cfg: Config) -> None:
+    """GRPO-Guard (grpo.guard): Flow-GRPO's Gaussian SDE steps only (RatioNorm divides by the step std)."""
+    g = cfg.grpo
+    if not g.guard:
+        if not g.guard_reweight:
+            raise ConfigError("grpo.guard_reweight=false: only GRPO-Guard reads it; set grpo.guard=true too")
+        return
+    if cfg.train.algorithm != "flow_grpo":
+        raise ConfigError(f"grpo.guard=true: GRPO-Guard regulates Flow-GRPO's ratio; train.algorithm="
+                          f"{cfg.train.algorithm!r} does not read it (set train.algorithm=flow_grpo)")
+    if g.sde_type != "sde":
+        raise ConfigError("grpo.guard=true with grpo.sde_type=cps: RatioNorm needs the Gaussian step's std and "
+                          "log-probs (official: the sde step only); set grpo.sde_type=sde")
+    if g.noise_level == 0:
+        raise ConfigError("grpo.guard=true with grpo.noise_level=0: RatioNorm divides by the step std, 0 here")
 
 
 def _reward(r: RewardConfig) -> None:
@@ -130,6 +202,30 @@ def _reward(r: RewardConfig) -> None:
     if {"pickscore", "geneval"} <= set(names) and r.model_path:
         raise ConfigError("reward.model_path: pickscore and geneval would both read it; use their default "
                           "weights or train with one of them")
+
+
+def _extra_rewards(cfg: Config) -> None:
+    """eval.extra_rewards: known names, none twice, not the training reward, what the model makes (an image
+    reward scores a video model's frames; a video reward cannot score an image model's images)."""
+    trained, seen = cfg.reward.names(), set()
+    video_model = cfg.model.kind in VIDEO_KINDS or cfg.model.kind == "toy_video"
+    for i, n in enumerate(cfg.eval.extra_rewards):
+        key = f"eval.extra_rewards[{i}]"
+        if n not in BUILTIN_REWARDS and not CUSTOM_REWARD.fullmatch(n):
+            raise ConfigError(f"{key}: {short(n)} is not one of {list(BUILTIN_REWARDS)} nor your own reward "
+                              "'package.module:function'")
+        if n in trained:
+            raise ConfigError(f"{key}: {n!r} is the training reward (reward.name); an out-of-domain reward is "
+                              "one the run does not train on: name another or remove it from eval.extra_rewards")
+        if n in seen:
+            raise ConfigError(f"{key}: {n!r} is named twice in eval.extra_rewards")
+        seen.add(n)
+        if n in VIDEO_REWARDS and not video_model:
+            raise ConfigError(f"{key}: {n!r} scores videos but model.kind={cfg.model.kind!r} makes images; "
+                              "name an image reward")
+        if (n == "remote" and not cfg.reward.url) or (n == "unifiedreward" and not cfg.reward.judge_url):
+            raise ConfigError(f"{key}: {n!r} needs its server's URL "
+                              f"({'reward.url' if n == 'remote' else 'reward.judge_url'})")
 
 
 def _frames(r: RewardConfig, names: list[str]) -> None:

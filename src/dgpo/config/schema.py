@@ -82,7 +82,8 @@ class SamplerConfig:
 RewardName = Literal["toy_geneval", "toy_geneval_strict", "jpeg_compressibility", "jpeg_incompressibility",
                      "colorfulness", "ocr", "pickscore", "geneval", "aesthetic", "clipscore", "hpsv2", "imagereward",
                      "unifiedreward", "remote", "video_ocr", "temporal_consistency", "toy_video",
-                     "toy_video_strict"]
+                     "toy_video_strict", "toy_off_palette", "toy_sharpness", "image_similarity", "unifiedreward_edit",
+                     "toy_edit", "toy_edit_strict"]
 BUILTIN_REWARDS: tuple[str, ...] = typing.get_args(RewardName)
 # a user's own reward: an importable "package.module:function" (contract: dgpo.rewards.custom)
 CUSTOM_REWARD = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -102,7 +103,13 @@ class RewardConfig:
         "`dgpo reward serve` server (reward.url); "
         "video models: video_ocr: Flow-GRPO's video OCR reward (every 4th frame, RapidOCR); temporal_consistency: "
         "CLIP cosine of consecutive frames minus a penalty for too little motion; image rewards on frames: "
-        "reward.frames; your own: 'package.module:function' (importable; fn(images, metas) -> scores [B]); "
+        "reward.frames; editing (an edit prompt file's source images): image_similarity: CLIP image-embedding cosine "
+        "of the result and its source (Flow-GRPO's); unifiedreward_edit: a VLM edit judge's min(success, "
+        "overediting) / 25 (UnifiedReward-Edit's question; reward.judge_url, reward.judge_model); toy_edit: the toy "
+        "editing world's edit x kept partial credit (toy_edit_strict: 0/1; toy_edit:train prompts); "
+        "toy out-of-domain statistics (for eval.extra_rewards): toy_off_palette: 1 - the share of "
+        "off-palette pixels, toy_sharpness: mean |Laplacian|; your own: 'package.module:function' (importable; "
+        "fn(images, metas) -> scores [B]); "
         "a list: the weighted sum of several (reward.weights), each logged",
     )
     weights: list[float] = opt([], help="weights of the rewards in a reward.name list ([] = 1 each); "
@@ -112,7 +119,7 @@ class RewardConfig:
     processor_path: str = opt("", help="pickscore: processor folder or hub id ('' = the official LAION one)")
     clipscore_divisor: float = opt(30.0, 1e-6, help="clipscore: CLIP's logits / this (official DGPO and Flow-GRPO "
                                    "30; DiffusionNFT 100, the cosine)")
-    clip_path: str = opt("", help="geneval (colours), aesthetic, clipscore: CLIP folder or hub id "
+    clip_path: str = opt("", help="geneval (colours), aesthetic, clipscore, image_similarity: CLIP folder or hub id "
                          "('' = openai/clip-vit-large-patch14); one copy is shared")
     partial: Literal["corrected", "official"] = opt(
         "corrected", help="geneval: partial credit; official: Flow-GRPO's reward with its quirks; corrected: bounded, "
@@ -123,9 +130,10 @@ class RewardConfig:
     imagereward_path: str = opt("", help="imagereward: ImageReward.pt, or a folder with it (and a BERT tokenizer) "
                                 "('' = the hub repo THUDM/ImageReward)")
     url: str = opt("", help="remote: the reward server, e.g. http://127.0.0.1:8765")
-    judge_url: str = opt("", help="unifiedreward: the OpenAI-compatible API's base URL, e.g. "
+    judge_url: str = opt("", help="unifiedreward, unifiedreward_edit: the OpenAI-compatible API's base URL, e.g. "
                          "http://127.0.0.1:17140/v1")
-    judge_model: str = opt("UnifiedReward-7b-v1.5", help="unifiedreward: the served model's name")
+    judge_model: str = opt("UnifiedReward-7b-v1.5", help="unifiedreward: the served model's name (unifiedreward_edit: "
+                           "UnifiedReward-Edit's vllm_server.sh serves it as UnifiedReward)")
     judge_concurrency: int = opt(64, 1, 1024, help="unifiedreward: requests in flight at once")
     judge_token_env: str = opt("", help="unifiedreward: environment variable holding the server's API key "
                                "('' = none: sglang and vLLM need one only when started with --api-key)")
@@ -164,16 +172,27 @@ class RewardConfig:
 @dataclass
 class TimestepConfig:
     """The training timesteps of DGPO and DPO (Flow-GRPO and DiffusionNFT train at their own)."""
-    mode: Literal["grid", "uniform", "logit_normal"] = opt(
+    mode: Literal["grid", "uniform", "adaptive", "logit_normal"] = opt(
         "grid", help="grid (official DGPO) = timesteps.count of the rollout grid's first trunc_steps + 1 timesteps, "
-        "shared by all samples; uniform (paper) = sigma ~ U[t_min, 1], shared; logit_normal (Flow-GRPO's DPO "
-        "script) = per group, SD3's logit-normal training density over the 1000-step shifted flow schedule (all "
-        "noise levels)")
+        "shared by all samples; uniform (paper) = sigma ~ U[t_min, 1], shared; adaptive (DGPO only) = as uniform, "
+        "with t_min moved after every optimizer step by the timesteps.adaptive_* rule "
+        "(docs/results/adaptive-tmin.md); logit_normal (Flow-GRPO's DPO script) = per group, SD3's logit-normal "
+        "training density over the 1000-step shifted flow schedule (all noise levels)")
     trunc_steps: int = opt(4, 0, help="grid mode: candidates are rollout-grid indices 0..trunc_steps")
     count: int = opt(4, 1, help="training timesteps per epoch (official num_train_timesteps 4)")
-    t_min: float = opt(0.6, 0.0, 1.0, help="uniform mode: t ~ U[t_min, 1] (paper Alg. 1)")
+    t_min: float = opt(0.6, 0.0, 1.0, help="uniform mode: t ~ U[t_min, 1] (paper Alg. 1); adaptive mode: the "
+                       "starting t_min")
     t_min_end: float = opt(-1.0, -1.0, 1.0, help="uniform mode: anneal t_min linearly to this by the last step (-1: "
                                                  "off)")
+    adaptive_lo: float = opt(0.1, 0.0, 1.0, help="adaptive mode: the lowest t_min the rule may reach (below 0.1 "
+                             "the toy's gradients are 10-20x larger and point elsewhere)")
+    adaptive_hi: float = opt(0.9, 0.0, 0.99, help="adaptive mode: the highest t_min the rule may reach")
+    adaptive_rate: float = opt(0.02, 0.0, 1.0, help="adaptive mode: the largest move of t_min per optimizer step")
+    adaptive_ratio: float = opt(0.5, 0.0, 10.0, help="adaptive mode: t_min widens downward while the agreement "
+                                "cos(A, -delta) at the range's low edge is at least this share of that above it, "
+                                "and narrows otherwise")
+    adaptive_decay: float = opt(0.9, 0.0, 0.999, help="adaptive mode: decay per optimizer step of the pooled "
+                                "agreement sums (0.9: about the last 10 steps)")
 
 
 @dataclass
@@ -228,6 +247,13 @@ class GRPOConfig:
         "whole zero-spread groups only")
     shuffle: bool = opt(True, help="optimizer steps over a random shuffle of the kept samples across groups "
                         "(official); false: whole groups in order")
+    guard: bool = opt(False, help="GRPO-Guard (official config.rationorm): RatioNorm, the ratio exp((lp - lp_old + "
+                      "mean (mu - mu_old)^2 / (2 std^2)) std) with std the step's s_t sqrt(-dt), and each step's "
+                      "policy loss divided by its sigma - sigma'; its recipes clip at 2e-6 (OCR, GenEval) or 4e-6 "
+                      "(PickScore)")
+    guard_reweight: bool = opt(True, help="with grpo.guard: the per-step gradient reweight 1 / (sigma - sigma') "
+                               "(official); false: RatioNorm alone (Flow-Factory's grpo-guard trainer, the paper's "
+                               "ablation)")
 
 
 @dataclass
@@ -263,9 +289,48 @@ class NFTConfig:
 
 
 @dataclass
+class AWMConfig:
+    """Advantage Weighted Matching (scxue/advantage_weighted_matching: config/dgx_awm.py geneval_sd3_no_cfg_1node,
+    config/base_awm.py, scripts/train_sd3_awm.py)."""
+    sa_solver: bool = opt(True, help="rollouts with SA-Solver (official train.use_sa_solver=True: predictor-corrector "
+                          "orders 2/2 on SD3's Euler sigmas, the first 0.999, the last non-zero halved); false: the "
+                          "ODE of sampler.method on that grid")
+    noise_level: float = opt(0.4, 0.0, 5.0, help="SA-Solver's stochasticity tau where 0.3 <= t <= 0.9, 0 elsewhere "
+                             "(official sample.noise_level: GenEval/OCR 0.4, PickScore 0 = deterministic)")
+    train_timesteps: int = opt(6, 1, help="training timesteps per sample, one per stratum of the grid (official "
+                               "train.train_timesteps 6)")
+    timestep_fraction: float = opt(0.9, 0.0, 1.0, help="strata over grid indices below int(sampler.steps x fraction) "
+                                   "(official train.timestep_fraction 0.9: 12 of 14)")
+    time_type: Literal["discrete_wo_init", "discrete", "discrete_with_init"] = opt(
+        "discrete_wo_init", help="the strata (official time_type): discrete_wo_init (GenEval, OCR) = "
+        "linspace(1, K, n + 1), index 0 never trained; discrete (PickScore) = linspace(0, K, n + 1); "
+        "discrete_with_init = index 0, then n - 1 strata of 1..K")
+    weighting: Literal["ghuber", "uniform", "t", "t2", "huber"] = opt(
+        "ghuber", help="per-timestep weighting of the flow-matching error m (official train.weighting): ghuber = "
+        "t ((m + 1e-10)^p - 1e-10^p) / p, uniform = m, t = t m, t2 = t^2 m, huber = t (sqrt(m + 1e-10) - 1e-5)")
+    ghuber_power: float = opt(0.25, 1e-6, 1.0, help="ghuber's p (official train.ghuber_power 0.25)")
+    clip_range: float = opt(1.0, 0.0, help="PPO clip of the ratio exp(logp - logp_old) (official train.clip_range 1; "
+                            "on-policy the ratio is 1, so it never clips)")
+    advantage_max: float = opt(1.0, 1e-6, help="advantages clipped to +-advantages.clip_max, then rescaled to "
+                               "+-advantage_max (official train.advantage_max 1, adv_clip_max 5: A / 5)")
+    beta: float = opt(1e-3, 0.0, help="weight of mean (v - v_ref)^2 to the frozen reference (official train.beta: "
+                      "GenEval 1e-3, OCR 3e-3, PickScore 1e-4)")
+    kl_weight: Literal["uniform", "elbo"] = opt("uniform", help="reference term: uniform, or elbo = divided by "
+                                                "2 s_t^2, s_t = 0.7 sqrt(t / (1 - t)) (official train.kl_weight)")
+    ema_beta: float = opt(1.0, 0.0, help="weight of mean (v - v_ema)^2 to the KL-EMA model (official train.ema_beta 1)")
+    ema_kl_weight: Literal["uniform", "elbo"] = opt("uniform", help="KL-EMA term: uniform or elbo (official "
+                                                    "train.kl_ema_weight Uniform)")
+    ema_decay: float = opt(0.3, 0.0, 1.0, help="KL-EMA model: blended towards the policy after each epoch's "
+                           "training with decay min(ema_decay, 0.001 step) (official train.kl_ema_decay 0.3)")
+    ema_decay_type: Literal["linear", "constant"] = opt("linear", help="KL-EMA decay: linear = min(ema_decay, 0.001 "
+                                                        "step), constant = ema_decay (official kl_ema_decay_type)")
+
+
+@dataclass
 class TrainConfig:
-    algorithm: Literal["dgpo", "flow_grpo", "dpo", "nft"] = opt(
-        "dgpo", help="training algorithm: dgpo, flow_grpo, dpo (online Diffusion-DPO), nft (DiffusionNFT)")
+    algorithm: Literal["dgpo", "flow_grpo", "dpo", "nft", "awm"] = opt(
+        "dgpo", help="training algorithm: dgpo, flow_grpo, dpo (online Diffusion-DPO), nft (DiffusionNFT), awm "
+        "(Advantage Weighted Matching)")
     offline: bool = opt(False, help="roll out from the frozen reference only (offline DGPO / DPO)")
     prompts_per_epoch: int = opt(8, 1, help="P: groups (prompts) per epoch")
     group_size: int = opt(16, 2, help="G: samples per prompt")
@@ -296,20 +361,33 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16"] = opt("no", help="autocast dtype for training forwards")
     compile: bool = opt(False, help="torch.compile the denoiser by region (its repeated transformer block; the toy "
                         "whole) for rollouts, references, training and evals; the first calls compile")
+    compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs"] = opt(
+        "default", help="inductor's mode for train.compile: default, or max-autotune (benchmarks matmul kernels per "
+        "shape while compiling: minutes more; and inductor's CUDA graphs) / max-autotune-no-cudagraphs (without them)")
     tf32: bool = opt(True, help="TF32 for fp32 matmuls/convolutions on CUDA (VAE, rewards, fp32 weights)")
     fp8: Literal["none", "tensorwise", "rowwise"] = opt(
         "none", help="FP8 matmuls for the denoiser's block linears in every forward and backward of training and "
         "its evals (torchao float8 with dynamic scaling, pip install 'dgpo[fp8]'; GPUs with compute capability 8.9+: "
         "Ada, Hopper, Blackwell; use with train.compile): rowwise scales are the more accurate; changes the numbers "
         "(FP8 rounding; speed and accuracy: docs/results/performance.md). none: off")
+    fp8_cast_once: bool = opt(False, help="with train.fp8: the weights that do not train (LoRA's base layers, full "
+                              "fine-tuning's frozen reference) are cast to FP8 once at start-up, not in every "
+                              "forward and backward (the same numbers as train.fp8; two more bytes per frozen "
+                              "weight in memory)")
+    cuda_graphs: bool = opt(False, help="CUDA only: the rollouts' denoiser calls are recorded once per shape into "
+                            "CUDA graphs and replayed (less host time per step; the same numbers); not with FSDP "
+                            "or train.compile_mode=max-autotune. On a CPU it is noted and ignored")
+    fp8_attention: bool = opt(False, help="FP8 attention (FlashAttention-3's FP8 forward, per-head scales) in the "
+                              "rollouts only; the loss's forwards keep exact attention. Hopper GPU and the "
+                              "flash_attn_interface module needed; changes the samples (docs/results/performance.md)")
     ema_decay: float = opt(0.9, 0.0, 1.0, help="slow EMA decay for eval/saving (official 0.9)")
     ema_every: int = opt(8, 1, help="optimizer steps between slow-EMA updates (official 8)")
     ema_cadence: Literal["per_batch", "per_step"] = opt(
         "per_batch", help="per_batch (official): the slow EMA's step runs once per sampling batch, so each update "
         "blends the same weights sampling_batches / steps_per_epoch times (decay 0.9 -> 0.81 for 2, 0.656 for 4); "
         "per_step: one blend per update")
-    prompts: str = opt("toy:train", help="prompt source: toy:train, geneval:train, a GenEval .jsonl or a .txt "
-                       "(one prompt per line)")
+    prompts: str = opt("toy:train", help="prompt source: toy:train, geneval:train, a GenEval .jsonl, an edit prompt "
+                       "file (.jsonl rows with 'source' images: the editing families) or a .txt (one prompt per line)")
     balance_categories: bool = opt(False, help="sample prompts category-first (by metadata tag); false: uniformly "
                                    "(official)")
     travel_metrics: bool = opt(True, help="log update_norm and dist_from_start each step; keeps two float32 copies "
@@ -318,6 +396,10 @@ class TrainConfig:
     max_bad_steps: int = opt(5, 1, help="optimizer steps in a row skipped for a non-finite loss, gradient or "
                              "reward (nothing changes on a skipped step) before the run stops, its last good "
                              "state saved as a checkpoint")
+    collective_timeout_s: float = opt(900.0, 1.0, help="multi-process runs: a collective (all-reduce, gather, "
+                                      "barrier) waiting longer than this for a process fails, and the run stops "
+                                      "with a message instead of hanging (the first one also waits for every "
+                                      "process's model loading)")
 
 
 @dataclass
@@ -332,6 +414,10 @@ class EvalConfig:
     max_prompts: int = opt(0, 0, help="evaluate only the first N prompts (0: all)")
     per_category: int = opt(0, 0, help="evaluate N prompts of each category, evenly spread over it (0: all)")
     min_per_category: int = opt(40, 0, help="small categories get more images per prompt, up to this")
+    extra_rewards: list[str] = opt([], help="out-of-domain rewards scored on every eval's images beside the "
+                                   "training reward and logged (evals.jsonl 'extra', eval_extra/<name>, "
+                                   "plots/eval.png); summary.json flags reward hacking: the target up while one of "
+                                   "them falls beyond 2 standard errors. Reward names as reward.name (not it)")
 
 
 @dataclass
@@ -346,5 +432,6 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     nft: NFTConfig = field(default_factory=NFTConfig)
+    awm: AWMConfig = field(default_factory=AWMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

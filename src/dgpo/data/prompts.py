@@ -10,23 +10,28 @@ from dgpo.errors import InputError, MissingPathError, short, user_path
 from dgpo.toy import grammar
 
 SHIPPED_TEST_SETS = ("ocr", "pickscore", "drawbench")  # data/eval_prompts/<name>/test.txt (Flow-GRPO's, DrawBench)
-NAMED = ("named sets: toy:train / toy:test / toy_video:train / toy_video:test / geneval:train / "
-         "geneval:test; for evaluation: ocr:test / pickscore:test / drawbench:test")
+NAMED = ("named sets: toy:train / toy:test / toy_video:train / toy_video:test / toy_edit:train / toy_edit:test / "
+         "geneval:train / geneval:test; for evaluation: ocr:test / pickscore:test / drawbench:test")
 
 
 def load_prompts(spec: str) -> list[dict]:
     """``toy:train`` / ``toy:test``, ``toy_video:train`` / ``toy_video:test`` (the toy video world's
-    motion prompts), ``geneval:train`` / ``geneval:test`` (GenEval's 553 prompts and
+    motion prompts), ``toy_edit:train`` / ``toy_edit:test`` (the toy editing world's instructions and
+    scenes), ``geneval:train`` / ``geneval:test`` (GenEval's 553 prompts and
     the shipped training prompts), ``ocr:test`` / ``pickscore:test`` / ``drawbench:test`` (the shipped
     evaluation sets), a GenEval-format ``.jsonl`` (metadata per prompt, checked as the GenEval rules
-    read it) or a ``.txt`` with one prompt per line (metadata = {"prompt": ...}, for rewards that need
-    no metadata)."""
+    read it), an edit prompt file (a ``.jsonl`` whose rows name source images: ``dgpo.data.edits``) or a
+    ``.txt`` with one prompt per line (metadata = {"prompt": ...}, for rewards that need no metadata)."""
     if spec.startswith("toy:"):
         return grammar.split(spec[4:])
     if spec.startswith("toy_video:"):  # the toy video world's motion prompts (dgpo.toy.video_grammar)
         from dgpo.toy import video_grammar
 
         return video_grammar.split(spec[10:])
+    if spec.startswith("toy_edit:"):  # the toy editing world's instructions with their scenes (dgpo.toy.edit_grammar)
+        from dgpo.toy import edit_grammar
+
+        return edit_grammar.split(spec[9:])
     if spec.startswith("geneval:"):
         from dgpo.data.geneval import load_split
 
@@ -42,6 +47,10 @@ def load_prompts(spec: str) -> list[dict]:
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise MissingPathError(f"prompt file {spec!r} {what} ({NAMED})")
     if path.suffix == ".jsonl":
+        from dgpo.data.edits import is_edit_file, read_edits
+
+        if is_edit_file(path):  # rows with source images (dgpo.data.edits)
+            return read_edits(path)
         return grammar.read_jsonl(path, check=check_row)
     if path.suffix != ".txt":
         raise InputError(f"prompt file {spec!r}: name it .jsonl (GenEval metadata, one JSON object per line) "

@@ -75,6 +75,8 @@ class FlowModel(Protocol):
     # - ``encode_metas(metas) -> Cond``, the condition of prompt metadata rows, for families conditioned on
     #   more than text (editing: each row's ``source_images``); ``encode_rows`` / ``encode_nulls`` below
     #   call it instead of ``encode_prompts``, with the prompt blanked for CFG's unconditional branch;
+    # - ``source_images(metas) -> [B, 3, H, W]`` in [0, 1], an editing family's sources: the trainer's
+    #   before / after comparison shows source | base | trained;
     # - ``unused_modules() -> list[str]``, names of modules inside ``denoiser`` whose outputs never
     #   reach the velocity (Qwen-Image's last block's text stream): neither adapted nor trained, since
     #   they would never get a gradient (and DDP needs every trained parameter to get one).

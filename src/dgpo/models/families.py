@@ -11,7 +11,13 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "sana": ("dgpo.models.sana", "SanaFlowModel", "SanaPipeline"),
     "qwenimage": ("dgpo.models.qwenimage", "QwenImageFlowModel", "QwenImagePipeline"),
     "wan": ("dgpo.models.wan", "WanFlowModel", "WanPipeline"),
+    "flux_kontext": ("dgpo.models.flux_kontext", "FluxKontextFlowModel", "FluxKontextPipeline"),
+    "qwenimage_edit": ("dgpo.models.qwenimage_edit", "QwenImageEditFlowModel", "QwenImageEditPipeline"),
+    "qwenimage_edit_plus": ("dgpo.models.qwenimage_edit", "QwenImageEditPlusFlowModel", "QwenImageEditPlusPipeline"),
 }
 VIDEO_KINDS = ("wan",)  # the diffusers families that make videos (modality "video"; model.frames, model.width)
-MODEL_KINDS = ("toy", "toy_video", *FAMILIES)  # the toy worlds (image, video), then the diffusers families
+# the diffusers families that edit images: a prompt row's condition is its instruction and source images
+# (``source_images`` of an edit prompt file, dgpo.data.edits; the adapter's ``encode_metas``)
+EDIT_KINDS = ("flux_kontext", "qwenimage_edit", "qwenimage_edit_plus")
+MODEL_KINDS = ("toy", "toy_video", "toy_edit", *FAMILIES)  # the toy worlds (image, video, editing), then diffusers
 PIPELINE_KINDS = {pipeline: kind for kind, (_, _, pipeline) in FAMILIES.items()}

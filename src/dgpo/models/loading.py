@@ -21,6 +21,10 @@ def load_model(cfg: ModelConfig) -> FlowModel:
         from dgpo.models.toy_video import ToyVideoFlowModel
 
         return ToyVideoFlowModel.load(cfg.path or None)
+    if cfg.kind == "toy_edit":
+        from dgpo.models.toy_edit import ToyEditFlowModel
+
+        return ToyEditFlowModel.load(cfg.path or None)
     if cfg.kind not in FAMILIES:
         raise ValueError(f"model.kind={cfg.kind!r} has no adapter; allowed: {list(MODEL_KINDS)}")
     module, cls, _ = FAMILIES[cfg.kind]

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dgpo.config.rules import VIDEO_SIZE_KEYS, check_video_size
 from dgpo.errors import ConfigError, InputError
 from dgpo.models.base import Cond
 from dgpo.models.diffusers_common import DiffusersFlowModel, load_pipeline
@@ -146,7 +147,7 @@ class WanFlowModel(DiffusersFlowModel):
         self.expand_timesteps = bool(pipe.config.get("expand_timesteps", False))
         self.frames = cfg.frames or DEFAULT_FRAMES
         self.width = cfg.width or (DEFAULT_SIZE[1] if not cfg.resolution else self.resolution)
-        self._check_sizes()
+        self._check_sizes(self.frames, self.resolution, self.width)
 
     # -- FlowModel
     def _encode(self, prompts: list[str]) -> Cond:
@@ -204,6 +205,13 @@ class WanFlowModel(DiffusersFlowModel):
                   for z in latents]
         return (torch.cat(videos).float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
 
+    def set_size(self, frames: int = 0, height: int = 0, width: int = 0, keys=VIDEO_SIZE_KEYS) -> None:
+        """Sample at another frame count or size (``dgpo sample --frames/--height/--width``; 0 keeps the
+        current one); a size this pipeline cannot make is a config error naming ``keys``."""
+        size = (frames or self.frames, height or self.resolution, width or self.width)
+        self._check_sizes(*size, keys)
+        self.frames, self.resolution, self.width = size
+
     # -- LoRA files (dgpo export, --lora)
     def save_lora(self, out: Path, sd: dict, meta: dict, weight_name: str) -> Path:
         """``WanPipeline.save_lora_weights``: one file; Wan2.2 a second one for ``transformer_2`` (both with the
@@ -237,18 +245,8 @@ class WanFlowModel(DiffusersFlowModel):
     def _train_steps(self) -> int:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
-    def _check_sizes(self) -> None:
-        """Sizes the VAE and the transformer's patches cannot make, as config errors naming the key."""
-        temporal = int(self.pipe.vae_scale_factor_temporal)
-        if (self.frames - 1) % temporal:
-            lo = (self.frames - 1) // temporal * temporal + 1
-            raise ConfigError(f"model.frames={self.frames}: this Wan VAE compresses time {temporal}x after the "
-                              f"first frame, so frames - 1 must be a multiple of {temporal} (e.g. {lo} or "
-                              f"{lo + temporal})")
+    def _check_sizes(self, frames: int, height: int, width: int, keys=VIDEO_SIZE_KEYS) -> None:
+        """Sizes this pipeline's VAE and the transformer's patches cannot make, as config errors naming ``keys``."""
         _, ph, pw = self.net_config.patch_size
-        s = int(self.pipe.vae_scale_factor_spatial)
-        for key, size, patch in (("model.resolution", self.resolution, ph), ("model.width", self.width, pw)):
-            if size % (s * patch):
-                raise ConfigError(f"{key}={size}: this Wan pipeline makes frames whose sides are multiples of "
-                                  f"{s * patch} (the VAE's {s}x times the transformer's {patch}-token patches)")
-
+        check_video_size(frames, height, width, keys, temporal=int(self.pipe.vae_scale_factor_temporal),
+                         vae=int(self.pipe.vae_scale_factor_spatial), patch=(ph, pw), note="")

@@ -16,7 +16,8 @@ import torch
 from dgpo.errors import InputError
 from dgpo.rewards.modality import check_modality, modality_of
 
-__all__ = ["RewardFn", "build_reward", "build_reward_from_config", "check_modality", "modality_of"]
+__all__ = ["RewardFn", "build_named_reward", "build_reward", "build_reward_from_config", "check_modality",
+           "modality_of"]
 
 if TYPE_CHECKING:
     from dgpo.config import RewardConfig
@@ -45,6 +46,8 @@ def build_reward(name: str | RewardFn, model_path: str = "", processor_path: str
         return load_reward(name, device, key)
     from dgpo.rewards.image import JpegCompressibility, colorfulness
     from dgpo.rewards.toy import ToyGenEvalReward
+    from dgpo.rewards.toy_edit import ToyEditReward
+    from dgpo.rewards.toy_ood import toy_off_palette, toy_sharpness
     from dgpo.rewards.toy_video import ToyVideoReward
 
     table = {
@@ -52,6 +55,10 @@ def build_reward(name: str | RewardFn, model_path: str = "", processor_path: str
         "toy_geneval_strict": lambda: ToyGenEvalReward(strict=True),
         "toy_video": lambda: ToyVideoReward(strict=False),
         "toy_video_strict": lambda: ToyVideoReward(strict=True),
+        "toy_edit": lambda: ToyEditReward(strict=False),
+        "toy_edit_strict": lambda: ToyEditReward(strict=True),
+        "toy_off_palette": lambda: toy_off_palette,
+        "toy_sharpness": lambda: toy_sharpness,
         "jpeg_compressibility": lambda: JpegCompressibility(-1.0 if paper_units else -1.0 / 500),
         "jpeg_incompressibility": lambda: JpegCompressibility(1.0),
         "colorfulness": lambda: colorfulness,
@@ -65,6 +72,8 @@ def build_reward(name: str | RewardFn, model_path: str = "", processor_path: str
         "hpsv2": lambda: _hpsv2(hps_path, device),
         "imagereward": lambda: _imagereward(imagereward_path, device),
         "unifiedreward": lambda: _judge({**(judge or {}), "divisor": 1.0 if paper_units else 5.0}),
+        "image_similarity": lambda: _image_similarity(clip_path, device),
+        "unifiedreward_edit": lambda: _edit_judge({**(judge or {}), "divisor": 1.0 if paper_units else 25.0}),
         "remote": lambda: _remote(remote or {}),
     }
     if name not in table:
@@ -80,8 +89,6 @@ def build_reward_from_config(rc: RewardConfig, device="cpu", reward: RewardFn | 
     With ``reward.frames`` other than ``none``, every image reward (of the list, or the user's own) is
     scored on the frames of videos (:class:`~dgpo.rewards.video.FrameReward`); video rewards stay as
     they are."""
-    import os
-
     from dgpo.rewards.multi import MultiReward
 
     frames = rc.frames
@@ -99,22 +106,29 @@ def build_reward_from_config(rc: RewardConfig, device="cpu", reward: RewardFn | 
         fn = as_reward(reward)
         return fn if isinstance(fn, MultiReward) else on_frames(fn)
 
+    names = rc.names()
+    weights = list(rc.weights) or [1.0] * len(names)
+    keys = ["reward.name"] if isinstance(rc.name, str) else [f"reward.name[{i}]" for i in range(len(names))]
+    fns = {n: on_frames(build_named_reward(rc, n, device, k)) for n, k in zip(names, keys)}
+    if isinstance(rc.name, str) and weights == [1.0]:
+        return fns[rc.name]
+    return MultiReward(fns, dict(zip(names, weights)))
+
+
+def build_named_reward(rc: RewardConfig, name: str, device="cpu", key: str = "reward.name") -> RewardFn:
+    """One reward by name with the weights, paths and servers of ``reward.*`` (a training reward, or an
+    out-of-domain one of ``eval.extra_rewards``); errors name ``key``."""
+    import os
+
     remote = {"url": rc.url, "token": os.environ.get(rc.token_env, ""), "timeout_s": rc.timeout_s,
               "retries": rc.retries, "backoff_s": rc.backoff_s, "max_backoff_s": rc.max_backoff_s}
     judge = {**remote, "url": rc.judge_url, "model": rc.judge_model, "concurrency": rc.judge_concurrency,
              "token": os.environ.get(rc.judge_token_env, "") if rc.judge_token_env else ""}
-    names = rc.names()
-    weights = list(rc.weights) or [1.0] * len(names)
     paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,
              "hps_path": rc.hps_path, "imagereward_path": rc.imagereward_path, "remote": remote,
              "judge": judge, "clipscore_divisor": rc.clipscore_divisor,
              "motion_min": rc.temporal_motion_min, "motion_weight": rc.temporal_motion_weight}
-    keys = ["reward.name"] if isinstance(rc.name, str) else [f"reward.name[{i}]" for i in range(len(names))]
-    fns = {n: on_frames(build_reward(n, rc.model_path, rc.processor_path, device, **paths, key=k))
-           for n, k in zip(names, keys)}
-    if isinstance(rc.name, str) and weights == [1.0]:
-        return fns[rc.name]
-    return MultiReward(fns, dict(zip(names, weights)))
+    return build_reward(name, rc.model_path, rc.processor_path, device, **paths, key=key)
 
 
 def _ocr() -> RewardFn:
@@ -178,6 +192,21 @@ def _judge(kwargs: dict) -> RewardFn:
         raise InputError("reward.judge_url: the unifiedreward judge needs its OpenAI-compatible server's base URL "
                          "(e.g. http://127.0.0.1:17140/v1 for sglang serving UnifiedReward-7b-v1.5)")
     return JudgeReward(**kwargs)
+
+
+def _image_similarity(clip_path: str, device) -> RewardFn:
+    from dgpo.rewards.edit import ImageSimilarityReward
+
+    return ImageSimilarityReward(clip_path, device)
+
+
+def _edit_judge(kwargs: dict) -> RewardFn:
+    from dgpo.rewards.edit import EditJudgeReward
+
+    if not kwargs.get("url"):
+        raise InputError("reward.judge_url: the unifiedreward_edit judge needs its OpenAI-compatible server's base URL "
+                         "(e.g. http://localhost:8080/v1 for vLLM serving UnifiedReward-Edit as 'UnifiedReward')")
+    return EditJudgeReward(**kwargs)
 
 
 def _remote(kwargs: dict) -> RewardFn:

@@ -137,6 +137,7 @@ class SDETrajectory:
     latents: torch.Tensor  # [B, steps + 1, ...] x at each grid point (latents[:, 0] = initial noise)
     log_probs: torch.Tensor  # [B, steps] log-prob of each step (0 for deterministic steps)
     sde_steps: list[int]  # indices of the stochastic (trainable) steps
+    means: torch.Tensor | None = None  # keep_means: [B, steps, ...] each step's mean (Euler steps: x_next)
 
 
 @torch.no_grad()
@@ -148,6 +149,7 @@ def sample_sde(
     seeds: list[int],
     sde_steps: list[int] | None = None,
     sde_type: str = "sde",
+    keep_means: bool = False,
 ) -> SDETrajectory:
     """Integrate down ``grid``; steps in ``sde_steps`` (default: all, as official) are stochastic, the
     rest Euler. ``velocity(x, timestep [B])`` gets the grid's timesteps. Step noise of sample b comes
@@ -156,7 +158,7 @@ def sample_sde(
     n = len(s) - 1
     sde_steps = list(range(n)) if sde_steps is None else sorted(sde_steps)
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
-    latents, log_probs = [x], torch.zeros(x.shape[0], n, device=x.device)
+    latents, log_probs, means = [x], torch.zeros(x.shape[0], n, device=x.device), []
     for i in range(n):
         v = velocity(x, grid.model_time(i, x.shape[0], x.device))
         if i in sde_steps:
@@ -167,4 +169,7 @@ def sample_sde(
         else:
             x = x + (s[i + 1] - s[i]) * v
         latents.append(x)
-    return SDETrajectory(x, torch.stack(latents, 1), log_probs, sde_steps)
+        if keep_means:  # GRPO-Guard's RatioNorm reads the rollout policy's step means
+            means.append(step.mean if i in sde_steps else x)
+    kept = torch.stack(means, 1) if keep_means else None
+    return SDETrajectory(x, torch.stack(latents, 1), log_probs, sde_steps, kept)

@@ -40,11 +40,11 @@ TEST_SIZES = {
 _SPLIT_SEED = 1234
 
 
-def _noun(shape: str, color: str | None) -> str:
+def noun(shape: str, color: str | None) -> str:
     return f"{color} {shape}" if color else shape
 
 
-def _obj(shape: str, count: int = 1, color: str | None = None, position=None) -> dict:
+def clause(shape: str, count: int = 1, color: str | None = None, position=None) -> dict:
     d: dict = {"class": shape, "count": count}
     if color:
         d["color"] = color
@@ -54,13 +54,13 @@ def _obj(shape: str, count: int = 1, color: str | None = None, position=None) ->
 
 
 def single_object(shape: str) -> dict:
-    return {"tag": "single_object", "include": [_obj(shape)], "prompt": f"a photo of a {shape}"}
+    return {"tag": "single_object", "include": [clause(shape)], "prompt": f"a photo of a {shape}"}
 
 
 def two_object(a: str, b: str) -> dict:
     return {
         "tag": "two_object",
-        "include": [_obj(a), _obj(b)],
+        "include": [clause(a), clause(b)],
         "prompt": f"a photo of a {a} and a {b}",
     }
 
@@ -68,16 +68,16 @@ def two_object(a: str, b: str) -> dict:
 def counting(shape: str, n: int, color: str | None = None) -> dict:
     return {
         "tag": "counting",
-        "include": [_obj(shape, n, color)],
-        "exclude": [_obj(shape, n + 1, color)],
-        "prompt": f"a photo of {NUMBERS[n]} {_noun(shape, color)}{'es' if shape == 'cross' else 's'}",
+        "include": [clause(shape, n, color)],
+        "exclude": [clause(shape, n + 1, color)],
+        "prompt": f"a photo of {NUMBERS[n]} {noun(shape, color)}{'es' if shape == 'cross' else 's'}",
     }
 
 
 def colors(shape: str, color: str) -> dict:
     return {
         "tag": "colors",
-        "include": [_obj(shape, 1, color)],
+        "include": [clause(shape, 1, color)],
         "prompt": f"a photo of a {color} {shape}",
     }
 
@@ -86,15 +86,15 @@ def position(b: str, rel: str, a: str, cb: str | None = None, ca: str | None = N
     """"a photo of a B <rel> a A": B is placed relative to A (GenEval's order)."""
     return {
         "tag": "position",
-        "include": [_obj(a, 1, ca), _obj(b, 1, cb, (rel, 0))],
-        "prompt": f"a photo of a {_noun(b, cb)} {rel} a {_noun(a, ca)}",
+        "include": [clause(a, 1, ca), clause(b, 1, cb, (rel, 0))],
+        "prompt": f"a photo of a {noun(b, cb)} {rel} a {noun(a, ca)}",
     }
 
 
 def color_attr(a: str, ca: str, b: str, cb: str) -> dict:
     return {
         "tag": "color_attr",
-        "include": [_obj(a, 1, ca), _obj(b, 1, cb)],
+        "include": [clause(a, 1, ca), clause(b, 1, cb)],
         "prompt": f"a photo of a {ca} {a} and a {cb} {b}",
     }
 
@@ -132,35 +132,41 @@ def has_heldout(meta: dict) -> bool:
     return bool(bindings(meta) & HELDOUT_BINDINGS)
 
 
-def _test_split() -> list[dict]:
-    rng = random.Random(_SPLIT_SEED)
+def test_sample(all_rows: dict[str, list[dict]], sizes: dict[str, int], heldout, seed: int) -> list[dict]:
+    """A world's held-out split: a fixed sample of ``sizes[cat]`` rows per category (all of a smaller
+    one), a quarter of each drawn from the rows that name a held-out binding (``heldout(row)``)."""
+    rng = random.Random(seed)
     out: list[dict] = []
-    for cat, rows in all_prompts().items():
-        n = TEST_SIZES[cat]
+    for cat, rows in all_rows.items():
+        n = sizes[cat]
         if n >= len(rows):
             out.extend(rows)
             continue
-        held = [m for m in rows if has_heldout(m)]
-        rest = [m for m in rows if not has_heldout(m)]
+        held = [m for m in rows if heldout(m)]
+        rest = [m for m in rows if not heldout(m)]
         k_held = min(len(held), n // 4)  # a quarter of the sample probes unseen bindings
         picked = rng.sample(held, k_held) + rng.sample(rest, n - k_held)
         out.extend(sorted(picked, key=rows.index))
     return out
 
 
+def make_split(name: str, all_rows: dict[str, list[dict]], sizes: dict[str, int], heldout, seed: int,
+               train_categories=None, named: str = "") -> list[dict]:
+    """``test``: :func:`test_sample`; ``train``: the rows of ``train_categories`` (default: all) that
+    neither share a prompt with the test split nor name a held-out binding."""
+    if name == "test":
+        return test_sample(all_rows, sizes, heldout, seed)
+    if name == "train":
+        test = {m["prompt"] for m in test_sample(all_rows, sizes, heldout, seed)}
+        return [m for cat in (train_categories or all_rows) for m in all_rows[cat]
+                if m["prompt"] not in test and not heldout(m)]
+    raise InputError(f"unknown split {name!r}; allowed: 'train', 'test'{named}")
+
+
 def split(name: str) -> list[dict]:
     """Deterministic prompt split: ``test`` (held-out evaluation) or ``train`` (RL prompts)."""
-    if name == "test":
-        return _test_split()
-    if name == "train":
-        test = {m["prompt"] for m in _test_split()}
-        return [
-            m
-            for cat in ("counting", "position", "color_attr")
-            for m in all_prompts()[cat]
-            if m["prompt"] not in test and not has_heldout(m)
-        ]
-    raise InputError(f"unknown split {name!r}; allowed: 'train', 'test'")
+    return make_split(name, all_prompts(), TEST_SIZES, has_heldout, _SPLIT_SEED,
+                      ("counting", "position", "color_attr"))
 
 
 def pretrain_pool() -> list[dict]:

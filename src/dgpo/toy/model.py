@@ -46,9 +46,10 @@ class ToyModelConfig:
         return asdict(self)
 
 
-def tokenize(prompts: list[str], max_tokens: int) -> torch.Tensor:
-    """Word-level ids [B, max_tokens]; "" becomes the single <null> token."""
-    index = {w: i for i, w in enumerate(VOCAB)}
+def tokenize(prompts: list[str], max_tokens: int, vocab: list[str] = VOCAB) -> torch.Tensor:
+    """Word-level ids [B, max_tokens] in ``vocab`` (a world's vocabulary extends :data:`VOCAB`); "" becomes
+    the single <null> token."""
+    index = {w: i for i, w in enumerate(vocab)}
     out = torch.zeros(len(prompts), max_tokens, dtype=torch.long)
     for b, p in enumerate(prompts):
         words = p.lower().split() or ["<null>"]
@@ -151,21 +152,33 @@ def coord_grid(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0).expand(b, 2, h, w)
 
 
-class ToyUNet(nn.Module):
-    """Velocity network v(x_t, t, text) on [B, 3, S, S] pixels in [-1, 1]."""
+class FlowUNet(nn.Module):
+    """The conv UNet every toy world shares: a text encoder, the time + prompt embedding, a stem, three
+    down stages, a middle one and three up stages with skips, and a zero-initialised output. A world's
+    network builds it with :meth:`_build_head` / :meth:`_build_body` (its own layers may go between) and
+    runs :meth:`_trunk`, which takes per-stage layers (``mix``) applied after the named stages."""
 
     _no_split_modules = ["Stage"]  # FSDP's units under accelerate's TRANSFORMER_BASED_WRAP (as in diffusers)
+    vocab: list[str] = VOCAB  # the words its text encoder knows (:func:`tokenize`)
 
-    def __init__(self, cfg: ToyModelConfig):
-        super().__init__()
+    def _build_head(self, cfg) -> None:
+        """The text encoder, the time MLP and the pooled-prompt projection; a larger vocabulary (a world's
+        own words after :data:`VOCAB`) gets its own embedding, drawn after the image one's."""
+        c1 = cfg.channels[0]
+        self.cfg = cfg
+        self.text_encoder = TextEncoder(cfg)
+        if len(self.vocab) != len(VOCAB):
+            self.text_encoder.embed = nn.Embedding(len(self.vocab), cfg.text_dim)
+        self.t_mlp = nn.Sequential(nn.Linear(c1, 4 * c1), nn.SiLU(), nn.Linear(4 * c1, 4 * c1))
+        self.pool_proj = nn.Linear(cfg.text_dim, 4 * c1)
+
+    def _build_body(self, cfg, in_channels: int = 3) -> None:
+        """The stem (``in_channels`` pixels, plus two coordinate channels with ``cfg.coords``), the seven
+        stages and the output convolution (zero: the network starts at velocity 0)."""
         c1, c2, c3 = cfg.channels
         e, td, hd = 4 * c1, cfg.text_dim, cfg.heads
         n2, n4 = ((cfg.image_size // 2) ** 2, (cfg.image_size // 4) ** 2) if cfg.pos_embed else (0, 0)
-        self.cfg = cfg
-        self.text_encoder = TextEncoder(cfg)
-        self.t_mlp = nn.Sequential(nn.Linear(c1, e), nn.SiLU(), nn.Linear(e, e))
-        self.pool_proj = nn.Linear(td, e)
-        self.stem = nn.Conv2d(5 if cfg.coords else 3, c1, 3, padding=1)
+        self.stem = nn.Conv2d(in_channels + (2 if cfg.coords else 0), c1, 3, padding=1)
         self.down1 = Stage(c1, c1, e, td, hd, False, False)
         self.down2 = Stage(c1, c2, e, td, hd, False, True, n2)
         self.down3 = Stage(c2, c3, e, td, hd, True, True, n4)
@@ -177,17 +190,50 @@ class ToyUNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x, t, text):
-        emb = self.t_mlp(timestep_embedding(t, self.cfg.channels[0])) + self.pool_proj(text["pooled"])
-        if self.cfg.coords:
-            x = torch.cat([x, coord_grid(x)], 1)
+    def _embed(self, t: torch.Tensor, text: dict) -> torch.Tensor:
+        """[B, 4 C1]: the timestep's sinusoidal embedding through the MLP plus the pooled prompt."""
+        return self.t_mlp(timestep_embedding(t, self.cfg.channels[0])) + self.pool_proj(text["pooled"])
+
+    def _with_coords(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, coord_grid(x)], 1) if self.cfg.coords else x
+
+    def _trunk(self, x: torch.Tensor, emb: torch.Tensor, text: dict, mix=None) -> torch.Tensor:
+        """The UNet on the stem's input [N, C_in, S, S]; ``mix[name]``, where given, follows stage ``name``."""
+        after = (lambda name, h: mix[name](h) if name in mix else h) if mix is not None else (lambda name, h: h)
         h1 = self.down1(self.stem(x), emb, text)  # S
-        h2 = self.down2(F.avg_pool2d(h1, 2), emb, text)  # S/2
-        h3 = self.down3(F.avg_pool2d(h2, 2), emb, text)  # S/4
-        h = self.mid(h3, emb, text)
-        h = self.up3(torch.cat([h, h3], 1), emb, text)
+        h2 = after("down2", self.down2(F.avg_pool2d(h1, 2), emb, text))  # S/2
+        h3 = after("down3", self.down3(F.avg_pool2d(h2, 2), emb, text))  # S/4
+        h = after("mid", self.mid(h3, emb, text))
+        h = after("up3", self.up3(torch.cat([h, h3], 1), emb, text))
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-        h = self.up2(torch.cat([h, h2], 1), emb, text)
+        h = after("up2", self.up2(torch.cat([h, h2], 1), emb, text))
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
         h = self.up1(torch.cat([h, h1], 1), emb, text)
         return self.out(h)
+
+
+class ToyUNet(FlowUNet):
+    """Velocity network v(x_t, t, text) on [B, 3, S, S] pixels in [-1, 1]."""
+
+    def __init__(self, cfg: ToyModelConfig):
+        super().__init__()
+        self._build_head(cfg)
+        self._build_body(cfg)
+
+    def forward(self, x, t, text):
+        return self._trunk(self._with_coords(x), self._embed(t, text), text)
+
+
+def adopt_image_layers(net: FlowUNet, image_net: nn.Module, new: tuple[str, ...],
+                       state: dict | None = None) -> FlowUNet:
+    """Load an image toy UNet's layers into a world's ``net`` that shares them: ``state`` (default: the
+    image net's weights) loads by name, the parameters starting with ``new`` keep their initialisation,
+    and the word embeddings of :data:`VOCAB` are copied into ``net``'s larger vocabulary."""
+    state = dict(image_net.state_dict() if state is None else state)
+    emb = state.pop("text_encoder.embed.weight")
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert all(k.startswith((*new, "text_encoder.embed")) for k in missing), missing
+    with torch.no_grad():
+        net.text_encoder.embed.weight[: len(VOCAB)] = emb
+    return net

@@ -11,56 +11,11 @@ import random
 import numpy as np
 
 from dgpo.errors import InputError, short
+from dgpo.toy.canvas import CANVAS, MAX_SIZE, MIN_SIZE, PALETTE, boxes_clear, draw, relation_holds, shape_mask
 from dgpo.toy.grammar import COLORS, SHAPES
 
-CANVAS = 32
-MIN_SIZE, MAX_SIZE = 7, 11
-PALETTE = {
-    "red": (1.0, 0.0, 0.0),
-    "green": (0.0, 1.0, 0.0),
-    "blue": (0.0, 0.0, 1.0),
-    "yellow": (1.0, 1.0, 0.0),
-    "purple": (1.0, 0.0, 1.0),
-    "white": (1.0, 1.0, 1.0),
-}
-assert tuple(PALETTE) == COLORS
-
-
-def shape_mask(shape: str, size: int) -> np.ndarray:
-    """Boolean [size, size] mask of a shape filling its bounding box."""
-    c = (np.arange(size) + 0.5) / size  # pixel centres in (0, 1)
-    y, x = np.meshgrid(c, c, indexing="ij")
-    if shape == "square":
-        return np.ones((size, size), bool)
-    if shape == "circle":
-        return (x - 0.5) ** 2 + (y - 0.5) ** 2 <= 0.25 + 0.5 / size**2
-    if shape == "triangle":  # apex up, base at the bottom
-        return np.abs(x - 0.5) <= y / 2 + 0.5 / size
-    if shape == "cross":  # plus sign, arms about one third thick, centred on whole pixels
-        k = size // 3 + (size - size // 3) % 2
-        arm = np.zeros(size, bool)
-        arm[(size - k) // 2 : (size - k) // 2 + k] = True
-        return arm[None, :] | arm[:, None]
-    raise ValueError(f"unknown shape {shape!r}")
-
-
-def _boxes_clear(box, boxes, gap: int = 1) -> bool:
-    x0, y0, s = box
-    for bx, by, bs in boxes:
-        if x0 < bx + bs + gap and bx < x0 + s + gap and y0 < by + bs + gap and by < y0 + s + gap:
-            return False
-    return True
-
-
-def _relation_holds(rel: str, box_b, box_a) -> bool:
-    from dgpo.rewards.geneval.rules import relative_position  # the scorer's relations (GenEval's rules)
-
-    return rel in relative_position(_xyxy(box_b), _xyxy(box_a))
-
-
-def _xyxy(box) -> tuple[float, float, float, float]:
-    x, y, s = box
-    return (x, y, x + s, y + s)
+# the canvas and its drawing live in dgpo.toy.canvas (the editing world draws scenes without metadata)
+__all__ = ["CANVAS", "MAX_OBJECTS", "MAX_SIZE", "MIN_SIZE", "PALETTE", "draw", "render", "shape_mask"]
 
 
 def _plan(meta: dict, rng: random.Random) -> list[tuple[str, str, tuple[int, int, int]]] | None:
@@ -74,11 +29,11 @@ def _plan(meta: dict, rng: random.Random) -> list[tuple[str, str, tuple[int, int
             for _try in range(50):
                 s = rng.randint(MIN_SIZE, MAX_SIZE)
                 box = (rng.randint(0, CANVAS - s), rng.randint(0, CANVAS - s), s)
-                if not _boxes_clear(box, [p[2] for p in placed]):
+                if not boxes_clear(box, [p[2] for p in placed]):
                     continue
                 if "position" in req:
                     rel, target = req["position"]
-                    if not all(_relation_holds(rel, box, t) for t in group_boxes[target]):
+                    if not all(relation_holds(rel, box, t) for t in group_boxes[target]):
                         continue
                 break
             else:
@@ -119,9 +74,4 @@ def render(meta: dict, rng: random.Random) -> np.ndarray:
     else:
         raise InputError(f"the toy renderer could not place the objects of {short(meta['prompt'])}; "
                          "the oracle draws at most a few objects per image")
-    img = np.zeros((3, CANVAS, CANVAS), np.float32)
-    for shape, color, (x, y, s) in plan:
-        m = shape_mask(shape, s)
-        for ch, v in enumerate(PALETTE[color]):
-            img[ch, y : y + s, x : x + s][m] = v
-    return img
+    return draw(plan)

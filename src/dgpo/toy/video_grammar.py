@@ -32,10 +32,12 @@ two never share a prompt.
 from __future__ import annotations
 
 import itertools
-import random
 
 from dgpo.errors import InputError, short
-from dgpo.toy.grammar import COLORS, HELDOUT_BINDINGS, SHAPES, by_category
+from dgpo.toy.grammar import COLORS, HELDOUT_BINDINGS, SHAPES, clause, make_split, noun, sample_pretrain
+from dgpo.toy.grammar import bindings as color_bindings
+
+__all__ = ["color_bindings", "sample_pretrain"]  # shared with the image toy's grammar
 
 DIRECTIONS = ("left", "right", "up", "down", "still")
 MOVING = DIRECTIONS[:4]
@@ -56,19 +58,8 @@ TEST_SIZES = {
 _SPLIT_SEED = 4321
 
 
-def _noun(shape: str, color: str | None) -> str:
-    return f"{color} {shape}" if color else shape
-
-
 def _plural(shape: str) -> str:
     return shape + ("es" if shape == "cross" else "s")
-
-
-def _obj(shape: str, count: int = 1, color: str | None = None) -> dict:
-    d: dict = {"class": shape, "count": count}
-    if color:
-        d["color"] = color
-    return d
 
 
 def _moving(direction: str) -> str:
@@ -76,35 +67,35 @@ def _moving(direction: str) -> str:
 
 
 def motion_single(shape: str, direction: str) -> dict:
-    return {"tag": "motion_single", "include": [_obj(shape)], "motion": [direction],
+    return {"tag": "motion_single", "include": [clause(shape)], "motion": [direction],
             "prompt": f"a video of a {shape} {_moving(direction)}"}
 
 
 def still(shape: str, color: str | None = None) -> dict:
-    return {"tag": "still", "include": [_obj(shape, 1, color)], "motion": ["still"],
-            "prompt": f"a video of a {_noun(shape, color)} standing still"}
+    return {"tag": "still", "include": [clause(shape, 1, color)], "motion": ["still"],
+            "prompt": f"a video of a {noun(shape, color)} standing still"}
 
 
 def motion_two_relative(a: str, b: str, relation: str) -> dict:
     how = "moving apart" if relation == "apart" else "moving towards each other"
-    return {"tag": "motion_two_relative", "include": [_obj(a), _obj(b)], "motion": relation,
+    return {"tag": "motion_two_relative", "include": [clause(a), clause(b)], "motion": relation,
             "prompt": f"a video of a {a} and a {b} {how}"}
 
 
 def motion_two_directions(a: str, da: str, b: str, db: str) -> dict:
-    return {"tag": "motion_two_directions", "include": [_obj(a), _obj(b)], "motion": [da, db],
+    return {"tag": "motion_two_directions", "include": [clause(a), clause(b)], "motion": [da, db],
             "prompt": f"a video of a {a} {_moving(da)} and a {b} {_moving(db)}"}
 
 
 def motion_color(shape: str, color: str, direction: str) -> dict:
-    return {"tag": "motion_color", "include": [_obj(shape, 1, color)], "motion": [direction],
+    return {"tag": "motion_color", "include": [clause(shape, 1, color)], "motion": [direction],
             "prompt": f"a video of a {color} {shape} {_moving(direction)}"}
 
 
 def motion_count(shape: str, n: int, direction: str, color: str | None = None) -> dict:
-    return {"tag": "motion_count", "include": [_obj(shape, n, color)], "exclude": [_obj(shape, n + 1, color)],
+    return {"tag": "motion_count", "include": [clause(shape, n, color)], "exclude": [clause(shape, n + 1, color)],
             "motion": [direction],
-            "prompt": f"a video of {NUMBERS[n]} {_noun(_plural(shape), color)} {_moving(direction)}"}
+            "prompt": f"a video of {NUMBERS[n]} {noun(_plural(shape), color)} {_moving(direction)}"}
 
 
 def all_prompts() -> dict[str, list[dict]]:
@@ -131,51 +122,19 @@ def motion_bindings(meta: dict) -> set[tuple[str, str]]:
     return {(o["class"], d) for o, d in zip(meta["include"], motion)}
 
 
-def color_bindings(meta: dict) -> set[tuple[str, str]]:
-    """The (colour, shape) pairs a prompt names."""
-    return {(o["color"], o["class"]) for o in meta["include"] if "color" in o}
-
-
 def has_heldout(meta: dict) -> bool:
     return bool(motion_bindings(meta) & HELDOUT_MOTIONS or color_bindings(meta) & HELDOUT_BINDINGS)
 
 
-def _test_split() -> list[dict]:
-    rng = random.Random(_SPLIT_SEED)
-    out: list[dict] = []
-    for cat, rows in all_prompts().items():
-        n = TEST_SIZES[cat]
-        held = [m for m in rows if has_heldout(m)]
-        rest = [m for m in rows if not has_heldout(m)]
-        k_held = min(len(held), n // 4)  # a quarter of the sample probes unseen bindings
-        picked = rng.sample(held, k_held) + rng.sample(rest, n - k_held)
-        out.extend(sorted(picked, key=rows.index))
-    return out
-
-
 def split(name: str) -> list[dict]:
     """Deterministic prompt split: ``test`` (held-out evaluation) or ``train`` (RL prompts)."""
-    if name == "test":
-        return _test_split()
-    if name == "train":
-        test = {m["prompt"] for m in _test_split()}
-        return [m for rows in all_prompts().values() for m in rows
-                if m["prompt"] not in test and not has_heldout(m)]
-    raise InputError(f"unknown split {name!r}; allowed: 'train', 'test' (toy_video:train, toy_video:test)")
+    return make_split(name, all_prompts(), TEST_SIZES, has_heldout, _SPLIT_SEED,
+                      named=" (toy_video:train, toy_video:test)")
 
 
 def pretrain_pool() -> list[dict]:
     """All prompts video pretraining may name: the grammar minus held-out bindings."""
     return [m for rows in all_prompts().values() for m in rows if not has_heldout(m)]
-
-
-def sample_pretrain(rng: random.Random, pool: list[dict], by_cat: dict | None = None,
-                    weights: dict | None = None) -> dict:
-    """A pretraining caption: a category (uniform, or by ``weights``), then a prompt uniform within it."""
-    by_cat = by_cat if by_cat is not None else by_category(pool)
-    cats = sorted(by_cat)
-    cat = rng.choices(cats, [weights.get(c, 1.0) for c in cats])[0] if weights else rng.choice(cats)
-    return rng.choice(by_cat[cat])
 
 
 def check_motion(meta: dict) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -16,12 +16,14 @@ from dgpo.toy.model import ToyModelConfig, ToyUNet
 BUILTIN_BASE = Path(__file__).parent / "base"
 
 
-def save_toy(model: ToyUNet, folder: str | Path, info: dict | None = None) -> None:
+def save_toy(model: torch.nn.Module, folder: str | Path, info: dict | None = None, kind: str | None = None) -> None:
+    """``model.safetensors`` + ``config.json`` (``{"kind": kind, "model": {...}, "info": ...}``; an image
+    checkpoint names no kind)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
-    meta = {"model": model.cfg.to_dict(), **({"info": info} if info else {})}
+    meta = {**({"kind": kind} if kind else {}), "model": model.cfg.to_dict(), **({"info": info} if info else {})}
     (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -123,3 +125,68 @@ def with_pos_embed(model: ToyUNet) -> ToyUNet:
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(k.endswith((".attn.pos", ".cross.pos")) for k in missing), (missing, unexpected)
     return new.train(model.training)
+
+
+def checkpoint_kind(folder: str | Path) -> str | None:
+    """The ``kind`` a toy checkpoint folder's config.json names (None: an image checkpoint, or unreadable:
+    the loader then says what is wrong)."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class CheckpointKind:
+    """A toy world's checkpoint folder: its ``kind`` in config.json, its name in messages, its
+    ``--world``, architecture dataclass and network class, and its shipped base folder."""
+
+    kind: str
+    what: str
+    world: str
+    config: type
+    net: type
+    builtin: Path
+
+    def save(self, model: torch.nn.Module, folder: str | Path, info: dict | None = None) -> None:
+        """``model.safetensors`` + ``config.json`` (``{"kind": kind, "model": {...}, "info": ...}``)."""
+        save_toy(model, folder, info, kind=self.kind)
+
+    def load(self, folder: str | Path | None = None) -> torch.nn.Module:
+        """A checkpoint folder of this kind (default: the shipped base): :func:`load_kind`."""
+        return load_kind(folder, self)
+
+
+def load_kind(folder: str | Path | None, spec: CheckpointKind) -> torch.nn.Module:
+    """A checkpoint folder of the world ``spec`` (default: its shipped base); a missing, malformed or
+    mismatched folder is an error naming it."""
+    cmd = f"dgpo toy pretrain --world {spec.world}"
+    if folder is None and not (spec.builtin / "model.safetensors").is_file():
+        raise MissingPathError(f"model.kind={spec.kind}: no {spec.what} base ships yet; pretrain one with "
+                               f"`{cmd} --out DIR` and set model.path=DIR/final")
+    folder = user_path(folder or spec.builtin, f"{spec.what} checkpoint")
+    cfg_path, w_path = folder / "config.json", folder / "model.safetensors"
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise MissingPathError(f"{spec.what} checkpoint {folder}: missing {p.name} (a folder that `{cmd}` writes)")
+    where = f"{spec.what} checkpoint {folder}: bad config.json"
+    try:
+        raw = json.loads(cfg_path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{where} ({type(e).__name__}: {short(str(e))})") from None
+    arch = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or raw.get("kind") != spec.kind or not isinstance(arch, dict):
+        raise InputError(f"{where}: not a {spec.what} checkpoint (needs \"kind\": \"{spec.kind}\" and a 'model' "
+                         "object; an image toy checkpoint is model.kind=toy)")
+    allowed = {f.name for f in fields(spec.config)}
+    unknown = sorted(set(arch) - allowed)
+    if unknown:
+        raise InputError(f"{where}: unknown key model.{short(unknown[0])}; allowed: {sorted(allowed)}")
+    try:
+        cfg = spec.config(**{**arch, "channels": tuple(arch.get("channels", spec.config.channels))})
+        model = spec.net(cfg)
+        model.load_state_dict(load_file(str(w_path)))
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, SafetensorError, OSError) as e:
+        raise InputError(f"{spec.what} checkpoint {folder}: weights do not match config.json "
+                         f"({type(e).__name__}: {short(str(e))})") from None
+    return model.eval()

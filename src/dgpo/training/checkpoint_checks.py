@@ -113,5 +113,7 @@ def check_trainer_state(state: dict, where: Path) -> None:
     for key in ("train_time", "next_eval_s"):
         if key in state and not (_is_number(state[key]) and state[key] >= 0):
             raise CheckpointError(f"{where}: {key!r} must be a number >= 0, got {short(state[key])}; {FIX}")
+    if not isinstance(state.get("algorithm", {}), dict):
+        raise CheckpointError(f"{where}: 'algorithm' must be an object, got {short(state['algorithm'])}; {FIX}")
     if "images" in state and not _is_count(state["images"]):
         raise CheckpointError(f"{where}: 'images' must be an integer >= 0, got {short(state['images'])}; {FIX}")

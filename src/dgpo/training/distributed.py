@@ -10,10 +10,13 @@ indices, so no broadcast is needed and a W-process run computes what a 1-process
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 
 from dgpo.errors import InputError
+from dgpo.training import PeerLost
 
 
 class Layout:
@@ -87,3 +90,55 @@ class Layout:
         t = torch.tensor([x], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t)
+
+
+def process_group_kwargs(timeout_s: float):
+    """accelerate's handler that sets the process group's collective timeout (``train.collective_timeout_s``)."""
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))
+
+
+# the algorithms whose samples-to-process assignment enters the maths (Flow-GRPO's per-process SDE windows
+# and zero-advantage refill, as its official code draws them)
+LAYOUT_DEPENDENT = ("flow_grpo",)
+
+
+def check_resume_processes(written: int | None, now: int, cfg, allowed: bool) -> None:
+    """Resume only on the process count that wrote the checkpoint, unless ``allowed`` (``--change-processes``)
+    for an algorithm whose maths does not depend on it; then the run continues the same objective on the
+    same samples, equal to the uninterrupted run up to the order of float sums (not bit for bit)."""
+    if written is None or written == now:
+        return
+    why = (f"the checkpoint was written by {written} process(es) and this run has {now}: a run resumed on "
+           "another count sums gradients and group totals in another order, so it cannot continue bit for bit")
+    if cfg.train.algorithm in LAYOUT_DEPENDENT:
+        raise InputError(f"{why}; and {cfg.train.algorithm} draws its SDE windows and zero-advantage refill per "
+                         f"process (as its official code does), so its samples would change too: resume with "
+                         f"{written} process(es)")
+    if not allowed:
+        raise InputError(f"{why}; resume with {written} process(es), or pass --change-processes to continue "
+                         "anyway (same samples and objective, float-order differences only)")
+
+
+COLLECTIVE_FAILURES = ("gloo", "nccl", "connection reset", "connection closed", "timed out", "timeout",
+                       "processgroup", "broken pipe")
+
+
+@contextmanager
+def peers_watched():
+    """A collective that failed because another process died or hung becomes one :class:`PeerLost` line
+    (which process, what failed, how to go on) instead of a C++ traceback; other errors pass."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not (isinstance(e, dist.DistError) or any(k in first.lower() for k in COLLECTIVE_FAILURES)):
+            raise
+        raise PeerLost(f"process {dist.get_rank()} of {dist.get_world_size()}: a collective failed, so another "
+                       f"process died or stopped answering ({first[:200]}); its own log says why. The newest "
+                       "complete checkpoint is kept: relaunch with --resume") from e

@@ -64,6 +64,10 @@ def load_any(spec: str = "", lora: str = "", kind: str = "", dtype: str = "fp32"
         from dgpo.models.toy_video import ToyVideoFlowModel
 
         model = ToyVideoFlowModel.load(path)
+    elif kind == "toy_edit" or path is not None and _toy_kind(path) == "toy_edit":
+        from dgpo.models.toy_edit import ToyEditFlowModel
+
+        model = ToyEditFlowModel.load(path)
     elif (path is None or kind == "toy"
           or (path / "config.json").is_file() and not (path / "model_index.json").is_file()):
         from dgpo.models.toy import ToyFlowModel

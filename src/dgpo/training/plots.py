@@ -59,17 +59,20 @@ COMPARE_GAP = 2
 
 
 def save_compare(before: torch.Tensor, after: torch.Tensor, captions: list[str], path: Path, cols: int = 4,
-                 scale: int = 4) -> None:
-    """Before / after pairs (the same prompt and seed side by side), captioned, ``cols`` pairs a row."""
-    pairs = []
-    for a, b in zip(_tiles(before, scale), _tiles(after, scale)):
-        pair = Image.new("RGB", (a.width * 2 + COMPARE_GAP, a.height), (40, 40, 40))
-        pair.paste(a, (0, 0))
-        pair.paste(b, (a.width + COMPARE_GAP, 0))
-        pairs.append(pair)
-    w = before.shape[-1] * scale
-    header = ((0, "before"), (w + COMPARE_GAP, "after"))
-    canvas = _compose(pairs, [_short(c) for c in captions], cols, header=header)
+                 scale: int = 4, sources: torch.Tensor | None = None) -> None:
+    """Before / after pairs (the same prompt and seed side by side), captioned, ``cols`` pairs a row; with
+    an editing model's ``sources`` [B, 3, H, W], triptychs: source | base | trained."""
+    named = [("before", before), ("after", after)] if sources is None else [
+        ("source", sources), ("base", before), ("trained", after)]
+    step = before.shape[-1] * scale + COMPARE_GAP
+    groups = []
+    for tiles in zip(*(_tiles(x, scale) for _, x in named)):
+        group = Image.new("RGB", (step * len(tiles) - COMPARE_GAP, tiles[0].height), (40, 40, 40))
+        for j, tile in enumerate(tiles):
+            group.paste(tile, (j * step, 0))
+        groups.append(group)
+    header = tuple((j * step, name) for j, (name, _) in enumerate(named))
+    canvas = _compose(groups, [_short(c) for c in captions], cols, header=header)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
@@ -95,11 +98,12 @@ def plot_curves(metrics: list[dict], evals: list[dict], out_dir: Path) -> None:
         fig.savefig(out_dir / "reward.png", dpi=110)
         plt.close(fig)
     if evals:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = _eval_figure(plt, evals)
+        from dgpo.toy.edit_grammar import CATEGORIES as EDIT_CATEGORIES
         from dgpo.toy.grammar import CATEGORIES
 
         scored = [e for e in evals if e.get("overall") is not None]
-        for key in ["overall", *[k for k in CATEGORIES if any(k in e for e in scored)]]:
+        for key in ["overall", *[k for k in (*CATEGORIES, *EDIT_CATEGORIES) if any(k in e for e in scored)]]:
             points = [(e["step"], e[key]) for e in scored if e.get(key) is not None]
             ax.plot(*zip(*points), marker="o", lw=2 if key == "overall" else 1, label=key)
         for i, e in enumerate(e for e in evals if e.get("overall") is None):  # the reward failed throughout
@@ -114,6 +118,39 @@ def plot_curves(metrics: list[dict], evals: list[dict], out_dir: Path) -> None:
         plt.close(fig)
 
 
+def _eval_figure(plt, evals: list[dict]):
+    """(figure, the accuracy axis): with out-of-domain rewards in the evals, a row of small panels below
+    it, the target reward and each out-of-domain reward on its own axis (+- 2 standard errors)."""
+    from dgpo.training.ood import verdict
+
+    names = list(dict.fromkeys(n for e in evals for n in (e.get("extra") or {})))
+    if not names:
+        return plt.figure(figsize=(6, 3.5)), plt.gca()
+    k = len(names) + 1
+    fig = plt.figure(figsize=(max(6.0, 2.4 * k), 6.4))
+    grid = fig.add_gridspec(2, k, height_ratios=(1.4, 1))
+    v = verdict(evals)
+    fell = set(v["fell"])
+    series = [("target reward", "C0", lambda e: e.get("reward"), lambda e: e.get("reward_se"))]
+    series += [(f"out-of-domain: {n}" + (" (fell)" if n in fell else ""), "C3" if n in fell else "C2",
+                lambda e, n=n: (e.get("extra") or {}).get(n), lambda e, n=n: (e.get("extra_se") or {}).get(n))
+               for n in names]
+    for i, (title, colour, value, se) in enumerate(series):
+        ax = fig.add_subplot(grid[1, i])
+        points = [(e["step"], value(e), 2 * (se(e) or 0.0)) for e in evals if value(e) is not None]
+        if points:
+            ax.errorbar(*zip(*points), color=colour, marker="o", ms=3, capsize=2, lw=1.2)
+        ax.set_title(title, fontsize=8, color=colour)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("optimizer step (bars: +- 2 s.e.)" if i == 0 else "optimizer step", fontsize=7)
+        ax.grid(alpha=0.3)
+    top = fig.add_subplot(grid[0, :])
+    if v["flagged"]:
+        top.set_title(f"reward hacking? the target reward rose while {', '.join(v['fell'])} fell", color="C3",
+                      fontsize=9)
+    return fig, top
+
+
 def grid_file(images: torch.Tensor, captions: list[str], stem: Path) -> Path:
     """The sample grid of images [B, 3, H, W] as ``stem.png``, or of videos [B, F, 3, H, W] as an animated
     ``stem.gif`` (and ``stem.mp4`` with the 'video' extra); returns the file the trackers show."""
@@ -123,10 +160,12 @@ def grid_file(images: torch.Tensor, captions: list[str], stem: Path) -> Path:
     return _animated(video_io.video_grid(images, [_short(c) for c in captions], cols=4, scale=2), stem)
 
 
-def compare_file(before: torch.Tensor, after: torch.Tensor, captions: list[str], stem: Path) -> Path:
-    """Before / after side by side: ``stem.png`` for images, an animated ``stem.gif`` (+ ``.mp4``) for videos."""
+def compare_file(before: torch.Tensor, after: torch.Tensor, captions: list[str], stem: Path,
+                 sources: torch.Tensor | None = None) -> Path:
+    """Before / after side by side: ``stem.png`` for images (with an editing model's ``sources``: source |
+    base | trained), an animated ``stem.gif`` (+ ``.mp4``) for videos."""
     if before.dim() == 4:
-        save_compare(before, after, captions, stem.with_suffix(".png"))
+        save_compare(before, after, captions, stem.with_suffix(".png"), sources=sources)
         return stem.with_suffix(".png")
     return _animated(video_io.compare_video(before, after, [_short(c) for c in captions], scale=2), stem)
 

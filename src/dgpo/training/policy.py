@@ -54,8 +54,10 @@ class Policy:
             self.peft = model.denoiser  # kept: the trainer may wrap model.denoiser in DDP
             self._frozen = None
             self._switches = _adapter_switches(self.peft)
+            self._probe = self._switches[0] if self._switches else _first_tuner_layer(self.peft)
         else:
             self._frozen = copy.deepcopy(model.denoiser).requires_grad_(False)
+            self._probe = None
             for name, p in model.denoiser.named_parameters():
                 p.requires_grad_(not name.startswith(model.frozen_prefixes) and not _under(name, unused))
         self.collect()
@@ -92,6 +94,11 @@ class Policy:
             finally:
                 self.model.denoiser = live
 
+    def mode_key(self) -> tuple:
+        """Which weights a forward reads now, beyond their values: the network (full fine-tuning swaps in
+        its frozen copy) and the LoRA switch (a CUDA graph of the rollouts records one of them)."""
+        return id(self.model.denoiser), None if self._probe is None else bool(self._probe.disable_adapters)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable tensors by name (shards under FSDP: ``Sharding.gather`` makes them whole)."""
         return {n: p.detach().contiguous() for n, p in zip(self.names, self.params)}
@@ -105,6 +112,12 @@ class Policy:
         with torch.no_grad():
             for n, p in zip(self.names, self.params):
                 copy_full_(p, state[n])
+
+
+def _first_tuner_layer(net):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return next((m for m in net.modules() if isinstance(m, BaseTunerLayer)), None)
 
 
 def _adapter_switches(net) -> list:

@@ -108,9 +108,13 @@ def clear_run(run_dir: Path) -> None:
 
 
 def scalars(row: dict, prefix: str = "") -> dict:
-    """The numbers of a metrics or eval row (not its step) for a tracker, keys prefixed."""
-    return {prefix + k: v for k, v in row.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+    """The numbers of a metrics or eval row (not its step) for a tracker, keys prefixed; an eval's
+    out-of-domain rewards (``extra: {name: mean}``) as ``eval_extra/<name>`` (prefix "eval/")."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    out = {prefix + k: v for k, v in row.items() if number(v) and k != "step"}
+    group = prefix.rstrip("/") + "_extra/" if prefix else "extra/"
+    out.update({group + k: v for k, v in (row.get("extra") or {}).items() if number(v)})
+    return out
 
 
 def tracker_setup(log_with: str, project: str, run_dir: Path) -> tuple[str | None, str, dict]:

@@ -27,13 +27,13 @@ from tqdm import tqdm
 from dgpo.algorithms import ALGORITHMS, Algorithm, LoopContext, Rollouts
 from dgpo.config import Config, dump_yaml, to_dict
 from dgpo.data.prompts import epoch_prompts, load_prompts
-from dgpo.evaluation import evaluate, model_image_fn, per_category, reward_scorer
+from dgpo.evaluation import evaluate, extra_scorer, model_image_fn, per_category, reward_scorer
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward_from_config, check_modality
 from dgpo.rewards.modality import modality_of
 from dgpo.rewards.retry import Backoff, GuardedCall
-from dgpo.training import checkpoints, plots, runlog, speed
+from dgpo.training import checkpoints, distributed, ood, plots, runlog, speed
 from dgpo.training.diagnostics import TravelMeter, group_correct_shares, reward_by_category
 from dgpo.training.distributed import Layout
 from dgpo.training.ema import SlowEMA
@@ -50,15 +50,18 @@ BEFORE_FIX = "delete it (the resumed run then draws no samples/compare.png)"
 
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, model: FlowModel | None = None,
-                 reward: Callable | None = None, algorithm: type[Algorithm] | None = None):
+                 reward: Callable | None = None, algorithm: type[Algorithm] | None = None,
+                 change_processes: bool = False):
         """``model``: an already built FlowModel (e.g. a random-weight benchmark model) instead of
         loading ``cfg.model``; ``reward``: a reward callable (``dgpo.rewards.custom``) instead of
-        ``cfg.reward.name``; ``algorithm``: an :class:`Algorithm` subclass instead of ``train.algorithm``."""
-        self.cfg, c = cfg, cfg
+        ``cfg.reward.name``; ``algorithm``: an :class:`Algorithm` subclass instead of ``train.algorithm``;
+        ``change_processes``: resume a checkpoint written by another number of processes."""
+        self.cfg, c, self.change_processes = cfg, cfg, change_processes
         self.run_dir = Path(c.run.out_dir)
         log_with, project, tracker_kwargs = runlog.tracker_setup(c.run.log_with, c.run.project, self.run_dir)
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision,
-                               log_with=log_with, project_dir=str(self.run_dir))
+                               log_with=log_with, project_dir=str(self.run_dir),
+                               kwargs_handlers=[distributed.process_group_kwargs(c.train.collective_timeout_s)])
         self._build_model(model)
         self._build_optimizer()
         self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
@@ -67,6 +70,7 @@ class Trainer:
         self.reward_fn = build_reward_from_config(c.reward, self.acc.device, reward=reward)
         self.modality = modality_of(self.model)  # images or videos: the reward must score the same
         check_modality(self.reward_fn, self.modality, "reward.name")
+        self.extra_rewards = ood.build_extra_rewards(c, self.acc.device, self.modality)  # scored at evals only
         r = c.reward  # every reward call is retried, timed out, and its failure survived (rewards/retry.py)
         self.reward_call = GuardedCall(Backoff(r.retries, r.backoff_s, r.max_backoff_s), r.call_timeout_s)
         self._load_prompts()
@@ -88,16 +92,19 @@ class Trainer:
         self.policy = Policy(self.model, c.train.lora_rank, c.train.lora_alpha, c.run.seed,
                              parse_targets(c.train.lora_targets))
         # FP8 layers replace linear layers, so before sharding (FSDP tracks its parameters' modules)
-        self.fp8_info = (speed.use_fp8(self.model, self.policy, c.train.fp8, c.train.compile)
+        self.fp8_info = (speed.use_fp8(self.model, self.policy, c.train.fp8, c.train.compile, c.train.fp8_cast_once)
                          if c.train.fp8 != "none" else None)
         # DDP wraps the network for the forwards that train; rollouts, references and evals use the
         # bare module (no collectives outside backward). FSDP (accelerate's FSDP2 config) shards the
         # module itself: every forward gathers its shards (dgpo/training/fsdp.py)
         self.shards = Sharding.from_accelerator(self.acc)
+        speed.check_sharded(c.train, self.shards.enabled)
         self.policy.shard(self.shards)
         multi = self.acc.num_processes > 1 and not self.shards.enabled
         speed.set_tf32(c.train.tf32)
-        self.compile_info = speed.compile_model(self.model, self.policy) if c.train.compile else None
+        self.compile_info = (speed.compile_model(self.model, self.policy, c.train.compile_mode)
+                             if c.train.compile else None)
+        self.rollout_levers = speed.RolloutLevers.from_config(self.model, self.policy, c.train, self.acc.device)
         self.train_net = self.acc.prepare(self.model.denoiser) if multi else self.model.denoiser
 
     def _build_optimizer(self) -> None:
@@ -113,6 +120,10 @@ class Trainer:
         c = self.cfg
         self.prompts = load_prompts(c.train.prompts)
         self.eval_prompts = load_prompts(c.eval.split)
+        check = getattr(self.model, "check_metas", None)  # an editing family: each row's source images
+        if check is not None:
+            check(self.prompts, "train.prompts")
+            check(self.eval_prompts, "eval.split")
         if c.eval.per_category:
             self.eval_prompts = per_category(self.eval_prompts, c.eval.per_category)
         if c.eval.max_prompts:
@@ -154,7 +165,7 @@ class Trainer:
                                   c.train.balance_categories)
             bar.set_postfix_str("rollout")
             with ChunkScorer(self.reward_fn, self.model.decode, c.reward.overlap, self.reward_call) as scoring:
-                with self.acc.autocast():  # the scorer's thread (VAE, reward) stays in full precision
+                with self.acc.autocast(), self.rollout_levers():  # the scorer's thread (VAE, reward): full precision
                     batch = self.algo.rollout(metas, epoch, self.step, scoring.submit)  # scored meanwhile
                 t1 = time.time()
                 bar.set_postfix_str("reward")
@@ -312,7 +323,8 @@ class Trainer:
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
                            shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
-                           lockstep=self.shards.enabled, score_fn=score_fn)
+                           lockstep=self.shards.enabled, score_fn=score_fn,
+                           extra=extra_scorer(self.extra_rewards, self.reward_call) if self.extra_rewards else None)
         unscored, scored = res.get("unscored_images", 0), res["n_images"]
         if unscored and scored:
             log.warning("%s: %d of %d images left unscored (the reward failed after its retries, or scored "
@@ -351,8 +363,9 @@ class Trainer:
             self._before = images.cpu()  # kept on disk too: a resumed run still draws the comparison
             save_file({"images": self._before.contiguous()}, str(out / "before.safetensors"))
         elif name == "after" and self._before is not None:  # same prompts, same seeds, side by side
-            self._show("samples/compare", plots.compare_file(self._before, images.cpu(), captions, out / "compare"),
-                       self.step)
+            sources = getattr(self.model, "source_images", None)  # an editing model's: source | base | trained
+            self._show("samples/compare", plots.compare_file(self._before, images.cpu(), captions, out / "compare",
+                                                             sources(metas).cpu() if sources else None), self.step)
 
     def _show(self, tag: str, path: Path, step: int) -> None:
         """A grid (PNG) or an animated grid (GIF, beside its MP4) to the run's trackers."""
@@ -368,8 +381,9 @@ class Trainer:
         opt = self.shards.optimizer_state(self.opt)
         if not self.acc.is_main_process:
             return
-        state = {"step": self.step, "epoch": epochs_done, "evals": self.evals, "train_time": self.train_time,
-                 "images": self.images, "next_eval_s": self._next_eval_s, "guard": self.guard.state_dict(retry_epoch)}
+        state = {"step": self.step, "epoch": epochs_done, "processes": self.layout.world, "evals": self.evals,
+                 "train_time": self.train_time, "images": self.images, "next_eval_s": self._next_eval_s,
+                 "guard": self.guard.state_dict(retry_epoch), "algorithm": self.algo.state_dict()}  # the adaptive t_min
         checkpoints.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:06d}", parts, opt, state,
                                     self.cfg.run.keep_checkpoints)
 
@@ -377,6 +391,7 @@ class Trainer:
         ckpt = checkpoints.for_resume(self.run_dir)  # the newest whose files match its manifest
         parts, state = checkpoints.load_checkpoint(ckpt, ["policy", "ema_old", "ema_slow"],
                                                    self.shards.optimizer_state(self.opt))
+        distributed.check_resume_processes(state.get("processes"), self.layout.world, self.cfg, self.change_processes)
         self.policy.load_state_dict(parts["policy"])
         self.algo.old_model.load_state_dict(parts["ema_old"])
         self.ema_slow.load_state_dict(parts["ema_slow"])
@@ -386,6 +401,7 @@ class Trainer:
         self.train_time, self.images = state.get("train_time", 0.0), state.get("images", 0)
         self._next_eval_s = state.get("next_eval_s", self.cfg.run.eval_every_s)
         self.guard.load_state_dict(state.get("guard", {}))
+        self.algo.load_state_dict(state.get("algorithm", {}))
         before = self.run_dir / "samples" / "before.safetensors"
         if before.is_file():
             self._before = checkpoints.read_tensors(before, BEFORE_FIX)["images"]
@@ -405,6 +421,7 @@ class Trainer:
         missing = [e["step"] for e in self.evals if e.get("missing")]
         if missing:  # evals whose reward failed throughout (their rows say why)
             summary["missing_evals"] = missing
+        summary.update(ood.summary_fields(self.evals))  # out-of-domain rewards, the reward-hacking verdict
         if self.acc.is_main_process:
             runlog.write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
             plots.plot_curves(self.metrics.read(), self.evals, self.run_dir / "plots")
