@@ -3,19 +3,27 @@ hand-built statistics, its bounds, determinism, checkpoint state, and a short to
 
 import json
 import math
+from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from dgpo.algorithms import ALGORITHMS, LoopContext
 from dgpo.config import load_config
 from dgpo.errors import CheckpointError, ConfigError
+from dgpo.models.loading import load_model
 from dgpo.timesteps import AdaptiveTMin, train_timesteps
+from dgpo.training.checkpoint_checks import check_trainer_state
+from dgpo.training.distributed import Layout
+from dgpo.training.policy import Policy
 from dgpo.training.trainer import Trainer
 
-K = 8  # samples per training time = 2K: the agreement above must exceed Z / sqrt(2K) = 0.5
-A = torch.tensor([1.0, -1.0] * K)
+K = 8  # samples per training time = 2K
+A = torch.tensor([1.0, -1.0] * 16)
 AGREE, HALF, AGAINST = [1.0, -1.0], [1.0, 0.0], [0.0, 1.0]  # -delta with cos(A, -delta) 1, 1/sqrt(2), -1/sqrt(2)
+R2 = 2 ** -0.5
 
 
 def rule(t_min=0.6, lo=0.2, hi=0.8, rate=0.05, ratio=0.5, decay=0.0) -> AdaptiveTMin:
@@ -34,32 +42,33 @@ def step(r: AdaptiveTMin, edge: list[float] | None, above: list[float] | None, k
 
 def test_the_edge_agreeing_widens_the_range_downward_by_the_margin():
     r = rule()
-    # edge cos 1/sqrt(2), above cos 1: margin (0.7071 - 0.5 * 1) / 1, t_min -= 0.05 * margin
-    assert step(r, HALF, AGREE) == pytest.approx(0.6 - 0.05 * (2 ** -0.5 - 0.5), abs=1e-7)
-    assert r.agreement(r.edge) == pytest.approx(2 ** -0.5) and r.agreement(r.above) == pytest.approx(1.0)
+    # sums [A(-delta), A^2, delta^2, n]: edge [8, 16, 8, 16], above [16, 16, 16, 16], whole [24, 32, 24, 32]:
+    # cosines 1/sqrt(2), 1 and sqrt(0.75) (over Z / sqrt(32) = 0.354); t_min -= 0.05 (1/sqrt(2) - 0.5) / sqrt(0.75)
+    assert step(r, HALF, AGREE) == pytest.approx(0.6 - 0.05 * (R2 - 0.5) / 0.75 ** 0.5, abs=1e-7)
+    assert r.agreement(r.edge) == pytest.approx(R2) and r.agreement(r.above) == pytest.approx(1.0)
 
 
 def test_the_edge_disagreeing_narrows_the_range_by_at_most_the_rate():
     r = rule()
-    assert step(r, AGAINST, AGREE) == pytest.approx(0.65)  # margin -1.2 clipped to -1
+    assert step(r, AGAINST, AGREE, k=16) == pytest.approx(0.65)  # margin (-0.707 - 0.5) / 0.289 clipped to -1
     r = rule(ratio=0.9)
-    assert step(r, HALF, AGREE) == pytest.approx(0.6 - 0.05 * (2 ** -0.5 - 0.9), abs=1e-7)  # a small narrowing
+    assert step(r, HALF, AGREE) == pytest.approx(0.6 - 0.05 * (R2 - 0.9) / 0.75 ** 0.5, abs=1e-7)  # a small narrowing
 
 
 def test_t_min_stays_within_its_bounds():
     r = rule(rate=0.3)
-    assert [round(step(r, AGAINST, AGREE), 6) for _ in range(3)] == [0.8, 0.8, 0.8]
-    r = rule(rate=0.3, ratio=0.0)  # ratio 0: any positive edge agreement widens, by the full rate
+    assert [round(step(r, AGAINST, AGREE, k=16), 6) for _ in range(3)] == [0.8, 0.8, 0.8]
+    r = rule(rate=0.3, ratio=0.0)  # ratio 0: an edge that agrees as the whole range widens by the full rate
     assert [round(step(r, AGREE, AGREE), 6) for _ in range(3)] == [0.3, 0.2, 0.2]
 
 
-def test_it_holds_until_the_agreement_above_the_edge_is_positive_and_significant():
+def test_it_holds_until_the_whole_ranges_agreement_is_positive_and_significant():
     r = rule()
     assert step(r, AGREE, None) == 0.6 and r.agreement(r.above) is None  # nothing seen above the edge yet
-    assert step(r, AGREE, AGAINST) == 0.6 and r.agreement(r.above) < 0  # no agreement to compare with
+    assert step(r, AGAINST, AGAINST) == 0.6 and r.agreement(r.above) < 0  # no agreement to compare with
     assert step(r, [0.0, 0.0], [0.0, 0.0]) == 0.6 and r.agreement(r.edge) is None  # the base: delta 0
-    assert step(r, AGAINST, HALF, k=2) == 0.6  # 0.707 on 4 samples: under Z / sqrt(4) = 1
-    assert step(r, AGAINST, HALF, k=8) == pytest.approx(0.65)  # 0.707 on 16 samples: over 0.5
+    assert step(r, AGAINST, AGREE, k=8) == 0.6  # whole range 0.289 on 32 samples: under Z / sqrt(32) = 0.354
+    assert step(r, AGAINST, AGREE, k=16) == pytest.approx(0.65)  # 0.289 on 64 samples: over 0.25
 
 
 def test_the_pooled_sums_decay_per_step():
@@ -115,6 +124,12 @@ def test_a_malformed_checkpoint_state_is_a_clear_error(bad):
         rule().load_state_dict(bad)
 
 
+def test_a_checkpoint_whose_algorithm_state_is_not_an_object_is_a_clear_error():
+    state = {"step": 1, "epoch": 1, "evals": [], "algorithm": [0.5]}
+    with pytest.raises(CheckpointError, match="'algorithm' must be an object"):
+        check_trainer_state(state, Path("run/checkpoints/step_000001/state.json"))
+
+
 def test_adaptive_draws_like_uniform_from_the_current_t_min():
     a = train_timesteps("adaptive", None, 4, t_min=0.37, seed=2, epoch=5)
     u = train_timesteps("uniform", None, 4, t_min=0.37, seed=2, epoch=5)
@@ -131,6 +146,33 @@ def test_adaptive_draws_like_uniform_from_the_current_t_min():
 def test_config_checks_name_the_key(args, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, ["timesteps.mode=adaptive", *args])
+
+
+def test_dgpo_feeds_the_rule_a_and_delta_centred_per_group(tiny_toy):
+    cfg = load_config(None, [f"model.path={tiny_toy}", "train.prompts_per_epoch=2", "train.group_size=4",
+                             "train.batch_size=8", "train.lora_rank=4", "sampler.steps=4", "sampler.cfg_scale=1",
+                             "timesteps.mode=adaptive", "timesteps.count=2"])
+    model = load_model(cfg.model)
+    policy, layout = Policy(model, 4, 8, 0), Layout()
+    algo = ALGORITHMS["dgpo"](LoopContext(cfg, model, policy.params, model.default_shift(), layout,
+                                          layout.group_sum_fn(2), False, nullcontext, policy.reference))
+    with torch.no_grad():  # the policy away from the reference, so that delta is not 0
+        for i, p in enumerate(policy.params):
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+    batch = algo.rollout([{"prompt": f"a red square {i}", "tag": "single_object"} for i in range(2)], 0, 0)
+    signal, mb = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.5, -1.5, 0.2, -0.2]), torch.arange(8)
+    unit = algo.units(batch, 0, 0)[1]
+    assert algo.t_min_now == 0.6 and float(unit.sigma) >= 0.6
+    out = algo.micro_loss(batch, signal, mb, unit, 1, 0)
+    assert float(out.stats["t_min"]) == pytest.approx(0.6)
+    with torch.no_grad():
+        o = algo.denoising_losses(batch, mb, unit, 1, 0)
+    d = (o["dsm"] - o["dsm_ref"]).view(2, 4)
+    d = -(d - d.mean(1, keepdim=True)).flatten()  # -delta, centred within each group of 4
+    want = [float((signal * d).sum()), float(signal.pow(2).sum()), float(d.pow(2).sum()), 8.0]
+    sigma, got = algo.t_min_rule._step[1]
+    assert sigma == float(unit.sigma) and got.tolist() == pytest.approx(want, rel=1e-5, abs=1e-9)
+    assert abs(want[0]) > 0 and want[2] > 0
 
 
 def _cfg(tiny, out, *extra):

@@ -333,7 +333,6 @@ def _cfg(tiny, out, *extra):
         "reward.name=colorfulness", *extra])
 
 
-@pytest.mark.slow
 def test_two_epochs_train_every_lora_weight_and_stay_finite(tiny_toy, tmp_path):
     tr = Trainer(_cfg(tiny_toy, tmp_path / "run"))
     before = {n: p.detach().clone() for n, p in tr.model.denoiser.named_parameters()}

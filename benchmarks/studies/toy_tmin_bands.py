@@ -11,8 +11,9 @@ of ``--sigmas``:
 * loss differences delta = dsm - dsm_ref: mean |delta|, relative to dsm_ref;
 * the Bradley-Terry weight sigma(S_g): share below 0.1 (saturated) and above 0.9;
 * the preference the policy already holds on fresh rollouts: the share of groups with S_g < 0
-  (``pref_acc``), the within-group correlation of A with -delta (``pref_corr``) and the cosine of A with
-  -delta over all samples (``pref_cos``, what the adaptive rule reads online); the PPO clip share.
+  (``pref_acc``), the within-group correlation of A with -delta (``pref_corr``: centred per group, as
+  the adaptive rule's statistic) and the uncentred cosine of A with -delta over all samples (``pref_cos``);
+  the PPO clip share.
 
 Usage: python -m benchmarks.studies.toy_tmin_bands [--seeds 0 1] [--epochs 24] [--out PATH] [key=value ...]
 Writes bench_results/toy_tmin_bands.json; ``--table PATH`` prints the seed-mean tables of a result
@@ -93,7 +94,7 @@ def pref_stats(parts: list[dict]) -> dict:
             corr.append(float(torch.corrcoef(torch.stack([a, d]))[0, 1]))
     mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731 - the base: delta is 0 everywhere
     a, d = torch.cat([p["a"] for p in parts]), -torch.cat([p["delta"] for p in parts])
-    scale = float((a.pow(2).sum() * d.pow(2).sum()).sqrt())  # the online rule's statistic (dgpo.timesteps)
+    scale = float((a.pow(2).sum() * d.pow(2).sum()).sqrt())  # the adaptive rule's statistic, uncentred
     return {"pref_acc": mean(acc), "pref_corr": mean(corr), "pref_cos": float((a * d).sum()) / scale if scale else None}
 
 
@@ -141,7 +142,8 @@ def measure(tr: Trainer, batches: int, sigmas: list[float], key0: int) -> dict:
 TABLES = {"coherence": "gradient coherence ||E g||^2 / E||g||^2", "half_cosine": "half-batch gradient cosine",
           "cos_trained": "cosine with the mean gradient at sigma >= 0.6", "grad_norm": "norm of the mean gradient",
           "rel_delta": "mean |delta| / mean dsm_ref", "saturated": "share of sigma(S_g) < 0.1 or > 0.9",
-          "pref_cos": "cos(A, -delta), fresh rollouts (the rule's statistic)"}
+          "pref_corr": "within-group corr(A, -delta) on fresh rollouts (centred per group, as the rule)",
+          "pref_cos": "cos(A, -delta) over all samples on fresh rollouts (uncentred)"}
 
 
 def markdown(result: dict) -> str:

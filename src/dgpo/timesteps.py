@@ -95,19 +95,19 @@ class AdaptiveTMin:
     docs/results/adaptive-tmin.md).
 
     Each optimizer step trains at sigma ~ U[t_min, 1]. At each of its training times the loss already
-    holds, per sample, the signed weight A and delta = dsm - dsm_ref on fresh rollouts; their cosine
-    ``sum A (-delta) / sqrt(sum A^2 sum delta^2)`` is how far the run's update so far ranks new samples
-    as the reward does at that noise level (to first order, the agreement of this batch's gradient
-    there with the sum of all past steps). The sums are pooled, decayed by ``decay`` per step, for
-    the low edge of the range (its lowest quarter) and for the range above it. Once the agreement
-    above is significant (over Z / sqrt(samples)), every step moves t_min by
-    ``-rate * clip((edge - ratio * above) / above, -1, 1)`` within [lo, hi]: the range widens
-    downward while its edge agrees at least ``ratio`` as much as the range above, and narrows
-    otherwise.
+    holds, per sample, the signed weight A and delta = dsm - dsm_ref on fresh rollouts (centred within
+    its group by the caller); their cosine ``sum A (-delta) / sqrt(sum A^2 sum delta^2)`` is how far
+    the run's update so far ranks new samples as the reward does at that noise level (to first order,
+    the agreement of this batch's gradient there with the sum of all past steps). The sums are pooled,
+    decayed by ``decay`` per step, for the low edge of the range (its lowest quarter) and for the range
+    above it. Once the agreement over the whole range is significant (over Z / sqrt(samples)), every
+    step moves t_min by ``-rate * clip((edge - ratio * above) / whole, -1, 1)`` within [lo, hi]: the
+    range widens downward while its edge agrees at least ``ratio`` as much as the range above, and
+    narrows otherwise.
     """
 
     EDGE = 0.25  # the low edge: this share of the range [t_min, 1]
-    Z = 2.0  # the agreement above must exceed Z / sqrt(its pooled samples) (about 2 standard errors)
+    Z = 2.0  # the whole range's agreement must exceed Z / sqrt(its pooled samples) (about 2 standard errors)
 
     def __init__(self, t_min: float, lo: float, hi: float, rate: float, ratio: float, decay: float):
         self.t_min, self.lo, self.hi, self.rate, self.ratio, self.decay = t_min, lo, hi, rate, ratio, decay
@@ -133,9 +133,10 @@ class AdaptiveTMin:
             for i, x in enumerate(sums.tolist()):
                 pool[i] += reduce(x)
         self._step = {}
-        edge, above = self.agreement(self.edge), self.agreement(self.above)
-        if edge is not None and above is not None and above > self.Z / math.sqrt(self.above[3]):
-            margin = (edge - self.ratio * above) / above
+        whole = [e + a for e, a in zip(self.edge, self.above)]
+        edge, above, agree = self.agreement(self.edge), self.agreement(self.above), self.agreement(whole)
+        if edge is not None and above is not None and agree is not None and agree > self.Z / math.sqrt(whole[3]):
+            margin = (edge - self.ratio * above) / agree
             self.t_min = min(self.hi, max(self.lo, self.t_min - self.rate * min(1.0, max(-1.0, margin))))
         return self.t_min
 

@@ -49,9 +49,11 @@ class DGPO(Algorithm):
         stats = {"dgpo": out.dgpo, "kl": out.kl, "clip": out.clipped.float().mean(), "weight": out.weight.mean()}
         if self.t_min_now is not None and self.cfg.timesteps.mode in ("uniform", "adaptive"):
             stats["t_min"] = torch.tensor(self.t_min_now)
-        if self.t_min_rule is not None:  # the rule reads A and delta against the DGPO term's reference
-            ref = o["dsm_old"] if d.use_ema_ref else o["dsm_ref"]
-            self.t_min_rule.observe(slot, unit.sigma, a, o["dsm"].detach() - ref.to(a.device))
+        if self.t_min_rule is not None:  # A and delta (against the DGPO term's reference), centred per group
+            gids = batch.group_ids[mb].to(a.device)
+            delta = o["dsm"].detach() - (o["dsm_old"] if d.use_ema_ref else o["dsm_ref"]).to(a.device)
+            delta = delta - self.ctx.group_sum(delta, gids) / self.cfg.train.group_size
+            self.t_min_rule.observe(slot, unit.sigma, a, delta)
         if need_ref:
             stats["v_mse_ref"] = (o["v"] - o["v_ref"]).detach().pow(2).mean()
         return StepLoss(out.loss * len(mb), stats)
