@@ -71,6 +71,15 @@ def test_it_holds_until_the_whole_ranges_agreement_is_positive_and_significant()
     assert step(r, AGAINST, AGREE, k=16) == pytest.approx(0.65)  # 0.289 on 64 samples: over 0.25
 
 
+def test_a_non_finite_step_is_never_pooled_and_the_state_stays_resumable():
+    r, clean = rule(), rule()
+    r.observe(0, 0.7, A[:4], torch.tensor([float("nan"), 1.0, 0.0, 1.0]))  # a step skipped for a NaN loss
+    for _ in range(5):
+        assert step(r, HALF, AGREE) == step(clean, HALF, AGREE)
+    assert r.t_min != 0.6
+    rule().load_state_dict(json.loads(json.dumps(r.state_dict())))  # finite: a later checkpoint resumes
+
+
 def test_the_pooled_sums_decay_per_step():
     r = rule(decay=0.5, rate=0.0)
     step(r, HALF, AGREE)  # edge sums [8, 16, 8, 16], above [16, 16, 16, 16]
@@ -91,7 +100,7 @@ def test_micro_batches_and_processes_add_up_to_the_whole_batch():
         half = slice(16 * i, 16 * i + 16)
         p.observe(0, 0.62, a[half], d[half])
         p.observe(1, 0.9, a[half], d2[half])
-    other = iter(x for slot in sorted(parts[1]._step) for x in parts[1]._step[slot][1].tolist())
+    other = iter(x for key in sorted(parts[1]._step) for x in parts[1]._step[key].tolist())
     got = parts[0].update(lambda x: x + next(other))  # the all-reduce, as the other process contributes
     assert got == pytest.approx(whole.update(), abs=1e-6) and got != 0.6
 
@@ -170,8 +179,8 @@ def test_dgpo_feeds_the_rule_a_and_delta_centred_per_group(tiny_toy):
     d = (o["dsm"] - o["dsm_ref"]).view(2, 4)
     d = -(d - d.mean(1, keepdim=True)).flatten()  # -delta, centred within each group of 4
     want = [float((signal * d).sum()), float(signal.pow(2).sum()), float(d.pow(2).sum()), 8.0]
-    sigma, got = algo.t_min_rule._step[1]
-    assert sigma == float(unit.sigma) and got.tolist() == pytest.approx(want, rel=1e-5, abs=1e-9)
+    ((slot, sigma), got), = algo.t_min_rule._step.items()
+    assert (slot, sigma) == (1, float(unit.sigma)) and got.tolist() == pytest.approx(want, rel=1e-5, abs=1e-9)
     assert abs(want[0]) > 0 and want[2] > 0
 
 

@@ -216,3 +216,8 @@ def test_edit_judge_needs_a_url_and_the_served_model(chat):
         build_reward("unifiedreward_edit", judge={"url": ""})
     with pytest.raises(InputError, match=r"reward.judge_model: .* serves \['UnifiedReward'\], not 'UnifiedReward-7b"):
         build_reward("unifiedreward_edit", judge={"url": chat.url, "model": "UnifiedReward-7b-v1.5"})
+    from dgpo.config import load_config
+    from dgpo.rewards import build_reward_from_config
+
+    rc = load_config(None, ["reward.name=unifiedreward_edit", f"reward.judge_url={chat.url}"]).reward
+    assert build_reward_from_config(rc, "cpu").model == "UnifiedReward"  # the default asks for the served name

@@ -106,7 +106,6 @@ def test_resume_on_another_process_count_is_refused_unless_asked_and_then_equal_
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
-    assert any(not torch.equal(a[k], b[k]) for k in a) or True  # float order may or may not show
 
 
 def test_one_process_checkpoint_resumes_on_two_when_asked_but_flow_grpo_never(tiny_toy, tmp_path):
@@ -120,4 +119,5 @@ def test_one_process_checkpoint_resumes_on_two_when_asked_but_flow_grpo_never(ti
     assert _single(tiny_toy, grpo, 1, ["train.algorithm=flow_grpo"]).returncode == 0
     res = multi.launch("ddp", [*multi.run_args("ddp", tiny_toy, grpo, 2), "train.algorithm=flow_grpo", "--resume",
                                "--change-processes"], grpo, tmp_path / "g.log", None)
-    assert res["rc"] != 0 and "draws its SDE windows" in (tmp_path / "g.log").read_text()
+    log = (tmp_path / "g.log").read_text()
+    assert res["rc"] != 0 and "draws its SDE windows and zero-advantage refill per process" in log

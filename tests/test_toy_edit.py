@@ -316,3 +316,17 @@ def test_cli_edit_prompts_oracle_eval_and_pretrain(tmp_path, tiny_toy):
                  "--batch-size", "1", "--out", str(tmp_path / "pt")]) == 0
     assert json.loads((tmp_path / "pt" / "final" / "config.json").read_text())["kind"] == "toy_edit"
     assert main(["toy", "pretrain", "--world", "edit", "--channels", "8,16,16", "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("args, match", [
+    (["train.prompts=toy_edit:train"], r"train.prompts='toy_edit:train' is another toy world's prompt set; "
+                                       r"model.kind=toy reads toy:train"),
+    (["model.kind=toy_edit", "train.prompts=toy_edit:train"], r"eval.split='toy:test' is another toy world's"),
+    (["model.kind=toy_edit", "train.prompts=prompts.txt", "eval.split=toy_edit:test"],
+     r"train.prompts='prompts.txt': the toy editing model draws each row's source from its scene"),
+])
+def test_a_toy_model_reads_its_own_worlds_prompts(args, match):
+    from dgpo.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, args)

@@ -139,10 +139,10 @@ class MovingSquareModel:
 
 
 def test_dgpo_sample_on_a_video_model_writes_mp4s_gifs_and_an_animated_grid(tmp_path, monkeypatch, capsys):
-    import dgpo.cli
+    import dgpo.cli_generate
     from dgpo.cli import main
 
-    monkeypatch.setattr(dgpo.cli, "_load_flow_model", lambda a: MovingSquareModel())
+    monkeypatch.setattr(dgpo.cli_generate, "_load_flow_model", lambda a: MovingSquareModel())
     out = tmp_path / "samples.png"
     assert main(["sample", 'a sign that says "dgpo"', "a red square", "--n", "2", "--steps", "2", "--out", str(out),
                  "--fps", "12"]) == 0

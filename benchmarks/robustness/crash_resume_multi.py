@@ -43,6 +43,7 @@ from benchmarks.robustness.crash_resume import (
 
 HANG_TIMEOUT_S = 8  # train.collective_timeout_s of every launch: how long a survivor waits for a stopped peer
 FSDP2_CONFIG = Path(__file__).parents[2] / "configs/accelerate/fsdp2_8gpu.yaml"
+# all-reduces twice: the group sums and fault counters are the collectives a run spends most of its time in
 KINDS = ("checkpoint", "allreduce", "random", "evalgather", "hang", "allreduce")
 MESSAGE = "dgpo train: stopped: process"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -38,10 +39,10 @@ def _split_cfg_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
-def _say_why_on_sigterm() -> None:
+def _say_why_on_sigterm():
     """One line on stderr when a launcher or scheduler stops the run (SIGTERM: torchrun and accelerate stop
-    every process when one fails; a preemption); the process still ends by the signal."""
-    import signal
+    every process when one fails; a preemption); the process still ends by the signal. -> the handler it
+    replaced."""
 
     def handler(signum, frame):
         rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
@@ -52,7 +53,10 @@ def _say_why_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, handler)
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding program's worker): its signals are not ours
+        return None
 
 
 def cmd_train(a) -> None:
@@ -66,9 +70,13 @@ def cmd_train(a) -> None:
     checkpoints.check_run_dir(Path(cfg.run.out_dir), a.resume)
     from dgpo.training.distributed import peers_watched
 
-    _say_why_on_sigterm()
-    with peers_watched():  # another process died: one line, not a collective's traceback
-        summary = Trainer(cfg, resume=a.resume, change_processes=a.change_processes).fit()
+    previous = _say_why_on_sigterm()
+    try:
+        with peers_watched():  # another process died: one line, not a collective's traceback
+            summary = Trainer(cfg, resume=a.resume, change_processes=a.change_processes).fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     name = {"dgpo": "DGPO", "flow_grpo": "Flow-GRPO", "dpo": "DPO", "nft": "DiffusionNFT",
             "awm": "AWM"}[cfg.train.algorithm]
     hacking = ood.hacking_line(summary)  # out-of-domain rewards: one line, the reward-hacking verdict
@@ -240,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handlers[a.cmd](a)
     except PeerLost as e:  # not the input's fault: its own exit status, for launchers and scripts
+        if a.debug:
+            import traceback
+
+            traceback.print_exc()
         sys.stdout.flush()
         print(f"dgpo {a.cmd}: stopped: {one_line(str(e))}", file=sys.stderr)
         return 3

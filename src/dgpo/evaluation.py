@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dgpo.errors import UserError
 from dgpo.models.base import FlowModel, encode_nulls, encode_rows
 from dgpo.samplers.rollout import generate
 from dgpo.toy import scorer
@@ -103,13 +104,31 @@ def _extra_values(name: str, fn: Callable, images: torch.Tensor, metas: list[dic
         out, report = guard(fn, images, metas) if guard is not None else (fn(images, metas), None)
         error = report.error if report is not None and out is None else ""
         values = [] if out is None else torch.as_tensor(out).float().flatten().cpu().tolist()
-    except Exception as e:  # noqa: BLE001 - an out-of-domain reward never stops the eval
+    except Exception as e:  # noqa: BLE001 - a fault of an out-of-domain reward never stops the eval
+        if isinstance(e, UserError) or getattr(e, "permanent", False):
+            raise  # a mistake in the setup (a 401, rows it cannot score): stop, as for the target reward
         error, values = f"{type(e).__name__}: {e}", []
     if len(values) != len(metas):
         log.warning("eval: extra reward %s left %d images unscored (%s)", name, len(metas),
                     error or f"{len(values)} scores for {len(metas)} images")
         return [None] * len(metas)
     return [v if math.isfinite(v) else None for v in values]
+
+
+def settle_unscored(res: dict, desc: str, last_error: str = "") -> dict:
+    """An eval's result where the reward left images unscored: a warning if some were scored (the scores
+    are over the rest); if none was, a *missing* eval (``overall`` and ``reward`` null, ``missing`` says
+    why), not a score of 0."""
+    unscored, scored = res.get("unscored_images", 0), res["n_images"]
+    if unscored and scored:
+        log.warning("%s: %d of %d images left unscored (the reward failed after its retries, or scored NaN); "
+                    "the scores are over the rest", desc, unscored, unscored + scored)
+    elif unscored:
+        why = (f"no image scored: the reward failed after its retries (or scored NaN) on all {unscored}"
+               + (f"; the last error here: {last_error}" if last_error else ""))
+        log.warning("%s is missing (%s); the run goes on", desc, why)
+        return {"overall": None, "reward": None, "unscored_images": unscored, "missing": why}
+    return res
 
 
 def evaluate(

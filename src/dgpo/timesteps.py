@@ -113,25 +113,27 @@ class AdaptiveTMin:
         self.t_min, self.lo, self.hi, self.rate, self.ratio, self.decay = t_min, lo, hi, rate, ratio, decay
         # pooled, decayed [sum A(-delta), sum A^2, sum delta^2, samples] at the edge and above it
         self.edge, self.above = [0.0] * 4, [0.0] * 4
-        self._step: dict[int, tuple[float, torch.Tensor]] = {}  # this step: slot -> (sigma, sums on the device)
+        self._step: dict[tuple[int, float], torch.Tensor] = {}  # this step: (slot, sigma) -> sums on the device
 
     def observe(self, slot: int, sigma: float, adv: torch.Tensor, delta: torch.Tensor) -> None:
         """Add one micro-batch's samples at training time ``slot`` (its sigma; A and delta per sample)."""
         a, d = adv.detach().float(), -delta.detach().float()
         part = torch.stack([(a * d).sum(), a.pow(2).sum(), d.pow(2).sum(), torch.ones_like(a).sum()])
-        prev = self._step.get(slot)
-        self._step[slot] = (float(sigma), part if prev is None else prev[1] + part)
+        key = (slot, float(sigma))  # a skipped step's finite sums stay: its weights are the next step's
+        self._step[key] = part if key not in self._step else self._step[key] + part
 
     def update(self, reduce: Callable[[float], float] = lambda x: x) -> float:
         """After an optimizer step: pool its sums (``reduce``: the sum over processes) and move t_min;
         the new t_min."""
         self.edge = [self.decay * x for x in self.edge]
         self.above = [self.decay * x for x in self.above]
-        for slot in sorted(self._step):
-            sigma, sums = self._step[slot]
+        for slot, sigma in sorted(self._step):
+            sums = [reduce(x) for x in self._step[slot, sigma].tolist()]
+            if not all(math.isfinite(x) for x in sums):  # a non-finite step's leftovers: never pooled
+                continue
             pool = self.edge if sigma < self.t_min + self.EDGE * (1 - self.t_min) else self.above
-            for i, x in enumerate(sums.tolist()):
-                pool[i] += reduce(x)
+            for i, x in enumerate(sums):
+                pool[i] += x
         self._step = {}
         whole = [e + a for e, a in zip(self.edge, self.above)]
         edge, above, agree = self.agreement(self.edge), self.agreement(self.above), self.agreement(whole)

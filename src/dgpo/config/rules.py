@@ -22,8 +22,26 @@ def check(cfg: Config) -> None:
     _nft(cfg)
     _awm(cfg)
     _model(cfg.model)
+    _toy_worlds(cfg)
     _reward(cfg.reward)
     _extra_rewards(cfg)
+
+
+TOY_PROMPTS = {"toy": "toy:", "toy_video": "toy_video:", "toy_edit": "toy_edit:"}  # each toy model's named sets
+
+
+def _toy_worlds(cfg: Config) -> None:
+    """A toy model reads its own world's prompt sets only (an image toy given edit instructions would
+    train on them as captions)."""
+    want = TOY_PROMPTS.get(cfg.model.kind)
+    for key, spec in (("train.prompts", cfg.train.prompts), ("eval.split", cfg.eval.split)):
+        named = next((p for p in TOY_PROMPTS.values() if spec.startswith(p)), None)
+        if named is not None and want is not None and named != want:
+            raise ConfigError(f"{key}={spec!r} is another toy world's prompt set; model.kind={cfg.model.kind} "
+                              f"reads {want}train / {want}test")
+        if cfg.model.kind == "toy_edit" and named is None:
+            raise ConfigError(f"{key}={spec!r}: the toy editing model draws each row's source from its scene; "
+                              "use toy_edit:train / toy_edit:test")
 
 
 def _model(m: ModelConfig) -> None:
@@ -73,6 +91,10 @@ def _timesteps(cfg: Config) -> None:
     if d.mode == "adaptive" and cfg.train.algorithm != "dgpo":
         raise ConfigError(f"timesteps.mode=adaptive reads DGPO's loss; train.algorithm={cfg.train.algorithm!r} "
                           "trains at fixed timesteps (use grid, uniform or logit_normal)")
+    if d.mode == "adaptive" and (cfg.train.steps_per_epoch, cfg.train.inner_epochs) != (1, 1):
+        raise ConfigError("timesteps.mode=adaptive moves t_min after each optimizer step but an epoch draws its "
+                          "timesteps once: it needs train.steps_per_epoch=1 and train.inner_epochs=1 (got "
+                          f"{cfg.train.steps_per_epoch} and {cfg.train.inner_epochs})")
     if d.mode == "adaptive" and not d.adaptive_lo <= d.t_min <= d.adaptive_hi:
         raise ConfigError(f"timesteps.t_min={d.t_min} (the adaptive rule's start) must lie in [timesteps.adaptive_lo, "
                           f"timesteps.adaptive_hi] = [{d.adaptive_lo}, {d.adaptive_hi}]")
@@ -86,14 +108,18 @@ def _train(cfg: Config) -> None:
     if cfg.dpo.ref_update_every and t.offline and t.algorithm == "dpo":
         raise ConfigError("dpo.ref_update_every: online DPO rolls out from its refreshed reference; "
                           "train.offline=true rolls out from the frozen base (set one of them)")
-    _levers(t)
+    _levers(t, cfg.train.algorithm)
     if t.reference_batch_size and t.algorithm == "flow_grpo":
         raise ConfigError("train.reference_batch_size: Flow-GRPO's reference runs per SDE step with its "
                           "policy forward; set it to 0 (it applies to dgpo and dpo)")
 
 
-def _levers(t) -> None:
+def _levers(t, algorithm: str) -> None:
     """The GPU speed levers' dependencies (docs/results/performance.md)."""
+    if t.fp8_attention and algorithm == "flow_grpo":
+        raise ConfigError("train.fp8_attention changes the rollouts' velocities, and Flow-GRPO's ratio compares "
+                          "them with the training forwards' exact ones (its first ratio would not be 1, its tight "
+                          "clip would drop almost every sample): use it with dgpo, dpo, nft or awm")
     if t.compile_mode != "default" and not t.compile:
         raise ConfigError(f"train.compile_mode={t.compile_mode}: set train.compile=true (the mode is inductor's)")
     if t.fp8_cast_once and t.fp8 == "none":

@@ -126,8 +126,9 @@ class RewardConfig:
     url: str = opt("", help="remote: the reward server, e.g. http://127.0.0.1:8765")
     judge_url: str = opt("", help="unifiedreward, unifiedreward_edit: the OpenAI-compatible API's base URL, e.g. "
                          "http://127.0.0.1:17140/v1")
-    judge_model: str = opt("UnifiedReward-7b-v1.5", help="unifiedreward: the served model's name (unifiedreward_edit: "
-                           "UnifiedReward-Edit's vllm_server.sh serves it as UnifiedReward)")
+    judge_model: str = opt("", help="unifiedreward, unifiedreward_edit: the served model's name ('': the name the "
+                           "judge's own serving script gives it: UnifiedReward-7b-v1.5, and UnifiedReward for "
+                           "UnifiedReward-Edit's vllm_server.sh)")
     judge_concurrency: int = opt(64, 1, 1024, help="unifiedreward: requests in flight at once")
     judge_token_env: str = opt("", help="unifiedreward: environment variable holding the server's API key "
                                "('' = none: sglang and vLLM need one only when started with --api-key)")
@@ -178,8 +179,8 @@ class TimestepConfig:
                        "starting t_min")
     t_min_end: float = opt(-1.0, -1.0, 1.0, help="uniform mode: anneal t_min linearly to this by the last step (-1: "
                                                  "off)")
-    adaptive_lo: float = opt(0.1, 0.0, 1.0, help="adaptive mode: the lowest t_min the rule may reach (below 0.1 "
-                             "the toy's gradients are 10-20x larger and point elsewhere)")
+    adaptive_lo: float = opt(0.1, 0.0, 1.0, help="adaptive mode: the lowest t_min the rule may reach (why 0.1: "
+                             "docs/results/adaptive-tmin.md)")
     adaptive_hi: float = opt(0.9, 0.0, 0.99, help="adaptive mode: the highest t_min the rule may reach")
     adaptive_rate: float = opt(0.02, 0.0, 1.0, help="adaptive mode: the largest move of t_min per optimizer step")
     adaptive_ratio: float = opt(0.5, 0.0, 10.0, help="adaptive mode: t_min widens downward while the agreement "

@@ -122,7 +122,8 @@ def build_named_reward(rc: RewardConfig, name: str, device="cpu", key: str = "re
 
     remote = {"url": rc.url, "token": os.environ.get(rc.token_env, ""), "timeout_s": rc.timeout_s,
               "retries": rc.retries, "backoff_s": rc.backoff_s, "max_backoff_s": rc.max_backoff_s}
-    judge = {**remote, "url": rc.judge_url, "model": rc.judge_model, "concurrency": rc.judge_concurrency,
+    named = {"model": rc.judge_model} if rc.judge_model else {}  # '': each judge's own served name
+    judge = {**remote, "url": rc.judge_url, **named, "concurrency": rc.judge_concurrency,
              "token": os.environ.get(rc.judge_token_env, "") if rc.judge_token_env else ""}
     paths = {"clip_path": rc.clip_path, "partial": rc.partial, "aesthetic_path": rc.aesthetic_path,
              "hps_path": rc.hps_path, "imagereward_path": rc.imagereward_path, "remote": remote,

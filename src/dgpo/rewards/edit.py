@@ -144,7 +144,9 @@ class EditJudgeReward(JudgeReward):
             self.unparsed += len(missed)
             log.warning("unifiedreward_edit: %d of %d answers have no 'score': [a, b] and score 0; e.g. %r",
                         len(missed), len(answers), missed[0][:200])
-        return torch.tensor([0.0 if s is None else min(s) / self.divisor for s in scores], dtype=torch.float32)
+        # the question's scale is 0-25: an answer outside it is clamped, not passed on
+        return torch.tensor([0.0 if s is None else min(25.0, max(0.0, min(s))) / self.divisor for s in scores],
+                            dtype=torch.float32)
 
     def ask(self, prompt: str, images: tuple[str, str]) -> str:
         """One chat completion: the source and the result, then the question about ``prompt``."""

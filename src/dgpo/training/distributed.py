@@ -61,6 +61,14 @@ class Layout:
             out[ix.to(out.device)] = p.to(out.device)
         return out
 
+    def gather_rows(self, rows: list[dict]) -> list[dict]:
+        """Every process's eval rows (dicts with ``index`` and ``sample``), in global order."""
+        if not self.distributed:
+            return rows
+        from accelerate.utils import gather_object
+
+        return sorted(gather_object(rows), key=lambda r: (r["index"], r["sample"]))
+
     def group_sum_fn(self, n_groups: int):
         """The injected reduction of the losses: each sample's total over its whole group, every
         process contributing its members (an all-reduce of a dense [n_groups] vector)."""
@@ -92,18 +100,25 @@ class Layout:
         return float(t)
 
 
-def process_group_kwargs(timeout_s: float):
-    """accelerate's handler that sets the process group's collective timeout (``train.collective_timeout_s``)."""
+def accelerate_kwargs(timeout_s: float) -> list:
+    """accelerate's handlers: the process group's collective timeout (``train.collective_timeout_s``), and DDP
+    without buffer broadcasts (the only buffers are constants every process builds alike, e.g. the FP8 copies
+    of frozen weights, which a broadcast would resend at every synced forward)."""
     from datetime import timedelta
 
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    return InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))
+    return [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s)),
+            DistributedDataParallelKwargs(broadcast_buffers=False)]
 
 
-# the algorithms whose samples-to-process assignment enters the maths (Flow-GRPO's per-process SDE windows
-# and zero-advantage refill, as its official code draws them)
-LAYOUT_DEPENDENT = ("flow_grpo",)
+def layout_dependence(cfg) -> str | None:
+    """Why this run's samples or optimizer steps depend on the process count (None: they do not)."""
+    if cfg.train.algorithm == "flow_grpo":
+        return "draws its SDE windows and zero-advantage refill per process (as its official code does)"
+    if cfg.train.algorithm in ("nft", "awm") and cfg.train.steps_per_epoch > 1:
+        return "shuffles each process's samples into its optimizer steps (train.steps_per_epoch > 1)"
+    return None
 
 
 def check_resume_processes(written: int | None, now: int, cfg, allowed: bool) -> None:
@@ -114,17 +129,16 @@ def check_resume_processes(written: int | None, now: int, cfg, allowed: bool) ->
         return
     why = (f"the checkpoint was written by {written} process(es) and this run has {now}: a run resumed on "
            "another count sums gradients and group totals in another order, so it cannot continue bit for bit")
-    if cfg.train.algorithm in LAYOUT_DEPENDENT:
-        raise InputError(f"{why}; and {cfg.train.algorithm} draws its SDE windows and zero-advantage refill per "
-                         f"process (as its official code does), so its samples would change too: resume with "
-                         f"{written} process(es)")
+    depends = layout_dependence(cfg)
+    if depends:
+        raise InputError(f"{why}; and {cfg.train.algorithm} {depends}, so its samples would change too: resume "
+                         f"with {written} process(es)")
     if not allowed:
         raise InputError(f"{why}; resume with {written} process(es), or pass --change-processes to continue "
                          "anyway (same samples and objective, float-order differences only)")
 
 
-COLLECTIVE_FAILURES = ("gloo", "nccl", "connection reset", "connection closed", "timed out", "timeout",
-                       "processgroup", "broken pipe")
+COLLECTIVE_FAILURES = ("gloo", "nccl", "connection reset by peer", "connection closed by peer")
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from dgpo.algorithms import ALGORITHMS, Algorithm, LoopContext, Rollouts
 from dgpo.config import Config, dump_yaml, to_dict
 from dgpo.data.prompts import epoch_prompts, load_prompts
-from dgpo.evaluation import evaluate, extra_scorer, model_image_fn, per_category, reward_scorer
+from dgpo.evaluation import evaluate, extra_scorer, model_image_fn, per_category, reward_scorer, settle_unscored
 from dgpo.models.base import FlowModel
 from dgpo.models.loading import load_model
 from dgpo.rewards import build_reward_from_config, check_modality
@@ -61,7 +61,7 @@ class Trainer:
         log_with, project, tracker_kwargs = runlog.tracker_setup(c.run.log_with, c.run.project, self.run_dir)
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=c.train.mixed_precision,
                                log_with=log_with, project_dir=str(self.run_dir),
-                               kwargs_handlers=[distributed.process_group_kwargs(c.train.collective_timeout_s)])
+                               kwargs_handlers=distributed.accelerate_kwargs(c.train.collective_timeout_s))
         self._build_model(model)
         self._build_optimizer()
         self.layout = Layout.from_accelerator(self.acc)  # collectives run on acc.device (NCCL needs CUDA)
@@ -322,19 +322,10 @@ class Trainer:
         with self.ema_slow.applied():
             res = evaluate(fn, self.eval_prompts, c.eval.images_per_prompt, c.run.seed + 7,
                            c.eval.batch_size, desc, c.eval.min_per_category,
-                           shard=(self.layout.rank, self.layout.world), gather=self._gather_rows,
+                           shard=(self.layout.rank, self.layout.world), gather=self.layout.gather_rows,
                            lockstep=self.shards.enabled, score_fn=score_fn,
                            extra=extra_scorer(self.extra_rewards, self.reward_call) if self.extra_rewards else None)
-        unscored, scored = res.get("unscored_images", 0), res["n_images"]
-        if unscored and scored:
-            log.warning("%s: %d of %d images left unscored (the reward failed after its retries, or scored "
-                        "NaN); the scores are over the rest", desc, unscored, unscored + scored)
-        elif unscored:  # no score at all: a missing eval, not a score of 0
-            error = getattr(score_fn, "last_error", "")
-            why = (f"no image scored: the reward failed after its retries (or scored NaN) on all {unscored}"
-                   + (f"; the last error here: {error}" if error else ""))
-            log.warning("%s is missing (%s); the run goes on", desc, why)
-            res = {"overall": None, "reward": None, "unscored_images": unscored, "missing": why}
+        res = settle_unscored(res, desc, getattr(score_fn, "last_error", ""))
         return finite_row({"step": self.step, "train_time_s": self.train_time, "images": self.images,
                            **{k: v for k, v in res.items() if k not in ("rows", "n_images")}})
 
@@ -342,13 +333,6 @@ class Trainer:
         c = self.cfg  # autocast for the denoiser only: the VAE and the reward in full precision
         return model_image_fn(self.model, c.eval.steps or c.sampler.steps, self.shift, c.sampler.cfg_scale,
                               c.eval.method or c.sampler.method, self.acc.autocast)
-
-    def _gather_rows(self, rows: list[dict]) -> list[dict]:
-        if not self.layout.distributed:
-            return rows
-        from accelerate.utils import gather_object
-
-        return sorted(gather_object(rows), key=lambda r: (r["index"], r["sample"]))
 
     def _grid(self, name: str) -> None:
         metas = self.grid_prompts
