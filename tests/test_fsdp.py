@@ -87,7 +87,7 @@ def test_fsdp_full_fine_tuning_equals_one_process_and_resumes_bit_exactly(tiny_t
     # the FSDP checkpoint resumes in one process too (the same files): step 2 as the 1-process run's
     shutil.copytree(tmp_path / "fsdp", tmp_path / "cross")
     shutil.rmtree(tmp_path / "cross/checkpoints/step_000002")
-    Trainer(load_config(None, _overrides(tiny_toy, tmp_path / "cross")), resume=True).fit()
+    Trainer(load_config(None, _overrides(tiny_toy, tmp_path / "cross")), resume=True, change_processes=True).fit()
     cross = _ckpt(tmp_path / "cross")
     for part in PARTS:
         for k in one[part]:

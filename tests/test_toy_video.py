@@ -268,7 +268,7 @@ def test_reward_contract_names_and_config():
     assert wrapped(clips, rows).shape == (len(rows),) and len(wrapped.eval_scores(clips, rows)) == len(rows)
     with pytest.raises(ValueError, match=r"videos \[B, F, 3, H, W\]"):
         partial(clips[:, 0], rows)
-    cfg = load_config(None, ["reward.name=toy_video_strict", "train.prompts=toy_video:train",
+    cfg = load_config(None, ["model.kind=toy_video", "reward.name=toy_video_strict", "train.prompts=toy_video:train",
                              "eval.split=toy_video:test"])
     assert cfg.reward.name == "toy_video_strict"
 

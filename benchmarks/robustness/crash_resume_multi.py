@@ -115,7 +115,7 @@ def launch(launcher: str, args: list[str], run: Path, log: Path, plan: dict | No
                 if "signal" in plan and _due(plan, t0, run, stale, seen):
                     os.kill(victim, plan["signal"])
                     t_kill = time.monotonic()
-                elif "signal" not in plan and not alive(victim):  # it killed itself at its aimed moment
+                elif "signal" not in plan and (pids / "fired").exists() and not alive(victim):  # it killed itself
                     t_kill = time.monotonic()
             time.sleep(0.002)
     finally:

@@ -10,6 +10,7 @@ indices, so no broadcast is needed and a W-process run computes what a 1-process
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -148,11 +149,15 @@ def peers_watched():
     try:
         yield
     except RuntimeError as e:
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            rank, world = dist.get_rank(), dist.get_world_size()
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1 and isinstance(e, dist.DistError):  # at the group's start
+            rank, world = int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+        else:
+            raise
         if not (isinstance(e, dist.DistError) or any(k in first.lower() for k in COLLECTIVE_FAILURES)):
             raise
-        raise PeerLost(f"process {dist.get_rank()} of {dist.get_world_size()}: a collective failed, so another "
+        raise PeerLost(f"process {rank} of {world}: a collective failed, so another "
                        f"process died or stopped answering ({first[:200]}); its own log says why. The newest "
                        "complete checkpoint is kept: relaunch with --resume") from e

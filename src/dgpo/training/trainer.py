@@ -300,6 +300,7 @@ class Trainer:
         # a skipped step changed nothing: the state is that of the last good step. A resume that retries this
         # epoch counts its faults again, so the fault counts saved are those the epoch started from
         self._save(epochs_done, retry_epoch=epochs_done == epoch)
+        self.acc.wait_for_everyone()
         self.acc.end_training()
         raise RunHalted(f"{why}. The run stopped in epoch {epoch}; its last good state (step {self.step}) is saved "
                         f"in {self.run_dir / 'checkpoints' / f'step_{self.step:06d}'} (--resume continues from it); "
@@ -409,5 +410,6 @@ class Trainer:
         if self.acc.is_main_process:
             runlog.write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
             plots.plot_curves(self.metrics.read(), self.evals, self.run_dir / "plots")
+        self.acc.wait_for_everyone()  # no process takes the group down while the main one still writes
         self.acc.end_training()
         return summary
