@@ -250,9 +250,8 @@ def test_edit_checkpoint_errors_name_the_folder(tmp_path, tiny_toy):
         edit_model.load_edit_toy(tiny_toy)  # an image checkpoint
     with pytest.raises(MissingPathError, match="missing config.json"):
         edit_model.load_edit_toy(tmp_path)
-    if not (edit_model.BUILTIN_EDIT_BASE / "model.safetensors").is_file():
-        with pytest.raises(MissingPathError, match="pretrain one with `dgpo toy pretrain --world edit"):
-            edit_model.load_edit_toy()
+    shipped = edit_model.load_edit_toy()  # model.path '': the shipped editing base
+    assert shipped.cfg.source_channels == 3 and shipped.stem.weight[:, 3:6].abs().max() > 0
 
 
 def test_edit_pretraining_learns_resumes_bit_for_bit_and_writes_loadable_snapshots(tmp_path, tiny_toy):

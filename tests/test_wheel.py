@@ -38,6 +38,8 @@ def test_wheel_installs_into_a_fresh_venv_and_trains_the_toy(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("dgpo-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for f in ["dgpo/toy/base/model.safetensors", "dgpo/toy/base/config.json", "dgpo/configs/toy_demo.yaml",
+              "dgpo/toy/video_base/model.safetensors", "dgpo/toy/edit_base/model.safetensors",
+              "dgpo/toy/edit_base/config.json",
               "dgpo/data/geneval/evaluation_metadata.jsonl", "dgpo/data/geneval/LICENSE",
               "dgpo/data/eval_prompts/ocr/test.txt", "dgpo/data/eval_prompts/LICENSE"]:
         assert f in names, f
