@@ -113,8 +113,11 @@ def launch(launcher: str, args: list[str], run: Path, log: Path, plan: dict | No
             if plan and t_kill is None and len(ranks) == 2:
                 victim = ranks[plan["rank"]]
                 if "signal" in plan and _due(plan, t0, run, stale, seen):
-                    os.kill(victim, plan["signal"])
-                    t_kill = time.monotonic()
+                    try:
+                        os.kill(victim, plan["signal"])
+                        t_kill = time.monotonic()
+                    except ProcessLookupError:  # it ended first (the run finished): a launch without a kill
+                        plan = None
                 elif "signal" not in plan and (pids / "fired").exists() and not alive(victim):  # it killed itself
                     t_kill = time.monotonic()
             time.sleep(0.002)
