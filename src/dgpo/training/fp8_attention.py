@@ -1,7 +1,7 @@
 """FP8 attention in the rollouts' forwards (``train.fp8_attention``).
 
 Inside :class:`FP8Attention` (a torch function mode, so per thread: the reward thread's VAE and reward
-models keep their own attention), every ``F.scaled_dot_product_attention`` call of the denoiser without a
+models keep their own precision; the FA3 backend switch around it is process-wide), every ``F.scaled_dot_product_attention`` call of the denoiser without a
 mask or dropout runs ``kernel`` instead. On the GPU the kernel is FlashAttention-3's FP8 forward through
 PyTorch's quantized SDPA: q, k and v cast to float8 e4m3 with one scale per sample and head (amax / 448,
 as torchao's low-precision attention), the output in bf16. It has no backward, so only the rollouts use
@@ -94,7 +94,8 @@ def check_fp8_attention(device: torch.device) -> None:
 
 @contextmanager
 def flash_attention_3() -> Iterator[None]:
-    """PyTorch's flash backend switched to FlashAttention-3 (the FP8 kernel's) while inside."""
+    """PyTorch's flash backend switched to FlashAttention-3 (the FP8 kernel's) while inside: a process-wide
+    switch, so the reward thread's flash attention (bf16) runs on FA3 too meanwhile."""
     from torch.nn.attention import activate_flash_attention_impl, restore_flash_attention_impl
 
     activate_flash_attention_impl("FA3")
