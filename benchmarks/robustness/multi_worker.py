@@ -1,8 +1,8 @@
-"""One process of a multi-process crash test: ``torchrun ... -m benchmarks.robustness.multi_worker
-PIDS_DIR FAULT -- dgpo train arguments``. Writes its pid to PIDS_DIR/rank<r>.pid (so that the harness can
-kill a chosen rank from outside), then runs ``dgpo train``; FAULT aims a self-SIGKILL at a moment no
-outside observer can hit: ``allreduce:RANK:N`` (entering the N-th all-reduce of this launch on rank RANK:
-the group sums, the fault counters), ``evalgather:RANK:N`` (the N-th object all-gather inside an eval: the rows' gather),
+"""One process of a multi-process crash test: ``torchrun ... -m benchmarks.robustness.multi_worker PIDS_DIR FAULT
+-- dgpo train arguments``. Writes its pid to PIDS_DIR/rank<r>.pid (so that the harness can kill a chosen rank
+from outside), then runs ``dgpo train``; FAULT aims a self-SIGKILL at a moment no outside observer can hit:
+``allreduce:RANK:N`` (entering the N-th all-reduce of this launch on rank RANK: the group sums, the fault
+counters), ``evalgather:RANK:N`` (the N-th object all-gather inside an eval: the rows' gather),
 ``slowsave:RANK:S`` (a slow disk: each file of a checkpoint takes S more seconds to write, so that a kill of
 another process surely lands inside the write), or ``none``."""
 

@@ -1,12 +1,12 @@
 """FP8 attention in the rollouts' forwards (``train.fp8_attention``).
 
-Inside :class:`FP8Attention` (a torch function mode, so per thread: the reward thread's VAE and reward
-models keep their own precision; the FA3 backend switch around it is process-wide), every ``F.scaled_dot_product_attention`` call of the denoiser without a
-mask or dropout runs ``kernel`` instead. On the GPU the kernel is FlashAttention-3's FP8 forward through
-PyTorch's quantized SDPA: q, k and v cast to float8 e4m3 with one scale per sample and head (amax / 448,
-as torchao's low-precision attention), the output in bf16. It has no backward, so only the rollouts use
-it: the loss's forwards (policy, reference, 'old') keep exact attention and compare like with like; the
-samples change by FP8 rounding.
+Inside :class:`FP8Attention` (a torch function mode, so per thread: the reward thread's VAE and reward models
+keep their own precision; the FA3 backend switch around it is process-wide), every
+``F.scaled_dot_product_attention`` call of the denoiser without a mask or dropout runs ``kernel`` instead. On
+the GPU the kernel is FlashAttention-3's FP8 forward through PyTorch's quantized SDPA: q, k and v cast to
+float8 e4m3 with one scale per sample and head (amax / 448, as torchao's low-precision attention), the output
+in bf16. It has no backward, so only the rollouts use it: the loss's forwards (policy, reference, 'old') keep
+exact attention and compare like with like; the samples change by FP8 rounding.
 
 :func:`emulated_fp8_sdpa` computes what such a kernel computes, in float32 on any device: the same
 rounding of q, k, v and of the softmax probabilities before their product with v (FA3's FP8 kernel feeds
