@@ -250,6 +250,12 @@ def test_edit_checkpoint_errors_name_the_folder(tmp_path, tiny_toy):
         edit_model.load_edit_toy(tiny_toy)  # an image checkpoint
     with pytest.raises(MissingPathError, match="missing config.json"):
         edit_model.load_edit_toy(tmp_path)
+    from dataclasses import replace
+
+    from dgpo.toy.weights import load_kind
+
+    with pytest.raises(MissingPathError, match="pretrain one with `dgpo toy pretrain --world edit"):
+        load_kind(None, replace(edit_model.EDIT_KIND, builtin=tmp_path / "absent"))  # a build without the base
     shipped = edit_model.load_edit_toy()  # model.path '': the shipped editing base
     assert shipped.cfg.source_channels == 3 and shipped.stem.weight[:, 3:6].abs().max() > 0
 

@@ -150,13 +150,13 @@ def peers_watched():
         yield
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not (isinstance(e, dist.DistError) or any(k in first.lower() for k in COLLECTIVE_FAILURES)):
+            raise
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             rank, world = dist.get_rank(), dist.get_world_size()
-        elif int(os.environ.get("WORLD_SIZE", "1")) > 1 and isinstance(e, dist.DistError):  # at the group's start
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the group never formed: a peer did not join
             rank, world = int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
         else:
-            raise
-        if not (isinstance(e, dist.DistError) or any(k in first.lower() for k in COLLECTIVE_FAILURES)):
             raise
         raise PeerLost(f"process {rank} of {world}: a collective failed, so another "
                        f"process died or stopped answering ({first[:200]}); its own log says why. The newest "
